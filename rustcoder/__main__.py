@@ -1,0 +1,5 @@
+"""``python -m rustcoder`` runs the CLI."""
+
+from .cli import main
+
+main()

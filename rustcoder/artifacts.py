@@ -1,0 +1,143 @@
+"""Self-describing artifact folders: atomic writes, run directories and their manifests.
+
+A run directory holds everything the next stage needs (config, manifest, adapter, tokenizer and chat
+template, metrics), so ``rustcoder eval`` and ``rustcoder merge`` need no repeated flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UsageError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+DATA_SUMMARY = "data_summary.json"
+TRAIN_IDS = "train_ids.txt"
+EVAL_SPLIT = "eval_split.jsonl"
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a file so that readers see either the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_yaml(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("rustcoder", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "trackio"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the rustcoder checkout (None when not installed from git)."""
+    here = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def unique_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``output_dir/name``, or name-2, name-3... when taken (Trackio appends to a reused run name)."""
+    root = Path(output_dir)
+    candidate = root / name
+    n = 2
+    while candidate.exists():
+        candidate = root / f"{name}-{n}"
+        n += 1
+    return candidate
+
+
+def list_runs(output_dir: str | Path) -> list[Path]:
+    """Run directories (those with a manifest) under output_dir, newest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / MANIFEST).is_file()]
+    return sorted(runs, key=lambda p: read_json(p / MANIFEST).get("created_at", 0), reverse=True)
+
+
+def newest_run(output_dir: str | Path = "runs", status: str | None = "finished") -> Path:
+    """The newest run directory (with the given status); a clear error when there is none."""
+    for run in list_runs(output_dir):
+        if status is None or read_json(run / MANIFEST).get("status") == status:
+            return run
+    what = f"{status} training run" if status else "training run"
+    raise UsageError(f"no {what} found under {str(output_dir)!r}. Train one first "
+                     "(`rustcoder train --preset small-batch`), or pass a run directory.")
+
+
+def new_manifest(cfg, run_dir: Path, data_summary: dict, template: str, base_resolved: str) -> dict:
+    """The manifest written when a run starts; updated as it progresses."""
+    return {
+        "kind": "rustcoder-run",
+        "run_name": run_dir.name,
+        "status": "running",
+        "created_at": time.time(),
+        "preset": cfg.preset,
+        "base_model": cfg.model,
+        "base_model_path": base_resolved,
+        "base_model_revision": cfg.model_revision,
+        "dataset": {"source": cfg.dataset, "revision": cfg.dataset_revision,
+                    "fingerprint": data_summary.get("fingerprint"),
+                    "train_rows": data_summary.get("train_rows"), "eval_rows": data_summary.get("eval_rows")},
+        "chat_template": template,
+        "adapter_dir": ADAPTER_DIR,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    }
+
+
+def update_manifest(run_dir: Path, **changes) -> dict:
+    """Merge changes into a run's manifest (atomically) and return it."""
+    path = Path(run_dir) / MANIFEST
+    manifest = read_json(path) if path.exists() else {}
+    manifest.update(changes)
+    atomic_write_json(path, manifest)
+    return manifest

@@ -1,0 +1,61 @@
+"""Tokenizing chat examples for SFT: the loss mask covers exactly the answer and its <|im_end|>.
+
+The prompt (system + user + the assistant header) is rendered with the chat template and tokenized
+on its own, exactly as at inference; the answer is tokenized separately and followed by the
+end-of-turn token. Labels are -100 on the prompt. Long examples keep the prompt's head and tail
+(the turn framing) and the start of the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+PROMPT_TAIL_TOKENS = 8  # kept from the end of an over-long prompt: "<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class TokenizeStats:
+    """How many examples were truncated, and token counts (for throughput and dry runs)."""
+
+    examples: int = 0
+    truncated: int = 0
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt text: every message but the final answer, plus the assistant header."""
+    prompt_messages = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    return tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+
+
+def _fit(prompt: list[int], answer: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+    if len(prompt) + len(answer) <= max_length:
+        return prompt, answer, False
+    answer_keep = min(len(answer), max(max_length - len(prompt), max_length // 2))
+    prompt_keep = max_length - answer_keep
+    if len(prompt) > prompt_keep:
+        tail = min(PROMPT_TAIL_TOKENS, prompt_keep // 2)
+        prompt = prompt[: prompt_keep - tail] + (prompt[-tail:] if tail else [])
+    return prompt, answer[:answer_keep], True
+
+
+def tokenize_examples(tokenizer, conversations: list[list[dict]], max_length: int,
+                      stats: TokenizeStats | None = None) -> list[dict]:
+    """input_ids / labels / length for each conversation (system, user, assistant)."""
+    end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    prompts = [render_prompt(tokenizer, m) for m in conversations]
+    answers = [m[-1]["content"] for m in conversations]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    out = []
+    for p, a in zip(prompt_ids, answer_ids):
+        p, a, cut = _fit(p, a + [end_id], max_length)
+        if stats is not None:
+            stats.examples += 1
+            stats.truncated += int(cut)
+            stats.prompt_tokens += len(p)
+            stats.answer_tokens += len(a)
+        out.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a, "length": len(p) + len(a)})
+    return out
