@@ -131,6 +131,14 @@ def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
+def check_loss_mask(labels: list[list[int]]) -> None:
+    """Fail fast when any example has no trained (answer) token: it would train on nothing."""
+    empty = sum(1 for row in labels if all(l == -100 for l in row))
+    if empty:
+        raise RustcoderError(f"{empty} of {len(labels)} training examples have no answer tokens in the loss mask: "
+                             "the chat template or --max-length leaves nothing to learn. Raise --max-length.")
+
+
 def _datasets(tokenizer, plan: TrainPlan):
     from datasets import Dataset
 
@@ -178,9 +186,9 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
         save_total_limit=c.save_total_limit,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        gradient_checkpointing=grad_ckpt,
+        activation_checkpointing=grad_ckpt,
         max_length=None,  # examples are truncated by rustcoder's tokenizer step
-        padding_free=plan.data_path == "padding-free",
+        padding_free=False,  # rustcoder's collator flattens batches itself (see _Collator)
         train_sampling_strategy="group_by_length" if plan.data_path == "grouped" else "random",
         length_column_name="length",
         dataset_kwargs={"skip_prepare_dataset": True},
@@ -321,8 +329,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     check_architecture(model_config, cfg.model)
     tokenizer, template = load_tokenizer(cfg.model, cfg.model_revision, model_config.model_type)
     train_ds, eval_ds, stats = _datasets(tokenizer, plan)
-    if not any(l != -100 for row in train_ds["labels"] for l in row):
-        raise RustcoderError("no answer tokens to train on: every label is masked. Check --max-length.")
+    check_loss_mask(train_ds["labels"])
 
     summary = plan.data.summary() | {"truncated_examples": stats.truncated,
                                      "prompt_tokens": stats.prompt_tokens, "answer_tokens": stats.answer_tokens}

@@ -1,0 +1,179 @@
+"""Presets, precedence, validation and the CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rustcoder.cli import main
+from rustcoder.config import (TrainConfig, load_preset, preset_names, resolve_config, steps_for)
+from rustcoder.errors import ConfigError, UsageError
+
+# The values of shared/reference/research-notes.md, experiment tables and final presets.
+RESEARCH = {
+    "baseline": dict(epochs=1, lr=2e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=16,
+                     lora_alpha=32, lora_dropout=0.05),
+    "conservative-lr": dict(epochs=2, lr=1e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=16,
+                            lora_alpha=32, lora_dropout=0.05),
+    "high-capacity": dict(epochs=1, lr=2e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=32,
+                          lora_alpha=64, lora_dropout=0.1),
+    "aggressive-lr": dict(epochs=1, lr=5e-5, batch_size=4, grad_accum=4, warmup_ratio=0.2, lora_r=16,
+                          lora_alpha=32, lora_dropout=0.05),
+    "small-batch": dict(epochs=1, lr=2e-5, batch_size=2, grad_accum=2, warmup_ratio=0.1, lora_r=16,
+                        lora_alpha=32, lora_dropout=0.1),
+}
+
+
+def test_shipped_presets_are_exactly_the_research_five():
+    assert preset_names() == sorted(RESEARCH)
+
+
+@pytest.mark.parametrize("name", sorted(RESEARCH))
+def test_preset_values_match_research(name):
+    cfg = resolve_config(name)
+    for key, value in RESEARCH[name].items():
+        assert getattr(cfg, key) == pytest.approx(value), key
+    assert cfg.lr_scheduler == "cosine"
+    assert cfg.seed == 42
+    assert cfg.preset == name
+    assert cfg.problems() == []
+
+
+def test_every_preset_file_uses_only_known_keys():
+    from rustcoder.config import field_names
+
+    for name in preset_names():
+        assert set(load_preset(name)) - {"description"} <= set(field_names()), name
+
+
+def test_precedence_defaults_preset_file_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 3.0e-5\nlora_r: 8\nbatch_size: 8\n")
+    # preset beats defaults
+    assert resolve_config("small-batch").batch_size == 2
+    assert TrainConfig().batch_size == 4
+    # file beats preset
+    cfg = resolve_config("small-batch", cfg_file)
+    assert (cfg.lr, cfg.lora_r, cfg.batch_size, cfg.grad_accum) == (3e-5, 8, 8, 2)
+    # typed flags beat the file; untyped (None) flags do not
+    cfg = resolve_config("small-batch", cfg_file, {"lr": 4e-5, "lora_r": None})
+    assert (cfg.lr, cfg.lora_r) == (4e-5, 8)
+
+
+def test_config_file_may_name_preset_but_explicit_preset_wins(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: aggressive-lr\n")
+    assert resolve_config(None, f).lr == 5e-5
+    assert resolve_config("baseline", f).lr == 2e-5
+
+
+def test_unknown_preset_suggests_closest():
+    with pytest.raises(UsageError, match="did you mean 'aggressive-lr'"):
+        resolve_config("agressive-lr")
+
+
+def test_unknown_config_key_suggests_closest(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lora_rank: 8\nlearning_rate: 1e-4\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_config("baseline", f)
+    msg = str(e.value)
+    assert "'lora_rank'" in msg and "did you mean 'lora_r'" in msg
+    assert "'learning_rate'" in msg
+
+
+def test_impossible_values_reported_all_at_once_naming_flags():
+    with pytest.raises(ConfigError) as e:
+        resolve_config("baseline", overrides={"lr": 0.0, "lora_r": 0, "lora_dropout": 1.0, "warmup_ratio": 1.5})
+    problems = e.value.problems
+    assert len(problems) == 4
+    for flag in ("--lr", "--lora-r", "--lora-dropout", "--warmup-ratio"):
+        assert any(p.startswith(flag + ":") for p in problems), flag
+
+
+@pytest.mark.parametrize("overrides", [{"lora_dropout": 0.0}, {"warmup_ratio": 0.0}, {"warmup_ratio": 1.0}])
+def test_boundary_values_accepted(overrides):
+    resolve_config("baseline", overrides=overrides)
+
+
+def test_unreadable_value_in_file_names_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lora_r: sixteen\n")
+    with pytest.raises(ConfigError, match="--lora-r"):
+        resolve_config("baseline", f)
+
+
+def test_unknown_category_rejected_with_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'bug_detection'"):
+        resolve_config("baseline", overrides={"categories": ["bug_detect"]})
+
+
+@pytest.mark.parametrize("rows, preset, expected", [
+    (9000, "baseline", 563),          # research: ~562 (partial last accumulation makes a step)
+    (9000, "small-batch", 2250),      # research: 2250
+    (9000, "conservative-lr", 1126),  # research: 1125 (2 epochs x 563)
+    (9000, "aggressive-lr", 563),
+])
+def test_step_arithmetic_matches_research(rows, preset, expected):
+    assert steps_for(rows, resolve_config(preset))[1] == expected
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+def test_help_imports_no_torch():
+    code = textwrap.dedent("""
+        import sys
+        from click.testing import CliRunner
+        from rustcoder.cli import main
+        for args in (["--help"], ["train", "--help"], ["presets"], ["presets", "show", "baseline"]):
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code == 0, (args, r.output)
+        heavy = [m for m in ("torch", "transformers", "peft", "trl", "datasets") if m in sys.modules]
+        assert not heavy, heavy
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_help_lists_commands_and_train_flags():
+    r = CliRunner().invoke(main, ["--help"])
+    for cmd in ("train", "presets", "runs"):
+        assert cmd in r.output
+    r = CliRunner().invoke(main, ["train", "--help"])
+    for flag in ("--preset", "--model", "--dataset", "-n", "--output-dir", "--run-name", "--config", "--dry-run",
+                 "--resume", "--push-to-hub", "--lr", "--batch-size", "--grad-accum", "--epochs",
+                 "--warmup-ratio", "--lora-r", "--lora-alpha", "--lora-dropout", "--seed", "--categories",
+                 "--max-bad-fraction", "--project"):
+        assert flag in r.output, flag
+
+
+def test_presets_show_round_trips_as_config(tmp_path):
+    r = CliRunner().invoke(main, ["presets", "show", "high-capacity"])
+    assert r.exit_code == 0
+    f = tmp_path / "hc.yaml"
+    f.write_text(r.output)
+    values = yaml.safe_load(r.output)
+    assert values["lora_r"] == 32 and values["lora_alpha"] == 64
+    cfg = resolve_config("baseline", f)  # the file's values beat the baseline preset
+    assert (cfg.lora_r, cfg.lora_dropout) == (32, 0.1)
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["train", "--preset", "nope", "--dry-run"], 2, "unknown preset"),
+    (["train", "--lr", "-1", "--lora-r", "0", "--dry-run"], 2, "--lora-r"),
+    (["train", "--config", "/nonexistent.yaml", "--dry-run"], 2, "does not exist"),
+    (["train", "--dataset", "/nonexistent/rows.jsonl", "--dry-run"], 1, "neither an existing file"),
+    (["presets", "show", "smallbatch"], 2, "did you mean 'small-batch'"),
+])
+def test_cli_bad_input_clear_message_no_traceback(args, code, needle):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output

@@ -1,0 +1,66 @@
+"""The loss mask covers exactly the answer plus <|im_end|>; chat templates; tokenizer setup."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_row
+from rustcoder.data.categories import CATEGORY_NAMES
+from rustcoder.data.strandset import parse_row
+from rustcoder.data.tokenize import IGNORE, tokenize_examples
+from rustcoder.modeling import load_tokenizer
+
+
+@pytest.fixture(scope="module", params=["tiny-qwen2", "tiny-qwen3"])
+def tok(request, tiny_qwen2, tiny_qwen3):
+    return load_tokenizer(request.param, model_type=request.param.split("-")[1])
+
+
+def test_tokenizer_setup(tok):
+    tokenizer, template = tok
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token != tokenizer.eos_token
+    assert "{% generation %}" in tokenizer.chat_template
+
+
+def test_qwen3_thinking_off_everywhere(tiny_qwen3):
+    tokenizer, template = load_tokenizer("tiny-qwen3", model_type="qwen3")
+    assert template == "chatml_nothink"
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": "a"}], tokenize=False)
+    assert full.startswith(prompt)  # training renders the same empty think block as inference
+
+
+@pytest.mark.parametrize("category", CATEGORY_NAMES)
+def test_loss_mask_is_exactly_answer_plus_end_of_turn(tok, category):
+    tokenizer, _ = tok
+    ex = parse_row(make_row(category, 5))
+    row = tokenize_examples(tokenizer, [ex.messages], max_length=4096)[0]
+    ids, labels = row["input_ids"], row["labels"]
+    assert len(ids) == len(labels) == row["length"]
+    start = next(i for i, l in enumerate(labels) if l != IGNORE)
+    assert all(l == IGNORE for l in labels[:start])          # prompt fully masked
+    assert labels[start:] == ids[start:]                     # answer fully trained, contiguous to the end
+    answer_text = tokenizer.decode(ids[start:])
+    assert answer_text == ex.messages[-1]["content"] + "<|im_end|>"
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # and it agrees with the chat template's own generation markers
+    full = tokenizer.apply_chat_template(ex.messages, tokenize=True, return_dict=True,
+                                         return_assistant_tokens_mask=True)
+    assert full["input_ids"][: len(ids)] == ids
+    assert [t for t, m in zip(full["input_ids"], full["assistant_masks"]) if m] == ids[start:]
+
+
+def test_truncation_keeps_prompt_framing_and_answer_start(tok):
+    tokenizer, _ = tok
+    ex = parse_row(make_row("code_explanation", 2, answer_words=200))
+    full = tokenize_examples(tokenizer, [ex.messages], max_length=100_000)[0]
+    short = tokenize_examples(tokenizer, [ex.messages], max_length=120)[0]
+    assert short["length"] == 120 < full["length"]
+    start = next(i for i, l in enumerate(short["labels"]) if l != IGNORE)
+    full_start = next(i for i, l in enumerate(full["labels"]) if l != IGNORE)
+    # the assistant header survives at the end of the prompt; the answer keeps its beginning
+    assert short["input_ids"][start - 3:start] == full["input_ids"][full_start - 3:full_start]
+    assert short["input_ids"][start:] == full["input_ids"][full_start:full_start + 120 - start]
