@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (or $RUSTCODER_VENV) with rustcoder and its pinned dependencies. CPU torch, no CUDA download.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${RUSTCODER_VENV:-.venv}"
+EXTRAS="${RUSTCODER_EXTRAS:-dev}"
+PY="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first, pinned: the CPU wheel; an unpinned torch would pull several GB of CUDA.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
+echo "rustcoder installed in $VENV"
