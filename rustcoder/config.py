@@ -75,6 +75,8 @@ class TrainConfig:
     data_path: str = _f("auto", "Batching: 'auto' (picked per device), 'grouped' (length-grouped padded "
                         "batches), 'padding-free' (flattened, no padding) or 'padded' (TRL default).",
                         choices=("auto", "grouped", "padding-free", "padded"))
+    fast_paths: bool | None = _f(None, "CPU fast paths: LM head on answer tokens only and fast LoRA dropout "
+                                 "(default: on on CPU, off on GPU, where TRL's fused Triton head already compacts).")
     dtype: str = _f("auto", "Weights dtype: auto (bf16 on a GPU that has it, else float32), bfloat16, "
                     "float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
     gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: on with a GPU, "

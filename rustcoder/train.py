@@ -35,6 +35,7 @@ class TrainPlan:
     eval_steps: int
     data_path: str
     device: str
+    fast_paths: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         c = self.config
@@ -48,6 +49,7 @@ class TrainPlan:
             "eval_steps": self.eval_steps,
             "data_path": self.data_path,
             "device": self.device,
+            "fast_paths": self.fast_paths,
         }
 
     def render(self) -> str:
@@ -68,8 +70,9 @@ class TrainPlan:
         for cat, n in d.category_counts().items():
             lines.append(f"  {cat:<22} {n['train']:>7} {n['eval']:>6}")
         lines.append(f"  {'total':<22} {len(d.train):>7} {len(d.eval):>6}")
-        lines.append(f"batching: {self.data_path} on {self.device}; effective batch {c.effective_batch} "
-                     f"({c.batch_size} x {c.grad_accum} accumulation)")
+        lines.append(f"batching: {self.data_path} on {self.device}"
+                     + (" + CPU fast paths (answer-only LM head, fast LoRA dropout)" if self.fast_paths else "")
+                     + f"; effective batch {c.effective_batch} ({c.batch_size} x {c.grad_accum} accumulation)")
         lines.append(f"optimizer steps: {self.steps_per_epoch} per epoch, {self.total_steps} total "
                      f"({self.warmup_steps} warmup, eval every {self.eval_steps})")
         return "\n".join(lines)
@@ -110,8 +113,9 @@ def plan_training(cfg: TrainConfig, device: str | None = None) -> TrainPlan:
     warmup = math.ceil(cfg.warmup_ratio * total)
     eval_steps = cfg.eval_steps or max(1, total // 10)
     device = device or detect_device()
+    fast = cfg.fast_paths if cfg.fast_paths is not None else device == "cpu"
     return TrainPlan(cfg, data, per_epoch, total, warmup, eval_steps, resolve_data_path(cfg.data_path, device),
-                     device)
+                     device, fast)
 
 
 @dataclass
@@ -231,6 +235,36 @@ class _Collator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def _trainer_class():
+    """SFTTrainer whose loss can use the answer-only LM head (rustcoder.fast_paths)."""
+    import torch
+    from trl import SFTTrainer
+
+    from .fast_paths import compact_lm_loss
+
+    class RustcoderSFTTrainer(SFTTrainer):
+        compact_head = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.compact_head or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            loss, n_valid, n_correct = compact_lm_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            n_valid = self.accelerator.gather_for_metrics(n_valid).sum()
+            n_correct = self.accelerator.gather_for_metrics(n_correct).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((n_correct / n_valid).item() if n_valid > 0 else 0.0)
+            if mode == "train":
+                tokens = (inputs["attention_mask"].sum() if "attention_mask" in inputs
+                          else torch.tensor(inputs["position_ids"].size(1)))
+                self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return RustcoderSFTTrainer
+
+
 def _model_card(manifest: dict, metrics: dict, cfg: TrainConfig) -> str:
     m = metrics
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
@@ -313,7 +347,6 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     """Train a LoRA adapter as cfg says; with resume=True continue run_dir from its last checkpoint."""
     import torch
     from peft import LoraConfig
-    from trl import SFTTrainer
 
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
 
@@ -353,10 +386,15 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
     args = _sft_args(plan, run_dir, progress)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora,
-                         data_collator=_Collator(pad_id, plan.data_path == "padding-free"),
-                         callbacks=callbacks or [])
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               processing_class=tokenizer, peft_config=lora,
+                               data_collator=_Collator(pad_id, plan.data_path == "padding-free"),
+                               callbacks=callbacks or [])
+    if plan.fast_paths:
+        from .fast_paths import use_fast_dropout
+
+        trainer.compact_head = True
+        use_fast_dropout(trainer.model)
     started = time.time()
     try:
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

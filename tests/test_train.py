@@ -211,4 +211,4 @@ def test_tiny_max_length_still_trains_on_answers(rows_file, tiny_qwen2, tmp_path
     result = train(cfg, progress=False, log=lambda *_: None)
     summary = artifacts.read_json(result.run_dir / "data_summary.json")
     assert summary["truncated_examples"] == 20
-    assert summary["answer_tokens"] >= 20 * 8
+    assert summary["answer_tokens"] >= 20 * 2  # every answer keeps its tokens up to half the budget

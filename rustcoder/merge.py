@@ -1,0 +1,1234 @@
+"""Fold a run's LoRA adapter into its base model, and prove the result is the same model.
+
+``merge`` turns a run directory (or an adapter directory) into a standalone model directory that
+transformers and vLLM load like any Qwen checkpoint: sharded safetensors in the base model's dtype,
+config, generation config whose eos includes ``<|im_end|>``, tokenizer, chat template (in
+``chat_template.jinja`` and ``tokenizer_config.json``), a model card and ``merge_report.json``.
+
+Two ways to merge, with equal results tensor for tensor:
+
+* in memory (default): the base is loaded in float32, PEFT merges the adapter, the model is cast to
+  the base dtype and saved;
+* streaming (``streaming=True``): base safetensors shards are read one tensor at a time and each
+  target weight becomes ``W + scale * B @ A`` (float32, cast back), so peak memory is about the
+  largest tensor, not the whole model.
+
+``verify_merge`` checks the merged directory against base + adapter (logits within a stated
+tolerance, identical greedy generations, finite tensors, tied embeddings consistent with the config,
+the same chat template rendering, eos). Everything is written into a temporary sibling directory and
+renamed into place at the end, so a killed merge never leaves a half-written model at the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import artifacts
+from .artifacts import ADAPTER_DIR, MANIFEST, atomic_write_json, atomic_write_text, read_json
+from .errors import RustcoderError, UsageError
+
+MERGED_DIR = "merged"
+REPORT = "merge_report.json"
+MERGE_FORMAT = 1  # bump when the merge arithmetic or output layout changes (invalidates no-op detection)
+MAX_SHARD_SIZE = "5GB"  # in-memory merges; streaming keeps the base's own shard layout
+END_OF_TURN = "<|im_end|>"  # same as modeling.END_OF_TURN; not imported so this module stays light
+
+# Verification tolerance on logits, as (atol, rtol): the merged model passes when
+# max |merged - reference| <= atol + rtol * max |reference| over every probe position and vocab entry.
+# The reference is base + adapter run unmerged in float32. A float32 merge differs only by float
+# rounding (measured ~1e-7); a 16-bit merge rounds every merged weight once to 8 (bf16) or 11 (fp16)
+# mantissa bits, which moves logits by a fraction of a percent of their range.
+LOGITS_TOLERANCE: dict[str, tuple[float, float]] = {
+    "float32": (1e-4, 1e-5),
+    "float16": (1e-3, 5e-3),
+    "bfloat16": (1e-2, 2e-2),
+}
+GREEDY_TOKENS = 16
+
+# Short prompts from four Rust task categories, rendered with the run's chat template.
+PROBES: tuple[tuple[str, dict], ...] = (
+    ("code_generation", {"title": "Sum of squares",
+                         "description": "Return the sum of the squares of a slice of integers.",
+                         "function_signature": "fn sum_of_squares(xs: &[i64]) -> i64"}),
+    ("bug_detection", {"buggy_code": "fn last(v: &Vec<i32>) -> i32 { v[v.len()] }"}),
+    ("code_explanation", {"code": "fn gcd(a: u64, b: u64) -> u64 { if b == 0 { a } else { gcd(b, a % b) } }"}),
+    ("function_naming", {"code": "fn __placeholder__(s: &str) -> bool { s.chars().eq(s.chars().rev()) }"}),
+)
+
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+_PEFT_PREFIX = "base_model.model."
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+@dataclass
+class MergeResult:
+    """Where the merged model is, its merge report, and whether this call did anything."""
+
+    merged_dir: Path
+    report: dict[str, Any]
+    already_merged: bool = False
+    pushed_to: str | None = None
+
+    @property
+    def verified(self) -> bool | None:
+        """True/False when verification ran, None when it was skipped."""
+        v = self.report.get("verification") or {}
+        return None if v.get("skipped") else bool(v.get("passed"))
+
+
+@dataclass
+class _Source:
+    """A resolved merge input: the adapter, the base and what the run recorded about them."""
+
+    adapter_dir: Path
+    run_dir: Path | None
+    manifest: dict
+    adapter_config: dict
+    base_name: str        # as the user or the run names it (hub id, tiny name or directory)
+    base_dir: Path        # a local directory holding the base's files
+    base_revision: str | None
+    trained_base: str     # what the adapter was trained on (for messages)
+    base_overridden: bool
+
+
+# ---- safetensors, one tensor at a time ----------------------------------------------------------
+
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
+              "U64": "uint64"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _st_code(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    for code, n in _ST_DTYPES.items():
+        if n == name:
+            return code
+    raise RustcoderError(f"cannot write tensors of dtype {name} to safetensors")
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int, dict]:
+    """(tensor entries, byte offset where data starts, __metadata__) of a safetensors file."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise RustcoderError(f"{path} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        header = json.loads(fh.read(n))
+    meta = header.pop("__metadata__", None) or {}
+    return header, 8 + n, meta
+
+
+def _read_tensor(fh, info: dict, data_start: int):
+    """One tensor read with plain file reads (no mmap: the pages do not stay in our RSS)."""
+    import torch
+
+    start, end = info["data_offsets"]
+    dtype = _torch_dtype(_ST_DTYPES[info["dtype"]])
+    if end == start:
+        return torch.empty(info["shape"], dtype=dtype)
+    buf = bytearray(end - start)
+    view = memoryview(buf)
+    fh.seek(data_start + start)
+    got = 0
+    while got < len(buf):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise RustcoderError(f"{fh.name} is truncated (tensor data ends early); re-download the base model")
+        got += n
+    return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
+
+
+class _SafetensorsWriter:
+    """Writes a safetensors file whose header is known up front, then tensors one by one."""
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, list[int]]], metadata: dict[str, str]):
+        import torch
+
+        header: dict[str, Any] = {"__metadata__": metadata}
+        offset = 0
+        self.expected = []
+        for name, code, shape in entries:
+            nbytes = math.prod(shape) * torch.empty((), dtype=_torch_dtype(_ST_DTYPES[code])).element_size()
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self.expected.append((name, code, list(shape), nbytes))
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self.total = offset
+        self.fh = open(path, "wb")
+        self.fh.write(struct.pack("<Q", len(blob)))
+        self.fh.write(blob)
+        self.index = 0
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        want, code, shape, nbytes = self.expected[self.index]
+        if name != want or _st_code(tensor.dtype) != code or list(tensor.shape) != shape:
+            raise RustcoderError(f"internal error: wrote {name} {tensor.dtype} {list(tensor.shape)}, "
+                                 f"header says {want} {code} {shape}")
+        if nbytes:
+            self.fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        self.index += 1
+
+    def close(self) -> None:
+        if self.index != len(self.expected):
+            raise RustcoderError("internal error: safetensors file closed before all tensors were written")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The safetensors files of a model directory (from its index when sharded), in index order."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(read_json(index)["weight_map"].values()))
+        return [model_dir / n for n in names]
+    single = model_dir / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def tensor_shapes(model_dir: str | Path) -> dict[str, tuple[list[int], str]]:
+    """{tensor name: (shape, safetensors dtype)} of a model directory, read from headers only."""
+    out = {}
+    for f in weight_files(model_dir):
+        header, _, _ = read_safetensors_header(f)
+        out.update({k: (v["shape"], v["dtype"]) for k, v in header.items()})
+    return out
+
+
+def iter_tensors(model_dir: str | Path):
+    """Yield (name, tensor) for every tensor in a model directory, one at a time."""
+    for f in weight_files(model_dir):
+        header, start, _ = read_safetensors_header(f)
+        with open(f, "rb") as fh:
+            for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                yield name, _read_tensor(fh, info, start)
+
+
+# ---- resolving the inputs -----------------------------------------------------------------------
+
+def _adapter_dir_of(run_dir: Path) -> tuple[Path, Path | None]:
+    """(adapter_dir, run_dir or None) for a run directory or an adapter directory."""
+    if (run_dir / "adapter_config.json").is_file():
+        parent = run_dir.parent
+        return run_dir, parent if (parent / MANIFEST).is_file() and run_dir.name == ADAPTER_DIR else None
+    return run_dir / ADAPTER_DIR, run_dir
+
+
+def _missing_adapter_files(adapter_dir: Path) -> list[str]:
+    missing = []
+    if not (adapter_dir / "adapter_config.json").is_file():
+        missing.append(str(adapter_dir / "adapter_config.json"))
+    if not any((adapter_dir / n).is_file() for n in _ADAPTER_WEIGHTS):
+        missing.append(str(adapter_dir / _ADAPTER_WEIGHTS[0]))
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        missing.append(str(adapter_dir / "tokenizer_config.json"))
+    if not ((adapter_dir / "tokenizer.json").is_file()
+            or ((adapter_dir / "vocab.json").is_file() and (adapter_dir / "merges.txt").is_file())):
+        missing.append(str(adapter_dir / "tokenizer.json"))
+    if not (adapter_dir / "chat_template.jinja").is_file():
+        missing.append(str(adapter_dir / "chat_template.jinja"))
+    return missing
+
+
+def _missing_base_files(base_dir: Path, streaming: bool) -> list[str]:
+    missing = []
+    if not (base_dir / "config.json").is_file():
+        missing.append(str(base_dir / "config.json"))
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        for name in sorted(set(read_json(index)["weight_map"].values())):
+            if not (base_dir / name).is_file():
+                missing.append(str(base_dir / name))
+    elif not (base_dir / "model.safetensors").is_file():
+        has_bin = (base_dir / "pytorch_model.bin").is_file() or (base_dir / "pytorch_model.bin.index.json").is_file()
+        if streaming or not has_bin:
+            missing.append(str(base_dir / "model.safetensors") + (" (streaming reads safetensors only)"
+                                                                  if has_bin else ""))
+    return missing
+
+
+def _local_base_dir(name: str, revision: str | None) -> Path:
+    """A local directory with the base's files: the directory itself, a tiny model, or a hub snapshot."""
+    from .modeling import resolve_model
+
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=path, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RustcoderError(f"could not get the base model {name!r}: {first}\nPass a local model directory with "
+                             "--base, or check the hub id, your network and `huggingface-cli login`.") from None
+
+
+def _resolve_source(run_dir: str | Path, base: str | None, streaming: bool) -> _Source:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {str(run_dir)!r} does not exist. List runs with `rustcoder runs`.")
+    adapter_dir, real_run = _adapter_dir_of(run_dir)
+    manifest = read_json(real_run / MANIFEST) if real_run and (real_run / MANIFEST).is_file() else {}
+    missing = _missing_adapter_files(adapter_dir)
+    if missing:
+        status = manifest.get("status")
+        hint = (f" The run's status is {status!r}: it has no adapter until training finishes."
+                if status and status != "finished" else "")
+        raise RustcoderError(f"cannot merge {run_dir}: missing {len(missing)} file(s):\n"
+                             + "\n".join(f"  - {m}" for m in missing) + f"\n{hint.strip() or 'Train the run again, or pass a complete run directory.'}")
+    adapter_config = read_json(adapter_dir / "adapter_config.json")
+    recorded_path = manifest.get("base_model_path")
+    trained_base = manifest.get("base_model") or adapter_config.get("base_model_name_or_path") or "?"
+    if base:
+        name, revision, overridden = base, None, True
+    elif recorded_path and Path(recorded_path).is_dir():
+        name, revision, overridden = recorded_path, None, False
+    elif manifest.get("base_model"):
+        name, revision, overridden = manifest["base_model"], manifest.get("base_model_revision"), False
+    elif adapter_config.get("base_model_name_or_path"):
+        name, revision, overridden = adapter_config["base_model_name_or_path"], adapter_config.get("revision"), False
+    else:
+        raise UsageError(f"{adapter_dir} does not say which base model it was trained on; pass --base ID_OR_DIR.")
+    display = base or manifest.get("base_model") or name
+    base_dir = _local_base_dir(name, revision)
+    missing = _missing_base_files(base_dir, streaming)
+    if missing:
+        raise RustcoderError(f"the base model {display!r} ({base_dir}) is incomplete: missing {len(missing)} file(s):\n"
+                             + "\n".join(f"  - {m}" for m in missing)
+                             + "\nPass a complete model directory with --base.")
+    return _Source(adapter_dir=adapter_dir, run_dir=real_run, manifest=manifest, adapter_config=adapter_config,
+                   base_name=display, base_dir=base_dir, base_revision=revision, trained_base=trained_base,
+                   base_overridden=overridden)
+
+
+# ---- identity and no-op detection ---------------------------------------------------------------
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_fingerprint(adapter_dir: str | Path) -> str:
+    """sha256 of the adapter weights and the adapter-config fields that change the merged weights."""
+    adapter_dir = Path(adapter_dir)
+    weights = next(adapter_dir / n for n in _ADAPTER_WEIGHTS if (adapter_dir / n).is_file())
+    cfg = read_json(adapter_dir / "adapter_config.json")
+    relevant = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "rank_pattern",
+                                        "alpha_pattern", "modules_to_save", "fan_in_fan_out", "lora_bias",
+                                        "layer_replication", "trainable_token_indices", "target_parameters")}
+    h = hashlib.sha256(_sha256_file(weights).encode())
+    h.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def base_identity(base_dir: str | Path) -> dict[str, Any]:
+    """What identifies a base checkpoint cheaply: its config and its weight files' sizes and headers."""
+    base_dir = Path(base_dir)
+    files = {}
+    for f in weight_files(base_dir) or sorted(base_dir.glob("pytorch_model*.bin")):
+        entry = {"bytes": f.stat().st_size}
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                entry["header_sha256"] = hashlib.sha256(fh.read(n)).hexdigest()
+        files[f.name] = entry
+    ident = {"config_sha256": _sha256_file(base_dir / "config.json"), "files": files}
+    ident["sha256"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    return ident
+
+
+def _merge_key(adapter_sha: str, base_sha: str, dtype: str) -> str:
+    return hashlib.sha256(f"{MERGE_FORMAT}:{adapter_sha}:{base_sha}:{dtype}".encode()).hexdigest()
+
+
+# ---- the base's config --------------------------------------------------------------------------
+
+def _text_config(cfg: dict) -> dict:
+    return cfg.get("text_config") or cfg
+
+
+def check_not_quantized(config: dict, base_name: str, trained_base: str | None = None) -> None:
+    """Refuse a 4-bit/8-bit (or otherwise quantized) base: merging into it would round the adapter away."""
+    q = config.get("quantization_config") or _text_config(config).get("quantization_config")
+    if not q:
+        return
+    method = q.get("quant_method", "unknown method")
+    bits = ("4-bit" if q.get("load_in_4bit") else "8-bit" if q.get("load_in_8bit")
+            else f"{q['bits']}-bit" if q.get("bits") else "quantized")
+    hint = f" (the adapter was trained on {trained_base!r})" if trained_base and trained_base != base_name else ""
+    raise RustcoderError(
+        f"the base model {base_name!r} is quantized ({method}, {bits}): merging an adapter into quantized weights "
+        f"rounds the adapter's update away and the result is not the model you trained. Pass the full-precision "
+        f"base with --base ID_OR_DIR{hint}; quantize the merged model afterwards if you need to.")
+
+
+def save_dtype_of(config: dict, base_dir: Path) -> str:
+    """The dtype the merged model is saved in: the base config's dtype, else its stored weights' dtype."""
+    tc = _text_config(config)
+    for d in (config.get("dtype"), config.get("torch_dtype"), tc.get("dtype"), tc.get("torch_dtype")):
+        if isinstance(d, str) and d in LOGITS_TOLERANCE:
+            return d
+    for _, (shape, code) in tensor_shapes(base_dir).items():
+        if _ST_DTYPES.get(code) in LOGITS_TOLERANCE:
+            return _ST_DTYPES[code]
+    return "float32"
+
+
+def _tied_keys(config: dict) -> tuple[str, str]:
+    """(output embedding key, input embedding key) of the architecture."""
+    import transformers
+
+    for arch in config.get("architectures") or []:
+        cls = getattr(transformers, arch, None)
+        keys = getattr(cls, "_tied_weights_keys", None)
+        if isinstance(keys, dict) and keys:
+            target, source = next(iter(keys.items()))
+            return target, source
+        if isinstance(keys, (list, tuple)) and keys:
+            return keys[0], "model.embed_tokens.weight"
+    return "lm_head.weight", "model.embed_tokens.weight"
+
+
+def _tie_word_embeddings(base_dir: Path) -> bool:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(base_dir)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return bool(getattr(text, "tie_word_embeddings", getattr(cfg, "tie_word_embeddings", False)))
+
+
+# ---- the adapter as arithmetic ------------------------------------------------------------------
+
+@dataclass
+class _Update:
+    """How one base weight changes: PEFT's own formulas, in PEFT's order of operations."""
+
+    kind: str  # "linear" | "embedding"
+    A: Any
+    B: Any
+    scale: float
+    magnitude: Any = None  # DoRA
+
+    def apply(self, w32):
+        A, B = self.A.float(), self.B.float()
+        if self.kind == "embedding":
+            delta = (B @ A).T * self.scale
+        else:
+            delta = (B @ A) * self.scale
+        if self.magnitude is None:
+            return w32 + delta
+        import torch
+
+        norm = torch.linalg.norm(w32 + 1 * delta, dim=1).to(w32.dtype)
+        factor = self.magnitude.float() / norm
+        return factor.view(-1, 1) * (w32 + delta)
+
+
+@dataclass
+class MergePlan:
+    """What the adapter does to each base tensor, and what a streaming merge cannot do."""
+
+    updates: dict[str, _Update] = field(default_factory=dict)        # base key -> low-rank update
+    replacements: dict[str, Any] = field(default_factory=dict)       # base key -> full tensor
+    unsupported: list[str] = field(default_factory=list)             # reasons streaming must refuse
+    adapter_keys: int = 0
+
+    @property
+    def touched(self) -> set[str]:
+        return set(self.updates) | set(self.replacements)
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank/alpha pattern lookup (peft.utils.other.get_pattern_key)."""
+    for key in patterns or {}:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return default
+
+
+def load_adapter_tensors(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter's saved tensors (adapters are small: loaded whole)."""
+    adapter_dir = Path(adapter_dir)
+    st = adapter_dir / "adapter_model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    import torch
+
+    return torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
+
+
+def plan_merge(adapter_tensors: dict[str, Any], adapter_config: dict) -> MergePlan:
+    """Turn PEFT's saved tensors into per-base-tensor updates (PEFT key naming -> checkpoint names)."""
+    plan = MergePlan(adapter_keys=len(adapter_tensors))
+    cfg = adapter_config
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise RustcoderError(f"rustcoder merges LoRA adapters; this adapter is {cfg.get('peft_type')}.")
+    for flag, why in (("fan_in_fan_out", "fan_in_fan_out (Conv1D layers)"), ("lora_bias", "lora_bias"),
+                      ("layer_replication", "layer_replication"), ("trainable_token_indices", "trainable tokens"),
+                      ("target_parameters", "target_parameters (LoRA on parameters)"),
+                      ("use_qalora", "QA-LoRA"), ("use_bdlora", "BD-LoRA")):
+        if cfg.get(flag):
+            plan.unsupported.append(why)
+    parts: dict[str, dict[str, Any]] = {}
+    for key, t in adapter_tensors.items():
+        k = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        m = re.match(r"(.+)\.(lora_A|lora_B)\.weight$", k) or re.match(r"(.+)\.(lora_embedding_A|lora_embedding_B)$", k) \
+            or re.match(r"(.+)\.(lora_magnitude_vector)(?:\.weight)?$", k)
+        if m:
+            parts.setdefault(m.group(1), {})[m.group(2)] = t
+            continue
+        if ".lora_" in k or "token_adapter" in k or "trainable_tokens" in k:
+            plan.unsupported.append(f"adapter tensor {key}")
+            continue
+        m = re.match(r"(.+)\.base_layer\.(weight|bias)$", k)
+        if m:  # PEFT saves the base embedding next to an embedding adapter (save_embedding_layers)
+            plan.replacements[f"{m.group(1)}.{m.group(2)}"] = t
+            continue
+        plan.replacements[k.replace(".modules_to_save", "")] = t  # modules_to_save: a full trained copy
+    for module, p in sorted(parts.items()):
+        r_cfg = _pattern_value(cfg.get("rank_pattern"), module, cfg.get("r", 8))
+        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", 8))
+        if "lora_A" in p and "lora_B" in p:
+            kind, A, B = "linear", p["lora_A"], p["lora_B"]
+        elif "lora_embedding_A" in p and "lora_embedding_B" in p:
+            kind, A, B = "embedding", p["lora_embedding_A"], p["lora_embedding_B"]
+        else:
+            plan.unsupported.append(f"{module} has an incomplete LoRA pair ({', '.join(sorted(p))})")
+            continue
+        r = int(A.shape[0])
+        if r != r_cfg:
+            plan.unsupported.append(f"{module} has rank {r} but the adapter config says {r_cfg}")
+        scale = alpha / math.sqrt(r_cfg) if cfg.get("use_rslora") else alpha / r_cfg
+        magnitude = p.get("lora_magnitude_vector")
+        if cfg.get("use_dora") and magnitude is None:
+            plan.unsupported.append(f"{module} is a DoRA layer without a magnitude vector")
+        if magnitude is not None and kind == "embedding":
+            plan.unsupported.append(f"{module}: DoRA on an embedding")
+        plan.updates[f"{module}.weight"] = _Update(kind, A, B, scale, magnitude)
+    return plan
+
+
+def check_fit(plan: MergePlan, base_shapes: dict[str, tuple[list[int], str]], base_name: str,
+              trained_base: str, base_config: dict | None = None, trained_config: dict | None = None) -> None:
+    """Refuse a base whose architecture or shapes do not fit the adapter, naming each mismatch."""
+    problems = []
+    if base_config is not None and trained_config is not None:
+        bc, tc = _text_config(base_config), _text_config(trained_config)
+        for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size"):
+            if k in tc and bc.get(k) != tc.get(k):
+                problems.append(f"config {k}: the adapter's base has {tc[k]!r}, {base_name!r} has {bc.get(k)!r}")
+    for key, u in sorted(plan.updates.items()):
+        module = key.removesuffix(".weight")
+        if u.kind == "embedding":
+            want = [int(u.A.shape[1]), int(u.B.shape[0])]
+            what = "embedding (vocab x hidden)"
+        else:
+            want = [int(u.B.shape[0]), int(u.A.shape[1])]
+            what = "weight (out x in)"
+        if key not in base_shapes:
+            problems.append(f"{module}: the adapter targets it, but {base_name!r} has no tensor {key}")
+            continue
+        have = list(base_shapes[key][0])
+        if have != want:
+            problems.append(f"{module}: adapter expects {what} {'x'.join(map(str, want))}, "
+                            f"{base_name!r} has {'x'.join(map(str, have))}")
+        if u.magnitude is not None and list(u.magnitude.shape) != [have[0]]:
+            problems.append(f"{module}: DoRA magnitude has {list(u.magnitude.shape)}, weight has {have[0]} rows")
+    for key, t in sorted(plan.replacements.items()):
+        if key in base_shapes and list(base_shapes[key][0]) != list(t.shape):
+            problems.append(f"{key}: the adapter saves {'x'.join(map(str, t.shape))}, {base_name!r} has "
+                            f"{'x'.join(map(str, base_shapes[key][0]))}")
+    if problems:
+        shown = problems[:12]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise RustcoderError(
+            f"the base model {base_name!r} does not fit this adapter ({len(problems)} mismatch"
+            f"{'es' if len(problems) != 1 else ''}):\n" + "\n".join(f"  - {p}" for p in shown) + more
+            + f"\nThe adapter was trained on {trained_base!r}; pass that model (or one with the same "
+              "architecture and shapes) with --base.")
+
+
+# ---- output files -------------------------------------------------------------------------------
+
+def _edited_config(base_dir: Path, dtype: str, untie: bool) -> dict:
+    cfg = read_json(base_dir / "config.json")
+    keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["dtype"]
+    for k in keys:
+        cfg[k] = dtype
+    if untie:
+        cfg["tie_word_embeddings"] = False
+        if "text_config" in cfg and isinstance(cfg["text_config"], dict):
+            cfg["text_config"]["tie_word_embeddings"] = False
+    return cfg
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    return tid if isinstance(tid, int) and tid != tokenizer.unk_token_id else None
+
+
+def _generation_config(base_dir: Path, config: dict, tokenizer) -> dict:
+    path = base_dir / "generation_config.json"
+    gen = read_json(path) if path.is_file() else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    eos = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    im_end = _token_id(tokenizer, END_OF_TURN)
+    if im_end is None:
+        raise RustcoderError(f"the run's tokenizer has no {END_OF_TURN} token: the merged model could not stop "
+                             "at the end of its turn.")
+    if im_end not in eos:
+        eos.insert(0, im_end)
+    gen["eos_token_id"] = eos
+    if tokenizer.pad_token_id is not None:
+        gen["pad_token_id"] = tokenizer.pad_token_id
+    gen.setdefault("bos_token_id", config.get("bos_token_id"))
+    return gen
+
+
+def _copy_tokenizer(adapter_dir: Path, out: Path) -> str:
+    """Copy the run's tokenizer files and put the chat template in tokenizer_config.json too."""
+    for name in _TOKENIZER_FILES:
+        if (adapter_dir / name).is_file():
+            shutil.copy2(adapter_dir / name, out / name)
+    template = (adapter_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    tok_cfg = read_json(out / "tokenizer_config.json")
+    tok_cfg["chat_template"] = template
+    tok_cfg["eos_token"] = END_OF_TURN
+    for local_only in ("is_local", "local_files_only"):  # describe where the run loaded from, not the model
+        tok_cfg.pop(local_only, None)
+    atomic_write_json(out / "tokenizer_config.json", tok_cfg)
+    return template
+
+
+def _model_card(src: _Source, report: dict) -> str:
+    m = src.manifest
+    run_name = m.get("run_name") or (src.run_dir.name if src.run_dir else src.adapter_dir.name)
+    ds = m.get("dataset") or {}
+    dataset = ds.get("source")
+    hub_dataset = dataset if dataset and "/" in dataset and not Path(dataset).exists() else None
+    metrics = {k: v for k, v in (m.get("metrics") or {}).items() if k.startswith(("eval_", "train_loss"))}
+    if isinstance(m.get("eval"), dict):
+        metrics.update({f"eval/{k}": v for k, v in m["eval"].items() if isinstance(v, (int, float))})
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    ver = report.get("verification") or {}
+    if ver.get("skipped"):
+        verified = "not verified (merged with --no-verify)"
+    else:
+        logits = ver.get("checks", {}).get("logits", {})
+        verified = (f"verified: logits of the merged model equal base + adapter within "
+                    f"{logits.get('tolerance', 0):.1e} (max diff {logits.get('max_abs_diff', 0):.1e}), identical "
+                    f"greedy outputs on {len(PROBES)} Rust probe prompts; see `merge_report.json`")
+    front = ["---", f"base_model: {src.base_name if not Path(src.base_name).exists() else src.trained_base}",
+             "library_name: transformers", "pipeline_tag: text-generation"]
+    if hub_dataset:
+        front += ["datasets:", f"- {hub_dataset}"]
+    front += ["tags:", "- rust", "- code", "- rustcoder", "- merged-lora", "---"]
+    lines = front + [
+        f"# {run_name} (merged)", "",
+        f"`{src.base_name}` with the rustcoder LoRA adapter `{run_name}` folded into its weights: a standalone "
+        f"model, no PEFT needed. Saved in {report['dtype']}.", "",
+        f"- Base model: `{src.base_name}`" + (f" (adapter trained on `{src.trained_base}`)" if src.base_overridden else ""),
+        f"- Adapter: `{run_name}` (LoRA r {report['lora']['r']}, alpha {report['lora']['alpha']}"
+        + (", rsLoRA" if report["lora"]["rslora"] else "") + (", DoRA" if report["lora"]["dora"] else "") + ")",
+    ]
+    if dataset:
+        lines.append(f"- Dataset: `{dataset}`" + (f" (fingerprint {ds.get('fingerprint')}, {ds.get('train_rows')} train / "
+                                                  f"{ds.get('eval_rows')} eval rows)" if ds.get("fingerprint") else ""))
+    if m.get("preset"):
+        lines.append(f"- Preset: `{m['preset']}`")
+    lines += [f"- Chat template: ChatML (`chat_template.jinja`); answers end with `{END_OF_TURN}`, which "
+              "`generation_config.json` lists as an eos token.", f"- Merge: {verified}.", ""]
+    if rows:
+        lines += ["| metric | value |", "| --- | --- |", rows, ""]
+    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+              "```", "", "or `vllm serve PATH`, or `rustcoder serve`.", ""]
+    return "\n".join(lines)
+
+
+# ---- merging ------------------------------------------------------------------------------------
+
+def _untie_needed(tie: bool, plan: MergePlan, tied: tuple[str, str]) -> bool:
+    return tie and bool(plan.touched & set(tied))
+
+
+def _merge_streaming(src: _Source, plan: MergePlan, out: Path, dtype: str, untie: bool, tied: tuple[str, str],
+                     log: Callable) -> None:
+    """Shard by shard, tensor by tensor: W' = W + scale * B @ A in float32, cast to dtype."""
+    if plan.unsupported:
+        raise RustcoderError("--streaming cannot merge this adapter: " + "; ".join(plan.unsupported)
+                             + ". Merge it without --streaming (in memory, with PEFT).")
+    target_dtype = _torch_dtype(dtype)
+    lm_key, embed_key = tied
+    files = weight_files(src.base_dir)
+    all_keys = set(tensor_shapes(src.base_dir))
+    missing_new = [k for k in plan.replacements if k not in all_keys and not (untie and k == lm_key)]
+    if missing_new:
+        raise RustcoderError("--streaming cannot add tensors the base does not have: " + ", ".join(missing_new)
+                             + ". Merge it without --streaming.")
+    add_lm_head = untie and lm_key not in all_keys
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, f in enumerate(files, 1):
+        header, start, _ = read_safetensors_header(f)
+        order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+        entries: list[tuple[str, str, str]] = []  # (output name, source name, dtype code)
+        for name in order:
+            code = header[name]["dtype"]
+            out_code = _st_code(target_dtype) if _ST_DTYPES[code].startswith(("float", "bfloat")) else code
+            entries.append((name, name, out_code))
+            if add_lm_head and name == embed_key:
+                entries.append((lm_key, name, out_code))
+        writer = _SafetensorsWriter(out / f.name, [(o, c, header[s]["shape"]) for o, s, c in entries],
+                                    {"format": "pt"})
+        try:
+            with open(f, "rb") as fh:
+                for out_name, src_name, code in entries:
+                    t = _read_tensor(fh, header[src_name], start)
+                    if out_name in plan.replacements:
+                        t = plan.replacements[out_name]
+                    u = plan.updates.get(out_name)
+                    if u is not None:
+                        t = u.apply(t.float())
+                    writer.write(out_name, t.to(_torch_dtype(_ST_DTYPES[code])))
+                    weight_map[out_name] = f.name
+                    del t
+            writer.close()
+        except BaseException:
+            writer.fh.close()
+            raise
+        total += writer.total
+        log(f"  shard {i}/{len(files)}: {f.name} ({len(entries)} tensors)")
+    if len(files) > 1 or (src.base_dir / "model.safetensors.index.json").is_file():
+        atomic_write_json(out / "model.safetensors.index.json",
+                          {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+
+
+def _load_base_fp32(base_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def _untie(model) -> None:
+    """Give lm_head its own copy of the embedding matrix (before an adapter changes one of them)."""
+    import torch
+
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+
+
+def _merge_in_memory(src: _Source, plan: MergePlan, out: Path, dtype: str, untie: bool, tokenizer, verify: bool,
+                     log: Callable):
+    """Base in float32 + PEFT merge_and_unload, cast to dtype, saved as sharded safetensors."""
+    from peft import PeftModel
+
+    model = _load_base_fp32(src.base_dir)
+    if not weight_files(src.base_dir):  # a .bin base: its shapes are known only once loaded
+        check_fit(plan, {k: (list(v.shape), "") for k, v in model.state_dict().items()}, src.base_name,
+                  src.trained_base)
+    if untie:
+        _untie(model)
+    peft_model = PeftModel.from_pretrained(model, src.adapter_dir)
+    reference = None
+    if verify:
+        log("computing reference outputs (base + adapter, unmerged, float32)")
+        reference = probe_outputs(peft_model, tokenizer, base_logits=True)
+    merged = peft_model.merge_and_unload()
+    merged.to(_torch_dtype(dtype))
+    log(f"saving merged weights ({dtype})")
+    merged.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)
+    return reference
+
+
+# ---- verification -------------------------------------------------------------------------------
+
+def probe_messages() -> list[list[dict]]:
+    """Chat messages of the verification probes (system + user turn for each Rust task category)."""
+    from .data.categories import build_messages
+
+    return [build_messages(cat, inp) for cat, inp in PROBES]
+
+
+def _render(tokenizer, messages) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def probe_outputs(model, tokenizer, base_logits: bool = False) -> list[dict]:
+    """Greedy continuations and float32 logits of a model on the probe prompts.
+
+    With base_logits=True (a PEFT model) also the logits with the adapter disabled, to report how much
+    the adapter changes the model (the scale the tolerance must be small against).
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    model.eval()
+    im_end = _token_id(tokenizer, END_OF_TURN)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
+    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=im_end,
+                               pad_token_id=pad, output_scores=True, return_dict_in_generate=True)
+    results = []
+    with torch.no_grad():
+        for messages in probe_messages():
+            prompt = _encode(tokenizer, _render(tokenizer, messages))
+            ids = torch.tensor([prompt])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg)
+            new = out.sequences[0, len(prompt):].tolist()
+            full = torch.tensor([prompt + new])
+            logits = model(input_ids=full, use_cache=False).logits[0].float()
+            item = {"prompt_ids": prompt, "greedy": new, "logits": logits,
+                    "margins": [float((s[0].topk(2).values[0] - s[0].topk(2).values[1]).item()) for s in out.scores]}
+            if base_logits and hasattr(model, "disable_adapter"):
+                with model.disable_adapter():
+                    item["base_logits"] = model(input_ids=full, use_cache=False).logits[0].float()
+            results.append(item)
+    return results
+
+
+def reference_outputs(base_dir: str | Path, adapter_dir: str | Path, tokenizer) -> list[dict]:
+    """Probe outputs of base + adapter (PEFT, unmerged) in float32: what the merged model must reproduce."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(_load_base_fp32(Path(base_dir)), str(adapter_dir))
+    out = probe_outputs(model, tokenizer, base_logits=True)
+    del model
+    return out
+
+
+def _check(passed: bool, detail: str, **numbers) -> dict:
+    return {"passed": bool(passed), "detail": detail, **numbers}
+
+
+def _file_checks(merged_dir: Path, tie: bool, tied: tuple[str, str]) -> dict[str, dict]:
+    import torch
+
+    lm_key, embed_key = tied
+    bad, leftovers, count = [], [], 0
+    embed = lm_head = None
+    for name, t in iter_tensors(merged_dir):
+        count += 1
+        if "lora_" in name or ".base_layer." in name or "modules_to_save" in name:
+            leftovers.append(name)
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad.append(f"{name} ({int((~torch.isfinite(t)).sum())} non-finite values)")
+        if name == embed_key:
+            embed = t
+        elif name == lm_key:
+            lm_head = t
+    checks = {
+        "finite": _check(not bad and count > 0, f"{count} tensors, no NaN/inf" if not bad
+                         else "non-finite values in " + ", ".join(bad[:5]), tensors=count),
+        "lora_free": _check(not leftovers, "no LoRA/PEFT tensors left" if not leftovers
+                            else "PEFT tensors left in the model: " + ", ".join(leftovers[:5])),
+    }
+    if tie:
+        ok = lm_head is None or (embed is not None and torch.equal(lm_head, embed))
+        detail = ("tie_word_embeddings=true and lm_head is the embedding matrix" if ok
+                  else "tie_word_embeddings=true but the saved lm_head differs from embed_tokens")
+    else:
+        ok = lm_head is not None
+        detail = ("tie_word_embeddings=false and lm_head is saved" if ok
+                  else f"tie_word_embeddings=false but {lm_key} is missing: it would load as random weights")
+    checks["tied_embeddings"] = _check(ok, detail, tie_word_embeddings=tie)
+    return checks
+
+
+def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path, *,
+                 reference: list[dict] | None = None, log: Callable = print) -> dict[str, Any]:
+    """Check a merged model against base + adapter; returns {"passed", "checks", "tolerance", ...}.
+
+    Checks: logits on the probe prompts within LOGITS_TOLERANCE of base + adapter (float32, unmerged);
+    identical greedy generations (a divergence is accepted only at a near-tie, where the reference's
+    top two logits are closer than the tolerance); no NaN/inf in any tensor; no LoRA tensors left;
+    tied embeddings consistent with the config (in the files and in the loaded model); the chat
+    template renders the probe prompts exactly as the run's tokenizer does (text and token ids); the
+    generation config's eos includes <|im_end|>.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged_dir, adapter_dir = Path(merged_dir), Path(adapter_dir)
+    config = read_json(merged_dir / "config.json")
+    dtype = save_dtype_of(config, merged_dir)
+    atol, rtol = LOGITS_TOLERANCE[dtype]
+    tied = _tied_keys(config)
+    tie = _tie_word_embeddings(merged_dir)
+    checks = _file_checks(merged_dir, tie, tied)
+
+    run_tok = AutoTokenizer.from_pretrained(adapter_dir)
+    merged_tok = AutoTokenizer.from_pretrained(merged_dir)
+    template_file = merged_dir / "chat_template.jinja"
+    tok_cfg = read_json(merged_dir / "tokenizer_config.json")
+    mismatched = []
+    convo = probe_messages()
+    convo.append(probe_messages()[0] + [{"role": "assistant", "content": "```rust\nfn f() {}\n```"}])
+    for messages in convo:
+        gen = messages[-1]["role"] != "assistant"
+        a = run_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        b = merged_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        if a != b or _encode(run_tok, a) != _encode(merged_tok, b):
+            mismatched.append(messages[0]["content"][:40])
+    template_ok = (template_file.is_file() and tok_cfg.get("chat_template") == template_file.read_text(encoding="utf-8")
+                   and not mismatched)
+    checks["chat_template"] = _check(
+        template_ok, f"chat_template.jinja and tokenizer_config.json render {len(convo)} conversations exactly as "
+        "the run's tokenizer" if template_ok else
+        ("chat_template.jinja missing or different from tokenizer_config.json" if not mismatched
+         else f"{len(mismatched)} of {len(convo)} conversations render differently"), conversations=len(convo))
+
+    gen_path = merged_dir / "generation_config.json"
+    gen = read_json(gen_path) if gen_path.is_file() else {}
+    eos = gen.get("eos_token_id")
+    eos = eos if isinstance(eos, list) else [eos]
+    im_end = _token_id(merged_tok, END_OF_TURN)
+    eos_ok = im_end is not None and im_end in eos and merged_tok.eos_token == END_OF_TURN
+    checks["eos"] = _check(eos_ok, f"generation_config eos {eos} includes {END_OF_TURN} ({im_end}); tokenizer eos "
+                           f"{merged_tok.eos_token}", eos_token_id=eos)
+
+    if reference is None:
+        log("computing reference outputs (base + adapter, unmerged, float32)")
+        reference = reference_outputs(base_dir, adapter_dir, run_tok)
+    log("running the merged model on the probe prompts")
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, attn_implementation="sdpa")
+    peft_like = [n for n, _ in model.named_modules() if "lora_" in n or n.endswith("base_layer")]
+    checks["lora_free"]["passed"] &= not peft_like
+    if peft_like:
+        checks["lora_free"]["detail"] += f"; loaded model has LoRA modules: {', '.join(peft_like[:3])}"
+    shared = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    if shared != tie:
+        checks["tied_embeddings"]["passed"] = False
+        checks["tied_embeddings"]["detail"] += (f"; but the loaded model {'shares' if shared else 'does not share'} "
+                                                "lm_head with embed_tokens")
+    merged_out = probe_outputs(model, merged_tok)
+    del model
+
+    max_diff, max_ref, effect, positions = 0.0, 0.0, 0.0, 0
+    same, near_ties, diverged = 0, [], []
+    for i, (ref, got) in enumerate(zip(reference, merged_out)):
+        if ref["greedy"] == got["greedy"]:
+            same += 1
+        else:
+            k = next((j for j, (a, b) in enumerate(zip(ref["greedy"], got["greedy"])) if a != b),
+                     min(len(ref["greedy"]), len(got["greedy"])))
+            margin = ref["margins"][k] if k < len(ref["margins"]) else float("inf")
+            (near_ties if margin <= atol + rtol * float(ref["logits"].abs().max()) else diverged).append(
+                {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
+        n = min(len(ref["logits"]), len(got["logits"]))
+        max_diff = max(max_diff, float((ref["logits"][:n] - got["logits"][:n]).abs().max()))
+        max_ref = max(max_ref, float(ref["logits"].abs().max()))
+        if "base_logits" in ref:
+            effect = max(effect, float((ref["logits"] - ref["base_logits"]).abs().max()))
+        positions += n
+    tolerance = atol + rtol * max_ref
+    checks["logits"] = _check(
+        max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
+        f"{positions} positions, tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
+        f"the adapter itself moves logits by up to {effect:.2e}",
+        max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
+        adapter_effect=effect, positions=positions)
+    checks["greedy"] = _check(
+        not diverged, f"{same}/{len(PROBES)} greedy continuations identical ({GREEDY_TOKENS} tokens max)"
+        + (f"; {len(near_ties)} differ at a near-tie" if near_ties else "")
+        + (f"; {len(diverged)} diverge: " + ", ".join(f"{d['probe']} at token {d['token']}" for d in diverged)
+           if diverged else ""), identical=same, probes=len(PROBES), near_ties=near_ties, diverged=diverged)
+    order = ["logits", "greedy", "finite", "lora_free", "tied_embeddings", "chat_template", "eos"]
+    checks = {k: checks[k] for k in order}
+    return {"skipped": False, "passed": all(c["passed"] for c in checks.values()), "dtype": dtype,
+            "tolerance": {"atol": atol, "rtol": rtol}, "checks": checks}
+
+
+def render_report(report: dict) -> str:
+    """Human-readable summary of a merge report (what the CLI prints)."""
+    lines = [f"merged model: {report['merged_dir']}",
+             f"  base {report['base']['name']} + adapter {report['adapter']['dir']} -> {report['dtype']}, "
+             f"{report['files']['shards']} shard(s), {report['files']['bytes'] / 1e6:.1f} MB, "
+             f"{report['mode']} merge in {report['wall_time_s']:.1f} s"]
+    if report.get("untied_embeddings"):
+        lines.append("  the adapter changes a tied embedding: lm_head and embed_tokens are saved separately "
+                     "(tie_word_embeddings=false)")
+    v = report.get("verification") or {}
+    if v.get("skipped"):
+        lines.append("verification: skipped (--no-verify)")
+    else:
+        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'}")
+        for name, c in v.get("checks", {}).items():
+            lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {name:<16} {c['detail']}")
+    lines.append(f"report: {Path(report['merged_dir']) / REPORT}")
+    return "\n".join(lines)
+
+
+# ---- the atomic output directory ----------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp_dirs(target: Path, log: Callable = print) -> list[Path]:
+    """Remove temporary siblings of target left by merges that were killed (their process is gone)."""
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        m = re.match(rf"\.{re.escape(target.name)}\.(merging|replaced)-(\d+)-", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log(f"removed {len(removed)} half-written merge(s) left by a killed run: {', '.join(p.name for p in removed)}")
+    return removed
+
+
+def _looks_replaceable(target: Path) -> bool:
+    return (target / REPORT).is_file() or (target / "config.json").is_file() or not any(target.iterdir())
+
+
+def _install(tmp: Path, target: Path, force: bool) -> None:
+    """Rename the finished temporary directory into place (swapping out an old merge with force)."""
+    if target.exists():
+        if not force:
+            raise RustcoderError(f"{target} appeared while merging; pass --force to replace it.")
+        old = target.parent / f".{target.name}.replaced-{os.getpid()}-{int(time.time())}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _write_report(out: Path, report: dict) -> None:
+    atomic_write_json(out / REPORT, report)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+# ---- the public entry points --------------------------------------------------------------------
+
+def default_output_dir(run_dir: str | Path) -> Path:
+    """RUN_DIR/merged for a run directory; ADAPTER_DIR-merged beside a bare adapter directory."""
+    adapter_dir, real_run = _adapter_dir_of(Path(run_dir))
+    return real_run / MERGED_DIR if real_run else adapter_dir.parent / f"{adapter_dir.name}-merged"
+
+
+def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str | None = None, force: bool = False,
+          verify: bool = True, streaming: bool = False, push_to_hub: str | None = None,
+          log: Callable = print) -> MergeResult:
+    """Merge a run's LoRA adapter into its base model and save a standalone, verified model directory.
+
+    run_dir is a training run directory (or an adapter directory); output_dir defaults to RUN_DIR/merged.
+    base overrides the base model the run recorded (hub id or directory). The merge is computed in
+    float32 and saved in the base's dtype; with streaming=True it runs shard by shard with memory of
+    about one tensor. Merging the same adapter into the same base again is a no-op. Raises
+    RustcoderError (with what to do) for a quantized or mismatched base, missing files, an existing
+    target without force, or a failed verification (the target is then left untouched).
+    """
+    started = time.time()
+    src = _resolve_source(run_dir, base, streaming)
+    target = Path(output_dir) if output_dir else default_output_dir(run_dir)
+    target = target.expanduser().resolve()
+    for forbidden in (src.adapter_dir, src.base_dir, src.run_dir):
+        if forbidden is not None and target == Path(forbidden).resolve():
+            raise UsageError(f"--output-dir {target} is the {'base model' if forbidden == src.base_dir else 'run'} "
+                             "directory itself; choose a new directory.")
+
+    base_config = read_json(src.base_dir / "config.json")
+    check_not_quantized(base_config, src.base_name, src.trained_base)
+    dtype = save_dtype_of(base_config, src.base_dir)
+    adapter_sha = adapter_fingerprint(src.adapter_dir)
+    identity = base_identity(src.base_dir)
+    key = _merge_key(adapter_sha, identity["sha256"], dtype)
+
+    clean_stale_temp_dirs(target, log)
+    if target.exists():
+        previous = read_json(target / REPORT) if (target / REPORT).is_file() else None
+        if previous and previous.get("merge_key") == key:
+            return _already_merged(src, target, previous, verify, log)
+        if not force:
+            why = ("it holds a merge of a different adapter or base" if previous
+                   else "it is not a rustcoder merge")
+            raise RustcoderError(f"{target} already exists and {why}. Pass --force to replace it, or choose "
+                                 "another --output-dir.")
+        if not target.is_dir() or not _looks_replaceable(target):
+            raise RustcoderError(f"{target} exists and is not a model directory; refusing to replace it even with "
+                                 "--force. Choose another --output-dir.")
+
+    from transformers import AutoTokenizer
+
+    log(f"merging {src.adapter_dir} into {src.base_name} ({'streaming' if streaming else 'in memory'}, float32 -> "
+        f"{dtype})")
+    if src.base_overridden:
+        log(f"note: --base {src.base_name!r} replaces the base the adapter was trained on ({src.trained_base!r})")
+    plan = plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config)
+    trained_cfg_path = Path(src.manifest.get("base_model_path") or "") / "config.json"
+    trained_config = read_json(trained_cfg_path) if src.base_overridden and trained_cfg_path.is_file() else None
+    if weight_files(src.base_dir):
+        check_fit(plan, tensor_shapes(src.base_dir), src.base_name, src.trained_base, base_config, trained_config)
+    elif streaming:
+        raise RustcoderError(f"--streaming needs safetensors weights; {src.base_dir} has none.")
+    tied = _tied_keys(base_config)
+    tie = _tie_word_embeddings(src.base_dir)
+    untie = _untie_needed(tie, plan, tied)
+    if untie:
+        log("the adapter changes a tied embedding matrix: saving lm_head and embed_tokens separately "
+            "(tie_word_embeddings=false), as base + adapter computes them")
+    tokenizer = AutoTokenizer.from_pretrained(src.adapter_dir)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.merging-{os.getpid()}-", dir=target.parent))
+    try:
+        reference = None
+        if streaming:
+            _merge_streaming(src, plan, tmp, dtype, untie, tied, log)
+        else:
+            reference = _merge_in_memory(src, plan, tmp, dtype, untie, tokenizer, verify, log)
+        config = _edited_config(src.base_dir, dtype, untie)
+        atomic_write_json(tmp / "config.json", config)
+        atomic_write_json(tmp / "generation_config.json", _generation_config(src.base_dir, config, tokenizer))
+        _copy_tokenizer(src.adapter_dir, tmp)
+        shards = weight_files(tmp)
+        report = {
+            "kind": "rustcoder-merge",
+            "merge_format": MERGE_FORMAT,
+            "created_at": time.time(),
+            "merged_dir": str(target),
+            "mode": "streaming" if streaming else "in-memory",
+            "merge_key": key,
+            "run_dir": str(src.run_dir) if src.run_dir else None,
+            "run_name": src.manifest.get("run_name"),
+            "adapter": {"dir": str(src.adapter_dir), "sha256": adapter_sha, "tensors": plan.adapter_keys},
+            "base": {"name": src.base_name, "dir": str(src.base_dir), "revision": src.base_revision,
+                     "trained_on": src.trained_base, "overridden": src.base_overridden, "identity": identity},
+            "dtype": dtype,
+            "compute_dtype": "float32",
+            "lora": {"r": src.adapter_config.get("r"), "alpha": src.adapter_config.get("lora_alpha"),
+                     "rslora": bool(src.adapter_config.get("use_rslora")),
+                     "dora": bool(src.adapter_config.get("use_dora")),
+                     "merged_tensors": len(plan.updates), "replaced_tensors": sorted(plan.replacements)},
+            "tie_word_embeddings": tie and not untie,
+            "untied_embeddings": untie,
+            "files": {"shards": len(shards), "bytes": sum(f.stat().st_size for f in shards)},
+            "versions": artifacts.package_versions(),
+        }
+        if verify:
+            report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference, log=log)
+        else:
+            report["verification"] = {"skipped": True, "passed": None}
+        report["wall_time_s"] = time.time() - started
+        atomic_write_text(tmp / "README.md", _model_card(src, report))
+        if verify and not report["verification"]["passed"]:
+            failed = {k: c["detail"] for k, c in report["verification"]["checks"].items() if not c["passed"]}
+            raise RustcoderError("the merged model failed verification, so it was not saved:\n"
+                                 + "\n".join(f"  - {k}: {d}" for k, d in failed.items())
+                                 + "\nThis is a bug or a broken adapter/base; report it with the run's adapter_config.json.")
+        _write_report(tmp, report)
+        _install(tmp, target, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if src.run_dir is not None:
+        artifacts.update_manifest(src.run_dir, merged_dir=str(target), merged_at=time.time())
+    result = MergeResult(merged_dir=target, report=report)
+    if push_to_hub:
+        result.pushed_to = push_merged(target, push_to_hub)
+        log(f"pushed merged model to {result.pushed_to}")
+    return result
+
+
+def _already_merged(src: _Source, target: Path, previous: dict, verify: bool, log: Callable) -> MergeResult:
+    log(f"{target} already holds this adapter merged into this base (same adapter weights and base): nothing to do.")
+    if verify and (previous.get("verification") or {}).get("skipped"):
+        log("it was merged with --no-verify: verifying it now")
+        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, log=log)
+        _write_report(target, previous)
+        if not previous["verification"]["passed"]:
+            raise RustcoderError(f"{target} failed verification; re-merge it with --force.\n"
+                                 + render_report(previous))
+    return MergeResult(merged_dir=target, report=previous, already_merged=True)
+
+
+def push_merged(merged_dir: str | Path, repo: str) -> str:
+    """Upload a merged model directory (with its model card and merge report) to a hub model repo."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(merged_dir), repo_id=repo, repo_type="model",
+                          commit_message="Upload rustcoder merged model")
+    except Exception as e:
+        raise RustcoderError(f"push to {repo!r} failed: {type(e).__name__}: {e}\nThe merged model is safe in "
+                             f"{merged_dir}; log in with `huggingface-cli login` and push it again with "
+                             f"`huggingface-cli upload {repo} {merged_dir}`.") from None
+    return f"https://huggingface.co/{repo}"
+
+
+def newest_merged(runs_dir: str | Path = "runs") -> Path:
+    """The most recently merged model among the runs under runs_dir (what `rustcoder serve` serves).
+
+    Looks at RUN_DIR/merged and wherever a run's manifest says it was merged to; only complete merges
+    (with merge_report.json) whose verification passed or was skipped count.
+    """
+    found: list[tuple[float, Path]] = []
+    for run in artifacts.list_runs(runs_dir):
+        manifest = read_json(run / MANIFEST)
+        candidates = {run / MERGED_DIR}
+        if manifest.get("merged_dir"):
+            candidates.add(Path(manifest["merged_dir"]))
+        for c in candidates:
+            if (c / REPORT).is_file() and (c / "config.json").is_file():
+                report = read_json(c / REPORT)
+                if (report.get("verification") or {}).get("passed") is not False:
+                    found.append((report.get("created_at", 0), c.resolve()))
+    if not found:
+        raise UsageError(f"no merged model under {str(runs_dir)!r}. Merge a run first: `rustcoder merge` "
+                         "(merges the newest finished run).")
+    return max(found, key=lambda x: x[0])[1]

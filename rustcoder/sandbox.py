@@ -1,0 +1,1181 @@
+"""Compile and run untrusted (model-written) Rust: the one place rustcoder executes generated code.
+
+Every call gets a fresh private working directory, a scrubbed environment, an unprivileged user,
+resource limits, separate compile and run timeouts, a process-group (and, where possible, PID
+namespace) kill, capped output and a fixed set of result statuses. Protections that this machine
+cannot provide are dropped with a one-time warning and are simply absent from
+``ExecutionResult.isolation``; see ``docs/sandbox.md`` for the threat model and the known gaps.
+
+Standard library only: evaluation workers import this without torch or transformers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+__all__ = [
+    "STATUSES",
+    "MODES",
+    "EDITIONS",
+    "ISOLATION_TAGS",
+    "SANDBOX_UID",
+    "Limits",
+    "ExecutionResult",
+    "RustcNotFound",
+    "run_rust",
+    "run_many",
+    "sandbox_capabilities",
+    "rustc_available",
+]
+
+log = logging.getLogger(__name__)
+
+STATUSES = (
+    "pass",  # compiled; tests passed (test), exit code 0 (run), or type-checked (check)
+    "test_fail",  # the test binary ran and libtest reported at least one failed test
+    "compile_error",  # rustc rejected the program (the model's fault)
+    "needs_crate",  # rustc failed only because an external crate is not available
+    "timeout",  # compile or run exceeded its wall-clock timeout
+    "runtime_error",  # crashed, panicked, non-zero exit, killed by a limit, or no test summary
+    "output_limit",  # wrote more than max_output_bytes to stdout or stderr; stopped early
+    "empty_source",  # nothing to compile
+    "sandbox_error",  # the sandbox itself failed (no linker, cannot drop privileges, ...)
+)
+MODES = ("check", "test", "run")
+EDITIONS = ("2015", "2018", "2021", "2024")
+
+# Names used in ExecutionResult.isolation (the ones in effect for that call).
+ISOLATION_TAGS = {
+    "private-workdir": "fresh 0700 temp dir owned by the sandbox user; HOME and TMPDIR point into it",
+    "scrubbed-env": "no variable inherited from the parent process (PATH, HOME, TMPDIR, LANG only)",
+    "unprivileged-user": "compiler and program run as nobody (uid 65534), not as root",
+    "invoking-user": "not started as root: compiler and program run as the invoking user",
+    "root-user": "UNSAFE: running as root because RUSTCODER_ALLOW_ROOT=1",
+    "no-new-privs": "PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges",
+    "network-namespace": "fresh network namespace: no interfaces but a downed loopback",
+    "pid-namespace": "fresh PID namespace: cannot see or signal other processes; all die together",
+    "ipc-namespace": "fresh System V IPC / POSIX message-queue namespace",
+    "rlimits": "CPU seconds, address space, file size, open files, core dumps, processes (run)",
+    "timeouts": "separate wall-clock timeouts for compile and run",
+    "process-group-kill": "the whole process group is SIGKILLed on timeout and after exit",
+    "output-cap": "stdout/stderr read incrementally and capped in memory",
+}
+
+SANDBOX_UID = 65534  # nobody
+SANDBOX_GID = 65534  # nogroup
+
+_GIB = 1 << 30
+_MIB = 1 << 20
+_COMPILE_OUTPUT_CAP = 4 * _MIB  # rustc JSON diagnostics kept in memory; the rest is discarded
+MAX_DIAGNOSTIC_CHARS = 4000
+TRUNCATION_MARKER = "\n[rustcoder: output truncated]\n"
+_EXIT_GRACE_SECONDS = 0.3  # after the program exits, how long to drain pipes held by stragglers
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_BUILTIN_CRATES = {"std", "core", "alloc", "proc_macro", "test", "crate", "self", "super"}
+_RESOLUTION_CODES = {
+    "E0405", "E0412", "E0422", "E0423", "E0425", "E0432", "E0433", "E0463",
+    "E0531", "E0532", "E0599", "E0282", "E0283",
+}
+_MISSING_CRATE_PATTERNS = [
+    re.compile(r"unlinked crate `([^`]+)`"),
+    re.compile(r"cannot find module or crate `([^`]+)`"),
+    re.compile(r"can't find crate for `([^`]+)`"),
+    re.compile(r"undeclared crate or module `([^`]+)`"),  # rustc <= 1.86 wording
+    re.compile(r"maybe a missing crate `([^`]+)`"),  # older E0432 wording
+    re.compile(r"you might be missing a crate named `([^`]+)`"),
+]
+_TEST_SUMMARY = re.compile(
+    r"^test result: (ok|FAILED)\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured",
+    re.MULTILINE,
+)
+_TEST_RUNNING = re.compile(r"^running (\d+) tests?$", re.MULTILINE)
+_TEST_LINE = re.compile(r"^test .+ \.\.\. (ok|FAILED|ignored)\s*$", re.MULTILINE)
+_FATAL_SIGNALS = {
+    int(getattr(signal, name)): name
+    for name in ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGKILL", "SIGTERM",
+                 "SIGXCPU", "SIGXFSZ", "SIGTRAP", "SIGSYS", "SIGPIPE")
+    if hasattr(signal, name)
+}
+
+
+class RustcNotFound(RuntimeError):
+    """No usable ``rustc``: install Rust with rustup (https://rustup.rs) or set RUSTCODER_RUSTC."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to every sandboxed compile and run.
+
+    Memory limits are per process address space (RLIMIT_AS); ``run_max_processes`` counts
+    processes and threads (RLIMIT_NPROC) on top of those the sandbox user already has.
+    """
+
+    compile_memory_bytes: int = 2 * _GIB
+    run_memory_bytes: int = 512 * _MIB
+    compile_file_bytes: int = 256 * _MIB
+    run_file_bytes: int = 16 * _MIB
+    run_max_processes: int = 256
+    open_files: int = 1024
+    test_threads: int = 4
+
+
+@dataclasses.dataclass
+class ExecutionResult:
+    """Outcome of one sandboxed compile (and run). ``status`` is one of ``STATUSES``."""
+
+    status: str
+    mode: str = "test"
+    error_codes: list[str] = dataclasses.field(default_factory=list)
+    diagnostics: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    tests_passed: int = 0
+    tests_failed: int = 0
+    tests_ignored: int = 0
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+    exit_code: int | None = None
+    signal: str | None = None
+    missing_crates: list[str] = dataclasses.field(default_factory=list)
+    detail: str = ""
+    isolation: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when the status is "pass"."""
+        return self.status == "pass"
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding rustc and deciding how to isolate (done once per process, cached)
+# --------------------------------------------------------------------------------------------
+
+
+def _disabled() -> set[str]:
+    """Protections switched off via RUSTCODER_SANDBOX_DISABLE (to test/simulate degraded hosts)."""
+    raw = os.environ.get("RUSTCODER_SANDBOX_DISABLE", "")
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _which(name: str) -> str | None:
+    if name in _disabled():
+        return None
+    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + _SAFE_PATH)
+
+
+def _find_rustc() -> str:
+    """Path of the rustc the user would run (often the rustup proxy); raises RustcNotFound."""
+    explicit = os.environ.get("RUSTCODER_RUSTC")
+    if explicit:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise RustcNotFound(
+            f"RUSTCODER_RUSTC={explicit!r} is not an executable file. Point it at a rustc binary, "
+            "or unset it and install Rust with rustup: https://rustup.rs"
+        )
+    found = shutil.which("rustc")
+    if found:
+        return found
+    cargo_home = os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo")
+    candidate = os.path.join(cargo_home, "bin", "rustc")
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        return candidate
+    raise RustcNotFound(
+        "rustc was not found (looked at $RUSTCODER_RUSTC, `rustc` on PATH and "
+        f"{candidate}). Install Rust with rustup: https://rustup.rs (then `rustup default stable`), "
+        "or set RUSTCODER_RUSTC=/path/to/rustc."
+    )
+
+
+def _run_quiet(argv: list[str], timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+@dataclasses.dataclass
+class _Toolchain:
+    launcher: str  # what the user runs (maybe the rustup proxy)
+    sysroot: str
+    real_rustc: str  # the compiler binary inside the sysroot (bypasses rustup and its env)
+    version: str
+    host: str
+    commit: str
+
+
+def _resolve_toolchain() -> _Toolchain:
+    launcher = _find_rustc()
+    try:
+        sysroot = _run_quiet([launcher, "--print", "sysroot"]).stdout.strip()
+        info = _run_quiet([launcher, "-vV"]).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RustcNotFound(
+            f"{launcher} could not be run ({exc}). Reinstall Rust with rustup: https://rustup.rs"
+        ) from exc
+    fields = dict(
+        line.split(": ", 1) for line in info.splitlines() if ": " in line
+    )
+    if not sysroot or "host" not in fields:
+        raise RustcNotFound(
+            f"{launcher} did not report a sysroot/host (is a default toolchain set? try "
+            "`rustup default stable`). Install Rust with rustup: https://rustup.rs"
+        )
+    real = os.path.join(sysroot, "bin", "rustc")
+    if not (os.path.isfile(real) and os.access(real, os.X_OK)):
+        real = os.path.realpath(launcher)
+    return _Toolchain(
+        launcher=launcher,
+        sysroot=sysroot,
+        real_rustc=real,
+        version=fields.get("release", "unknown"),
+        host=fields["host"],
+        commit=fields.get("commit-hash", "unknown"),
+    )
+
+
+@dataclasses.dataclass
+class _Setup:
+    toolchain: _Toolchain
+    compiler: str  # the rustc binary actually executed inside the sandbox
+    sysroot_mirror: str | None
+    euid: int
+    drop: str  # "setpriv" | "popen" | "none" (not root) | "allow-root"
+    sandbox_uid: int
+    unshare: list[str]  # unshare argv prefix (empty when unavailable)
+    namespaces: list[str]  # isolation tags provided by `unshare`
+    rlimits: str  # "prlimit" | "preexec"
+    rlimits_unsupported: list[str]  # resources this OS refuses to limit (preexec mode only)
+    setpriv: str | None
+    prlimit: str | None
+    linker: str | None
+    pidfd: bool
+    isolation: list[str]
+    warnings: list[str]
+    error: str | None  # set when the sandbox refuses to run anything
+    runs_root: str
+    setup_seconds: float
+
+
+_SETUP: _Setup | None = None
+_SETUP_LOCK = threading.Lock()
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(f"rustcoder sandbox: {message}", RuntimeWarning, stacklevel=3)
+        log.warning("sandbox: %s", message)
+
+
+def _reset_setup() -> None:
+    """Forget the cached sandbox set-up (tests, or after installing rustc/unshare)."""
+    global _SETUP
+    with _SETUP_LOCK:
+        _SETUP = None
+        _WARNED.clear()
+
+
+def _get_setup() -> _Setup:
+    global _SETUP
+    with _SETUP_LOCK:
+        if _SETUP is None:
+            _SETUP = _build_setup()
+        return _SETUP
+
+
+def _scrubbed_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "PATH": _SAFE_PATH,
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _probe(argv: list[str], setup_kwargs: dict, cwd: str, env: dict) -> tuple[bool, str]:
+    try:
+        proc = _run_quiet(argv, timeout=30, cwd=cwd, env=env, **setup_kwargs)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-500:]
+
+
+def _runs_root_dir() -> str:
+    """Per-process parent of the work dirs: root-owned 0711, so nobody cannot list siblings."""
+    root = tempfile.mkdtemp(prefix="rustcoder-sandbox-")
+    os.chmod(root, 0o711 if os.geteuid() == 0 else 0o700)
+    import atexit
+
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+def _new_workdir(setup: _Setup) -> str:
+    workdir = tempfile.mkdtemp(prefix="run-", dir=setup.runs_root)
+    if setup.drop in ("setpriv", "popen"):
+        os.chown(workdir, setup.sandbox_uid, SANDBOX_GID)
+    os.chmod(workdir, 0o700)
+    return workdir
+
+
+def _remove_workdir(workdir: str) -> None:
+    def _retry(func, path, _exc):  # the program may have chmod'ed things to 000
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+
+    shutil.rmtree(workdir, onerror=_retry)
+
+
+def _build_setup() -> _Setup:
+    started = time.monotonic()
+    toolchain = _resolve_toolchain()
+    off = _disabled()
+    notes: list[str] = []
+    euid = os.geteuid() if hasattr(os, "geteuid") else -1
+    is_linux = sys.platform.startswith("linux")
+
+    # 1. who runs the compiler and the program
+    setpriv = _which("setpriv") if is_linux else None
+    if euid == 0:
+        if setpriv:
+            drop = "setpriv"
+        else:
+            drop = "popen"
+            notes.append("setpriv not found: dropping to nobody via subprocess(user=...), "
+                         "without no_new_privs")
+    else:
+        drop = "none"
+        notes.append(f"not running as root: compiler and programs run as the invoking user "
+                     f"(uid {euid}), which can read and write everything that user can")
+    sandbox_uid = SANDBOX_UID if drop in ("setpriv", "popen") else euid
+    runs_root = _runs_root_dir()
+
+    prlimit = _which("prlimit") if is_linux else None
+    rlimits = "prlimit" if prlimit else "preexec"
+    unsupported: list[str] = []
+    if not prlimit:
+        unsupported = _unsupported_rlimits()
+        if unsupported:
+            notes.append(f"this OS refuses resource limits {unsupported}: they are not applied")
+    pidfd = hasattr(os, "pidfd_open") and "pidfd" not in off
+    linker = shutil.which("cc", path=_SAFE_PATH)
+    if not linker:
+        notes.append("no C linker (`cc`) on PATH: modes 'test' and 'run' cannot link "
+                     "(install gcc/build-essential); mode 'check' still works")
+
+    probe_dir = tempfile.mkdtemp(prefix="probe-", dir=runs_root)
+    if drop in ("setpriv", "popen"):
+        os.chown(probe_dir, sandbox_uid, SANDBOX_GID)
+    env = _scrubbed_env(probe_dir)
+
+    def popen_kwargs() -> dict:
+        if drop == "popen":
+            return {"user": SANDBOX_UID, "group": SANDBOX_GID, "extra_groups": []}
+        return {}
+
+    def drop_prefix() -> list[str]:
+        if drop == "setpriv":
+            return [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}",
+                    "--clear-groups", "--no-new-privs", "--"]
+        return []
+
+    # 2. namespaces: root can unshare directly (before dropping); others need a user namespace
+    unshare_prefix: list[str] = []
+    namespaces: list[str] = []
+    unshare = _which("unshare") if is_linux else None
+    if unshare:
+        if drop == "setpriv":
+            user_opts = [[]]
+        else:
+            user_opts = [["--map-current-user"], ["--map-root-user"]]
+        flag_sets = [
+            (["--net", "--ipc", "--pid", "--fork"],
+             ["network-namespace", "ipc-namespace", "pid-namespace"]),
+            (["--net"], ["network-namespace"]),
+        ]
+        for flags, tags in flag_sets:
+            for user in user_opts:
+                argv = [unshare, *user, *flags, "--", *drop_prefix(), "/bin/sh", "-c", "exit 0"]
+                ok, _ = _probe(argv, popen_kwargs(), probe_dir, env)
+                if ok:
+                    unshare_prefix = [unshare, *user, *flags, "--"]
+                    namespaces = tags
+                    break
+            if unshare_prefix:
+                break
+        if not unshare_prefix:
+            notes.append("`unshare` cannot create namespaces here (user namespaces disabled?): "
+                         "no network or PID isolation; programs can reach the network and "
+                         "signal other processes of the same user")
+        elif "pid-namespace" not in namespaces:
+            notes.append("no PID namespace: cleanup relies on process-group kill only")
+    else:
+        notes.append("`unshare` not available (not Linux, or util-linux missing): no network "
+                     "or PID isolation")
+
+    # 3. a compiler the sandbox user can execute
+    compiler = toolchain.real_rustc
+    mirror = None
+    error = None
+
+    def compiler_works(path: str) -> tuple[bool, str]:
+        argv = [*unshare_prefix, *drop_prefix(), path, "-vV"]
+        return _probe(argv, popen_kwargs(), probe_dir, env)
+
+    ok, why = compiler_works(compiler)
+    if not ok and drop in ("setpriv", "popen"):
+        try:
+            mirror = _mirror_sysroot(toolchain)
+            compiler = os.path.join(mirror, "bin", "rustc")
+            ok, why = compiler_works(compiler)
+        except OSError as exc:
+            ok, why = False, f"could not mirror the sysroot: {exc}"
+    if not ok and unshare_prefix:  # maybe the namespaces are what breaks rustc
+        argv = [*drop_prefix(), compiler, "-vV"]
+        if _probe(argv, popen_kwargs(), probe_dir, env)[0]:
+            notes.append(f"rustc fails inside namespaces ({why}); running without them")
+            unshare_prefix, namespaces, ok = [], [], True
+    shutil.rmtree(probe_dir, ignore_errors=True)
+
+    if not ok and drop in ("setpriv", "popen"):
+        if os.environ.get("RUSTCODER_ALLOW_ROOT") == "1":
+            notes.append("UNSAFE: cannot run rustc as nobody; RUSTCODER_ALLOW_ROOT=1 so "
+                         "model-written code is compiled and run as root")
+            drop, sandbox_uid, compiler = "allow-root", euid, toolchain.real_rustc
+        else:
+            error = (
+                f"running as root, and rustc cannot be run as the unprivileged user {SANDBOX_UID} "
+                f"({why}). Refusing to compile untrusted code as root. Fix: set "
+                "RUSTCODER_SYSROOT_CACHE to a directory root can write and nobody can read, "
+                "or run as a non-root user (or set RUSTCODER_ALLOW_ROOT=1 to accept the risk)."
+            )
+    elif not ok:
+        error = f"rustc cannot be run inside the sandbox: {why}"
+
+    isolation = ["private-workdir", "scrubbed-env"]
+    isolation.append({"setpriv": "unprivileged-user", "popen": "unprivileged-user",
+                      "none": "invoking-user", "allow-root": "root-user"}[drop])
+    if drop == "setpriv":
+        isolation.append("no-new-privs")
+    isolation += namespaces
+    isolation += ["rlimits", "timeouts", "process-group-kill", "output-cap"]
+    for note in notes:
+        _warn_once(note)
+    return _Setup(
+        toolchain=toolchain, compiler=compiler, sysroot_mirror=mirror, euid=euid, drop=drop,
+        sandbox_uid=sandbox_uid, unshare=unshare_prefix, namespaces=namespaces, rlimits=rlimits,
+        rlimits_unsupported=unsupported, setpriv=setpriv, prlimit=prlimit,
+        linker=linker, pidfd=pidfd, isolation=isolation, warnings=notes, error=error,
+        runs_root=runs_root, setup_seconds=round(time.monotonic() - started, 3),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# A copy of the sysroot that nobody can read (rustup installs under /root, which is 0700)
+# --------------------------------------------------------------------------------------------
+
+
+def _cache_bases() -> list[Path]:
+    bases = []
+    if os.environ.get("RUSTCODER_SYSROOT_CACHE"):
+        bases.append(Path(os.environ["RUSTCODER_SYSROOT_CACHE"]))
+    bases.append(Path("/var/cache/rustcoder"))
+    bases.append(Path(tempfile.gettempdir()) / f"rustcoder-sysroot-{os.geteuid()}")
+    return bases
+
+
+def _safe_dir(path: Path) -> None:
+    """Create ``path`` (0755) or check an existing one is ours and not writable by others."""
+    path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{path} is not a directory owned by uid {os.geteuid()} and "
+                              "closed to writes by others")
+    os.chmod(path, 0o755)
+
+
+def _mirror_sysroot(toolchain: _Toolchain) -> str:
+    """World-readable mirror of the parts of the sysroot rustc needs; returns its path.
+
+    Files are hard-linked when possible (same filesystem: instant, no extra disk) and copied
+    otherwise. The mirror lives in a root-owned, world-readable, not world-writable directory,
+    keyed by toolchain version and binary identity, so it is rebuilt after `rustup update`.
+    """
+    src = Path(toolchain.sysroot)
+    driver = sorted((src / "lib").glob("librustc_driver*"))
+    ident = [toolchain.sysroot, toolchain.version, toolchain.commit, toolchain.host]
+    for path in [src / "bin" / "rustc", *driver]:
+        st = path.stat()
+        ident += [str(path), str(st.st_size), str(st.st_mtime_ns)]
+    key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
+    name = f"sysroot-{toolchain.version.replace(' ', '_')}-{key}"
+    errors = []
+    for base in _cache_bases():
+        try:
+            _safe_dir(base)
+            target = base / name
+            if (target / ".complete").is_file():
+                st = os.lstat(target)
+                if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+                    return str(target)
+            build = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
+            os.chmod(build, 0o755)
+            _populate_mirror(src, build, toolchain.host)
+            (build / ".complete").write_text(toolchain.sysroot + "\n")
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.rename(build, target)
+            except OSError:  # a concurrent builder won the race
+                shutil.rmtree(build, ignore_errors=True)
+                if not (target / ".complete").is_file():
+                    raise
+            for stale in base.glob("sysroot-*"):
+                if stale.name != name:
+                    shutil.rmtree(stale, ignore_errors=True)
+            log.info("sandbox: mirrored %s to %s", src, target)
+            return str(target)
+        except OSError as exc:
+            errors.append(f"{base}: {exc}")
+    raise PermissionError("; ".join(errors))
+
+
+def _populate_mirror(src: Path, dst: Path, host: str) -> None:
+    wanted: list[Path] = [Path("bin/rustc")]
+    for entry in sorted((src / "lib").iterdir()):
+        if entry.name.startswith(("librustc", "libLLVM", "libstd-", "libtest-")) and not entry.is_dir():
+            wanted.append(entry.relative_to(src))
+    host_dir = src / "lib" / "rustlib" / host
+    for root, dirs, files in os.walk(host_dir):
+        for fname in files:
+            wanted.append((Path(root) / fname).relative_to(src))
+        for dname in dirs:
+            if os.path.islink(os.path.join(root, dname)):
+                wanted.append((Path(root) / dname).relative_to(src))
+    for rel in wanted:
+        s, d = src / rel, dst / rel
+        for parent in reversed(d.relative_to(dst).parents):
+            p = dst / parent
+            if not p.exists():
+                p.mkdir(mode=0o755)
+                os.chmod(p, 0o755)
+        if s.is_symlink():
+            os.symlink(os.readlink(s), d)
+            continue
+        mode = s.stat().st_mode
+        world_ok = mode & 0o004 and (not mode & 0o100 or mode & 0o001)
+        if world_ok:
+            try:
+                os.link(s, d)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(s, d)
+        os.chmod(d, 0o755 if mode & 0o100 else 0o644)
+
+
+# --------------------------------------------------------------------------------------------
+# Running one sandboxed command with limits, timeout, group kill and capped output
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Outcome:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stdout_total: int
+    stderr_total: int
+    timed_out: bool
+    output_limited: bool
+    seconds: float
+
+
+def _uid_task_count(uid: int) -> int:
+    """Tasks (processes + threads) currently owned by ``uid``: RLIMIT_NPROC counts them all."""
+    total = 0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as fh:
+                data = fh.read(2048)
+        except OSError:
+            continue
+        uid_line = re.search(rb"^Uid:\s+(\d+)", data, re.MULTILINE)
+        if uid_line and int(uid_line.group(1)) == uid:
+            threads = re.search(rb"^Threads:\s+(\d+)", data, re.MULTILINE)
+            total += int(threads.group(1)) if threads else 1
+    return total
+
+
+def _rlimit_values(setup: _Setup, phase: str, timeout: float, limits: Limits) -> dict[str, int]:
+    cpu = int(timeout) + 1
+    values = {"cpu": cpu, "core": 0, "nofile": limits.open_files}
+    if phase == "compile":
+        values["as"] = limits.compile_memory_bytes
+        values["fsize"] = limits.compile_file_bytes
+    else:
+        values["as"] = limits.run_memory_bytes
+        values["fsize"] = limits.run_file_bytes
+        if sys.platform.startswith("linux"):
+            values["nproc"] = _uid_task_count(setup.sandbox_uid) + limits.run_max_processes
+        else:
+            values["nproc"] = limits.run_max_processes + 512
+    return _clamp_to_hard_limits(values)
+
+
+_RLIMIT_NAMES = {"cpu": "RLIMIT_CPU", "core": "RLIMIT_CORE", "nofile": "RLIMIT_NOFILE",
+                 "as": "RLIMIT_AS", "fsize": "RLIMIT_FSIZE", "nproc": "RLIMIT_NPROC"}
+
+
+def _clamp_to_hard_limits(values: dict[str, int]) -> dict[str, int]:
+    """Lower each value to what this process may set (raising a hard limit needs
+    CAP_SYS_RESOURCE, which even root may lack in a container)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return values
+    clamped = {}
+    for name, value in values.items():
+        which = getattr(resource, _RLIMIT_NAMES[name], None)
+        if which is None:
+            continue
+        _soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard - 1 if name == "cpu" else hard)
+        clamped[name] = value
+    return clamped
+
+
+def _unsupported_rlimits() -> list[str]:
+    """Resources that setrlimit refuses here (macOS rejects some RLIMIT_AS values, ...)."""
+    d = Limits()
+    probe = _clamp_to_hard_limits({"cpu": 60, "core": 0, "nofile": d.open_files,
+                                   "as": d.run_memory_bytes, "fsize": d.run_file_bytes,
+                                   "nproc": d.run_max_processes + 512})
+    bad = []
+    for name, value in probe.items():
+        try:
+            subprocess.run(["/bin/sh", "-c", "exit 0"], preexec_fn=_preexec_for({name: value}),
+                           check=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            bad.append(name)
+    return bad
+
+
+def _prlimit_prefix(prlimit: str, values: dict[str, int]) -> list[str]:
+    argv = [prlimit]
+    for name, value in values.items():
+        hard = value + 1 if name == "cpu" else value  # SIGXCPU at soft, SIGKILL at hard
+        argv.append(f"--{name}={value}:{hard}")
+    return [*argv, "--"]
+
+
+def _preexec_for(values: dict[str, int]):
+    import resource
+
+    pairs = [
+        (getattr(resource, _RLIMIT_NAMES[k]), (v, v + 1 if k == "cpu" else v))
+        for k, v in values.items()
+    ]
+
+    def _apply() -> None:
+        # Runs in the child between fork and exec: keep it to plain system calls. A failure
+        # raises, and subprocess reports it to the parent (no silently missing limit).
+        for which, lim in pairs:
+            resource.setrlimit(which, lim)
+
+    return _apply
+
+
+def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int]) -> tuple[list[str], dict]:
+    argv: list[str] = []
+    kwargs: dict = {}
+    if setup.prlimit:
+        argv += _prlimit_prefix(setup.prlimit, values)
+    else:
+        usable = {k: v for k, v in values.items() if k not in setup.rlimits_unsupported}
+        kwargs["preexec_fn"] = _preexec_for(usable)
+    argv += setup.unshare
+    if setup.drop == "setpriv":
+        argv += [setup.setpriv, f"--reuid={SANDBOX_UID}",
+                 f"--regid={SANDBOX_GID}", "--clear-groups", "--no-new-privs", "--"]
+    elif setup.drop == "popen":
+        kwargs.update(user=SANDBOX_UID, group=SANDBOX_GID, extra_groups=[])
+    if "pid-namespace" in setup.namespaces:
+        # The first process of a PID namespace is its init, which ignores default-action
+        # signals (abort() would misbehave); a tiny shell stays init and runs the program.
+        argv += ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
+    return argv + cmd, kwargs
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _leader_exited(proc: subprocess.Popen) -> bool:
+    """Has the leader exited? Leaves it unreaped (a zombie) where the OS allows it."""
+    if hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+    return proc.poll() is not None
+
+
+def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeout: float,
+             cap: int, kill_on_cap: bool, use_pidfd: bool) -> _Outcome:
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd, env=env, start_new_session=True, close_fds=True, **popen_kwargs,
+    )
+    pgid = proc.pid  # leader of its own session and process group
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    totals = dict.fromkeys(bufs, 0)
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        sel.register(fd, selectors.EVENT_READ)
+    pidfd = None
+    if use_pidfd:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            sel.register(pidfd, selectors.EVENT_READ)
+        except OSError:
+            pidfd = None
+    deadline = start + timeout
+    timed_out = output_limited = group_killed = False
+    exited_at: float | None = None
+    open_pipes = len(bufs)
+    try:
+        while True:
+            now = time.monotonic()
+            if exited_at is None and pidfd is None and _leader_exited(proc):
+                exited_at = now
+            if exited_at is not None and not group_killed:
+                # The leader is a zombie (not reaped yet), so its pgid cannot have been reused:
+                # safe to kill whatever it left running in its group.
+                _killpg(pgid)
+                group_killed = True
+            if exited_at is not None and (open_pipes == 0 or now >= exited_at + _EXIT_GRACE_SECONDS):
+                break
+            if now >= deadline:
+                timed_out = True
+                break
+            wait = deadline - now
+            if exited_at is not None:
+                wait = min(wait, exited_at + _EXIT_GRACE_SECONDS - now)
+            elif pidfd is None:
+                wait = min(wait, 0.05 if open_pipes else 0.005)
+            for key, _ in sel.select(max(wait, 0)):
+                fd = key.fd
+                if fd == pidfd:
+                    sel.unregister(pidfd)
+                    exited_at = time.monotonic()
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    open_pipes -= 1
+                    continue
+                totals[fd] += len(chunk)
+                room = cap - len(bufs[fd])
+                if room > 0:
+                    bufs[fd] += chunk[:room]
+                if totals[fd] > cap and kill_on_cap:
+                    output_limited = True
+            if output_limited:
+                break
+    finally:
+        _killpg(pgid)
+        sel.close()
+        try:
+            returncode = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a SIGKILLed leader dies
+            returncode = -9
+        proc.stdout.close()
+        proc.stderr.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    out_fd, err_fd = bufs
+    return _Outcome(
+        returncode=returncode,
+        stdout=bytes(bufs[out_fd]),
+        stderr=bytes(bufs[err_fd]),
+        stdout_total=totals[out_fd],
+        stderr_total=totals[err_fd],
+        timed_out=timed_out,
+        output_limited=output_limited,
+        seconds=time.monotonic() - start,
+    )
+
+
+def _text(data: bytes, total: int) -> str:
+    text = data.decode("utf-8", errors="replace")
+    if total > len(data):
+        text += TRUNCATION_MARKER
+    return text
+
+
+def _signal_of(returncode: int, wrapped: bool) -> str | None:
+    if returncode < 0:
+        return _FATAL_SIGNALS.get(-returncode, f"signal {-returncode}")
+    if wrapped and returncode > 128 and (returncode - 128) in _FATAL_SIGNALS:
+        return _FATAL_SIGNALS[returncode - 128]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Compiler diagnostics
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_diagnostics(stderr: bytes) -> tuple[list[dict], list[str]]:
+    """rustc --error-format=json output -> (error diagnostics, non-JSON lines)."""
+    errors, raw = [], []
+    for line in stderr.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            if line.strip():
+                raw.append(line)
+            continue
+        try:
+            diag = json.loads(line)
+        except ValueError:
+            raw.append(line)
+            continue
+        if not isinstance(diag, dict) or not str(diag.get("level", "")).startswith("error"):
+            continue
+        if str(diag.get("message", "")).startswith("aborting due to"):
+            continue
+        errors.append(diag)
+    return errors, raw
+
+
+def _missing_crate(diag: dict) -> str | None:
+    """The external crate an E0432/E0433/E0463 error is about, or None."""
+    code = (diag.get("code") or {}).get("code")
+    if code not in ("E0432", "E0433", "E0463"):
+        return None
+    texts = [diag.get("message", "")]
+    texts += [s.get("label") or "" for s in diag.get("spans", [])]
+    texts += [c.get("message", "") for c in diag.get("children", [])]
+    for text in texts:
+        for pattern in _MISSING_CRATE_PATTERNS:
+            match = pattern.search(text)
+            if match:
+                crate = match.group(1).split("::")[0].strip()
+                if crate and crate not in _BUILTIN_CRATES:
+                    return crate
+                return None
+    return None
+
+
+def _classify_compile_errors(errors: list[dict]) -> tuple[str, list[str]]:
+    """("needs_crate" | "compile_error", missing crate names)."""
+    missing: list[str] = []
+    other_real_error = False
+    for diag in errors:
+        crate = _missing_crate(diag)
+        if crate:
+            if crate not in missing:
+                missing.append(crate)
+            continue
+        code = (diag.get("code") or {}).get("code")
+        message = str(diag.get("message", ""))
+        # Follow-on resolution errors (a type from the missing crate, a derive macro, ...) do
+        # not make it the model's fault; any other error (E0308, syntax, ...) does.
+        if code in _RESOLUTION_CODES or (code is None and message.startswith("cannot find")):
+            continue
+        other_real_error = True
+    if missing and not other_real_error:
+        return "needs_crate", missing
+    return "compile_error", missing
+
+
+def _render(errors: list[dict]) -> str:
+    parts = [str(d.get("rendered") or d.get("message") or "").rstrip() for d in errors]
+    text = "\n".join(p for p in parts if p)
+    if len(text) > MAX_DIAGNOSTIC_CHARS:
+        text = text[:MAX_DIAGNOSTIC_CHARS] + TRUNCATION_MARKER
+    return text
+
+
+def _codes(errors: list[dict]) -> list[str]:
+    codes: list[str] = []
+    for diag in errors:
+        code = (diag.get("code") or {}).get("code")
+        if code and code not in codes:
+            codes.append(code)
+    return codes
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def rustc_available() -> bool:
+    """True when a rustc is found and answers ``rustc -vV``."""
+    try:
+        _resolve_toolchain()
+    except RustcNotFound:
+        return False
+    return True
+
+
+def sandbox_capabilities(refresh: bool = False) -> dict:
+    """Which protections this machine provides, the compiler used, and any degradations.
+
+    Raises RustcNotFound when there is no rustc. ``refresh=True`` re-probes the machine.
+    """
+    if refresh:
+        _reset_setup()
+    setup = _get_setup()
+    return {
+        "platform": sys.platform,
+        "euid": setup.euid,
+        "rustc": setup.toolchain.launcher,
+        "rustc_version": setup.toolchain.version,
+        "host": setup.toolchain.host,
+        "sysroot": setup.toolchain.sysroot,
+        "compiler": setup.compiler,
+        "sysroot_mirror": setup.sysroot_mirror,
+        "linker": setup.linker,
+        "privilege_drop": setup.drop,
+        "sandbox_uid": setup.sandbox_uid,
+        "namespaces": list(setup.namespaces),
+        "rlimits": setup.rlimits,
+        "rlimits_unsupported": list(setup.rlimits_unsupported),
+        "default_limits": dataclasses.asdict(Limits()),
+        "pidfd": setup.pidfd,
+        "isolation": list(setup.isolation),
+        "missing": [t for t in ISOLATION_TAGS
+                    if t not in setup.isolation and t not in ("invoking-user", "root-user")],
+        "warnings": list(setup.warnings),
+        "usable": setup.error is None,
+        "error": setup.error,
+        "setup_seconds": setup.setup_seconds,
+    }
+
+
+def run_rust(
+    source: str,
+    *,
+    mode: str = "test",
+    compile_timeout: float = 30,
+    run_timeout: float = 10,
+    edition: str = "2021",
+    max_output_bytes: int = 64_000,
+    limits: Limits | None = None,
+) -> ExecutionResult:
+    """Compile (and, for modes "test"/"run", execute) one Rust source file in the sandbox.
+
+    mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
+    the tests; "run" builds a binary and runs ``main``. Never raises for anything the program
+    does; raises ValueError for bad arguments and RustcNotFound when rustc is missing.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {EDITIONS}, got {edition!r}")
+    if compile_timeout <= 0 or run_timeout <= 0:
+        raise ValueError("compile_timeout and run_timeout must be positive (seconds)")
+    if max_output_bytes < 1:
+        raise ValueError("max_output_bytes must be at least 1")
+    if not isinstance(source, str):
+        raise TypeError(f"source must be str, got {type(source).__name__}")
+    limits = limits or Limits()
+    if not source.strip():
+        return ExecutionResult(status="empty_source", mode=mode, detail="source is empty")
+    setup = _get_setup()
+    isolation = list(setup.isolation)
+    if setup.error:
+        return ExecutionResult(status="sandbox_error", mode=mode, detail=setup.error,
+                               isolation=isolation)
+    workdir = _new_workdir(setup)
+    try:
+        return _compile_and_run(setup, workdir, source, mode, compile_timeout, run_timeout,
+                                edition, max_output_bytes, limits, isolation)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.exception("sandbox failure")
+        return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
+                               detail=f"{type(exc).__name__}: {exc}")
+    finally:
+        _remove_workdir(workdir)
+
+
+def _compile_and_run(setup: _Setup, workdir: str, source: str, mode: str,
+                     compile_timeout: float, run_timeout: float, edition: str,
+                     max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
+    src_path = os.path.join(workdir, "main.rs")
+    with open(src_path, "w", encoding="utf-8") as fh:
+        fh.write(source)
+    os.chmod(src_path, 0o644)
+    binary = os.path.join(workdir, "main")
+    cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
+           "--crate-name", "main", "-C", "debuginfo=0"]
+    if mode == "check":
+        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", workdir]
+    elif mode == "test":
+        cmd += ["--test", "-o", binary]
+    else:
+        cmd += ["--crate-type", "bin", "-o", binary]
+    cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
+    wrapped = "pid-namespace" in setup.namespaces
+    argv, kwargs = _sandbox_argv(setup, cmd, _rlimit_values(setup, "compile", compile_timeout, limits))
+    compiled = _execute(argv, popen_kwargs=kwargs, env=_scrubbed_env(workdir), cwd=workdir,
+                        timeout=compile_timeout, cap=_COMPILE_OUTPUT_CAP, kill_on_cap=False,
+                        use_pidfd=setup.pidfd)
+    result = ExecutionResult(status="pass", mode=mode, isolation=isolation,
+                             compile_seconds=round(compiled.seconds, 4))
+    errors, raw = _parse_diagnostics(compiled.stderr)
+    result.error_codes = _codes(errors)
+    result.diagnostics = _render(errors)
+    if compiled.timed_out:
+        result.status = "timeout"
+        result.detail = f"compilation exceeded {compile_timeout:g}s"
+        return result
+    if compiled.returncode != 0:
+        linker_missing = any("linker `" in str(d.get("message", "")) and "not found" in
+                             str(d.get("message", "")) for d in errors)
+        if linker_missing:
+            result.status = "sandbox_error"
+            result.detail = "no C linker (`cc`) found: install gcc (Debian: build-essential)"
+        elif errors:
+            result.status, result.missing_crates = _classify_compile_errors(errors)
+            result.detail = (f"needs crate(s): {', '.join(result.missing_crates)}"
+                             if result.status == "needs_crate" else "rustc rejected the program")
+        else:
+            sig = _signal_of(compiled.returncode, wrapped)
+            result.status = "sandbox_error"
+            result.exit_code = compiled.returncode
+            result.signal = sig
+            raw_bytes = "\n".join(raw).encode()
+            result.stderr = _text(raw_bytes[:max_output_bytes], len(raw_bytes))
+            result.detail = (f"rustc exited with {sig or compiled.returncode} without an error "
+                             "diagnostic (crashed, or killed by a resource limit)")
+        return result
+    if mode == "check":
+        result.detail = "type-checked"
+        return result
+
+    run_env = _scrubbed_env(workdir, {
+        "RUST_BACKTRACE": "0",
+        "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
+        "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
+    })
+    argv, kwargs = _sandbox_argv(setup, [binary], _rlimit_values(setup, "run", run_timeout, limits))
+    ran = _execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
+                   cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
+    result.run_seconds = round(ran.seconds, 4)
+    result.stdout = _text(ran.stdout, ran.stdout_total)
+    result.stderr = _text(ran.stderr, ran.stderr_total)
+    sig = _signal_of(ran.returncode, wrapped)
+    result.exit_code = None if ran.returncode < 0 else ran.returncode
+    result.signal = sig
+    if mode == "test":
+        _count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
+    if ran.timed_out:
+        result.status, result.signal = "timeout", None
+        result.detail = f"run exceeded {run_timeout:g}s"
+    elif ran.output_limited:
+        result.status, result.signal = "output_limit", None
+        result.detail = f"output exceeded {max_output_bytes} bytes; program stopped"
+    elif mode == "run":
+        if ran.returncode == 0:
+            result.detail = "exit code 0"
+        else:
+            result.status = "runtime_error"
+            result.detail = f"killed by {sig}" if sig else f"exit code {ran.returncode}"
+    else:
+        result.status, result.detail = _test_status(result, ran, sig)
+    return result
+
+
+def _count_tests(result: ExecutionResult, stdout: str) -> None:
+    summaries = _TEST_SUMMARY.findall(stdout)
+    if summaries:
+        _, passed, failed, ignored, _measured = summaries[-1]
+        result.tests_passed, result.tests_failed = int(passed), int(failed)
+        result.tests_ignored = int(ignored)
+    else:  # crashed before the summary: count what was reported
+        lines = _TEST_LINE.findall(stdout)
+        result.tests_passed = lines.count("ok")
+        result.tests_failed = lines.count("FAILED")
+        result.tests_ignored = lines.count("ignored")
+
+
+def _test_status(result: ExecutionResult, ran: _Outcome, sig: str | None) -> tuple[str, str]:
+    stdout = ran.stdout.decode("utf-8", errors="replace")
+    summaries = _TEST_SUMMARY.findall(stdout)
+    running = _TEST_RUNNING.findall(stdout)
+    if sig:
+        return "runtime_error", f"test binary killed by {sig}"
+    if not summaries:
+        return "runtime_error", (f"test binary exited with code {ran.returncode} before "
+                                 "libtest printed its summary (process::exit or crash)")
+    verdict, passed, failed, ignored, measured = summaries[-1]
+    counted = int(passed) + int(failed) + int(ignored) + int(measured)
+    if running and int(running[0]) != counted:
+        return "runtime_error", (f"libtest summary counts {counted} tests but {running[0]} were "
+                                 "started: output is inconsistent")
+    if verdict == "FAILED" or int(failed) > 0:
+        return "test_fail", f"{failed} of {counted} tests failed"
+    if ran.returncode != 0:
+        return "runtime_error", f"tests passed but the binary exited with code {ran.returncode}"
+    return "pass", f"{passed} passed, {ignored} ignored"
+
+
+def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> list[ExecutionResult]:
+    """Run ``run_rust`` on each source in parallel threads; results come back in input order.
+
+    ``workers`` defaults to ``os.cpu_count()``; other keyword arguments go to ``run_rust``.
+    """
+    sources = list(sources)
+    if not sources:
+        return []
+    if any(s.strip() for s in sources if isinstance(s, str)):
+        _get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
+    if workers == 1:
+        return [run_rust(s, **kwargs) for s in sources]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="rustcoder-sandbox") as pool:
+        return list(pool.map(lambda s: run_rust(s, **kwargs), sources))
