@@ -146,12 +146,12 @@ def check_loss_mask(labels: list[list[int]]) -> None:
 def _datasets(tokenizer, plan: TrainPlan):
     from datasets import Dataset
 
-    from .data.tokenize import TokenizeStats, tokenize_examples
+    from .data.tokenize import TokenizeStats, tokenize_to_table
 
     stats = TokenizeStats()
-    train = tokenize_examples(tokenizer, [e.messages for e in plan.data.train], plan.config.max_length, stats)
-    evals = tokenize_examples(tokenizer, [e.messages for e in plan.data.eval], plan.config.max_length, stats)
-    return Dataset.from_list(train), Dataset.from_list(evals), stats
+    train = tokenize_to_table(tokenizer, [e.messages for e in plan.data.train], plan.config.max_length, stats)
+    evals = tokenize_to_table(tokenizer, [e.messages for e in plan.data.eval], plan.config.max_length, stats)
+    return Dataset(train), Dataset(evals), stats
 
 
 def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):

@@ -64,3 +64,23 @@ def test_truncation_keeps_prompt_framing_and_answer_start(tok):
     # the assistant header survives at the end of the prompt; the answer keeps its beginning
     assert short["input_ids"][start - 3:start] == full["input_ids"][full_start - 3:full_start]
     assert short["input_ids"][start:] == full["input_ids"][full_start:full_start + 120 - start]
+
+
+def test_fast_batch_encoding_matches_tokenizer_call(tok):
+    from rustcoder.data.tokenize import encode_batch
+
+    tokenizer, _ = tok
+    texts = ["fn main() {\n    println!(\"héllo\");\n}", "<|im_start|>user\nx<|im_end|>\n", "  \t\n", "Ω≈ç √∫"]
+    assert encode_batch(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_arrow_table_equals_python_rows(tok):
+    from rustcoder.data.tokenize import tokenize_to_table
+
+    tokenizer, _ = tok
+    convs = [parse_row(make_row(c, i)).messages for i, c in enumerate(CATEGORY_NAMES)]
+    rows = tokenize_examples(tokenizer, convs, 4096)
+    table = tokenize_to_table(tokenizer, convs, 4096, chunk_size=4)
+    assert table.column("input_ids").to_pylist() == [r["input_ids"] for r in rows]
+    assert table.column("labels").to_pylist() == [r["labels"] for r in rows]
+    assert table.column("length").to_pylist() == [r["length"] for r in rows]
