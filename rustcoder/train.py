@@ -351,18 +351,19 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
 
     plan = plan_training(cfg)
-    run_dir = Path(run_dir) if run_dir else prepare_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
     log(plan.render())
-    log(f"run directory: {run_dir}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
-
+    # Everything that can fail on bad input fails before a run directory exists.
     base_path = resolve_model(cfg.model)
     model_config = load_config(cfg.model, cfg.model_revision)
     check_architecture(model_config, cfg.model)
     tokenizer, template = load_tokenizer(cfg.model, cfg.model_revision, model_config.model_type)
     train_ds, eval_ds, stats = _datasets(tokenizer, plan)
     check_loss_mask(train_ds["labels"])
+
+    run_dir = Path(run_dir) if run_dir else prepare_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
+    log(f"run directory: {run_dir}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
 
     summary = plan.data.summary() | {"truncated_examples": stats.truncated,
                                      "prompt_tokens": stats.prompt_tokens, "answer_tokens": stats.answer_tokens}

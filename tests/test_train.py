@@ -212,3 +212,45 @@ def test_tiny_max_length_still_trains_on_answers(rows_file, tiny_qwen2, tmp_path
     summary = artifacts.read_json(result.run_dir / "data_summary.json")
     assert summary["truncated_examples"] == 20
     assert summary["answer_tokens"] >= 20 * 2  # every answer keeps its tokens up to half the budget
+
+
+def test_push_to_hub_uploads_adapter_with_model_card(rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id))
+
+        def upload_folder(self, folder_path, repo_id, **kw):
+            from pathlib import Path
+
+            files = sorted(p.name for p in Path(folder_path).iterdir())
+            calls.append(("upload", repo_id, files, (Path(folder_path) / "README.md").read_text()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    result = train(_cfg(rows_file, tmp_path, num_examples=20, max_steps=2, push_to_hub="me/rust-lora"),
+                   progress=False, log=lambda *_: None)
+    assert calls[0] == ("create", "me/rust-lora")
+    _, repo, files, card = calls[1]
+    assert repo == "me/rust-lora"
+    assert {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "README.md"} <= set(files)
+    assert "base_model: tiny-qwen2" in card and "small-batch" in card and "eval_loss" in card
+    assert artifacts.read_json(result.run_dir / "manifest.json")["pushed_to"].endswith("me/rust-lora")
+
+
+def test_offline_hub_model_fails_with_a_clear_message(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--model", "Qwen/Qwen2-7B-Instruct", "--dataset", "sample",
+                                  "--output-dir", str(tmp_path), "--report-to", "none"])
+    assert r.exit_code == 1, r.output
+    assert "could not load" in r.output and "tiny-qwen2" in r.output
+    assert "Traceback" not in r.output
+    assert not any(tmp_path.iterdir())  # no half-made run directory left behind
+
+
+def test_offline_hub_dataset_fails_with_a_clear_message():
+    r = CliRunner().invoke(main, ["train", "--dry-run"])
+    assert r.exit_code == 1, r.output
+    assert "could not load 'Fortytwo-Network/Strandset-Rust-v1'" in r.output
+    assert "Traceback" not in r.output
