@@ -193,6 +193,74 @@ def presets_show(name):
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
 
+# ---- sweep and compare ------------------------------------------------------------------------
+
+@main.command(context_settings=CONTEXT)
+@click.option("--study", type=click.Choice(["research"]), default=None,
+              help="A named study: 'research' = the five presets on 10,000 rows, as in the research notes.")
+@click.option("--presets", "preset_list", default=None, metavar="A,B,...", help="Presets to train, comma-separated.")
+@click.option("--grid", multiple=True, metavar="FIELD=V1,V2",
+              help="Sweep a field over values (repeatable): --grid lr=1e-5,2e-5 --grid lora_r=16,32.")
+@click.option("-n", "--num-examples", type=int, default=None, help="Rows sampled for every run (same sample).")
+@click.option("--sweep-dir", default=None, help="Where the runs go (default runs/sweep-STUDY-or-PRESETS).")
+@click.option("--project", default=None, help="Trackio project shared by all runs (default rustcoder-SWEEPNAME).")
+@click.option("--eval", "with_eval", is_flag=True, help="Evaluate each finished adapter per category (rustcoder eval).")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="A config value for every run (repeatable): --set model=tiny-qwen2 --set dataset=sample.")
+def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval, settings):
+    """Train several configurations on the identical sample and split; resumable.
+
+    Finished runs are skipped on a rerun, unfinished ones resume from their last checkpoint, and a
+    failed run is recorded while the others go on. Then `rustcoder compare SWEEP_DIR`.
+
+    \b
+    Examples:
+      rustcoder sweep --study research                       # the research's five runs, 10k rows
+      rustcoder sweep --presets small-batch,aggressive-lr -n 5000 --grid lr=2e-5,5e-5
+      rustcoder sweep --presets baseline,small-batch --set model=tiny-qwen2 --set dataset=sample
+    """
+    from .errors import UsageError
+    from .sweep import STUDIES, parse_grid, parse_settings, run_sweep
+
+    if study:
+        presets = list(STUDIES[study]["presets"])
+        num_examples = num_examples or STUDIES[study]["num_examples"]
+    elif preset_list:
+        presets = [p.strip() for p in preset_list.split(",") if p.strip()]
+    else:
+        raise UsageError("say what to sweep: --study research or --presets A,B,...")
+    common = parse_settings(list(settings))
+    name = study or ("-".join(presets) if len(presets) <= 3 else f"{len(presets)}-presets")
+    sweep_dir = sweep_dir or f"runs/sweep-{name}"
+    evaluate = None
+    if with_eval:
+        from .eval import evaluate_run_for_sweep as evaluate
+    entries = run_sweep(sweep_dir, presets, grid=parse_grid(list(grid)), num_examples=num_examples, common=common,
+                        project=project, evaluate=evaluate, log=click.echo)
+    failed = [e for e in entries if e.status == "failed"]
+    click.echo(f"\n{len(entries) - len(failed)} of {len(entries)} runs finished in {sweep_dir}"
+               + (f"; failed: {', '.join(e.name for e in failed)}" if failed else ""))
+    click.echo(f"compare them: rustcoder compare {sweep_dir}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output-dir", default=None, help="Where comparison.md/.json and the PNGs go "
+              "(default: the sweep directory, or ./comparison).")
+def compare(paths, output_dir):
+    """Compare runs (run directories or a sweep directory): table, JSON and plots.
+
+    Best eval loss first, with token accuracy, steps, wall time, trainable parameters, per-category
+    eval scores when present, and the research's reference figures where the setup matches.
+    """
+    from .compare import compare_runs
+
+    result = compare_runs(list(paths), output_dir)
+    click.echo(result["table"])
+    click.echo(f"\nwritten: {result['markdown']}, {result['json']}"
+               + "".join(f", {result[k]}" for k in ("eval_loss_png", "categories_png") if result[k]))
+
+
 # ---- runs ---------------------------------------------------------------------------------------
 
 @main.command(context_settings=CONTEXT)
@@ -216,6 +284,255 @@ def runs(output_dir, dashboard, project):
         import subprocess
 
         sys.exit(subprocess.call([sys.executable, "-m", "trackio.cli", "show", "--project", project]))
+
+
+# ---- merge --------------------------------------------------------------------------------------
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--output-dir", default=None, metavar="DIR", help="Where the merged model goes. Default: RUN_DIR/merged.")
+@click.option("--base", default=None, metavar="ID_OR_DIR",
+              help="Base model to merge into (hub id or directory). Default: the one the run recorded.")
+@click.option("--force", is_flag=True, help="Replace an existing merged model at the output directory.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the merged model against base + adapter.")
+@click.option("--streaming", is_flag=True,
+              help="Merge shard by shard from the safetensors files (memory: about one tensor, not the model).")
+@click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the merged model to this hub repo.")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where to find the newest run when RUN_DIR is omitted.")
+def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, runs_dir):
+    """Fold a run's LoRA adapter into its base model and prove it is the same model.
+
+    Writes a standalone model (sharded safetensors in the base's dtype, config, generation config
+    with <|im_end|> as eos, tokenizer, chat template, model card, merge_report.json) that
+    transformers and vLLM load like any Qwen checkpoint. Verification compares logits and greedy
+    outputs with base + adapter on Rust probe prompts. Without RUN_DIR, merges the newest finished
+    run under --runs-dir. Merging the same adapter again is a no-op.
+
+    \b
+    Examples:
+      rustcoder merge                                   newest run -> runs/NAME/merged
+      rustcoder merge runs/exp-small-batch-10k --streaming
+      rustcoder merge runs/exp-small-batch-10k --base ./Qwen2.5-7B-Instruct --output-dir out/merged
+    """
+    from . import artifacts
+    from .merge import merge as run_merge
+    from .merge import render_report
+
+    if run_dir is None:
+        run_dir = artifacts.newest_run(runs_dir)
+        click.echo(f"merging the newest finished run: {run_dir}")
+    result = run_merge(run_dir, output_dir=output_dir, base=base, force=force, verify=not no_verify,
+                       streaming=streaming, push_to_hub=push_to_hub, log=click.echo)
+    if not result.already_merged:
+        click.echo(render_report(result.report))
+    click.echo(f"  next: rustcoder serve   (serves {result.merged_dir})")
+
+
+# ---- serve / playground -------------------------------------------------------------------------
+
+def _playground_auth(username, password):
+    from .errors import UsageError
+
+    if bool(username) != bool(password):
+        raise UsageError("--username and --password go together (the password may come from "
+                         "RUSTCODER_PLAYGROUND_PASSWORD).")
+    return (username, password) if username else None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model_dir", required=False)
+@click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None,
+              help="Inference engine. Default: vllm when installed (here or at --vllm-python), else transformers.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback requires --api-key.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the OpenAI-compatible API.")
+@click.option("--adapter", default=None, metavar="DIR",
+              help="Serve a LoRA adapter (run dir or its adapter/) on its base model instead of a merged model.")
+@click.option("--api-key", default=None, metavar="KEY", envvar="RUSTCODER_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every API call (prefer the env var: flags show in ps).")
+@click.option("--served-model-name", default=None, metavar="NAME",
+              help="Model name clients use. Default: the run name (or the directory name).")
+@click.option("--tensor-parallel-size", default=None, type=int, metavar="N", help="vLLM: GPUs to shard the model over.")
+@click.option("--max-model-len", default=None, type=int, metavar="TOKENS", help="vLLM: context length (prompt + answer).")
+@click.option("--gpu-memory-utilization", default=None, type=float, metavar="FRACTION",
+              help="vLLM: share of GPU memory to use (CPU build: share of RAM for the KV cache; default 0.2 there).")
+@click.option("--chat-template", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Chat template. Default: the adapter's or model directory's chat_template.jinja.")
+@click.option("--vllm-python", default=None, metavar="PATH", envvar="RUSTCODER_VLLM_PYTHON", show_envvar=True,
+              help="Python of the environment vLLM is installed in (it pins its own torch and transformers).")
+@click.option("--dtype", default=None, help="Weights dtype for the engine (auto, bfloat16, float16, float32).")
+@click.option("--device", default=None, help="transformers engine: auto, cpu, cuda, cuda:1 ...")
+@click.option("--engine-args", default=None, metavar="'ARGS'",
+              help="More options passed to the engine as is, e.g. --engine-args '--enforce-eager --max-num-seqs 8'.")
+@click.option("--playground", is_flag=True, help="Also open the playground on the served model.")
+@click.option("--playground-port", default=7860, show_default=True, type=int, help="Port of the playground.")
+@click.option("--username", default=None, help="Playground login (with --password).")
+@click.option("--password", default=None, envvar="RUSTCODER_PLAYGROUND_PASSWORD", show_envvar=True,
+              help="Playground password.")
+@click.option("--runs-dir", default="runs", show_default=True,
+              help="Where to find the newest merged model when MODEL_DIR is omitted.")
+@click.option("--health-timeout", default=600.0, show_default=True, type=float, metavar="SECONDS",
+              help="How long to wait for the engine to become ready.")
+@click.option("--engine-log", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the engine's output to FILE.")
+@click.option("--quiet-engine", is_flag=True, help="Do not echo the engine's output.")
+def serve(model_dir, engine, host, port, adapter, api_key, served_model_name, tensor_parallel_size, max_model_len,
+          gpu_memory_utilization, chat_template, vllm_python, dtype, device, engine_args, playground,
+          playground_port, username, password, runs_dir, health_timeout, engine_log, quiet_engine):
+    """Serve the fine-tuned model behind an OpenAI-compatible API (vLLM or transformers).
+
+    MODEL_DIR is a merged model (default: the newest RUN/merged under --runs-dir), a merged run
+    directory, or a hub id. With --adapter, serves the base model with the adapter: vLLM loads it as
+    a LoRA module (max LoRA rank from the adapter's r) and serves the base too, under its own name.
+    Waits until the engine is healthy, then prints the base URL, the model name and a curl line.
+    Ctrl-C (or SIGTERM) stops every process it started.
+
+    \b
+    Examples:
+      rustcoder merge && rustcoder serve --playground
+      rustcoder serve runs/exp-small/merged --port 8001 --max-model-len 4096
+      rustcoder serve --adapter runs/exp-small --engine vllm --vllm-python .venv-vllm/bin/python
+      RUSTCODER_API_KEY=... rustcoder serve --host 0.0.0.0
+    """
+    from .serve import serve as run_serve
+
+    result = run_serve(model_dir, engine=engine, host=host, port=port, adapter=adapter, api_key=api_key,
+                       served_model_name=served_model_name, tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                       chat_template=chat_template, vllm_python=vllm_python, dtype=dtype, device=device,
+                       engine_args=engine_args or (), playground=playground, playground_port=playground_port,
+                       playground_auth=_playground_auth(username, password), runs_dir=runs_dir,
+                       health_timeout=health_timeout, log=click.echo, engine_log=engine_log,
+                       quiet_engine=quiet_engine)
+    if result.stopped_by == "signal":
+        sys.exit(0)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--endpoint", default="http://127.0.0.1:8000/v1", show_default=True, metavar="URL",
+              help="OpenAI-compatible base URL (e.g. from `rustcoder serve`).")
+@click.option("--compare", default=None, metavar="URL",
+              help="A second endpoint: every prompt goes to both, side by side (e.g. base vs fine-tuned).")
+@click.option("--model", default=None, help="Model on --endpoint. Default: the first it lists.")
+@click.option("--compare-model", default=None, help="Model on --compare. Default: one other than --model.")
+@click.option("--api-key", default=None, metavar="KEY", envvar="RUSTCODER_API_KEY", show_envvar=True,
+              help="API key of --endpoint.")
+@click.option("--compare-api-key", default=None, metavar="KEY", help="API key of --compare. Default: --api-key.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback requires --username/--password.")
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--username", default=None, help="Require this login (with --password).")
+@click.option("--password", default=None, envvar="RUSTCODER_PLAYGROUND_PASSWORD", show_envvar=True,
+              help="Playground password.")
+@click.option("--share", is_flag=True, help="Publish a public Gradio share link (needs --username/--password).")
+def playground(endpoint, compare, model, compare_model, api_key, compare_api_key, host, port, username, password,
+               share):
+    """Open the playground: chat with a served model and check its Rust with rustc.
+
+    Streaming answers with Rust highlighting, sampling controls, and a task picker that applies the
+    system prompt each Rust task category was trained with. "Check with rustc" compiles the answer's
+    Rust in the evaluation sandbox and shows the diagnostics. With --compare, the same prompt goes to
+    two endpoints (or two models of one endpoint) side by side. Talks to the engines only through
+    the OpenAI API.
+
+    \b
+    Examples:
+      rustcoder playground                                   # after `rustcoder serve`
+      rustcoder playground --endpoint http://127.0.0.1:8001/v1 --compare http://127.0.0.1:8002/v1
+    """
+    from .playground import launch_playground
+
+    auth = _playground_auth(username, password)
+    click.echo(f"playground on http://{host}:{port}/ for {endpoint}" + (f" vs {compare}" if compare else "")
+               + "   (Ctrl-C stops it)")
+    launch_playground(endpoint, compare, api_key=api_key, compare_api_key=compare_api_key, model=model,
+                      compare_model=compare_model, host=host, port=port, auth=auth, share=share, block=True)
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+
+def _eval_options(func):
+    """One flag per EvalConfig field (MODEL is the argument); None means 'not typed'."""
+    from .eval.config import config_fields
+
+    for f in reversed(config_fields()):
+        if f.name == "model":
+            continue
+        t, flag = str(f.type), "--" + f.name.replace("_", "-")
+        kw = {"help": f.metadata.get("help", ""), "show_default": False}
+        if f.default not in (None, False) and not isinstance(f.default, bool) and "default" not in kw["help"]:
+            kw["help"] += f" [default: {f.default}]"
+        if t == "bool":
+            func = click.option(flag, f.name, is_flag=True, default=False, **kw)(func)
+            continue
+        if t.startswith("bool"):
+            func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, **kw)(func)
+            continue
+        kw["default"] = None
+        if f.metadata.get("choices"):
+            kw["type"] = click.Choice(f.metadata["choices"])
+        elif "list[str]" in t:
+            kw["metavar"] = "A,B"
+        elif t.startswith("int"):
+            kw["type"] = int
+        elif t.startswith("float"):
+            kw["type"] = float
+        func = click.option(flag, f.name, **kw)(func)
+    return func
+
+
+@main.command("eval", context_settings=CONTEXT)
+@click.argument("model", required=False)
+@click.option("--by-task", is_flag=True, help="Print the scores per task category (report.md always has them).")
+@_eval_options
+def eval_cmd(model, by_task, **flags):
+    """Prove the adapter helps: score a model on held-out Rust tasks, per category, with rustc.
+
+    MODEL is a run directory (base + adapter from its manifest), a merged or adapter directory, a hub
+    id, or with --endpoint the served model name. Without MODEL: the newest finished run under
+    --runs-dir. Default data: the held-out Strandset test split for a run trained on the hub
+    dataset, the built-in test sample for a run trained on 'sample'. Rows that were trained on
+    (train_ids.txt) are never scored. Code answers are compiled and tested in rustcoder's sandbox;
+    names are exact-matched; prose is scored with chrF (optionally an LLM judge).
+
+    Stages write RUN_DIR/eval/NAME/ (or ./evals-out/MODEL/NAME): samples.jsonl, executions.jsonl,
+    scores.jsonl, metrics.json, report.md and scores.png. A rerun resumes where it stopped.
+
+    \b
+    Examples:
+      rustcoder eval --by-task                          newest run on its held-out tasks
+      rustcoder eval runs/exp-small-batch-10k --by-task --compare-base
+      rustcoder eval --benchmark humaneval-rust --samples 10 --temperature 0.8
+      rustcoder eval --oracle                           check the harness on HumanEval-Rust
+      rustcoder eval rust --endpoint http://127.0.0.1:8000 --base-model Qwen/Qwen2-7B-Instruct --compare-base
+      rustcoder eval --predictions answers.jsonl --dataset sample
+    """
+    from .eval import EvalConfig, evaluate
+
+    values = {k: v for k, v in flags.items() if v is not None}
+    if isinstance(values.get("categories"), str):
+        values["categories"] = [c.strip() for c in values["categories"].split(",") if c.strip()]
+    result = evaluate(EvalConfig(model=model, **values), log=click.echo)
+    m = result.metrics
+    click.echo("")
+    click.echo(result.table(by_task=by_task))
+    overlap = m["data"]["overlap"]
+    if overlap["excluded"]:
+        click.echo(f"excluded {overlap['excluded']} eval row(s) found in the training set ({overlap['checked_against']})")
+    if m["data"]["invalid_tasks"] or m["data"]["excluded_tasks"]:
+        click.echo(f"not scored: {len(m['data']['invalid_tasks'])} unusable and {len(m['data']['excluded_tasks'])} "
+                   "excluded benchmark task(s) (listed in report.md)")
+    click.echo(f"\nreport: {result.report_path}\nmetrics: {result.eval_dir / 'metrics.json'}"
+               + (f"\nchart: {result.plot_path}" if result.plot_path else ""))
+    oracle = m.get("oracle")
+    if oracle:
+        click.echo(f"oracle: {oracle['pass']}/{oracle['total']} pass; scorable tasks {oracle['scorable_pass']}/"
+                   f"{oracle['scorable']}; {oracle['unexpected']} unexpected failure(s)")
+        for f in oracle["failures"]:
+            if not f["invalid"]:
+                click.echo(f"  {f['id']}: {f['status']}" + (f" ({f['reason']})" if f["reason"] else f" {f['evidence']}"))
+        if oracle["unexpected"]:
+            sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
