@@ -193,6 +193,23 @@ class _SafetensorsWriter:
             self.fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
         self.index += 1
 
+    def copy(self, name: str, src, offset: int, chunk: int = 1 << 24) -> None:
+        """Copy the next tensor's bytes unchanged from an open file, a chunk at a time."""
+        want, _, _, nbytes = self.expected[self.index]
+        if name != want:
+            raise RustcoderError(f"internal error: copied {name}, header says {want}")
+        buf = bytearray(min(chunk, nbytes))
+        src.seek(offset)
+        left = nbytes
+        while left:
+            view = memoryview(buf)[:min(len(buf), left)]
+            n = src.readinto(view)
+            if not n:
+                raise RustcoderError(f"{src.name} is truncated (tensor data ends early); re-download the base model")
+            self.fh.write(view[:n])
+            left -= n
+        self.index += 1
+
     def close(self) -> None:
         if self.index != len(self.expected):
             raise RustcoderError("internal error: safetensors file closed before all tensors were written")
@@ -717,6 +734,11 @@ def _merge_streaming(src: _Source, plan: MergePlan, out: Path, dtype: str, untie
         try:
             with open(f, "rb") as fh:
                 for out_name, src_name, code in entries:
+                    untouched = out_name not in plan.replacements and out_name not in plan.updates
+                    if untouched and code == header[src_name]["dtype"]:  # same bytes: copy without holding them
+                        writer.copy(out_name, fh, start + header[src_name]["data_offsets"][0])
+                        weight_map[out_name] = f.name
+                        continue
                     t = _read_tensor(fh, header[src_name], start)
                     if out_name in plan.replacements:
                         t = plan.replacements[out_name]
@@ -744,6 +766,18 @@ def _load_base_fp32(base_dir: Path):
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
 
 
+def _load_adapter(model, adapter_dir: Path):
+    """PeftModel over model, without PEFT's warnings about tied layers (rustcoder unties them itself)."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
 def _untie(model) -> None:
     """Give lm_head its own copy of the embedding matrix (before an adapter changes one of them)."""
     import torch
@@ -758,15 +792,13 @@ def _untie(model) -> None:
 def _merge_in_memory(src: _Source, plan: MergePlan, out: Path, dtype: str, untie: bool, tokenizer, verify: bool,
                      log: Callable):
     """Base in float32 + PEFT merge_and_unload, cast to dtype, saved as sharded safetensors."""
-    from peft import PeftModel
-
     model = _load_base_fp32(src.base_dir)
     if not weight_files(src.base_dir):  # a .bin base: its shapes are known only once loaded
         check_fit(plan, {k: (list(v.shape), "") for k, v in model.state_dict().items()}, src.base_name,
                   src.trained_base)
     if untie:
         _untie(model)
-    peft_model = PeftModel.from_pretrained(model, src.adapter_dir)
+    peft_model = _load_adapter(model, src.adapter_dir)
     reference = None
     if verify:
         log("computing reference outputs (base + adapter, unmerged, float32)")
@@ -829,9 +861,7 @@ def probe_outputs(model, tokenizer, base_logits: bool = False) -> list[dict]:
 
 def reference_outputs(base_dir: str | Path, adapter_dir: str | Path, tokenizer) -> list[dict]:
     """Probe outputs of base + adapter (PEFT, unmerged) in float32: what the merged model must reproduce."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(_load_base_fp32(Path(base_dir)), str(adapter_dir))
+    model = _load_adapter(_load_base_fp32(Path(base_dir)), adapter_dir)
     out = probe_outputs(model, tokenizer, base_logits=True)
     del model
     return out
@@ -965,7 +995,9 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
     checks["logits"] = _check(
         max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
         f"{positions} positions, tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
-        f"the adapter itself moves logits by up to {effect:.2e}",
+        f"the adapter itself moves logits by up to {effect:.2e}"
+        + (f" (warning: the {dtype} rounding is {max_diff / effect:.0%} of the adapter's own effect; part of the "
+           "fine-tune is lost in this dtype)" if effect > 0 and max_diff > 0.1 * effect else ""),
         max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
         adapter_effect=effect, positions=positions)
     checks["greedy"] = _check(
@@ -1047,10 +1079,6 @@ def _write_report(out: Path, report: dict) -> None:
     atomic_write_json(out / REPORT, report)
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-
-
 # ---- the public entry points --------------------------------------------------------------------
 
 def default_output_dir(run_dir: str | Path) -> Path:
@@ -1091,7 +1119,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     if target.exists():
         previous = read_json(target / REPORT) if (target / REPORT).is_file() else None
         if previous and previous.get("merge_key") == key:
-            return _already_merged(src, target, previous, verify, log)
+            return _pushed(_already_merged(src, target, previous, verify, log), push_to_hub, log)
         if not force:
             why = ("it holds a merge of a different adapter or base" if previous
                    else "it is not a rustcoder merge")
@@ -1110,12 +1138,15 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     plan = plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config)
     trained_cfg_path = Path(src.manifest.get("base_model_path") or "") / "config.json"
     trained_config = read_json(trained_cfg_path) if src.base_overridden and trained_cfg_path.is_file() else None
-    if weight_files(src.base_dir):
-        check_fit(plan, tensor_shapes(src.base_dir), src.base_name, src.trained_base, base_config, trained_config)
-    elif streaming:
-        raise RustcoderError(f"--streaming needs safetensors weights; {src.base_dir} has none.")
     tied = _tied_keys(base_config)
     tie = _tie_word_embeddings(src.base_dir)
+    if weight_files(src.base_dir):
+        shapes = tensor_shapes(src.base_dir)
+        if tie and tied[0] not in shapes and tied[1] in shapes:  # a tied checkpoint stores the matrix once
+            shapes[tied[0]] = shapes[tied[1]]
+        check_fit(plan, shapes, src.base_name, src.trained_base, base_config, trained_config)
+    elif streaming:
+        raise RustcoderError(f"--streaming needs safetensors weights; {src.base_dir} has none.")
     untie = _untie_needed(tie, plan, tied)
     if untie:
         log("the adapter changes a tied embedding matrix: saving lm_head and embed_tokens separately "
@@ -1176,9 +1207,12 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         raise
     if src.run_dir is not None:
         artifacts.update_manifest(src.run_dir, merged_dir=str(target), merged_at=time.time())
-    result = MergeResult(merged_dir=target, report=report)
-    if push_to_hub:
-        result.pushed_to = push_merged(target, push_to_hub)
+    return _pushed(MergeResult(merged_dir=target, report=report), push_to_hub, log)
+
+
+def _pushed(result: MergeResult, repo: str | None, log: Callable) -> MergeResult:
+    if repo:
+        result.pushed_to = push_merged(result.merged_dir, repo)
         log(f"pushed merged model to {result.pushed_to}")
     return result
 

@@ -1,0 +1,513 @@
+"""`rustcoder merge`: merged == base + adapter, streaming == in memory, refusals, atomicity, no-op re-merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rustcoder import artifacts
+from rustcoder.cli import main
+from rustcoder.config import resolve_config
+from rustcoder.errors import RustcoderError, UsageError
+from rustcoder.merge import (LOGITS_TOLERANCE, REPORT, iter_tensors, merge, newest_merged, probe_messages,
+                             verify_merge, weight_files)
+
+QUIET = dict(log=lambda *_: None)
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def trained_run(rows_file, tiny_qwen2, tmp_path_factory) -> Path:
+    """A finished tiny-qwen2 training run (3 steps): the real input of `rustcoder merge`."""
+    from rustcoder.train import train
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = resolve_config("small-batch", overrides=dict(
+        model="tiny-qwen2", dataset=str(rows_file), num_examples=40, max_steps=3, output_dir=str(out / "runs"),
+        report_to="none", lr=5e-3, run_name="rust-run"))
+    return train(cfg, progress=False, **QUIET).run_dir
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "runs" / run.name
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "merged"))
+    return dest
+
+
+@pytest.fixture
+def run(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run (tests may break it)."""
+    return _copy_run(trained_run, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def merged_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the trained run, merged once in memory with verification (tests only read it)."""
+    run = _copy_run(trained_run, tmp_path_factory.mktemp("merged"))
+    merge(run, **QUIET)
+    return run
+
+
+@pytest.fixture(scope="session")
+def reference(merged_run, tiny_qwen2):
+    """Probe outputs of base + adapter (unmerged), computed once."""
+    from transformers import AutoTokenizer
+
+    from rustcoder.merge import reference_outputs
+
+    adapter = merged_run / "adapter"
+    return reference_outputs(tiny_qwen2, adapter, AutoTokenizer.from_pretrained(adapter))
+
+
+def _copy_model(src: Path, dest: Path, dtype=None, shard: str | None = None) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype or torch.float32)
+    model.save_pretrained(dest, **({"max_shard_size": shard} if shard else {}))
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "generation_config")):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def sharded_base(tiny_qwen2, tmp_path_factory) -> Path:
+    """tiny-qwen2 saved in several safetensors shards."""
+    base = _copy_model(tiny_qwen2, tmp_path_factory.mktemp("sharded") / "base", shard="50KB")
+    assert len(weight_files(base)) > 3
+    return base
+
+
+def _make_adapter(base: Path, out: Path, seed: int = 0, model_type: str = "qwen2", **lora) -> Path:
+    """A PEFT adapter with random non-zero updates and rustcoder's tokenizer/chat template beside it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.modeling import load_tokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(**lora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "lora_embedding" in name:  # PEFT starts an embedding's A at zero
+                p.normal_(0, 0.1)
+            elif "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.02)
+            elif "magnitude" in name:
+                p.mul_(1.2)
+    model.save_pretrained(out)
+    tok, _ = load_tokenizer(str(base), model_type=model_type)
+    tok.save_pretrained(out)
+    return out
+
+
+def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    return dict(iter_tensors(model_dir))
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".merging-" in p.name or ".replaced-" in p.name]
+
+
+# ---- merged == base + adapter -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_merges_newest_run_into_a_model_equal_to_base_plus_adapter(trained_run, tiny_qwen2, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    run = _copy_run(trained_run, tmp_path)
+    r = CliRunner().invoke(main, ["merge", "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert f"merging the newest finished run: {run}" in r.output
+    assert "verification: passed" in r.output
+    merged_dir = run / "merged"
+    assert merged_dir.is_dir() and not _leftovers(run)
+
+    # a plain transformers checkpoint: no PEFT wrapper, no LoRA modules or tensors
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    assert type(merged).__name__ == "Qwen2ForCausalLM"
+    assert not [n for n, _ in merged.named_modules() if "lora" in n or "base_layer" in n]
+    assert not [k for k in _tensors(merged_dir) if "lora" in k]
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32),
+                                          str(run / "adapter")).eval()
+
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=12, eos_token_id=im_end, pad_token_id=tok.pad_token_id)
+    for messages in probe_messages():
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = ids["input_ids"]
+        with torch.no_grad():
+            a, b = merged(ids).logits, reference(ids).logits
+            with reference.disable_adapter():
+                plain = reference(ids).logits
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+            assert (b - plain).abs().max() > 1e-2  # the adapter matters, so equality above means something
+            ga = merged.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
+            gb = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
+        assert ga.tolist() == gb.tolist()
+
+    # stops at the end of its turn; carries the run's chat template in both places
+    gen = json.loads((merged_dir / "generation_config.json").read_text())
+    assert im_end in gen["eos_token_id"]
+    template = (merged_dir / "chat_template.jinja").read_text()
+    assert template == (run / "adapter" / "chat_template.jinja").read_text()
+    assert json.loads((merged_dir / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert tok.eos_token == "<|im_end|>"
+
+    report = json.loads((merged_dir / REPORT).read_text())
+    assert report["verification"]["passed"] is True
+    logits = report["verification"]["checks"]["logits"]
+    assert logits["max_abs_diff"] <= logits["tolerance"] < 1e-3 and logits["adapter_effect"] > 100 * logits["tolerance"]
+    assert report["verification"]["checks"]["greedy"]["identical"] == len(probe_messages())
+    card = (merged_dir / "README.md").read_text()
+    manifest = artifacts.read_json(run / "manifest.json")
+    for needle in ("tiny-qwen2", "rust-run", manifest["dataset"]["source"], "eval_loss"):
+        assert needle in card, needle
+    assert manifest["merged_dir"] == str(merged_dir)
+    assert newest_merged(tmp_path / "runs") == merged_dir.resolve()
+
+
+@pytest.mark.slow
+def test_remerging_the_same_adapter_is_a_noop(merged_run):
+    weights = merged_run / "merged" / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, (merged_run / "merged" / REPORT).read_text())
+    r = CliRunner().invoke(main, ["merge", str(merged_run)])
+    assert r.exit_code == 0, r.output
+    assert "nothing to do" in r.output
+    assert (weights.stat().st_mtime_ns, (merged_run / "merged" / REPORT).read_text()) == before
+
+
+@pytest.mark.slow
+def test_noverify_merge_is_verified_by_a_later_plain_merge(run):
+    result = merge(run, verify=False, **QUIET)
+    assert result.verified is None
+    again = merge(run, **QUIET)
+    assert again.already_merged and again.verified is True
+    assert json.loads((run / "merged" / REPORT).read_text())["verification"]["passed"] is True
+
+
+# ---- streaming == in memory ---------------------------------------------------------------------
+
+ADAPTERS = {
+    "all-linear": dict(r=8, lora_alpha=16, target_modules="all-linear"),
+    "rslora": dict(r=8, lora_alpha=16, target_modules=["q_proj", "o_proj"], use_rslora=True),
+    "rank-alpha-patterns": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                rank_pattern={"v_proj": 4}, alpha_pattern={"down_proj": 5}),
+    "dora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], use_dora=True),
+    "modules-to-save-lm-head": dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    "lora-on-tied-lm-head": dict(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]),
+    "lora-on-tied-embed": dict(r=4, lora_alpha=8, target_modules=["k_proj", "embed_tokens"]),
+}
+TIED = {"modules-to-save-lm-head", "lora-on-tied-lm-head", "lora-on-tied-embed"}
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_streaming_merge_equals_in_memory_merge_tensor_for_tensor(kind, sharded_base, tmp_path):
+    adapter = _make_adapter(sharded_base, tmp_path / "adapter", **ADAPTERS[kind])
+    in_memory = merge(adapter, output_dir=tmp_path / "in-memory", **QUIET)
+    streamed = merge(adapter, output_dir=tmp_path / "streamed", streaming=True, **QUIET)
+    for result in (in_memory, streamed):
+        assert result.verified is True, result.report["verification"]
+    a, b = _tensors(tmp_path / "in-memory"), _tensors(tmp_path / "streamed")
+    assert a.keys() == b.keys()
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not unequal
+    base = _tensors(sharded_base)
+    changed = [k for k in base if k in a and not torch.equal(a[k], base[k])]
+    assert changed  # the adapter really changed weights
+    assert len(weight_files(tmp_path / "streamed")) == len(weight_files(sharded_base)) > 3
+    cfg_a = json.loads((tmp_path / "in-memory" / "config.json").read_text())
+    cfg_b = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert cfg_a == cfg_b
+    if kind in TIED:  # the adapter changes one of a tied pair: saved untied, with lm_head present
+        assert cfg_b["tie_word_embeddings"] is False and "lm_head.weight" in b
+        assert not torch.equal(b["lm_head.weight"], b["model.embed_tokens.weight"])
+    else:
+        assert cfg_b["tie_word_embeddings"] is True and "lm_head.weight" not in b
+
+
+def test_merging_into_a_tied_lm_head_without_untying_is_caught_by_verification(sharded_base, tmp_path,
+                                                                                 monkeypatch):
+    """The classic collapse: a LoRA on a tied lm_head merged into the shared matrix also changes embed_tokens."""
+    import rustcoder.merge as m
+
+    adapter = _make_adapter(sharded_base, tmp_path / "adapter", **ADAPTERS["lora-on-tied-lm-head"])
+    monkeypatch.setattr(m, "_untie_needed", lambda *a: False)
+    with pytest.raises(RustcoderError, match="failed verification") as err:
+        merge(adapter, output_dir=tmp_path / "merged", **QUIET)
+    assert "logits:" in str(err.value)
+    assert not (tmp_path / "merged").exists() and not _leftovers(tmp_path)
+
+
+def test_bf16_base_is_merged_in_fp32_and_saved_in_bf16(sharded_base, tmp_path):
+    base = _copy_model(sharded_base, tmp_path / "base-bf16", dtype=torch.bfloat16, shard="100KB")
+    adapter = _make_adapter(base, tmp_path / "adapter", r=8, lora_alpha=16, target_modules="all-linear")
+    result = merge(adapter, output_dir=tmp_path / "merged", streaming=True, **QUIET)
+    assert result.verified is True
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+    merged = _tensors(tmp_path / "merged")
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    logits = result.report["verification"]["checks"]["logits"]
+    assert (logits["atol"], logits["rtol"]) == LOGITS_TOLERANCE["bfloat16"]
+    # float32 arithmetic then one rounding: W' = bf16(W + scale * B @ A), not bf16 additions
+    from safetensors.torch import load_file
+
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj"
+    A = lora[f"base_model.model.{key}.lora_A.weight"]
+    B = lora[f"base_model.model.{key}.lora_B.weight"]
+    W = _tensors(base)[f"{key}.weight"]
+    expected = (W.float() + (B @ A) * (16 / 8)).to(torch.bfloat16)
+    assert torch.equal(merged[f"{key}.weight"], expected)
+
+
+def test_qwen3_adapter_merges_with_its_thinking_off_template(tiny_qwen3, tmp_path):
+    adapter = _make_adapter(tiny_qwen3, tmp_path / "adapter", model_type="qwen3", r=8, lora_alpha=16,
+                            target_modules="all-linear")
+    result = merge(adapter, streaming=True, **QUIET)
+    assert result.verified is True
+    assert result.merged_dir == (tmp_path / "adapter-merged").resolve()
+    assert json.loads((result.merged_dir / "config.json").read_text())["model_type"] == "qwen3"
+    assert "<think>" in (result.merged_dir / "chat_template.jinja").read_text()
+
+
+# ---- verification fails when it should ----------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, failing", [
+    ("scale", "logits"), ("nan", "finite"), ("template", "chat_template"), ("eos", "eos"),
+])
+def test_verification_detects_a_broken_merged_model(merged_run, reference, tiny_qwen2, tmp_path, damage, failing):
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(merged_run / "merged", broken)
+    if damage in ("scale", "nan"):
+        tensors = _tensors(broken)
+        key = "model.layers.0.self_attn.q_proj.weight"
+        tensors[key] = tensors[key] * 1.5 if damage == "scale" else tensors[key].index_fill(0, torch.tensor([0]),
+                                                                                             float("nan"))
+        save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    elif damage == "template":
+        (broken / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+        cfg = json.loads((broken / "tokenizer_config.json").read_text())
+        cfg["chat_template"] = (broken / "chat_template.jinja").read_text()
+        (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
+    else:
+        gen = json.loads((broken / "generation_config.json").read_text())
+        gen["eos_token_id"] = [0]
+        (broken / "generation_config.json").write_text(json.dumps(gen))
+    intact = json.loads((merged_run / "merged" / REPORT).read_text())["verification"]
+    assert intact["passed"] is True and all(c["passed"] for c in intact["checks"].values())
+    result = verify_merge(broken, tiny_qwen2, merged_run / "adapter", reference=reference, **QUIET)
+    assert result["passed"] is False
+    assert result["checks"][failing]["passed"] is False
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_refuses_a_base_with_other_shapes_naming_the_mismatch(run, tmp_path):
+    from rustcoder.tiny import build_tiny_model
+
+    small = build_tiny_model(tmp_path / "tiny-h32", hidden_size=32)
+    r = CliRunner().invoke(main, ["merge", str(run), "--base", str(small)])
+    assert r.exit_code == 1, r.output
+    assert "does not fit this adapter" in r.output
+    assert "model.layers.0.self_attn.q_proj: adapter expects weight (out x in) 64x64" in r.output
+    assert "config hidden_size: the adapter's base has 64" in r.output
+    assert "Traceback" not in r.output
+    assert not (run / "merged").exists()
+
+
+@pytest.mark.slow
+def test_refuses_a_quantized_base(run, tiny_qwen2, tmp_path):
+    quantized = tmp_path / "tiny-4bit"
+    shutil.copytree(tiny_qwen2, quantized)
+    cfg = json.loads((quantized / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (quantized / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["merge", str(run), "--base", str(quantized)])
+    assert r.exit_code == 1, r.output
+    assert "is quantized (bitsandbytes, 4-bit)" in r.output
+    assert "full-precision base with --base" in r.output and "tiny-qwen2" in r.output
+    assert not (run / "merged").exists()
+
+
+@pytest.mark.slow
+def test_refuses_an_existing_target_without_force(run, tmp_path):
+    target = tmp_path / "somewhere"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, ["merge", str(run), "--output-dir", str(target), "--no-verify"])
+    assert r.exit_code == 1 and "already exists" in r.output and "--force" in r.output
+    # --force never deletes a directory that is not a model
+    r = CliRunner().invoke(main, ["merge", str(run), "--output-dir", str(target), "--force", "--no-verify"])
+    assert r.exit_code == 1 and "not a model directory" in r.output
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_force_replaces_a_merge_of_another_base(run, tiny_qwen2, tmp_path):
+    merge(run, verify=False, **QUIET)
+    bf16 = _copy_model(tiny_qwen2, tmp_path / "tiny-bf16", dtype=torch.bfloat16)
+    r = CliRunner().invoke(main, ["merge", str(run), "--base", str(bf16), "--no-verify"])
+    assert r.exit_code == 1 and "different adapter or base" in r.output
+    r = CliRunner().invoke(main, ["merge", str(run), "--base", str(bf16), "--force"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((run / "merged" / REPORT).read_text())
+    assert report["base"]["name"] == str(bf16) and report["dtype"] == "bfloat16"
+    assert report["verification"]["passed"] is True
+    assert not _leftovers(run)
+
+
+@pytest.mark.slow
+def test_missing_files_are_all_listed(run):
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    (run / "adapter" / "chat_template.jinja").unlink()
+    r = CliRunner().invoke(main, ["merge", str(run)])
+    assert r.exit_code == 1, r.output
+    assert "missing 2 file(s)" in r.output
+    assert str(run / "adapter" / "adapter_model.safetensors") in r.output
+    assert str(run / "adapter" / "chat_template.jinja") in r.output
+
+
+def test_missing_base_shard_is_listed(sharded_base, tmp_path):
+    adapter = _make_adapter(sharded_base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"])
+    base = tmp_path / "base"
+    shutil.copytree(sharded_base, base)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    gone = weight_files(base)[1]
+    gone.unlink()
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--streaming"])
+    assert r.exit_code == 1, r.output
+    assert "is incomplete: missing 1 file(s)" in r.output and str(gone) in r.output
+
+
+def test_no_run_and_unknown_run_are_usage_errors(tmp_path):
+    r = CliRunner().invoke(main, ["merge", "--runs-dir", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "no finished training run found" in r.output
+    r = CliRunner().invoke(main, ["merge", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_streaming_refuses_what_it_cannot_merge(sharded_base, tmp_path):
+    adapter = _make_adapter(sharded_base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"],
+                            lora_bias=True)
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--streaming", "--no-verify"])
+    assert r.exit_code == 1, r.output
+    assert "--streaming cannot merge this adapter: lora_bias" in r.output and "without --streaming" in r.output
+    assert not (tmp_path / "adapter-merged").exists()
+    # the in-memory merge (PEFT) handles it, and verification proves it
+    assert merge(adapter, **QUIET).verified is True
+
+
+# ---- atomicity ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_merge_failing_at_the_end_leaves_no_target_and_no_temp_dir(run, monkeypatch):
+    import rustcoder.merge as m
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(m, "_write_report", boom)
+    with pytest.raises(OSError, match="disk full"):
+        merge(run, verify=False, **QUIET)
+    assert not (run / "merged").exists()
+    assert not _leftovers(run)
+
+
+@pytest.mark.slow
+def test_a_killed_merge_leaves_no_target_and_its_temp_dir_is_cleaned_next_time(run):
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import rustcoder.merge as m
+        m._install = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        m.merge(sys.argv[1], verify=False, log=lambda *_: None)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -9, proc.stderr
+    assert not (run / "merged").exists()
+    stale = _leftovers(run)
+    assert len(stale) == 1 and (run / stale[0] / "model.safetensors").is_file()  # killed after writing weights
+    lines = []
+    merge(run, verify=False, log=lines.append)
+    assert any("half-written" in line for line in lines)
+    assert (run / "merged" / REPORT).is_file() and not _leftovers(run)
+
+
+# ---- hub, serve hand-off, --help ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_the_merged_directory(merged_run, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo, **kw):
+            calls.append(("create", repo))
+
+        def upload_folder(self, folder_path, repo_id, **kw):
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    result = merge(merged_run, push_to_hub="me/rust-merged", **QUIET)
+    assert result.pushed_to == "https://huggingface.co/me/rust-merged"
+    assert calls[0] == ("create", "me/rust-merged")
+    assert calls[1][1] == "me/rust-merged" and {REPORT, "config.json", "README.md"} <= set(calls[1][2])
+
+
+def test_hub_id_base_is_fetched_as_a_snapshot(sharded_base, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    adapter = _make_adapter(sharded_base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"])
+    asked = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **kw):
+        asked.append((repo_id, allow_patterns))
+        return str(sharded_base)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    result = merge(adapter, base="Qwen/Qwen2.5-0.5B-Instruct", streaming=True, **QUIET)
+    assert asked and asked[0][0] == "Qwen/Qwen2.5-0.5B-Instruct" and "*.safetensors" in asked[0][1]
+    assert result.report["base"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct" and result.verified is True
+
+
+@pytest.mark.slow
+def test_newest_merged_finds_the_latest_merge(merged_run, tmp_path):
+    assert newest_merged(merged_run.parent) == (merged_run / "merged").resolve()
+    with pytest.raises(UsageError, match="no merged model"):
+        newest_merged(tmp_path)
+
+
+def test_merge_help_imports_no_torch():
+    code = textwrap.dedent("""
+        import sys
+        from click.testing import CliRunner
+        from rustcoder.cli import main
+        r = CliRunner().invoke(main, ["merge", "--help"])
+        assert r.exit_code == 0 and "--streaming" in r.output and "--no-verify" in r.output, r.output
+        heavy = [m for m in ("torch", "transformers", "peft", "safetensors") if m in sys.modules]
+        assert not heavy, heavy
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
