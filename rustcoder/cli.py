@@ -91,8 +91,13 @@ def _field_options(func):
 @click.option("--resume", is_flag=True,
               help="Continue a run from its last complete checkpoint (--run-name, else the newest unfinished run).")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option("--num-machines", type=int, default=None, help="Multi-node: machines in the job (passed to accelerate).")
+@click.option("--machine-rank", type=int, default=None, help="Multi-node: this machine's rank (passed to accelerate).")
+@click.option("--main-process-ip", default=None, help="Multi-node: address of machine 0 (passed to accelerate).")
+@click.option("--main-process-port", type=int, default=None, help="Multi-node: port on machine 0.")
 @_field_options
-def train(preset, config_file, dry_run, resume, as_json, **overrides):
+def train(preset, config_file, dry_run, resume, as_json, num_machines, machine_rank, main_process_ip,
+          main_process_port, **overrides):
     """Fine-tune a LoRA adapter on Rust tasks (TRL SFT + PEFT).
 
     Precedence: defaults < --preset < --config FILE < flags you type. The run directory
@@ -123,9 +128,25 @@ def train(preset, config_file, dry_run, resume, as_json, **overrides):
             click.echo(plan.render())
             click.echo("dry run: nothing trained.")
         return
+    from .launch import is_launched, process_rank
+
+    if cfg.num_processes > 1 and not is_launched():
+        from . import artifacts
+        from .launch import launch_training
+
+        machine = {"num_machines": num_machines, "machine_rank": machine_rank,
+                   "main_process_ip": main_process_ip, "main_process_port": main_process_port}
+        run_dir = launch_training(cfg, run_dir=run_dir, resume=resume, machine=machine, log=click.echo)
+        m = artifacts.read_json(run_dir / artifacts.METRICS)
+        click.echo(f"\ndone: {run_dir} ({cfg.num_processes} processes)")
+        click.echo(f"  eval loss {m['eval_loss']:.4f}, token accuracy {m['eval_mean_token_accuracy']:.1%}, "
+                   f"{m['steps']} steps in {m['wall_time_s']:.0f} s")
+        return
     from .train import train as run_training
 
     result = run_training(cfg, run_dir=run_dir, resume=resume, log=click.echo)
+    if process_rank()[0] != 0 or os.environ.get("RUSTCODER_LAUNCHED") == "1":
+        return  # the launcher prints the summary
     m = result.metrics
     click.echo(f"\ndone: {result.run_dir}")
     click.echo(f"  eval loss {m['eval_loss']:.4f}, token accuracy {m['eval_mean_token_accuracy']:.1%}, "

@@ -82,6 +82,14 @@ class TrainConfig:
     gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: on with a GPU, "
                                              "off on CPU).")
 
+    # Scale-out (data parallel through Accelerate)
+    num_processes: int = _f(1, "Data-parallel processes (GPUs, or CPU processes with gloo). Launched through "
+                            "`accelerate launch`.")
+    keep_effective_batch: bool = _f(True, "With several processes, divide grad accum so the effective batch stays "
+                                    "the preset's (batch x accum).")
+    launch_config: str | None = _f(None, "Accelerate launch config: ddp, fsdp2, deepspeed-zero2, deepspeed-zero3 "
+                                   "(shipped) or a YAML file.")
+
     # Outputs, logging, checkpoints
     output_dir: str = _f("runs", "Directory that holds run directories.")
     run_name: str | None = _f(None, "Run directory and Trackio run name (default exp-PRESET-SIZE, made unique).")
@@ -137,6 +145,8 @@ class TrainConfig:
         for name in ("logging_steps", "save_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.num_processes < 1:
+            bad("num_processes", f"must be >= 1, got {self.num_processes}")
         if self.eval_steps is not None and self.eval_steps < 1:
             bad("eval_steps", f"must be >= 1, got {self.eval_steps}")
         for f_ in fields(self):
@@ -164,8 +174,8 @@ class TrainConfig:
 
     @property
     def effective_batch(self) -> int:
-        """Examples per optimizer step on one device."""
-        return self.batch_size * self.grad_accum
+        """Examples per optimizer step, over all processes."""
+        return self.batch_size * grad_accum_per_process(self) * self.num_processes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (the YAML saved beside a run's outputs)."""
@@ -313,13 +323,22 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"exp-{cfg.preset or 'custom'}-{size}"
 
 
-def steps_for(num_train_rows: int, cfg: TrainConfig, num_processes: int = 1) -> tuple[int, int]:
+def grad_accum_per_process(cfg: TrainConfig) -> int:
+    """Accumulation steps each process runs: the preset's, divided by the processes when keeping the
+    effective batch (batch x accum) and it divides evenly; at least 1."""
+    if cfg.num_processes > 1 and cfg.keep_effective_batch:
+        return max(1, round(cfg.grad_accum / cfg.num_processes))
+    return cfg.grad_accum
+
+
+def steps_for(num_train_rows: int, cfg: TrainConfig) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) exactly as transformers' Trainer counts them.
 
-    The dataloader yields ceil(rows / (batch * processes)) batches; a partial last accumulation still
-    makes an optimizer step; fractional epochs round up; max_steps wins when set.
+    Each process's dataloader yields ceil(rows / (batch * processes)) batches; a partial last
+    accumulation still makes an optimizer step; fractional epochs round up; max_steps wins when set.
     """
-    batches = math.ceil(num_train_rows / (cfg.batch_size * num_processes))
-    per_epoch = max(batches // cfg.grad_accum + int(batches % cfg.grad_accum > 0), 1)
+    batches = math.ceil(num_train_rows / (cfg.batch_size * cfg.num_processes))
+    accum = grad_accum_per_process(cfg)
+    per_epoch = max(batches // accum + int(batches % accum > 0), 1)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
     return per_epoch, total

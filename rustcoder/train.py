@@ -18,7 +18,7 @@ from typing import Any
 from . import artifacts
 from .artifacts import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG, DATA_SUMMARY, EVAL_SPLIT, METRICS, TRAIN_IDS,
                         atomic_write_json, atomic_write_text, atomic_write_yaml)
-from .config import TrainConfig, config_from_dict, default_run_name, steps_for
+from .config import TrainConfig, config_from_dict, default_run_name, grad_accum_per_process, steps_for
 from .data.strandset import PreparedData, prepare_data
 from .errors import RustcoderError, UsageError
 
@@ -70,9 +70,15 @@ class TrainPlan:
         for cat, n in d.category_counts().items():
             lines.append(f"  {cat:<22} {n['train']:>7} {n['eval']:>6}")
         lines.append(f"  {'total':<22} {len(d.train):>7} {len(d.eval):>6}")
+        accum = grad_accum_per_process(c)
         lines.append(f"batching: {self.data_path} on {self.device}"
-                     + (" + CPU fast paths (answer-only LM head, fast LoRA dropout)" if self.fast_paths else "")
-                     + f"; effective batch {c.effective_batch} ({c.batch_size} x {c.grad_accum} accumulation)")
+                     + (" + CPU fast paths (answer-only LM head, fast LoRA dropout)" if self.fast_paths else ""))
+        lines.append(f"effective batch {c.effective_batch} = {c.batch_size} per device x {accum} accumulation"
+                     + f" x {c.num_processes} process{'es' if c.num_processes > 1 else ''}"
+                     + (f" (preset: {c.batch_size} x {c.grad_accum})" if accum != c.grad_accum else ""))
+        if c.num_processes > 1 and c.batch_size * c.grad_accum != c.effective_batch and c.keep_effective_batch:
+            lines.append(f"  note: {c.grad_accum} accumulation steps do not divide over {c.num_processes} "
+                         "processes; the effective batch differs from the preset's")
         lines.append(f"optimizer steps: {self.steps_per_epoch} per epoch, {self.total_steps} total "
                      f"({self.warmup_steps} warmup, eval every {self.eval_steps})")
         return "\n".join(lines)
@@ -175,7 +181,9 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
         learning_rate=c.lr,
         per_device_train_batch_size=c.batch_size,
         per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=c.grad_accum,
+        gradient_accumulation_steps=grad_accum_per_process(c),
+        use_cpu=plan.device == "cpu",
+        ddp_find_unused_parameters=False if c.num_processes > 1 else None,
         warmup_steps=plan.warmup_steps,
         lr_scheduler_type=c.lr_scheduler,
         weight_decay=c.weight_decay,
@@ -350,6 +358,12 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
 
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
 
+    from .launch import RUN_DIR_ENV, process_rank
+
+    rank, world = process_rank()
+    main_process = rank == 0
+    if not main_process:
+        log = lambda *_: None  # noqa: E731 - one console report, from rank 0
     plan = plan_training(cfg)
     log(plan.render())
     # Everything that can fail on bad input fails before a run directory exists.
@@ -360,6 +374,10 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     train_ds, eval_ds, stats = _datasets(tokenizer, plan)
     check_loss_mask(train_ds["labels"])
 
+    if run_dir is None and os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])  # chosen once by the launcher, shared by every rank
+    if run_dir is None and world > 1:
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
     run_dir = Path(run_dir) if run_dir else prepare_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
@@ -367,16 +385,17 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
 
     summary = plan.data.summary() | {"truncated_examples": stats.truncated,
                                      "prompt_tokens": stats.prompt_tokens, "answer_tokens": stats.answer_tokens}
-    atomic_write_json(run_dir / DATA_SUMMARY, summary)
-    atomic_write_yaml(run_dir / CONFIG, cfg.to_dict())
-    atomic_write_text(run_dir / TRAIN_IDS, "".join(e.id + "\n" for e in plan.data.train))
-    atomic_write_text(run_dir / EVAL_SPLIT, "".join(json.dumps(e.to_record()) + "\n" for e in plan.data.eval))
     manifest_path = run_dir / artifacts.MANIFEST
-    if not (resume and manifest_path.exists()):
-        manifest = artifacts.new_manifest(cfg, run_dir, summary, template, base_path)
-        manifest["plan"] = {k: v for k, v in plan.to_dict().items() if k not in ("config", "data")}
-        atomic_write_json(manifest_path, manifest)
-    artifacts.update_manifest(run_dir, status="running", updated_at=time.time())
+    if main_process:
+        atomic_write_json(run_dir / DATA_SUMMARY, summary)
+        atomic_write_yaml(run_dir / CONFIG, cfg.to_dict())
+        atomic_write_text(run_dir / TRAIN_IDS, "".join(e.id + "\n" for e in plan.data.train))
+        atomic_write_text(run_dir / EVAL_SPLIT, "".join(json.dumps(e.to_record()) + "\n" for e in plan.data.eval))
+        if not (resume and manifest_path.exists()):
+            manifest = artifacts.new_manifest(cfg, run_dir, summary, template, base_path)
+            manifest["plan"] = {k: v for k, v in plan.to_dict().items() if k not in ("config", "data")}
+            atomic_write_json(manifest_path, manifest)
+        artifacts.update_manifest(run_dir, status="running", updated_at=time.time())
 
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, cfg.model_revision, cfg.dtype)
@@ -394,17 +413,20 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     if plan.fast_paths:
         from .fast_paths import use_fast_dropout
 
-        trainer.compact_head = True
+        # The answer-only head calls the decoder directly, which would bypass DDP's gradient hooks.
+        trainer.compact_head = world == 1
         use_fast_dropout(trainer.model)
     started = time.time()
     try:
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
-        artifacts.update_manifest(run_dir, status="interrupted", updated_at=time.time())
+        if main_process:
+            artifacts.update_manifest(run_dir, status="interrupted", updated_at=time.time())
         raise RustcoderError(f"training interrupted; continue it with `rustcoder train --resume --run-name "
                              f"{run_dir.name} --output-dir {run_dir.parent}`.") from None
     except Exception:
-        artifacts.update_manifest(run_dir, status="failed", updated_at=time.time())
+        if main_process:
+            artifacts.update_manifest(run_dir, status="failed", updated_at=time.time())
         raise
     if trainer.state.max_steps != plan.total_steps:  # the dry run promised this number
         log(f"warning: trainer ran {trainer.state.max_steps} steps, the plan said {plan.total_steps}")
@@ -425,13 +447,16 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "train_tokens": stats.prompt_tokens + stats.answer_tokens,
     }
-    atomic_write_json(run_dir / METRICS, metrics)
-    atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
-    manifest = artifacts.read_json(manifest_path)
-    adapter_dir = _save_adapter(trainer, tokenizer, run_dir, _model_card(manifest, metrics, cfg))
-    artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics)
-    if cfg.push_to_hub:
-        url = push_adapter(adapter_dir, cfg.push_to_hub)
-        artifacts.update_manifest(run_dir, pushed_to=url)
-        log(f"pushed adapter to {url}")
+    adapter_dir = run_dir / ADAPTER_DIR
+    if main_process:
+        atomic_write_json(run_dir / METRICS, metrics)
+        atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
+        manifest = artifacts.read_json(manifest_path)
+        adapter_dir = _save_adapter(trainer, tokenizer, run_dir, _model_card(manifest, metrics, cfg))
+        artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics)
+        if cfg.push_to_hub:
+            url = push_adapter(adapter_dir, cfg.push_to_hub)
+            artifacts.update_manifest(run_dir, pushed_to=url)
+            log(f"pushed adapter to {url}")
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir=run_dir, adapter_dir=adapter_dir, metrics=metrics)
