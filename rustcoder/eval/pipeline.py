@@ -1,0 +1,738 @@
+"""The evaluation pipeline: plan -> (teacher-forced) -> generate -> execute -> score -> report.
+
+Each stage appends to its own JSONL file in the eval directory, keyed by sample id
+(``MODEL:ITEM_ID:SAMPLE_INDEX``): a rerun skips what is done, so a killed evaluation resumes where
+it stopped, and a stage can be redone alone (``redo``) from the files of the stages before it.
+Models are loaded only when something is left to generate or teacher-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+from .. import artifacts
+from ..errors import ConfigError, DataError, RustcoderError, UsageError
+from . import extract, metrics, tasks
+from .backends import (Backend, EndpointBackend, GenParams, GenRequest, ModelTarget, ReferenceBackend,
+                       api_key_from_env)
+from .config import EvalConfig
+from .models import ResolvedModel, reference_model, resolve_model, slug
+from .suites import EvalItem, ItemSet, Suite, benchmark_suite, dataset_suite, load_items
+
+EVAL_FORMAT = 1  # bump when sample keys or prompt rendering change (old eval dirs are then refused)
+CONFIG_FILE = "eval_config.yaml"
+SAMPLES = "samples.jsonl"
+EXECUTIONS = "executions.jsonl"
+SCORES = "scores.jsonl"
+TEACHER_FORCED = "teacher_forced.jsonl"
+JUDGMENTS = "judgments.jsonl"
+METRICS = "metrics.json"
+REPORT = "report.md"
+PLOT = "scores.png"
+STAGE_FILES = {
+    "generate": [SAMPLES, TEACHER_FORCED, JUDGMENTS],
+    "execute": [EXECUTIONS],
+    "score": [SCORES],
+    "report": [METRICS, REPORT, PLOT],
+}
+_STAGE_ORDER = ["generate", "execute", "score", "report"]
+
+
+# ---- JSONL stores -------------------------------------------------------------------------------
+
+class JsonlStore:
+    """An append-only JSONL file of records with a "key"; a torn last line (kill mid-write) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, dict]:
+        """{key: record}; the last record of a key wins."""
+        out: dict[str, dict] = {}
+        if not self.path.is_file():
+            return out
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and "key" in rec:
+                    out[rec["key"]] = rec
+        return out
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Append records and flush them to disk."""
+        records = list(records)
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            if fh.tell() > 0:  # a kill may have left a line without its newline
+                with self.path.open("rb") as rfh:
+                    rfh.seek(-1, os.SEEK_END)
+                    if rfh.read(1) != b"\n":
+                        fh.write("\n")
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def sample_key(tag: str, item_id: str, index: int) -> str:
+    """The id of one sample: MODEL:ITEM_ID:SAMPLE_INDEX."""
+    return f"{tag}:{item_id}:{index}"
+
+
+# ---- the plan -----------------------------------------------------------------------------------
+
+@dataclass
+class EvalPlan:
+    """Everything resolved before any model is loaded."""
+
+    cfg: EvalConfig
+    mode: str  # model, oracle, predictions
+    suite: Suite
+    items: ItemSet
+    resolved: ResolvedModel
+    targets: list[ModelTarget]
+    eval_dir: Path
+    params: GenParams
+    samples: int
+    ks: list[int]
+    teacher_forced: bool
+    backend: str
+    notes: list[str] = field(default_factory=list)
+    predictions: dict[str, dict] = field(default_factory=dict)  # key -> record (predictions mode)
+
+    @property
+    def by_id(self) -> dict[str, EvalItem]:
+        """The items by id."""
+        return {i.id: i for i in self.items.items}
+
+    def fingerprint(self, target: ModelTarget) -> str:
+        """What a target's samples depend on: model identity, decoding, suite, prompt format."""
+        data = {"format": EVAL_FORMAT, "target": target.identity, "tag": target.tag,
+                "params": self.params.__dict__ if self.params.temperature > 0 else
+                {"max_new_tokens": self.params.max_new_tokens, "temperature": 0.0},
+                "samples": self.samples, "suite": self.suite.name, "revision": self.suite.revision,
+                "prompt": self.suite.prompt}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _default_suite(resolved: ResolvedModel, log) -> Suite:
+    from ..config import STRANDSET_ID
+    from ..data.strandset import is_sample
+
+    trained = resolved.trained_dataset
+    if trained is None:
+        return dataset_suite(STRANDSET_ID)
+    if is_sample(trained):
+        return dataset_suite("sample")
+    path = Path(trained).expanduser()
+    if path.exists():
+        if not resolved.eval_split_ids:
+            raise UsageError(f"the run trained on the local data {trained!r} and has no eval_split.jsonl: pass "
+                             "--dataset (a held-out file, 'sample', or a hub id).")
+        suite = dataset_suite(str(path))
+        suite.name, suite.split, suite.eval_split_ids = "eval-split", "train", set(resolved.eval_split_ids)
+        suite.description = f"the run's held-out split of {trained} ({len(resolved.eval_split_ids)} rows)"
+        return suite
+    if trained.startswith((".", "/", "~")) or trained.count("/") != 1:
+        raise UsageError(f"the run trained on {trained!r}, which no longer exists here: pass --dataset "
+                         "(a held-out file, 'sample', or a hub id).")
+    return dataset_suite(trained, revision=resolved.trained_dataset_revision)
+
+
+def _read_predictions(path: str, by_id: dict[str, EvalItem]) -> tuple[dict[str, dict], list[str], int]:
+    """Predictions file -> ({key: sample record}, model tags, unknown ids)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"predictions file {path!r} does not exist.")
+    out: dict[str, dict] = {}
+    tags: list[str] = []
+    unknown = 0
+    next_index: Counter = Counter()
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno} is not valid JSON ({e.msg}).") from None
+            item_id = str(rec.get("id") or rec.get("task_id") or "")
+            answer = next((rec[k] for k in ("answer", "completion", "response", "output", "text") if k in rec), None)
+            if not item_id or answer is None:
+                raise DataError(f"{p}:{lineno}: each line needs an id (or task_id) and an answer (or completion).")
+            if item_id not in by_id:
+                unknown += 1
+                continue
+            tag = str(rec.get("model") or "predictions")
+            if tag not in tags:
+                tags.append(tag)
+            index = rec.get("sample_index")
+            if index is None:
+                index = next_index[(tag, item_id)]
+            next_index[(tag, item_id)] = max(next_index[(tag, item_id)], int(index) + 1)
+            item = by_id[item_id]
+            key = sample_key(tag, item_id, int(index))
+            out[key] = {"key": key, "model": tag, "id": item_id, "category": item.category,
+                        "sample_index": int(index), "answer": str(answer),
+                        "finish_reason": rec.get("finish_reason") or "stop", "tokens": rec.get("tokens"),
+                        "backend": "predictions"}
+    return out, tags, unknown
+
+
+def plan_eval(cfg: EvalConfig, log=print) -> EvalPlan:
+    """Resolve the model, suite, items, eval directory and decoding settings (nothing is loaded)."""
+    cfg.check()
+    notes: list[str] = []
+    mode = "oracle" if cfg.oracle else "predictions" if cfg.predictions else "model"
+
+    if mode == "oracle":
+        resolved = reference_model()
+    elif mode == "predictions" and not cfg.model:
+        resolved = ResolvedModel("predictions", Path(cfg.predictions).name, None,
+                                 slug=slug(Path(cfg.predictions).stem))
+    else:
+        resolved = resolve_model(cfg.model, runs_dir=cfg.runs_dir, base_model=cfg.base_model, endpoint=cfg.endpoint)
+        if resolved.picked_newest:
+            log(f"evaluating the newest finished run: {resolved.run_dir}")
+
+    if cfg.benchmark:
+        suite = benchmark_suite(cfg.benchmark)
+    elif cfg.dataset:
+        suite = dataset_suite(cfg.dataset, cfg.dataset_revision)
+    elif mode == "oracle":
+        suite = benchmark_suite("humaneval-rust")
+    elif mode == "predictions" and not cfg.model:
+        from ..config import STRANDSET_ID
+
+        suite = dataset_suite(STRANDSET_ID)
+    else:
+        suite = _default_suite(resolved, log)
+
+    train_ids, train_src = resolved.train_ids, resolved.train_ids_source
+    if cfg.train_ids:
+        from .models import read_ids
+
+        p = Path(cfg.train_ids).expanduser()
+        if not p.is_file():
+            raise UsageError(f"--train-ids file {cfg.train_ids!r} does not exist.")
+        train_ids, train_src = read_ids(p), str(p)
+    items = load_items(suite, train_ids=train_ids, train_ids_source=train_src, limit=cfg.limit,
+                       categories=cfg.categories, keep_invalid=mode == "oracle")
+    if items.overlap:
+        log(f"warning: {len(items.overlap)} eval row(s) are in the training set ({train_src}) and are not scored")
+
+    gen = suite.generation or {}
+    samples = cfg.samples or int(gen.get("samples", 1))
+    temperature = cfg.temperature if cfg.temperature is not None else float(gen.get("temperature", 0.0))
+    if mode != "model":
+        samples, temperature = (1, 0.0) if mode == "oracle" else (samples, temperature)
+    if samples > 1 and temperature == 0 and mode == "model":
+        raise ConfigError([f"--samples: {samples} greedy samples would be identical; add --temperature (e.g. 0.8)"])
+    params = GenParams(max_new_tokens=cfg.max_new_tokens or int(gen.get("max_new_tokens", 512)),
+                       temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0, seed=cfg.seed)
+
+    predictions: dict[str, dict] = {}
+    if mode == "oracle":
+        targets = [resolved.target]
+    elif mode == "predictions":
+        predictions, tags, unknown = _read_predictions(cfg.predictions, {i.id: i for i in items.items})
+        if unknown:
+            notes.append(f"{unknown} prediction(s) name ids that are not in {suite.name} (or were excluded); ignored")
+        if not predictions:
+            raise DataError(f"no prediction in {cfg.predictions} matches an item of {suite.name}.")
+        targets = [ModelTarget(t, "predictions", f"predictions ({t})", identity={"predictions": str(cfg.predictions),
+                                                                                "tag": t}) for t in tags]
+        if "base" in tags:  # base last, so it reads "adapter vs base"
+            targets = [t for t in targets if t.tag != "base"] + [t for t in targets if t.tag == "base"]
+        samples = max(r["sample_index"] for r in predictions.values()) + 1
+    else:
+        targets = [resolved.target]
+        if cfg.compare_base:
+            if resolved.base is None:
+                raise UsageError(f"--compare-base: no base model is known for {resolved.label!r}; pass --base-model "
+                                 "ID_OR_DIR" + (" (the name the server gives the base)" if cfg.endpoint else "") + ".")
+            targets.append(resolved.base)
+
+    backend = cfg.backend if cfg.backend != "auto" else ("endpoint" if cfg.endpoint else "transformers")
+    if mode != "model":
+        backend = mode
+    teacher_forced = cfg.teacher_forced if cfg.teacher_forced is not None else (
+        backend == "transformers" and suite.kind == "strandset")
+    if teacher_forced and backend != "transformers":
+        notes.append(f"teacher-forced scores need local weights (transformers backend); skipped for {backend}")
+        teacher_forced = False
+    if teacher_forced and suite.kind != "strandset":
+        teacher_forced = False
+
+    if cfg.output_dir:
+        eval_dir = Path(cfg.output_dir)
+    elif resolved.kind == "run" and resolved.run_dir is not None and mode == "model":
+        eval_dir = resolved.run_dir / "eval" / suite.name
+    else:
+        eval_dir = Path("evals-out") / resolved.slug / suite.name
+    return EvalPlan(cfg=cfg, mode=mode, suite=suite, items=items, resolved=resolved, targets=targets,
+                    eval_dir=eval_dir, params=params, samples=samples,
+                    ks=metrics.ks_for(samples, suite.k), teacher_forced=teacher_forced, backend=backend,
+                    notes=notes, predictions=predictions)
+
+
+# ---- eval directory bookkeeping -----------------------------------------------------------------
+
+def _discard(eval_dir: Path, stages: list[str]) -> None:
+    for stage in stages:
+        for name in STAGE_FILES[stage]:
+            (eval_dir / name).unlink(missing_ok=True)
+
+
+def prepare_eval_dir(plan: EvalPlan, log=print) -> None:
+    """Create the eval dir, refuse to mix in samples made with other settings, apply --overwrite/--redo,
+    and write the resolved config."""
+    d = plan.eval_dir
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_path = d / CONFIG_FILE
+    fingerprints = {t.tag: plan.fingerprint(t) for t in plan.targets}
+    if plan.cfg.overwrite:
+        _discard(d, _STAGE_ORDER)
+    elif plan.cfg.redo:
+        _discard(d, _STAGE_ORDER[_STAGE_ORDER.index(plan.cfg.redo):] if plan.cfg.redo != "generate"
+                 else _STAGE_ORDER)
+    elif cfg_path.is_file() and (d / SAMPLES).is_file():
+        old = (yaml.safe_load(cfg_path.read_text()) or {}).get("fingerprints") or {}
+        changed = [tag for tag, fp in fingerprints.items() if tag in old and old[tag] != fp]
+        if changed:
+            raise UsageError(
+                f"{d} already holds samples of {', '.join(changed)} made with other settings (model, decoding, "
+                "samples or suite changed). Pass --overwrite to start over, or --output-dir for a new directory.")
+        fingerprints = {**old, **fingerprints}
+    if plan.mode == "predictions":
+        _discard(d, _STAGE_ORDER)  # the file is the source of truth; re-import it every time
+    record = {
+        "rustcoder_eval": EVAL_FORMAT,
+        "created_at": time.time(),
+        "mode": plan.mode,
+        "backend": plan.backend,
+        "model": {"kind": plan.resolved.kind, "label": plan.resolved.label,
+                  "run_dir": str(plan.resolved.run_dir) if plan.resolved.run_dir else None,
+                  "picked_newest": plan.resolved.picked_newest},
+        "targets": [{"tag": t.tag, "kind": t.kind, "describe": t.describe(), "identity": t.identity}
+                    for t in plan.targets],
+        "suite": plan.suite.to_dict(),
+        "generation": {"samples": plan.samples, **plan.params.__dict__, "k": plan.ks},
+        "teacher_forced": plan.teacher_forced,
+        "items": len(plan.items.items),
+        "fingerprints": fingerprints,
+        "config": plan.cfg.to_dict(),
+        "versions": artifacts.package_versions(),
+        "git_commit": artifacts.git_commit(),
+    }
+    artifacts.atomic_write_yaml(cfg_path, record)
+
+
+# ---- stage: teacher-forced + generate -----------------------------------------------------------
+
+BackendFactory = Callable[[ModelTarget, EvalPlan], Backend]
+
+
+def _backend_key(target: ModelTarget) -> tuple:
+    return (target.kind, target.path, target.revision, target.adapter_dir, target.endpoint)
+
+
+def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
+    """The backend a target needs under the plan's settings (loads the model)."""
+    cfg = plan.cfg
+    if target.kind == "reference":
+        return ReferenceBackend()
+    if target.kind == "endpoint":
+        return EndpointBackend(target.endpoint, api_key=api_key_from_env(cfg.api_key_env),
+                               concurrency=cfg.concurrency)
+    if plan.backend == "vllm":
+        from .backends import VLLMBackend
+
+        return VLLMBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
+                           chat_template=target.chat_template, dtype=cfg.dtype, seed=cfg.seed)
+    from .backends import TransformersBackend
+
+    return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
+                               chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size)
+
+
+class _Backends:
+    """Loads each backend once, shares it between targets with the same weights, frees it when done."""
+
+    def __init__(self, plan: EvalPlan, factory: BackendFactory, log):
+        self.plan, self.factory, self.log = plan, factory, log
+        self.cache: dict[tuple, Backend] = {}
+
+    def get(self, target: ModelTarget) -> Backend:
+        """The backend for a target, loaded on first use."""
+        key = _backend_key(target)
+        if key not in self.cache:
+            self.cache[key] = self.factory(target, self.plan)
+        return self.cache[key]
+
+    def release_unneeded(self, remaining: list[ModelTarget]) -> None:
+        """Close backends that no remaining target shares."""
+        needed = {_backend_key(t) for t in remaining}
+        for key in [k for k in self.cache if k not in needed]:
+            self.cache.pop(key).close()
+
+    def close(self) -> None:
+        """Close every loaded backend."""
+        for b in self.cache.values():
+            b.close()
+        self.cache.clear()
+
+
+def _tf_max_length(plan: EvalPlan) -> int:
+    return plan.cfg.max_length or plan.resolved.max_length or 2048
+
+
+def stage_teacher_forced(plan: EvalPlan, target: ModelTarget, backends: _Backends, log) -> None:
+    """Teacher-forced loss/accuracy of the reference answers for one target (skips done items)."""
+    store = JsonlStore(plan.eval_dir / TEACHER_FORCED)
+    done = store.load()
+    todo = [i for i in plan.items.items if f"{target.tag}:{i.id}" not in done]
+    if not todo:
+        return
+    backend = backends.get(target)
+    if not getattr(backend, "supports_teacher_forcing", False):
+        return
+    started = time.time()
+    convs = [i.messages + [{"role": "assistant", "content": i.reference}] for i in todo]
+    stats = backend.token_stats(convs, batch_size=plan.cfg.batch_size, max_length=_tf_max_length(plan),
+                                adapter_enabled=target.adapter_enabled)
+    store.append({"key": f"{target.tag}:{i.id}", "model": target.tag, "id": i.id, "category": i.category,
+                  "nll_sum": s.nll_sum, "tokens": s.tokens, "correct": s.correct} for i, s in zip(todo, stats))
+    log(f"teacher-forced {target.tag}: {len(todo)} reference answers in {time.time() - started:.1f} s")
+
+
+def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
+    """Generate every missing sample of every target; returns all samples {key: record}."""
+    store = JsonlStore(plan.eval_dir / SAMPLES)
+    if plan.mode == "predictions":
+        store.append(plan.predictions.values())
+        log(f"predictions: {len(plan.predictions)} answers from {plan.cfg.predictions}")
+        return store.load()
+    done = {k: v for k, v in store.load().items() if v.get("finish_reason") != "error"}  # retry errors
+    for n, target in enumerate(plan.targets):
+        if plan.teacher_forced and target.kind == "local":
+            stage_teacher_forced(plan, target, backends, log)
+        requests = []
+        for item in plan.items.items:
+            missing = [j for j in range(plan.samples) if sample_key(target.tag, item.id, j) not in done]
+            if missing:
+                requests.append(GenRequest(item, n=len(missing), start=missing[0], indices=missing))
+        total = sum(r.n for r in requests)
+        before = len(plan.items.items) * plan.samples - total
+        if not requests:
+            log(f"generate {target.tag}: all {before} sample(s) already done")
+        else:
+            backend = backends.get(target)
+            log(f"generate {target.describe()}: {total} sample(s)"
+                + (f" ({before} done before)" if before else ""))
+            started, made, last_log = time.time(), 0, time.time()
+            for req, gens in backend.generate(requests, plan.params, target):
+                recs = []
+                for j, g in zip(req.sample_indices, gens):
+                    key = sample_key(target.tag, req.item.id, j)
+                    rec = {"key": key, "model": target.tag, "id": req.item.id, "category": req.item.category,
+                           "sample_index": j, "answer": g.text, "finish_reason": g.finish_reason,
+                           "tokens": g.tokens, "backend": backend.name}
+                    if g.error:
+                        rec["error"] = g.error
+                    recs.append(rec)
+                    done[key] = rec
+                store.append(recs)
+                made += len(recs)
+                if made == total or time.time() - last_log >= 15:
+                    log(f"  {target.tag}: {made}/{total} samples, {time.time() - started:.0f} s")
+                    last_log = time.time()
+        backends.release_unneeded(plan.targets[n + 1:])
+    return store.load()
+
+
+# ---- stage: execute -----------------------------------------------------------------------------
+
+def _compiled(status: str, res: dict | None) -> bool | None:
+    if status in ("pass", "test_fail", "runtime_error", "output_limit"):
+        return True
+    if status == "timeout":
+        return bool(res and res.get("run_seconds"))
+    if status in ("compile_error",):
+        return False
+    return None
+
+
+def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, dict]:
+    """Compile/run the code of every code-task sample not yet executed; returns {key: execution}."""
+    from ..sandbox import rustc_available, run_many
+
+    store = JsonlStore(plan.eval_dir / EXECUTIONS)
+    done = store.load()
+    by_id = plan.by_id
+    tags = {t.tag for t in plan.targets}
+    queue: list[tuple[dict, tasks.ProgramPlan]] = []
+    immediate = []
+    for key, s in samples.items():
+        item = by_id.get(s["id"])
+        if key in done or item is None or s["model"] not in tags or s.get("finish_reason") == "error":
+            continue
+        spec = tasks.task_of(item.task)
+        if spec.program is None:
+            continue
+        pp = tasks.build_programs(spec, item.data, s.get("answer") or "", plan.suite.edition)
+        if pp.status or not pp.programs:
+            immediate.append({"key": key, "status": pp.status or "no_code", "code": pp.code})
+        elif plan.cfg.no_exec:
+            immediate.append({"key": key, "status": "not_executed", "code": pp.code,
+                              "program": pp.programs[0].source, "label": pp.programs[0].label})
+        else:
+            queue.append((s, pp))
+    store.append(immediate)
+    if not queue:
+        return store.load()
+    if not rustc_available():
+        raise RustcoderError("rustc is needed to compile generated code but was not found. Install Rust with "
+                             "rustup (https://rustup.rs), set RUSTCODER_RUSTC, or pass --no-exec to skip execution "
+                             "(code tasks then get status not_executed).")
+    workers = plan.cfg.workers or os.cpu_count() or 1
+    kwargs = dict(compile_timeout=plan.cfg.compile_timeout, run_timeout=plan.cfg.run_timeout)
+    cache: dict[tuple, dict] = {}
+
+    def run_programs(programs: list[tasks.Program]) -> list[dict]:
+        keys = [(p.source, p.mode, p.edition) for p in programs]
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        for mode in ("check", "test"):
+            for edition in sorted({k[2] for k in todo if k[1] == mode}):
+                group = [k for k in todo if k[1] == mode and k[2] == edition]
+                for k, r in zip(group, run_many([k[0] for k in group], workers=workers, mode=mode,
+                                                edition=edition, **kwargs)):
+                    cache[k] = r.to_dict()
+        return [cache[k] for k in keys]
+
+    started = last_log = time.time()
+    chunk = max(8, 4 * workers)
+    log(f"execute: {len(queue)} program(s) in the sandbox, {workers} at a time")
+    for c in range(0, len(queue), chunk):
+        part = queue[c:c + chunk]
+        chosen = [(pp.programs[0], r) for (_, pp), r in zip(part, run_programs([pp.programs[0] for _, pp in part]))]
+        # the answer restated the context (defined twice): try the fallback program without it
+        retry = [i for i, ((_, pp), (_, r)) in enumerate(zip(part, chosen))
+                 if r["status"] == "compile_error" and len(pp.programs) > 1 and r["error_codes"]
+                 and set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES]
+        if retry:
+            again = run_programs([part[i][1].programs[1] for i in retry])
+            for i, r in zip(retry, again):
+                if r["status"] != "compile_error" or not set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES:
+                    chosen[i] = (part[i][1].programs[1], r)
+        recs = []
+        for (s, pp), (prog, r) in zip(part, chosen):
+            recs.append({
+                "key": s["key"], "status": r["status"], "label": prog.label, "mode": prog.mode,
+                "has_tests": prog.has_tests, "compiled": _compiled(r["status"], r),
+                "error_codes": r["error_codes"], "missing_crates": r["missing_crates"],
+                "tests_passed": r["tests_passed"], "tests_failed": r["tests_failed"],
+                "compile_seconds": round(r["compile_seconds"], 3), "run_seconds": round(r["run_seconds"], 3),
+                "detail": r["detail"], "diagnostics": (r["diagnostics"] or "")[:2000],
+                "stdout_tail": (r["stdout"] or "")[-1000:], "program": prog.source, "code": pp.code})
+        store.append(recs)
+        if c + chunk >= len(queue) or time.time() - last_log >= 15:
+            log(f"  executed {min(c + chunk, len(queue))}/{len(queue)}, {time.time() - started:.0f} s")
+            last_log = time.time()
+    return store.load()
+
+
+# ---- stage: score -------------------------------------------------------------------------------
+
+def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
+    """Per-sample status and metrics (primary on 0-100; None when the sample is excluded)."""
+    spec = tasks.task_of(item.task)
+    out_data = (item.data.get("output_data") or {})
+    rec: dict = {"key": sample["key"], "model": sample["model"], "id": item.id, "category": item.category,
+                 "sample_index": sample["sample_index"], "finish_reason": sample.get("finish_reason")}
+    if sample.get("finish_reason") == "error":
+        rec.update(status="generation_error", primary=None, error=sample.get("error"))
+        return rec
+    answer = sample.get("answer") or ""
+    empty = not extract.strip_thinking(answer).strip()
+    status = "empty_answer" if empty else None
+    m: dict = {}
+    if spec.program is not None:
+        ex = execution or {"status": "empty_answer" if empty else "no_code"}
+        status = ex["status"]
+        m["compiled"] = ex.get("compiled") if status not in tasks.EXCLUDED_STATUSES else None
+        if status in ("empty_answer", "no_code", "no_tests"):
+            m["compiled"] = False
+        m["has_tests"] = bool(ex.get("has_tests"))
+        m["passed"] = None if status in tasks.EXCLUDED_STATUSES else float(status == "pass")
+        rec["error_codes"] = ex.get("error_codes") or []
+        rec["missing_crates"] = ex.get("missing_crates") or []
+        if "code_preserved" in spec.checks:
+            original = (item.data.get("input_data") or {}).get("code", "")
+            code = ex.get("code") or ""
+            m["code_preserved"] = float(bool(code) and metrics.normalize_code(extract.strip_comments(code))
+                                        == metrics.normalize_code(extract.strip_comments(original)))
+    if spec.text_field:
+        reference = str(out_data.get(spec.text_field) or "")
+        if spec.answer_kind == "text+code":
+            hyp = extract.text_without_code(answer)
+        elif spec.answer_kind == "code":
+            hyp = (execution or {}).get("code") or extract.extract_code(answer) or ""
+        else:
+            hyp = extract.unfence(answer)
+        m["chrf"] = metrics.chrf(hyp, reference) if hyp.strip() else 0.0
+        if status is None:
+            status = "scored"
+    if spec.match_field:
+        reference = str(out_data.get(spec.match_field) or "")
+        if spec.match == "name":
+            pred, ref = metrics.normalize_name(answer), metrics.normalize_name(reference)
+            m["token_f1"] = metrics.name_token_f1(pred, ref)
+            m["valid_identifier"] = float(metrics.is_valid_identifier(pred))
+        else:
+            pred = metrics.normalize_code(extract.extract_fragment(answer))
+            ref = metrics.normalize_code(reference)
+            m["edit_sim"] = metrics.edit_similarity(pred, ref)
+        m["exact"] = float(bool(pred) and pred == ref)
+        rec["normalized"] = pred
+        if status is None:
+            status = "match" if m["exact"] else "mismatch"
+    rec["status"] = status or "scored"
+    primary = {"pass": m.get("passed"), "chrf": None if m.get("chrf") is None else m["chrf"] / 100,
+               "exact": m.get("exact")}[spec.primary]
+    rec["primary"] = None if primary is None else 100.0 * primary
+    rec.update(m)
+    return rec
+
+
+def stage_score(plan: EvalPlan, samples: dict[str, dict], executions: dict[str, dict], log) -> dict[str, dict]:
+    """Score every sample not yet scored; returns {key: score record}."""
+    store = JsonlStore(plan.eval_dir / SCORES)
+    done = store.load()
+    by_id = plan.by_id
+    tags = {t.tag for t in plan.targets}
+    new = []
+    for key, s in samples.items():
+        if key in done or s["model"] not in tags or s["id"] not in by_id:
+            continue
+        item = by_id[s["id"]]
+        if tasks.task_of(item.task).program is not None and key not in executions \
+                and s.get("finish_reason") != "error":
+            continue  # not executed yet (should not happen after stage_execute)
+        new.append(score_sample(item, s, executions.get(key)))
+    store.append(new)
+    if new:
+        log(f"score: {len(new)} sample(s)")
+    return store.load()
+
+
+def stage_judge(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, dict]:
+    """Ask the LLM judge about prose answers (optional; skips judged samples)."""
+    store = JsonlStore(plan.eval_dir / JUDGMENTS)
+    done = store.load()
+    if not plan.cfg.judge_endpoint:
+        return done
+    import concurrent.futures
+
+    from .backends import served_models
+    from .judge import judge_answer
+
+    client = EndpointBackend(plan.cfg.judge_endpoint, api_key=api_key_from_env(plan.cfg.api_key_env),
+                             concurrency=plan.cfg.concurrency)
+    model = plan.cfg.judge_model
+    if model is None:
+        try:
+            names = served_models(plan.cfg.judge_endpoint, client.api_key)
+        except RustcoderError:
+            names = []  # no /v1/models: let the server pick its default model
+        model = names[0] if names else None
+    by_id = plan.by_id
+    tags = {t.tag for t in plan.targets}
+    todo = []
+    for key, s in samples.items():
+        item = by_id.get(s["id"])
+        if key in done or item is None or s["model"] not in tags or s.get("finish_reason") == "error":
+            continue
+        spec = tasks.task_of(item.task)
+        if spec.answer_kind in ("text", "text+code") and spec.text_field:
+            reference = str((item.data.get("output_data") or {}).get(spec.text_field) or "")
+            answer = extract.text_without_code(s["answer"]) if spec.answer_kind == "text+code" else s["answer"]
+            todo.append((key, item.messages[-1]["content"], reference, answer))
+    if not todo:
+        return done
+    log(f"judge: {len(todo)} prose answer(s) via {plan.cfg.judge_endpoint} ({model or 'server default'})")
+    with concurrent.futures.ThreadPoolExecutor(max(1, plan.cfg.concurrency)) as pool:
+        futs = {pool.submit(judge_answer, client, model, p, ref, ans): key for key, p, ref, ans in todo}
+        batch = []
+        for fut in concurrent.futures.as_completed(futs):
+            batch.append({"key": futs[fut], "judge_model": model, **fut.result()})
+            if len(batch) >= 16:
+                store.append(batch)
+                batch = []
+        store.append(batch)
+    return store.load()
+
+
+# ---- the whole evaluation -----------------------------------------------------------------------
+
+@dataclass
+class EvalResult:
+    """Where the evaluation's files are and what it measured."""
+
+    eval_dir: Path
+    metrics: dict
+    report_path: Path
+    plot_path: Path | None
+    plan: EvalPlan
+
+    def table(self, by_task: bool = True) -> str:
+        """The headline table for a terminal."""
+        from .report import render_terminal
+
+        return render_terminal(self.metrics, by_task=by_task)
+
+
+def evaluate(cfg: EvalConfig, *, log=print, backend_factory: BackendFactory | None = None) -> EvalResult:
+    """Run (or resume) an evaluation and write samples, executions, scores, metrics, report and chart.
+
+    ``backend_factory(target, plan) -> Backend`` replaces how models are loaded (custom backends,
+    tests); by default transformers, vLLM or the endpoint per the plan.
+    """
+    from .report import build_metrics, plot_scores, render_report
+
+    plan = plan_eval(cfg, log)
+    prepare_eval_dir(plan, log)
+    log(f"eval directory: {plan.eval_dir}")
+    log(f"suite {plan.suite.name}: {len(plan.items.items)} item(s) x {plan.samples} sample(s), "
+        f"models: {', '.join(t.tag for t in plan.targets)}")
+    for note in plan.notes:
+        log(f"note: {note}")
+    backends = _Backends(plan, backend_factory or default_backend_factory, log)
+    try:
+        samples = stage_generate(plan, backends, log)
+    finally:
+        backends.close()
+    executions = stage_execute(plan, samples, log)
+    scores = stage_score(plan, samples, executions, log)
+    judgments = stage_judge(plan, samples, log)
+    tf = JsonlStore(plan.eval_dir / TEACHER_FORCED).load()
+    result_metrics = build_metrics(plan, samples, executions, scores, tf, judgments)
+    artifacts.atomic_write_json(plan.eval_dir / METRICS, result_metrics)
+    plot_path = plot_scores(result_metrics, plan.eval_dir / PLOT)
+    result_metrics["plot"] = str(plot_path) if plot_path else None
+    artifacts.atomic_write_text(plan.eval_dir / REPORT, render_report(result_metrics))
+    return EvalResult(plan.eval_dir, result_metrics, plan.eval_dir / REPORT, plot_path, plan)
