@@ -255,7 +255,7 @@ def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval,
     sweep_dir = sweep_dir or f"runs/sweep-{name}"
     evaluate = None
     if with_eval:
-        from .eval import evaluate_run_for_sweep as evaluate
+        from .sweep import evaluate_run as evaluate
     entries = run_sweep(sweep_dir, presets, grid=parse_grid(list(grid)), num_examples=num_examples, common=common,
                         project=project, evaluate=evaluate, log=click.echo)
     failed = [e for e in entries if e.status == "failed"]

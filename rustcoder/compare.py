@@ -68,7 +68,7 @@ def _eval_categories(run_dir: Path) -> tuple[dict[str, float], str | None]:
             elif isinstance(v, (int, float)):
                 scores[cat] = float(v)
         if scores:
-            return scores, m.get("primary_metric") or "score"
+            return scores, "primary score"
     return {}, None
 
 
@@ -216,7 +216,7 @@ def plot_categories(rows: list[RunRow], path: Path) -> Path | None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
     ax.set_xticklabels(cats, rotation=45, ha="right", fontsize=8)
     metric = next((r.category_metric for r in evaluated if r.category_metric), "score")
-    ax.set_ylabel(f"{metric} (0-1, higher is better)")
+    ax.set_ylabel(f"{metric} (pass / exact-match %, chrF 0-100; higher is better)")
     ax.set_title("Per-category evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -66,6 +66,16 @@ def parse_settings(specs: list[str]) -> dict[str, Any]:
     return values
 
 
+def evaluate_run(run_dir: Path, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """`rustcoder eval` of a finished run on its default held-out tasks; returns the headline scores."""
+    from .eval import EvalConfig, evaluate
+
+    result = evaluate(EvalConfig(model=str(run_dir), max_new_tokens=max_new_tokens), log=lambda *_: None)
+    adapter = next(iter(result.metrics.get("models", {}).values()), {})
+    return {"eval_dir": str(result.eval_dir), "overall": adapter.get("overall", {}).get("score"),
+            "categories": {c: v.get("primary") for c, v in adapter.get("categories", {}).items()}}
+
+
 def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 

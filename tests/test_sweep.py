@@ -92,6 +92,20 @@ def test_killed_sweep_resumes_without_retraining(rows_file, tiny_qwen2, tmp_path
     assert [e.status for e in entries] == ["finished", "finished"]
 
 
+def test_sweep_with_eval_records_per_category_scores(rows_file, tiny_qwen2, tmp_path):
+    from functools import partial
+
+    from rustcoder.sweep import evaluate_run
+
+    sweep_dir = tmp_path / "sweep"
+    entries = run_sweep(sweep_dir, ["small-batch"], num_examples=30, common={**COMMON, "dataset": "sample"},
+                        evaluate=partial(evaluate_run, max_new_tokens=4), log=lambda *_: None)
+    ev = entries[0].metrics["eval"]
+    assert set(ev["categories"]) == set(__import__("rustcoder.data.categories", fromlist=["x"]).CATEGORY_NAMES)
+    result = compare_runs([sweep_dir])
+    assert result["rows"][0].categories and result["categories_png"] is not None
+
+
 def test_failed_run_is_reported_while_others_finish(rows_file, tiny_qwen2, tmp_path):
     sweep_dir = tmp_path / "sweep"
     entries = run_sweep(sweep_dir, ["baseline"], grid={"lr": [5e-3, -1.0]}, num_examples=30,
@@ -114,11 +128,12 @@ def test_compare_runs_with_and_without_eval(rows_file, tiny_qwen2, tmp_path):
         runs.append(train(cfg, progress=False, log=lambda *_: None).run_dir)
     eval_dir = runs[1] / "eval" / "sample"
     eval_dir.mkdir(parents=True)
-    (eval_dir / "metrics.json").write_text(json.dumps(
-        {"primary_metric": "score", "categories": {"code_generation": {"score": 0.5},
-                                                   "function_naming": {"score": 0.25}}}))
+    # the shape rustcoder eval writes (see rustcoder/eval/report.py)
+    (eval_dir / "metrics.json").write_text(json.dumps({"models": {"adapter": {"categories": {
+        "code_generation": {"metric": "pass", "primary": 50.0},
+        "function_naming": {"metric": "exact", "primary": 25.0}}}}}))
     result = compare_runs(runs, tmp_path / "cmp")
-    assert "code_generation" in result["table"] and "0.500" in result["table"]
+    assert "code_generation" in result["table"] and "50.000" in result["table"]
     plain = next(r for r in result["rows"] if r.name == "plain")
     assert plain.categories == {}
     assert result["categories_png"] is not None and _png_size(result["categories_png"])[0] > 400
