@@ -282,6 +282,28 @@ def compare(paths, output_dir):
                + "".join(f", {result[k]}" for k in ("eval_loss_png", "categories_png") if result[k]))
 
 
+@main.command(context_settings=CONTEXT)
+@click.option("--vllm-python", default=None, help="Python of a separate vLLM environment to check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def doctor(vllm_python, as_json):
+    """Check what each command needs: torch build and GPUs, rustc and the sandbox, vLLM, Gradio,
+    Trackio, hub login and reachability, disk space; each problem with its exact fix.
+
+    Exits 1 when something required is missing (warnings do not fail).
+    """
+    from .doctor import MISSING, render, run_checks
+
+    checks = run_checks(vllm_python)
+    if as_json:
+        import json
+
+        click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        click.echo(render(checks))
+    if any(c.status == MISSING for c in checks):
+        sys.exit(1)
+
+
 # ---- runs ---------------------------------------------------------------------------------------
 
 @main.command(context_settings=CONTEXT)

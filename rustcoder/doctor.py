@@ -1,0 +1,215 @@
+"""``rustcoder doctor``: what is installed and what is missing for each command, with the exact fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+OK, WARN, MISSING = "ok", "warn", "missing"
+
+
+@dataclass
+class Check:
+    """One finding: which commands it matters for, its status, what was seen, and the fix."""
+
+    name: str
+    status: str
+    detail: str
+    needed_by: str
+    fix: str = ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def check_python() -> Check:
+    v = sys.version_info
+    ok = v >= (3, 10)
+    return Check("python", OK if ok else MISSING, f"{sys.version.split()[0]} ({sys.executable})", "all",
+                 "" if ok else "install Python 3.10 or newer")
+
+
+def check_packages() -> list[Check]:
+    """The core training stack, installed with rustcoder itself."""
+    out = []
+    for dist in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "trackio"):
+        v = _version(dist)
+        out.append(Check(dist, OK if v else MISSING, v or "not installed", "train, eval, merge",
+                         "" if v else "pip install -e . (or bash scripts/setup.sh)"))
+    return out
+
+
+def check_torch() -> list[Check]:
+    """Torch build, CUDA and GPUs."""
+    try:
+        import torch
+    except ImportError:
+        return [Check("torch build", MISSING, "torch not importable", "train, eval, merge",
+                      "pip install torch==2.13.0 (CPU) or the CUDA build from pytorch.org")]
+    cuda = torch.version.cuda
+    checks = [Check("torch build", OK, f"{torch.__version__} ({'CUDA ' + cuda if cuda else 'CPU-only build'})",
+                    "train, eval, merge")]
+    if torch.cuda.is_available():
+        gpus = [f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
+                for i in range(torch.cuda.device_count())]
+        checks.append(Check("GPUs", OK, f"{len(gpus)}: " + ", ".join(gpus), "train at scale, vLLM"))
+    else:
+        checks.append(Check("GPUs", WARN, "none visible: training and eval run on CPU (tiny models, minutes; "
+                            "a 7B model needs a GPU)", "train at scale, vLLM",
+                            "on a GPU machine: pip install torch (CUDA build), check nvidia-smi"))
+    return checks
+
+
+def check_rustc() -> list[Check]:
+    """rustc for evaluation, and the sandbox's protections."""
+    path = shutil.which("rustc")
+    if not path:
+        return [Check("rustc", MISSING, "not on PATH: code answers cannot be compiled or tested",
+                      "eval (code categories), playground 'Check with rustc'",
+                      "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh   (then open a new shell)")]
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return [Check("rustc", MISSING, f"{path} does not run: {e}", "eval", "reinstall with rustup")]
+    checks = [Check("rustc", OK, f"{out} ({path})", "eval")]
+    try:
+        from .sandbox import sandbox_capabilities
+
+        caps = sandbox_capabilities()
+        missing = caps.get("missing") or []
+        if not caps.get("usable", True):
+            checks.append(Check("sandbox", MISSING, caps.get("error") or "unusable", "eval",
+                                "see docs/sandbox.md"))
+        else:
+            checks.append(Check("sandbox", WARN if missing else OK,
+                                f"isolation: {', '.join(caps.get('isolation', []))}"
+                                + (f"; missing: {', '.join(missing)}" if missing else ""),
+                                "eval", "see docs/sandbox.md (run as root for uid drop and network namespaces)"
+                                if missing else ""))
+    except Exception as e:  # the doctor reports, it never crashes
+        checks.append(Check("sandbox", WARN, f"could not probe: {type(e).__name__}: {e}", "eval"))
+    return checks
+
+
+def check_vllm(vllm_python: str | None = None) -> Check:
+    """vLLM in this environment, or in its own (RUSTCODER_VLLM_PYTHON / --vllm-python)."""
+    other = vllm_python or os.environ.get("RUSTCODER_VLLM_PYTHON")
+    if other:
+        try:
+            out = subprocess.run([other, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
+                                 capture_output=True, text=True, timeout=120)
+            if out.returncode == 0:
+                return Check("vLLM", OK, f"{out.stdout.strip()} in {other}", "serve --engine vllm, eval (GPU)")
+            return Check("vLLM", MISSING, f"{other} cannot import vllm", "serve --engine vllm",
+                         "bash serve/setup_vllm_cpu.sh (CPU) or `pip install vllm` in that environment")
+        except (OSError, subprocess.SubprocessError) as e:
+            return Check("vLLM", MISSING, f"{other}: {e}", "serve --engine vllm", "check the path")
+    v = _version("vllm") or _version("vllm-cpu")
+    if v:
+        return Check("vLLM", OK, f"{v} (this environment)", "serve --engine vllm, eval (GPU)")
+    return Check("vLLM", WARN, "not installed (serve falls back to the transformers engine)",
+                 "serve --engine vllm, eval (GPU)",
+                 "GPU: pip install vllm in its own venv, then --vllm-python PATH; CPU: bash serve/setup_vllm_cpu.sh")
+
+
+def check_extras() -> list[Check]:
+    """Optional stacks: Gradio (playground), OpenAI client + transformers serving (serve)."""
+    out = []
+    for dist, what, extra in (("gradio", "playground", "playground"), ("openai", "serve (client)", "serve"),
+                              ("fastapi", "serve --engine transformers", "serve")):
+        v = _version(dist)
+        out.append(Check(dist, OK if v else WARN, v or "not installed", what,
+                         "" if v else f"pip install 'rustcoder[{extra}]'"))
+    fa = _version("flash-attn") or _version("flash_attn")
+    out.append(Check("flash-attn", OK if fa else WARN, fa or "not installed (GPU training uses length-grouped "
+                     "batches instead of padding-free)", "train on GPU (speed)",
+                     "" if fa else "pip install flash-attn --no-build-isolation (CUDA only)"))
+    return out
+
+
+def check_trackio() -> Check:
+    v = _version("trackio")
+    if not v:
+        return Check("trackio", MISSING, "not installed: no live metrics", "train",
+                     "pip install trackio (or train with --report-to none)")
+    where = os.environ.get("TRACKIO_DIR") or str(Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
+                                                                     "huggingface")) / "trackio")
+    return Check("trackio", OK, f"{v}, runs stored in {where}; dashboard: rustcoder runs --dashboard", "train")
+
+
+def check_hub(timeout: float = 3.0) -> list[Check]:
+    """Hub login and reachability (skipped when HF_HUB_OFFLINE is set)."""
+    checks = []
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:
+        token = None
+    checks.append(Check("hub login", OK if token else WARN, "token found" if token else "not logged in",
+                        "train --push-to-hub, merge --push-to-hub, gated models",
+                        "" if token else "huggingface-cli login   (or export HF_TOKEN=...)"))
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        checks.append(Check("hub reachable", WARN, "HF_HUB_OFFLINE=1: only local models and data",
+                            "default model and dataset", "unset HF_HUB_OFFLINE, or use local paths / tiny-qwen2 "
+                            "and --dataset sample"))
+        return checks
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1"), timeout=timeout)
+        checks.append(Check("hub reachable", OK, endpoint, "default model and dataset"))
+    except Exception as e:
+        checks.append(Check("hub reachable", WARN, f"{endpoint} unreachable ({type(e).__name__})",
+                            "default model and dataset (Qwen/Qwen2-7B-Instruct, Strandset-Rust-v1)",
+                            "check the network/proxy, or work offline: --model tiny-qwen2 --dataset sample, "
+                            "or local paths"))
+    return checks
+
+
+def check_disk(paths: list[str] | None = None, need_gb: float = 40.0) -> list[Check]:
+    """Free space where runs, merged models and the hub cache go."""
+    out = []
+    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    for label, p in (("disk: runs", (paths or ["runs"])[0]), ("disk: hub cache", hf_home)):
+        probe = Path(p).resolve()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free / 2**30
+        ok = free >= need_gb
+        out.append(Check(label, OK if ok else WARN, f"{free:.0f} GiB free at {probe}",
+                         "train, merge (a merged 7B model is ~15 GB; its base another 15 GB)",
+                         "" if ok else f"free space or point --output-dir / HF_HOME elsewhere (want >= {need_gb:.0f} GiB)"))
+    return out
+
+
+def run_checks(vllm_python: str | None = None, hub_timeout: float = 3.0) -> list[Check]:
+    """Every check, in the order they are printed."""
+    return [check_python(), *check_packages(), *check_torch(), *check_rustc(), check_vllm(vllm_python),
+            *check_extras(), check_trackio(), *check_hub(hub_timeout), *check_disk()]
+
+
+def render(checks: list[Check]) -> str:
+    """A table a person reads top to bottom, fixes listed under it."""
+    mark = {OK: "ok  ", WARN: "warn", MISSING: "MISS"}
+    width = max(len(c.name) for c in checks)
+    lines = [f"[{mark[c.status]}] {c.name:<{width}}  {c.detail}" for c in checks]
+    fixes = [c for c in checks if c.status != OK and c.fix]
+    if fixes:
+        lines.append("\nto fix:")
+        for c in fixes:
+            lines.append(f"  {c.name} (needed by {c.needed_by}):\n      {c.fix}")
+    missing = [c.name for c in checks if c.status == MISSING]
+    lines.append("\n" + ("everything needed is here." if not missing else
+                         f"missing: {', '.join(missing)}: the commands that need them will fail until fixed."))
+    return "\n".join(lines)

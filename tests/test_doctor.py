@@ -1,0 +1,53 @@
+"""rustcoder doctor finds what is missing and names the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from rustcoder.cli import main
+from rustcoder.doctor import MISSING, OK, check_rustc, check_vllm, render, run_checks
+
+
+def test_doctor_reports_rustc_missing_when_path_hides_it(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}  # an empty PATH: no rustc
+    out = subprocess.run([sys.executable, "-m", "rustcoder", "doctor", "--json"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["rustc"]["status"] == MISSING
+    assert "rustup.rs" in checks["rustc"]["fix"]
+    assert checks["torch"]["status"] == OK
+
+
+def test_doctor_finds_rustc_when_present():
+    if not shutil.which("rustc"):
+        import pytest
+
+        pytest.skip("rustc not installed here")
+    checks = {c.name: c for c in check_rustc()}
+    assert checks["rustc"].status == OK and "rustc 1." in checks["rustc"].detail
+    assert "sandbox" in checks
+
+
+def test_vllm_python_that_lacks_vllm_is_reported(tmp_path):
+    c = check_vllm(sys.executable)  # this environment has no vLLM
+    assert c.status == MISSING and "cannot import vllm" in c.detail and "setup_vllm_cpu.sh" in c.fix
+
+
+def test_render_lists_fixes_and_offline_hub_note():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    text = render(run_checks(hub_timeout=0.1))
+    assert "hub reachable" in text and "HF_HUB_OFFLINE=1" in text
+    assert "to fix:" in text
+
+
+def test_doctor_cli_runs():
+    r = CliRunner().invoke(main, ["doctor"])
+    assert r.exit_code in (0, 1), r.output
+    assert "[ok  ] python" in r.output
