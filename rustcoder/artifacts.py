@@ -82,6 +82,27 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def push_folder(folder: str | Path, repo: str, what: str) -> str:
+    """Upload a folder (adapter or merged model, with its model card) to a hub model repo; returns its URL.
+
+    A failed push raises a RustcoderError that says the files are safe and how to retry.
+    """
+    from huggingface_hub import HfApi
+
+    from .errors import RustcoderError
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                          commit_message=f"Upload rustcoder {what}")
+    except Exception as e:
+        raise RustcoderError(f"push to {repo!r} failed: {type(e).__name__}: {e}\nThe {what} is safe in {folder}; "
+                             f"log in with `huggingface-cli login` and push it again with "
+                             f"`huggingface-cli upload {repo} {folder}`.") from None
+    return f"https://huggingface.co/{repo}"
+
+
 def unique_run_dir(output_dir: str | Path, name: str) -> Path:
     """``output_dir/name``, or name-2, name-3... when taken (Trackio appends to a reused run name)."""
     root = Path(output_dir)

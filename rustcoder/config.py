@@ -25,11 +25,14 @@ STRANDSET_REVISION = "537245ed2de8f3cd65803d0225abe26e3d480f76"
 DEFAULT_PRESET = "small-batch"
 
 
-def _f(default, help: str, **kw):
+def config_field(default, help: str, **kw):
     """A dataclass field whose help text is the CLI help of its flag."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+_f = config_field
 
 
 @dataclass

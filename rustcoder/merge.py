@@ -1231,18 +1231,7 @@ def _already_merged(src: _Source, target: Path, previous: dict, verify: bool, lo
 
 def push_merged(merged_dir: str | Path, repo: str) -> str:
     """Upload a merged model directory (with its model card and merge report) to a hub model repo."""
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()
-        api.create_repo(repo, repo_type="model", exist_ok=True)
-        api.upload_folder(folder_path=str(merged_dir), repo_id=repo, repo_type="model",
-                          commit_message="Upload rustcoder merged model")
-    except Exception as e:
-        raise RustcoderError(f"push to {repo!r} failed: {type(e).__name__}: {e}\nThe merged model is safe in "
-                             f"{merged_dir}; log in with `huggingface-cli login` and push it again with "
-                             f"`huggingface-cli upload {repo} {merged_dir}`.") from None
-    return f"https://huggingface.co/{repo}"
+    return artifacts.push_folder(merged_dir, repo, "merged model")
 
 
 def newest_merged(runs_dir: str | Path = "runs") -> Path:

@@ -231,16 +231,9 @@ class _Collator:
             pos = [i for f in features for i in range(len(f["input_ids"]))]
             return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
                     "position_ids": torch.tensor([pos])}
-        longest = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), longest), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        from .data.tokenize import pad_batch
+
+        return pad_batch(features, self.pad_id)
 
 
 def _trainer_class():
@@ -321,18 +314,7 @@ def _save_adapter(trainer, tokenizer, run_dir: Path, card: str) -> Path:
 
 def push_adapter(adapter_dir: Path, repo: str) -> str:
     """Upload an adapter directory (with its model card) to a hub model repo; returns its URL."""
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()
-        api.create_repo(repo, repo_type="model", exist_ok=True)
-        api.upload_folder(folder_path=str(adapter_dir), repo_id=repo, repo_type="model",
-                          commit_message="Upload rustcoder LoRA adapter")
-    except Exception as e:
-        raise RustcoderError(f"push to {repo!r} failed: {type(e).__name__}: {e}\nThe adapter is safe in "
-                             f"{adapter_dir}; log in with `huggingface-cli login` and push it again with "
-                             f"`huggingface-cli upload {repo} {adapter_dir}`.") from None
-    return f"https://huggingface.co/{repo}"
+    return artifacts.push_folder(adapter_dir, repo, "adapter")
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:

@@ -96,3 +96,19 @@ def tokenize_to_table(tokenizer, conversations: list[list[dict]], max_length: in
                          "labels": pa.array([], type=pa.list_(pa.int32())),
                          "length": pa.array([], type=pa.int32())})
     return pa.concat_tables(tables)
+
+
+def pad_batch(features: list[dict], pad_id: int) -> dict:
+    """Right-padded input_ids / labels / attention_mask tensors for a list of tokenized examples."""
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), longest), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), longest), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.as_tensor(f["input_ids"])
+        labels[i, :n] = torch.as_tensor(f["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

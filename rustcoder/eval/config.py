@@ -8,18 +8,15 @@ samples) < flags the user typed. The resolved settings are written to the eval d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
+from ..config import config_field as _f
 from ..errors import ConfigError, did_you_mean
 
 BACKENDS = ("auto", "transformers", "vllm", "endpoint")
 STAGES = ("generate", "execute", "score", "report")
 
 
-def _f(default, help: str, **kw):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass

@@ -48,7 +48,7 @@ def teacher_forced_stats(model, tokenizer, conversations: list[list[dict]], *, b
     import torch
     import torch.nn.functional as F
 
-    from ..data.tokenize import tokenize_examples
+    from ..data.tokenize import pad_batch, tokenize_examples
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
@@ -64,16 +64,8 @@ def teacher_forced_stats(model, tokenizer, conversations: list[list[dict]], *, b
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             feats = tokenize_examples(tokenizer, [conversations[i] for i in idx], max_length)
-            longest = max(len(f["input_ids"]) for f in feats)
-            ids = torch.full((len(feats), longest), pad_id, dtype=torch.long)
-            labels = torch.full((len(feats), longest), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(feats), longest), dtype=torch.long)
-            for row, f in enumerate(feats):
-                n = len(f["input_ids"])
-                ids[row, :n] = torch.tensor(f["input_ids"])
-                labels[row, :n] = torch.tensor(f["labels"])
-                mask[row, :n] = 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            batch = pad_batch(feats, pad_id)
+            ids, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
             with torch.inference_mode():
                 hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 targets = labels[:, 1:]
