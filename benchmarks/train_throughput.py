@@ -102,7 +102,8 @@ def check_no_cross_attention(model_dir: Path, rows_path: Path, data_path: str) -
     print(f"isolation check ({plan.data_path}): each example's logits in a batch equal its logits alone")
 
 
-def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, steps: int, batch: int, n: int) -> dict:
+def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, steps: int, batch: int, n: int,
+                  fast_paths: bool | None = None) -> dict:
     from rustcoder import artifacts
     from rustcoder.config import resolve_config
     from rustcoder.train import train
@@ -110,14 +111,14 @@ def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, steps: int, batc
     cfg = resolve_config("baseline", overrides=dict(
         model=str(model_dir), dataset=str(rows_path), num_examples=n, batch_size=batch, grad_accum=1,
         max_steps=steps, lr=2e-4, warmup_ratio=0.1, eval_steps=10**6, save_steps=10**6, report_to="none",
-        output_dir=str(work / "runs"), run_name="rustcoder", logging_steps=1))
+        output_dir=str(work / "runs"), run_name=f"rustcoder-{fast_paths}", logging_steps=1, fast_paths=fast_paths))
     result = train(cfg, progress=False, log=lambda *_: None)
     history = artifacts.read_json(result.run_dir / "log_history.json")
     tokens = max(h.get("num_tokens", 0) for h in history)
     runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
     plan = artifacts.read_json(result.run_dir / "manifest.json")["plan"]
     return {"tokens": tokens, "seconds": runtime, "eval_loss": result.metrics["eval_loss"],
-            "data_path": f"rustcoder {plan['data_path']}"}
+            "data_path": f"rustcoder {plan['data_path']}" + (" + fast paths" if plan.get("fast_paths") else "")}
 
 
 def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, steps: int, batch: int, n: int) -> dict:
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--breakdown", action="store_true", help="also run rustcoder without the CPU fast paths")
     args = ap.parse_args()
 
     import torch
@@ -190,7 +192,10 @@ def main() -> None:
         check_no_cross_attention(model_dir, rows_path, resolve_data_path("auto", "cpu"))
 
         results = {}
-        for name, fn in (("TRL defaults", run_trl_defaults), ("rustcoder", run_rustcoder)):
+        runs = [("TRL defaults", run_trl_defaults), ("rustcoder", run_rustcoder)]
+        if args.breakdown:
+            runs.insert(1, ("grouped only", lambda *a: run_rustcoder(*a, fast_paths=False)))
+        for name, fn in runs:
             t0 = time.time()
             results[name] = fn(model_dir, rows_path, work, args.steps, args.batch, args.rows)
             results[name]["wall"] = time.time() - t0
