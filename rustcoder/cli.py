@@ -304,6 +304,23 @@ def doctor(vllm_python, as_json):
         sys.exit(1)
 
 
+@main.command(context_settings=CONTEXT)
+@click.option("--output-dir", default="runs", show_default=True, help="Where the demo run (and its merge) goes.")
+@click.option("--max-new-tokens", default=48, show_default=True, help="Generation length in eval and the question.")
+@click.option("--no-serve", is_flag=True, help="Skip the serving stage.")
+def demo(output_dir, max_new_tokens, no_serve):
+    """The whole loop offline on CPU in minutes: tiny model, train, eval, merge, serve, ask.
+
+    Builds (once, cached) a tiny RANDOM Qwen2 model, trains the small-batch preset on the built-in
+    Strandset sample, evaluates base vs adapter per category (compiling Rust with rustc where
+    available), merges and verifies, serves the merged model with the transformers engine, asks it
+    one Rust question and stops it. It shows the mechanics, not quality.
+    """
+    from .demo import run_demo
+
+    run_demo(output_dir, max_new_tokens=max_new_tokens, serve=not no_serve, echo=click.echo)
+
+
 # ---- runs ---------------------------------------------------------------------------------------
 
 @main.command(context_settings=CONTEXT)

