@@ -16,6 +16,16 @@ from .tiny import TINY_MODELS, tiny_model_dir
 
 END_OF_TURN = "<|im_end|>"
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that fits an adapter of this rank."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise UsageError(f"LoRA rank {rank} is above the largest rank vLLM serves ({VLLM_LORA_RANKS[-1]}); merge the "
+                     "adapter (`rustcoder merge`) and serve or evaluate the merged model instead.")
 
 
 def resolve_model(name: str) -> str:

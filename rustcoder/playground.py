@@ -29,8 +29,6 @@ PASSWORD_ENV = "RUSTCODER_PLAYGROUND_PASSWORD"
 FREE_CHAT = "free chat (no task prompt)"
 DEFAULT_TASK = "code_generation"
 CHECK_MODES = ("auto", "check", "test", "run")
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_RUST_LANGS = {"rust", "rs", ""}
 _STATUS_TEXT = {  # symbols from common text fonts (no emoji font needed)
     "pass": "✓ compiles",
     "test_fail": "✗ tests failed",
@@ -186,14 +184,12 @@ class OpenAIHTTPClient:
 # ---- Rust in answers ----------------------------------------------------------------------------
 
 def extract_rust(answer: str) -> str:
-    """The Rust code of an answer: its ```rust (or unlabelled) fenced blocks joined, else the bare answer
-    when it has no fence at all (models sometimes answer with bare code), else ''."""
-    blocks = [body.strip("\n") for lang, body in _FENCE.findall(answer or "") if lang.lower() in _RUST_LANGS]
-    if blocks:
-        return "\n\n".join(b for b in blocks if b.strip()) + "\n"
-    if "```" in (answer or ""):
-        return ""
-    return (answer or "").strip() + "\n" if (answer or "").strip() else ""
+    """The Rust code of an answer, found the way evaluation finds it (rustcoder.eval.extract): its
+    ```rust (or unlabelled) blocks joined, else the bare answer when it looks like Rust, else ''."""
+    from .eval.extract import extract_code
+
+    code = extract_code(answer or "", which="all")
+    return code.strip("\n") + "\n" if code and code.strip() else ""
 
 
 def choose_mode(source: str, mode: str = "auto") -> str:

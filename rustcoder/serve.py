@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, MissingExtraError, RustcoderError, UsageError
+from .modeling import VLLM_LORA_RANKS, vllm_lora_rank  # noqa: F401 - part of serve's API
 
 ENGINES = ("vllm", "transformers")
 DEFAULT_HOST = "127.0.0.1"
@@ -54,7 +55,6 @@ VLLM_PYTHON_ENV = "RUSTCODER_VLLM_PYTHON"
 # default (0.92) is refused on a machine that also runs anything else.
 CPU_MEMORY_UTILIZATION = 0.2
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 SERVE_INSTALL = "pip install 'rustcoder[serve]'"
 VLLM_INSTALL = ("pip install vllm   # GPU, best in its own environment (it pins its own torch and transformers)\n"
@@ -206,15 +206,6 @@ def read_adapter(adapter: str | Path) -> AdapterInfo:
     base = cfg.get("base_model_name_or_path") or ""
     name = path.parent.name if path.name == "adapter" else path.name
     return AdapterInfo(adapter_dir=path.resolve(), base_model=base, rank=max(ranks), name=name)
-
-
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest --max-lora-rank vLLM accepts that fits an adapter of this rank."""
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise UsageError(f"LoRA rank {rank} is above the largest rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
-                     "merge the adapter (`rustcoder merge`) and serve the merged model instead.")
 
 
 def default_model_name(model: str) -> str:

