@@ -284,13 +284,16 @@ class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
-                 chat_template: str | None = None, dtype: str = "auto", seed: int = 0, log=print):
+                 chat_template: str | None = None, dtype: str = "auto", seed: int = 0,
+                 tensor_parallel_size: int | None = None, log=print):
         LLM, SamplingParams, LoRARequest = import_vllm()
         from ..modeling import resolve_model
 
         self._SamplingParams = SamplingParams
         kwargs: dict[str, Any] = dict(model=resolve_model(path), revision=revision, seed=seed,
                                       dtype="auto" if dtype == "auto" else dtype)
+        if tensor_parallel_size:
+            kwargs["tensor_parallel_size"] = tensor_parallel_size
         self.lora = None
         if adapter_dir:
             cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())

@@ -41,6 +41,7 @@ class EvalConfig:
                               "then the served model name.")
     backend: str = _f("auto", "Generation backend: auto (endpoint with --endpoint, else transformers), "
                       "transformers, vllm (GPU) or endpoint.", choices=BACKENDS)
+    tensor_parallel_size: int | None = _f(None, "vLLM backend: shard the model over this many GPUs.")
     no_exec: bool = _f(False, "Do not compile or run generated code (code tasks get status not_executed).")
     output_dir: str | None = _f(None, "Eval directory (default: RUN_DIR/eval/NAME, or ./evals-out/MODEL/NAME).")
     runs_dir: str = _f("runs", "Where to find the newest run when MODEL is omitted.")
@@ -81,7 +82,8 @@ class EvalConfig:
             value = getattr(self, f_.name)
             if choices and value is not None and value not in choices:
                 bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
-        for name in ("limit", "batch_size", "samples", "max_new_tokens", "concurrency", "workers", "max_length"):
+        for name in ("limit", "batch_size", "samples", "max_new_tokens", "concurrency", "workers", "max_length",
+                     "tensor_parallel_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(name, f"must be >= 1, got {v}")

@@ -363,7 +363,8 @@ def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
         from .backends import VLLMBackend
 
         return VLLMBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
-                           chat_template=target.chat_template, dtype=cfg.dtype, seed=cfg.seed)
+                           chat_template=target.chat_template, dtype=cfg.dtype, seed=cfg.seed,
+                           tensor_parallel_size=cfg.tensor_parallel_size)
     from .backends import TransformersBackend
 
     return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
