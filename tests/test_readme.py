@@ -1,0 +1,39 @@
+"""The README's two commands are the ones CI and the demo run, and its links point at real files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_holds_the_two_commands_and_ci_runs_the_test_one():
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.DOTALL)
+    assert blocks[0].strip() == "bash scripts/quickstart.sh"
+    assert blocks[1].strip() == "bash scripts/test.sh"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/test.sh" in ci
+    assert re.search(r'rustcoder"? demo', (ROOT / "scripts" / "quickstart.sh").read_text())
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert "scripts/setup.sh" in test_sh and "pytest" in test_sh
+    assert "torch==2.13.0" in (ROOT / "scripts" / "setup.sh").read_text()  # never an unpinned CUDA torch
+
+
+def test_readme_and_docs_links_exist():
+    for text, base in [(README, ROOT)] + [(p.read_text(), p.parent) for p in (ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(((?!https?://)[^)#]+)\)", text):
+            assert (base / target).exists(), f"broken link {target}"
+
+
+def test_every_command_has_a_docs_page():
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+
+    out = CliRunner().invoke(main, ["--help"]).output
+    commands = re.findall(r"^  (\w+)\s", out.split("Commands:")[1], re.MULTILINE)
+    docs = " ".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    for cmd in commands:
+        assert f"rustcoder {cmd}" in docs, f"`rustcoder {cmd}` is not documented in docs/"
