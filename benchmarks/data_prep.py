@@ -61,10 +61,10 @@ def run_rustcoder(path: str, model: str) -> dict:
 
     tok, _ = load_tokenizer(model, model_type="qwen2")
     t0 = time.perf_counter()
-    data = prepare_data(path, eval_fraction=0.1)
+    data = prepare_data(path, eval_fraction=0.1, keep_fields=False)  # as `rustcoder train` does
     parsed = time.perf_counter()
     examples = data.train + data.eval
-    table = tokenize_to_table(tok, [e.messages for e in examples], 1024)
+    table = tokenize_to_table(tok, [e.messages for e in examples], 1024, memory_map=True)
     done = time.perf_counter()
     import pyarrow.compute as pc
 

@@ -114,7 +114,7 @@ def plan_training(cfg: TrainConfig, device: str | None = None) -> TrainPlan:
     """Load and split the data and count the steps the trainer will run; never loads the model."""
     data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
                         eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
-                        max_bad_fraction=cfg.max_bad_fraction)
+                        max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
     per_epoch, total = steps_for(len(data.train), cfg)
     warmup = math.ceil(cfg.warmup_ratio * total)
     eval_steps = cfg.eval_steps or max(1, total // 10)
@@ -155,7 +155,8 @@ def _datasets(tokenizer, plan: TrainPlan):
     from .data.tokenize import TokenizeStats, tokenize_to_table
 
     stats = TokenizeStats()
-    train = tokenize_to_table(tokenizer, [e.messages for e in plan.data.train], plan.config.max_length, stats)
+    train = tokenize_to_table(tokenizer, [e.messages for e in plan.data.train], plan.config.max_length, stats,
+                              memory_map=True)
     evals = tokenize_to_table(tokenizer, [e.messages for e in plan.data.eval], plan.config.max_length, stats)
     return Dataset(train), Dataset(evals), stats
 

@@ -81,6 +81,8 @@ def test_arrow_table_equals_python_rows(tok):
     convs = [parse_row(make_row(c, i)).messages for i, c in enumerate(CATEGORY_NAMES)]
     rows = tokenize_examples(tokenizer, convs, 4096)
     table = tokenize_to_table(tokenizer, convs, 4096, chunk_size=4)
+    mapped = tokenize_to_table(tokenizer, convs, 4096, chunk_size=4, memory_map=True)
+    assert mapped.equals(table)
     assert table.column("input_ids").to_pylist() == [r["input_ids"] for r in rows]
     assert table.column("labels").to_pylist() == [r["labels"] for r in rows]
     assert table.column("length").to_pylist() == [r["length"] for r in rows]

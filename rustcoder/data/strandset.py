@@ -92,8 +92,12 @@ class Example:
                 "messages": self.messages, "test": self.test}
 
 
-def parse_row(row: dict) -> Example:
-    """Turn one raw Strandset row into an Example, or raise BadRow naming why it is unusable."""
+def parse_row(row: dict, keep_fields: bool = True) -> Example:
+    """Turn one raw Strandset row into an Example, or raise BadRow naming why it is unusable.
+
+    keep_fields=False drops the parsed input/output dicts once the messages are built (training
+    needs only the messages; at Strandset scale the dicts are a second copy of the text).
+    """
     for col in ("input_data", "output_data", "task_category"):
         if col not in row or row[col] is None:
             raise BadRow("missing_column", col)
@@ -119,8 +123,8 @@ def parse_row(row: dict) -> Example:
         raise BadRow("empty_answer", ",".join(k for k in cat.outputs if not _present(out.get(k))))
     return Example(
         id=row_id(row), category=category, crate_name=str(row.get("crate_name") or ""),
-        messages=build_messages(category, inp, out), input_data=inp, output_data=out,
-        test=str(row.get("test") or ""),
+        messages=build_messages(category, inp, out), input_data=inp if keep_fields else {},
+        output_data=out if keep_fields else {}, test=str(row.get("test") or ""),
     )
 
 
@@ -246,7 +250,8 @@ class PreparedData:
 
 
 def collect_examples(rows: Iterable[dict], num_examples: int | None = None, seed: int = 42,
-                     categories: Iterable[str] | None = None) -> tuple[list[Example], Counter, int]:
+                     categories: Iterable[str] | None = None, keep_fields: bool = True
+                     ) -> tuple[list[Example], Counter, int]:
     """Shuffle rows (seeded), then parse until ``num_examples`` usable ones are found (all when None).
 
     Returns (examples, bad-row counts per reason, rows examined). Rows outside ``categories`` are
@@ -262,12 +267,12 @@ def collect_examples(rows: Iterable[dict], num_examples: int | None = None, seed
     for idx in order:
         if num_examples is not None and len(examples) >= num_examples:
             break
-        row = rows[idx]
+        row, rows[idx] = rows[idx], None  # free each raw row once it is parsed
         if wanted is not None and str(row.get("task_category", "")).strip() not in wanted:
             continue
         examined += 1
         try:
-            examples.append(parse_row(row))
+            examples.append(parse_row(row, keep_fields))
         except BadRow as e:
             bad[e.reason] += 1
     return examples, bad, examined
@@ -313,10 +318,14 @@ def fingerprint_rows(examples: Iterable[Example]) -> str:
 
 def prepare_data(source: str, *, split: str = "train", revision: str | None = None,
                  num_examples: int | None = None, eval_fraction: float = 0.1, seed: int = 42,
-                 categories: Iterable[str] | None = None, max_bad_fraction: float = 0.01) -> PreparedData:
-    """Load, sample, parse and split a Strandset source; stop with a DataError past the bad-row threshold."""
+                 categories: Iterable[str] | None = None, max_bad_fraction: float = 0.01,
+                 keep_fields: bool = True) -> PreparedData:
+    """Load, sample, parse and split a Strandset source; stop with a DataError past the bad-row threshold.
+
+    keep_fields=False keeps only what training needs (messages, ids), not the parsed field dicts.
+    """
     rows = read_rows(source, split=split, revision=revision)
-    examples, bad, examined = collect_examples(rows, num_examples, seed, categories)
+    examples, bad, examined = collect_examples(rows, num_examples, seed, categories, keep_fields)
     if examined and bad and sum(bad.values()) / examined > max_bad_fraction:
         detail = ", ".join(f"{k}={v}" for k, v in bad.most_common())
         raise DataError(f"{sum(bad.values())} of {examined} rows examined in {source!r} are unusable "

@@ -74,28 +74,41 @@ def tokenize_examples(tokenizer, conversations: list[list[dict]], max_length: in
 
 
 def tokenize_to_table(tokenizer, conversations: list[list[dict]], max_length: int,
-                      stats: TokenizeStats | None = None, chunk_size: int = 2048):
+                      stats: TokenizeStats | None = None, chunk_size: int = 2048, memory_map: bool = False):
     """Like tokenize_examples, but chunk by chunk into a compact Arrow table (int32 columns).
 
-    Python int lists cost about 36 bytes per token; Arrow int32 costs 4, so memory stays near the
-    size of the token ids themselves at Strandset scale.
+    Python int lists cost about 36 bytes per token; Arrow int32 costs 4. With memory_map=True the
+    chunks are streamed to a temporary Arrow file that is memory-mapped and unlinked at once (the
+    mapping keeps it readable; nothing is left on disk), so the token ids stay off the heap, as
+    `datasets`' own cache files do.
     """
+    import os
+    import tempfile
+
     import pyarrow as pa
 
-    tables = []
-    for start in range(0, len(conversations), chunk_size):
-        rows = tokenize_examples(tokenizer, conversations[start:start + chunk_size], max_length, stats)
-        tables.append(pa.table({
-            "input_ids": pa.array([r["input_ids"] for r in rows], type=pa.list_(pa.int32())),
-            "labels": pa.array([r["labels"] for r in rows], type=pa.list_(pa.int32())),
-            "length": pa.array([r["length"] for r in rows], type=pa.int32()),
-        }))
-        del rows
-    if not tables:
-        return pa.table({"input_ids": pa.array([], type=pa.list_(pa.int32())),
-                         "labels": pa.array([], type=pa.list_(pa.int32())),
-                         "length": pa.array([], type=pa.int32())})
-    return pa.concat_tables(tables)
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+                        ("length", pa.int32())])
+
+    def batches():
+        for start in range(0, len(conversations), chunk_size):
+            rows = tokenize_examples(tokenizer, conversations[start:start + chunk_size], max_length, stats)
+            yield pa.record_batch([pa.array([r["input_ids"] for r in rows], type=pa.list_(pa.int32())),
+                                   pa.array([r["labels"] for r in rows], type=pa.list_(pa.int32())),
+                                   pa.array([r["length"] for r in rows], type=pa.int32())], schema=schema)
+
+    if not memory_map:
+        return pa.Table.from_batches(list(batches()), schema=schema)
+    fd, path = tempfile.mkstemp(prefix="rustcoder-tokens-", suffix=".arrow")
+    os.close(fd)
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for batch in batches():
+                writer.write_batch(batch)
+        table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
+    finally:
+        os.unlink(path)
+    return table
 
 
 def pad_batch(features: list[dict], pad_id: int) -> dict:
