@@ -74,6 +74,16 @@ def test_fast_batch_encoding_matches_tokenizer_call(tok):
     assert encode_batch(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def test_encoding_ignores_padding_left_on_by_a_padded_call(tok):
+    from rustcoder.data.tokenize import encode_batch
+
+    tokenizer, _ = tok
+    texts = ["fn a() {}", "fn a_much_longer_function_name(x: u32) -> u32 { x }"]
+    plain = encode_batch(tokenizer, texts)
+    tokenizer(texts, padding=True)  # what batched generation does
+    assert encode_batch(tokenizer, texts) == plain
+
+
 def test_arrow_table_equals_python_rows(tok):
     from rustcoder.data.tokenize import tokenize_to_table
 

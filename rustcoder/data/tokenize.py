@@ -49,7 +49,17 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        # A padded call elsewhere (generation) leaves padding/truncation switched on in the backend.
+        padding, truncation = backend.padding, backend.truncation
+        backend.no_padding()
+        backend.no_truncation()
+        try:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        finally:
+            if padding:
+                backend.enable_padding(**padding)
+            if truncation:
+                backend.enable_truncation(**truncation)
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
 

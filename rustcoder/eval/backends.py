@@ -108,6 +108,16 @@ class Backend:
         """Yield each request with its ``request.n`` generations, in any order."""
         raise NotImplementedError
 
+    def generate_shard(self, requests: list[GenRequest], params: GenParams, target: ModelTarget, shard: int,
+                       shards: int) -> Iterator[tuple[GenRequest, list[Generation]]]:
+        """Generate part ``shard`` of ``shards`` disjoint parts of ``requests`` (data-parallel workers).
+
+        Every worker gets the same full list and its index; the parts together are the whole list.
+        Default: every ``shards``-th request; batching backends override it to keep the batches a
+        single process would make.
+        """
+        return self.generate(requests[shard::shards], params, target)
+
     def close(self) -> None:
         """Release the model (called when no later target shares it)."""
 
@@ -132,6 +142,46 @@ class ReferenceBackend(Backend):
 
 
 # ---- transformers (+PEFT) -----------------------------------------------------------------------
+
+def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenParams, batch_size: int
+                 ) -> list[tuple[int, int, list[int]]]:
+    """The transformers backend's batches: ``(n, offset, request indices)`` in the order they run.
+
+    Longest prompts first (stable sort, so the order is a function of the list); one batch holds
+    requests with the same ``n`` (num_return_sequences is per call); when sampling, a batch holds
+    ``batch_size // n`` prompts. ``offset`` (the batch's start within its group) seeds sampling.
+    """
+    order = sorted(range(len(requests)), key=lambda i: -lengths[i])
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(requests[i].n, []).append(i)
+    out = []
+    for n, idxs in groups.items():
+        per_batch = max(1, batch_size // n) if params.temperature > 0 else batch_size
+        out.extend((n, b, idxs[b:b + per_batch]) for b in range(0, len(idxs), per_batch))
+    return out
+
+
+def _no_padding(tok) -> None:
+    """Switch the fast tokenizer's Rust backend back to no padding.
+
+    ``tok(texts, padding=True)`` leaves padding enabled on ``tok.backend_tokenizer``; the
+    teacher-forced stage encodes with that backend directly (``data.tokenize.encode_batch``), which
+    would then pad every prompt of a batch to the longest (with this backend's last padding side)
+    and change the loss of whatever is scored after a generation in the same process.
+    """
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and getattr(backend, "padding", None) is not None:
+        backend.no_padding()
+
+
+def shard_units(backend: str, requests: list[GenRequest], params: GenParams, batch_size: int) -> int:
+    """How many parts ``generate_shard`` can split ``requests`` into (batches for transformers,
+    requests otherwise): more workers than this would have nothing to do."""
+    if backend == "transformers":
+        return len(plan_batches(requests, [0] * len(requests), params, batch_size))  # the count ignores lengths
+    return len(requests)
+
 
 class TransformersBackend(Backend):
     """Batched generation with transformers: left padding, greedy by default, stops at <|im_end|>.
@@ -197,46 +247,47 @@ class TransformersBackend(Backend):
 
     def generate(self, requests, params, target):
         """Yield each request with its generations (see Backend.generate)."""
+        return self.generate_shard(requests, params, target, 0, 1)
+
+    def generate_shard(self, requests, params, target, shard, shards):
+        """Run the batches numbered ``shard``, ``shard + shards``, ... of the batches ``generate`` makes
+        of the whole list: every batch (and its sampling seed) is the one a single process would run,
+        so the answers do not depend on the number of workers."""
         import torch
         from transformers import GenerationConfig
 
         tok = self.tokenizer
         texts = [self.prompt_text(r.messages) for r in requests]
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(requests)), key=lambda i: -lengths[i])
-        # one batch holds requests with the same n (num_return_sequences is per call)
-        groups: dict[int, list[int]] = {}
-        for i in order:
-            groups.setdefault(requests[i].n, []).append(i)
         sampling = params.temperature > 0
-        for n, idxs in groups.items():
-            per_batch = max(1, self.batch_size // n) if sampling else self.batch_size
-            for b in range(0, len(idxs), per_batch):
-                batch = idxs[b:b + per_batch]
-                tok.padding_side = "left"
-                try:
-                    enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-                finally:
-                    tok.padding_side = "right"
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                gc = GenerationConfig(
-                    max_new_tokens=params.max_new_tokens, do_sample=sampling, num_return_sequences=n,
-                    eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                    temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None, top_k=None, repetition_penalty=1.0)
-                if sampling:
-                    torch.manual_seed(params.seed + requests[batch[0]].start + b)
-                with torch.inference_mode(), self._adapter_context(target.adapter_enabled):
-                    out = self.model.generate(**enc, generation_config=gc)
-                new = out[:, enc["input_ids"].shape[1]:].tolist()
-                for j, i in enumerate(batch):
-                    gens = []
-                    for ids in new[j * n:(j + 1) * n]:
-                        stopped = next((p for p, t in enumerate(ids) if t in self.stop_ids), None)
-                        kept = ids[:stopped] if stopped is not None else [t for t in ids if t != self.pad_id]
-                        text = tok.decode(kept, skip_special_tokens=True)
-                        gens.append(Generation(text, "stop" if stopped is not None else "length", len(kept)))
-                    yield requests[i], gens
+        for number, (n, b, batch) in enumerate(plan_batches(requests, [len(t) for t in texts], params,
+                                                            self.batch_size)):
+            if number % shards != shard:
+                continue
+            tok.padding_side = "left"
+            try:
+                enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            finally:
+                tok.padding_side = "right"
+                _no_padding(tok)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            gc = GenerationConfig(
+                max_new_tokens=params.max_new_tokens, do_sample=sampling, num_return_sequences=n,
+                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
+                temperature=params.temperature if sampling else None,
+                top_p=params.top_p if sampling else None, top_k=None, repetition_penalty=1.0)
+            if sampling:
+                torch.manual_seed(params.seed + requests[batch[0]].start + b)
+            with torch.inference_mode(), self._adapter_context(target.adapter_enabled):
+                out = self.model.generate(**enc, generation_config=gc)
+            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            for j, i in enumerate(batch):
+                gens = []
+                for ids in new[j * n:(j + 1) * n]:
+                    stopped = next((p for p, t in enumerate(ids) if t in self.stop_ids), None)
+                    kept = ids[:stopped] if stopped is not None else [t for t in ids if t != self.pad_id]
+                    text = tok.decode(kept, skip_special_tokens=True)
+                    gens.append(Generation(text, "stop" if stopped is not None else "length", len(kept)))
+                yield requests[i], gens
 
     def token_stats(self, conversations: list[list[dict]], *, batch_size: int, max_length: int,
                     adapter_enabled: bool = True) -> list:

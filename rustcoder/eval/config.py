@@ -42,6 +42,9 @@ class EvalConfig:
     backend: str = _f("auto", "Generation backend: auto (endpoint with --endpoint, else transformers), "
                       "transformers, vllm (GPU) or endpoint.", choices=BACKENDS)
     tensor_parallel_size: int | None = _f(None, "vLLM backend: shard the model over this many GPUs.")
+    data_parallel: int | None = _f(None, "Generation processes, one per GPU (CUDA_VISIBLE_DEVICES=i each); CPU: "
+                                   "processes share the cores. Local backends (transformers, vllm); "
+                                   "teacher-forced scoring stays in this process.")
     no_exec: bool = _f(False, "Do not compile or run generated code (code tasks get status not_executed).")
     output_dir: str | None = _f(None, "Eval directory (default: RUN_DIR/eval/NAME, or ./evals-out/MODEL/NAME).")
     runs_dir: str = _f("runs", "Where to find the newest run when MODEL is omitted.")
@@ -83,7 +86,7 @@ class EvalConfig:
             if choices and value is not None and value not in choices:
                 bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
         for name in ("limit", "batch_size", "samples", "max_new_tokens", "concurrency", "workers", "max_length",
-                     "tensor_parallel_size"):
+                     "tensor_parallel_size", "data_parallel"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(name, f"must be >= 1, got {v}")
@@ -110,6 +113,10 @@ class EvalConfig:
             bad("backend", "'endpoint' needs --endpoint URL")
         if self.endpoint and self.backend in ("transformers", "vllm"):
             bad("backend", f"{self.backend!r} generates locally; drop it with --endpoint")
+        if (self.data_parallel or 1) > 1 and (self.oracle or self.predictions or self.endpoint
+                                              or self.backend == "endpoint"):
+            bad("data_parallel", "splits generation with local models over processes; not with --oracle, "
+                                 "--predictions or --endpoint (use --concurrency for an endpoint)")
         if self.no_exec and self.oracle:
             bad("no_exec", "the oracle is an execution check; drop --no-exec")
         if self.categories is not None:

@@ -93,6 +93,16 @@ def sample_key(tag: str, item_id: str, index: int) -> str:
     return f"{tag}:{item_id}:{index}"
 
 
+def sample_record(tag: str, req: GenRequest, index: int, gen, backend: str) -> dict:
+    """The samples.jsonl line of generation ``gen`` (sample ``index`` of ``req``'s item) of target ``tag``."""
+    rec = {"key": sample_key(tag, req.item.id, index), "model": tag, "id": req.item.id,
+           "category": req.item.category, "sample_index": index, "answer": gen.text,
+           "finish_reason": gen.finish_reason, "tokens": gen.tokens, "backend": backend}
+    if gen.error:
+        rec["error"] = gen.error
+    return rec
+
+
 # ---- the plan -----------------------------------------------------------------------------------
 
 @dataclass
@@ -296,6 +306,10 @@ def _discard(eval_dir: Path, stages: list[str]) -> None:
     for stage in stages:
         for name in STAGE_FILES[stage]:
             (eval_dir / name).unlink(missing_ok=True)
+        if stage == "generate":
+            from .parallel import remove_work_dir
+
+            remove_work_dir(eval_dir)  # data-parallel workers' shard files
 
 
 def prepare_eval_dir(plan: EvalPlan, log=print) -> None:
@@ -421,48 +435,83 @@ def stage_teacher_forced(plan: EvalPlan, target: ModelTarget, backends: _Backend
     log(f"teacher-forced {target.tag}: {len(todo)} reference answers in {time.time() - started:.1f} s")
 
 
+def _pending(plan: EvalPlan, target: ModelTarget, done: dict[str, dict]) -> list[GenRequest]:
+    requests = []
+    for item in plan.items.items:
+        missing = [j for j in range(plan.samples) if sample_key(target.tag, item.id, j) not in done]
+        if missing:
+            requests.append(GenRequest(item, n=len(missing), start=missing[0], indices=missing))
+    return requests
+
+
+def _data_parallel(plan: EvalPlan, backends: _Backends, log) -> int:
+    """How many generation processes: --data-parallel for local models loaded the default way, else 1."""
+    n = plan.cfg.data_parallel or 1
+    if n <= 1 or plan.mode != "model" or plan.backend not in ("transformers", "vllm"):
+        return 1
+    if backends.factory is not default_backend_factory:
+        log(f"note: --data-parallel {n} ignored: a custom backend factory generates in this process")
+        return 1
+    return n
+
+
 def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
-    """Generate every missing sample of every target; returns all samples {key: record}."""
+    """Generate every missing sample of every target; returns all samples {key: record}.
+
+    With ``--data-parallel N`` (local models) the teacher-forced stage runs here first, the model is
+    released, and N worker processes generate the pending samples (see ``parallel``).
+    """
     store = JsonlStore(plan.eval_dir / SAMPLES)
     if plan.mode == "predictions":
         store.append(plan.predictions.values())
         log(f"predictions: {len(plan.predictions)} answers from {plan.cfg.predictions}")
         return store.load()
+    from . import parallel
+
+    parallel.merge_shards(plan, log, clean=True)  # samples a killed data-parallel run finished
     done = {k: v for k, v in store.load().items() if v.get("finish_reason") != "error"}  # retry errors
+    workers = _data_parallel(plan, backends, log)
+    if workers > 1:
+        per_gpu = (plan.cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
+        parallel.assign_devices(workers, parallel.visible_gpus(), per_gpu)  # enough GPUs? (before any load)
+    jobs = []
     for n, target in enumerate(plan.targets):
         if plan.teacher_forced and target.kind == "local":
             stage_teacher_forced(plan, target, backends, log)
-        requests = []
-        for item in plan.items.items:
-            missing = [j for j in range(plan.samples) if sample_key(target.tag, item.id, j) not in done]
-            if missing:
-                requests.append(GenRequest(item, n=len(missing), start=missing[0], indices=missing))
+        requests = _pending(plan, target, done)
         total = sum(r.n for r in requests)
         before = len(plan.items.items) * plan.samples - total
         if not requests:
             log(f"generate {target.tag}: all {before} sample(s) already done")
+        elif workers > 1:
+            if before:
+                log(f"generate {target.tag}: {before} sample(s) done before")
+            jobs.append((target, requests))
         else:
             backend = backends.get(target)
             log(f"generate {target.describe()}: {total} sample(s)"
                 + (f" ({before} done before)" if before else ""))
             started, made, last_log = time.time(), 0, time.time()
             for req, gens in backend.generate(requests, plan.params, target):
-                recs = []
-                for j, g in zip(req.sample_indices, gens):
-                    key = sample_key(target.tag, req.item.id, j)
-                    rec = {"key": key, "model": target.tag, "id": req.item.id, "category": req.item.category,
-                           "sample_index": j, "answer": g.text, "finish_reason": g.finish_reason,
-                           "tokens": g.tokens, "backend": backend.name}
-                    if g.error:
-                        rec["error"] = g.error
-                    recs.append(rec)
-                    done[key] = rec
+                recs = [sample_record(target.tag, req, j, g, backend.name) for j, g in zip(req.sample_indices, gens)]
+                for rec in recs:
+                    done[rec["key"]] = rec
                 store.append(recs)
                 made += len(recs)
                 if made == total or time.time() - last_log >= 15:
                     log(f"  {target.tag}: {made}/{total} samples, {time.time() - started:.0f} s")
                     last_log = time.time()
         backends.release_unneeded(plan.targets[n + 1:])
+    if jobs:
+        backends.close()  # the workers load their own copies; free this process's (GPU) memory first
+        parallel.generate_parallel(plan, jobs, log)
+        samples = store.load()
+        missing = [sample_key(t.tag, r.item.id, j) for t, reqs in jobs for r in reqs for j in r.sample_indices
+                   if sample_key(t.tag, r.item.id, j) not in samples]
+        if missing:
+            raise RustcoderError(f"the generation workers finished but {len(missing)} sample(s) are missing from "
+                                 f"{SAMPLES} (e.g. {missing[0]}); rerun to generate them.")
+        return samples
     return store.load()
 
 
