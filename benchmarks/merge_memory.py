@@ -4,18 +4,25 @@ Builds a Qwen2-shaped model of about --size-gb GB (random bf16 weights written s
 safetensors shards, never held whole) and a LoRA adapter for it (r 16 on every linear layer, random
 non-zero B), then merges it in separate processes:
 
-  peft-fp32     base loaded in float32, PeftModel.merge_and_unload(), cast to bf16, save_pretrained
-                (the same arithmetic as rustcoder: must give identical tensors)
-  peft-native   base loaded in bf16 (what most merge scripts do); PEFT keeps the adapter in float32
-                and adds its float32 update to the bf16 weight with one rounding, so this should be
-                equal too (the comparison checks it rather than assuming it)
-  streaming     rustcoder.merge.merge(..., streaming=True, verify=False)
+  peft-fp32           base loaded in float32, PeftModel.merge_and_unload(), cast to bf16, save_pretrained
+                      (the same arithmetic as rustcoder: must give identical tensors); no verification
+  peft-native         base loaded in bf16 (what most merge scripts do); PEFT keeps the adapter in float32
+                      and adds its float32 update to the bf16 weight with one rounding, so this should be
+                      equal too (the comparison checks it rather than assuming it); no verification
+  streaming-noverify  rustcoder.merge.merge(..., streaming=True, verify=False)
+  streaming           rustcoder.merge.merge(..., streaming=True): the streaming merge followed by its
+                      default, layerwise verification (tensor checks + both models run one decoder
+                      layer at a time) -- what `rustcoder merge --streaming` does
+  streaming-fullverify  the streaming merge, then verify_merge(mode="full"): whole models in float32,
+                      which is what --streaming verification did before it became layerwise
 
 Each worker reports its own peak RSS (VmHWM from /proc/self/status, the kernel's high-water mark of
-its resident memory) and the parent times it. The streaming output is then compared tensor for tensor with both PEFT outputs.
+its resident memory), and the verifying workers the high-water mark reached when the merge was done
+and verification began; the parent times them. The streaming output is then compared tensor for
+tensor with both PEFT outputs.
 
     python benchmarks/merge_memory.py --size-gb 2.5
-    python benchmarks/merge_memory.py --size-gb 0.3 --skip peft-native   # quick look
+    python benchmarks/merge_memory.py --size-gb 0.3 --skip peft-native --skip streaming-fullverify  # quick
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WORKERS = ("imports", "peft-fp32", "peft-native", "streaming")
+WORKERS = ("imports", "peft-fp32", "peft-native", "streaming-noverify", "streaming", "streaming-fullverify")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -153,13 +160,41 @@ def run_worker(kind: str, base: Path, adapter: Path, out: Path) -> dict:
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         model.to(torch.bfloat16)
         model.save_pretrained(out, max_shard_size="500MB")
-    elif kind == "streaming":
+    elif kind == "streaming-noverify":
         from rustcoder.merge import merge
 
         merge(adapter, output_dir=out, streaming=True, verify=False, log=lambda *_: None)
+    elif kind in ("streaming", "streaming-fullverify"):
+        from rustcoder.merge import merge, verify_merge
+
+        marks = {}
+
+        def log(msg, *_):  # the merge logs when verification starts: note the high-water mark there
+            if "merge_peak_rss_mb" not in marks and (msg.startswith("checking every merged tensor")
+                                                     or msg.startswith("computing reference")):
+                marks["merge_peak_rss_mb"], marks["merge_s"] = peak_rss_mb(), time.time() - t0
+
+        if kind == "streaming":
+            report = merge(adapter, output_dir=out, streaming=True, log=log).report["verification"]
+        else:
+            merge(adapter, output_dir=out, streaming=True, verify=False, log=lambda *_: None)
+            marks["merge_peak_rss_mb"], marks["merge_s"] = peak_rss_mb(), time.time() - t0
+            report = verify_merge(out, adapter_base(adapter), adapter, mode="full", log=lambda *_: None)
+        logits = report["checks"]["logits"]
+        extra = {"verification": {"mode": report["mode"], "passed": report["passed"],
+                                  "max_abs_diff": logits["max_abs_diff"], "tolerance": logits["tolerance"],
+                                  "adapter_effect": logits["adapter_effect"], "positions": logits["positions"],
+                                  "greedy_identical": report["checks"]["greedy"]["identical"],
+                                  "greedy_tokens": report.get("greedy_tokens"), "memory": report.get("memory")},
+                 **marks}
+        return {"worker": kind, "peak_rss_mb": peak_rss_mb(), "inner_s": time.time() - t0, **extra}
     else:
         raise SystemExit(f"unknown worker {kind}")
     return {"worker": kind, "peak_rss_mb": peak_rss_mb(), "inner_s": time.time() - t0}
+
+
+def adapter_base(adapter: Path) -> Path:
+    return Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
 
 
 def peak_rss_mb() -> float:
@@ -264,18 +299,26 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             r = measure(kind, base, adapter, out)
             results[kind] = r
-            print(f"  {kind:<12} peak RSS {r['peak_rss_mb']:8.0f} MB   wall {r['wall_s']:6.1f} s")
+            line = f"  {kind:<20} peak RSS {r['peak_rss_mb']:8.0f} MB   wall {r['wall_s']:6.1f} s"
+            if "merge_peak_rss_mb" in r:
+                v = r["verification"]
+                line += (f"   (merge done at {r['merge_peak_rss_mb']:.0f} MB / {r['merge_s']:.0f} s; {v['mode']} "
+                         f"verification {'passed' if v['passed'] else 'FAILED'}: logits max diff "
+                         f"{v['max_abs_diff']:.2e}, tolerance {v['tolerance']:.2e}, greedy {v['greedy_identical']}/4 "
+                         f"identical over {v['greedy_tokens']} tokens)")
+            print(line)
         checks = {}
-        if "streaming" in results:
+        ours = next((k for k in ("streaming", "streaming-noverify") if k in results), None)
+        if ours:
             for other in ("peft-fp32", "peft-native"):
                 if other in results:
-                    checks[other] = compare(work / "out-streaming", work / f"out-{other}")
-        s = results.get("streaming")
+                    checks[other] = compare(work / f"out-{ours}", work / f"out-{other}")
+        s = results.get(ours) if ours else None
         print("\nsummary")
         for other in ("peft-fp32", "peft-native"):
             if s and other in results:
                 o, c = results[other], checks[other]
-                print(f"  {other} / streaming: peak RSS {o['peak_rss_mb'] / s['peak_rss_mb']:.1f}x "
+                print(f"  {other} / {ours}: peak RSS {o['peak_rss_mb'] / s['peak_rss_mb']:.1f}x "
                       f"({o['peak_rss_mb']:.0f} vs {s['peak_rss_mb']:.0f} MB), time {o['wall_s'] / s['wall_s']:.2f}x "
                       f"({o['wall_s']:.0f} vs {s['wall_s']:.0f} s)")
                 if c["equal"]:
@@ -284,10 +327,18 @@ def main() -> None:
                     print(f"    outputs differ: {c['unequal_tensors']} of {c['tensors']} tensors, "
                           f"{c['differing_elements']} of {c['elements']} elements "
                           f"({c['differing_elements'] / max(1, c['elements']):.2%}), max |diff| {c['max_abs_diff']:.3g}")
-        if "imports" in results and s:
-            print(f"  streaming above the import floor ({results['imports']['peak_rss_mb']:.0f} MB for torch + "
-                  f"transformers + peft): {s['peak_rss_mb'] - results['imports']['peak_rss_mb']:.0f} MB; largest "
-                  f"base shard {largest / 1e6:.0f} MB")
+        if "imports" in results:
+            floor = results["imports"]["peak_rss_mb"]
+            for kind in ("streaming-noverify", "streaming", "streaming-fullverify"):
+                if kind in results:
+                    print(f"  {kind} above the import floor ({floor:.0f} MB for torch + transformers + peft): "
+                          f"{results[kind]['peak_rss_mb'] - floor:.0f} MB; largest base shard {largest / 1e6:.0f} MB")
+        mem = (results.get("streaming") or {}).get("verification", {}).get("memory")
+        if mem:
+            print(f"  layerwise verification held at most {mem['forward_peak_bytes'] / 1e6:.0f} MB of weights in the "
+                  f"forward ({mem['max_layers_at_once']} layer at a time; largest layer in float32 "
+                  f"{mem['largest_layer_fp32_bytes'] / 1e6:.0f} MB, embeddings {mem['embedding_bytes'] / 1e6:.0f} MB) "
+                  f"and {mem['tensor_checks_peak_bytes'] / 1e6:.0f} MB in the tensor checks")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({"size_gb": base_bytes / 1e9, "shards": n_shards,
                                                        "results": results, "comparisons": checks}, indent=2))

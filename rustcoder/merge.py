@@ -15,7 +15,10 @@ Two ways to merge, with equal results tensor for tensor:
 
 ``verify_merge`` checks the merged directory against base + adapter (logits within a stated
 tolerance, identical greedy generations, finite tensors, tied embeddings consistent with the config,
-the same chat template rendering, eos). Everything is written into a temporary sibling directory and
+the same chat template rendering, eos). In memory it runs both models whole ("full"); after a
+streaming merge it runs them one decoder layer at a time from the safetensors files and checks every
+merged tensor against ``W + scale * B @ A`` ("layerwise"), so verification too needs about one layer
+plus the embeddings, not the model. Everything is written into a temporary sibling directory and
 renamed into place at the end, so a killed merge never leaves a half-written model at the target.
 """
 
@@ -30,6 +33,7 @@ import shutil
 import struct
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -140,23 +144,28 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int, dic
     return header, 8 + n, meta
 
 
-def _read_tensor(fh, info: dict, data_start: int):
-    """One tensor read with plain file reads (no mmap: the pages do not stay in our RSS)."""
+def _read_into(fh, offset: int, buf) -> None:
+    """Fill buf with the file's bytes at offset (plain reads: no mmap, the pages do not stay in our RSS)."""
+    view = memoryview(buf)
+    fh.seek(offset)
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise RustcoderError(f"{fh.name} is truncated (tensor data ends early); re-download the model")
+        got += n
+
+
+def _read_tensor(fh, info: dict, data_start: int, alloc: Callable[[int], Any] = bytearray):
+    """One tensor read with plain file reads into a buffer from alloc(nbytes)."""
     import torch
 
     start, end = info["data_offsets"]
     dtype = _torch_dtype(_ST_DTYPES[info["dtype"]])
     if end == start:
         return torch.empty(info["shape"], dtype=dtype)
-    buf = bytearray(end - start)
-    view = memoryview(buf)
-    fh.seek(data_start + start)
-    got = 0
-    while got < len(buf):
-        n = fh.readinto(view[got:])
-        if not n:
-            raise RustcoderError(f"{fh.name} is truncated (tensor data ends early); re-download the base model")
-        got += n
+    buf = alloc(end - start)
+    _read_into(fh, data_start + start, buf)
     return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
 
@@ -245,6 +254,128 @@ def iter_tensors(model_dir: str | Path):
         with open(f, "rb") as fh:
             for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
                 yield name, _read_tensor(fh, info, start)
+
+
+class _Buffer(bytearray):
+    """A bytearray that can be watched (weakref) so _Meter knows when its tensor is gone."""
+
+
+_LAYER_OF = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+class _Meter:
+    """Counts the bytes of weight data a verification holds: every tensor read from a file (or upcast
+    from one) lives in a buffer from here and is counted until the last tensor using it is freed."""
+
+    def __init__(self):
+        self.live: dict[int, tuple[str, int]] = {}
+        self.bytes = 0
+        self.peak = 0
+        self.max_layers = 0  # most decoder layers with tensors alive at the same time
+        self._next = 0
+
+    def alloc(self, name: str) -> Callable[[int], _Buffer]:
+        def make(nbytes: int) -> _Buffer:
+            buf = _Buffer(nbytes)
+            key = self._next
+            self._next += 1
+            self.live[key] = (name, nbytes)
+            self.bytes += nbytes
+            self.peak = max(self.peak, self.bytes)
+            layers = {m.group(1) for n, _ in self.live.values() if (m := _LAYER_OF.search(n))}
+            self.max_layers = max(self.max_layers, len(layers))
+            weakref.finalize(buf, self._free, key)
+            return buf
+        return make
+
+    def _free(self, key: int) -> None:
+        _, n = self.live.pop(key)
+        self.bytes -= n
+
+    def empty(self, name: str, shape, dtype):
+        """A counted, uninitialised tensor."""
+        import torch
+
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if not nbytes:
+            return torch.empty(list(shape), dtype=dtype)
+        return torch.frombuffer(self.alloc(name)(nbytes), dtype=dtype).reshape(list(shape))
+
+
+class _Reader:
+    """The tensors of a model directory by name, each read on demand (whole, or in blocks of rows)."""
+
+    def __init__(self, model_dir: str | Path, meter: _Meter | None = None):
+        self.meter = meter or _Meter()
+        self.entries: dict[str, tuple[Path, dict, int]] = {}
+        for f in weight_files(model_dir):
+            header, start, _ = read_safetensors_header(f)
+            for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                self.entries[name] = (f, info, start)
+        self._open: dict[Path, Any] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        for fh in self._open.values():
+            fh.close()
+        self._open.clear()
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.entries[name][1]["shape"])
+
+    def dtype(self, name: str):
+        return _torch_dtype(_ST_DTYPES[self.entries[name][1]["dtype"]])
+
+    def _fh(self, path: Path):
+        if path not in self._open:
+            self._open[path] = open(path, "rb")
+        return self._open[path]
+
+    def read(self, name: str, dtype=None):
+        """The whole tensor, in its stored dtype or converted to dtype (counted by the meter). A conversion
+        reads blocks of rows into the converted tensor, so the stored copy is never held whole as well."""
+        path, info, start = self.entries[name]
+        if dtype is None or self.dtype(name) == dtype:
+            return _read_tensor(self._fh(path), info, start, self.meter.alloc(name))
+        out = self.meter.empty(name, self.shape(name), dtype)
+        if out.dim() < 2:
+            out.copy_(_read_tensor(self._fh(path), info, start, self.meter.alloc(name)))
+            return out
+        for r0, r1, block in self.rows(name, _rows_per_block(self.shape(name))):
+            out[r0:r1] = block
+            del block
+        return out
+
+    def rows(self, name: str, step: int):
+        """Yield (row0, row1, tensor) for blocks of step rows (the whole tensor when it has < 2 dims)."""
+        import torch
+
+        path, info, start = self.entries[name]
+        shape = list(info["shape"])
+        if len(shape) < 2 or shape[0] == 0:
+            yield 0, (shape[0] if shape else 1), self.read(name)
+            return
+        dtype = self.dtype(name)
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        for r0 in range(0, shape[0], step):
+            r1 = min(shape[0], r0 + step)
+            if not row_bytes:
+                yield r0, r1, torch.empty([r1 - r0, *shape[1:]], dtype=dtype)
+                continue
+            buf = self.meter.alloc(name)((r1 - r0) * row_bytes)
+            _read_into(self._fh(path), start + info["data_offsets"][0] + r0 * row_bytes, buf)
+            yield r0, r1, torch.frombuffer(buf, dtype=dtype).reshape([r1 - r0, *shape[1:]])
 
 
 # ---- resolving the inputs -----------------------------------------------------------------------
@@ -470,6 +601,13 @@ class _Update:
         factor = self.magnitude.float() / norm
         return factor.view(-1, 1) * (w32 + delta)
 
+    def rows(self, r0: int, r1: int) -> "_Update":
+        """The update of rows r0:r1 of the weight (every formula above is row by row)."""
+        if self.kind == "embedding":  # delta = (B @ A).T: its rows are A's columns
+            return _Update(self.kind, self.A[:, r0:r1], self.B, self.scale, self.magnitude)
+        mag = None if self.magnitude is None else self.magnitude[r0:r1]
+        return _Update(self.kind, self.A, self.B[r0:r1], self.scale, mag)
+
 
 @dataclass
 class MergePlan:
@@ -665,7 +803,7 @@ def _model_card(src: _Source, report: dict) -> str:
         verified = "not verified (merged with --no-verify)"
     else:
         logits = ver.get("checks", {}).get("logits", {})
-        verified = (f"verified: logits of the merged model equal base + adapter within "
+        verified = (f"verified ({ver.get('mode', 'full')}): logits of the merged model equal base + adapter within "
                     f"{logits.get('tolerance', 0):.1e} (max diff {logits.get('max_abs_diff', 0):.1e}), identical "
                     f"greedy outputs on {len(PROBES)} Rust probe prompts; see `merge_report.json`")
     front = ["---", f"base_model: {src.base_name if not Path(src.base_name).exists() else src.trained_base}",
@@ -871,6 +1009,12 @@ def _check(passed: bool, detail: str, **numbers) -> dict:
     return {"passed": bool(passed), "detail": detail, **numbers}
 
 
+def _finite_max(t) -> float:
+    """t.max() as a float with NaN read as inf (Python's max() silently drops a NaN: max(0.0, nan) == 0.0)."""
+    v = float(t.max()) if t.numel() else 0.0
+    return math.inf if math.isnan(v) else v
+
+
 def _file_checks(merged_dir: Path, tie: bool, tied: tuple[str, str]) -> dict[str, dict]:
     import torch
 
@@ -895,38 +1039,36 @@ def _file_checks(merged_dir: Path, tie: bool, tied: tuple[str, str]) -> dict[str
     }
     if tie:
         ok = lm_head is None or (embed is not None and torch.equal(lm_head, embed))
-        detail = ("tie_word_embeddings=true and lm_head is the embedding matrix" if ok
-                  else "tie_word_embeddings=true but the saved lm_head differs from embed_tokens")
     else:
         ok = lm_head is not None
-        detail = ("tie_word_embeddings=false and lm_head is saved" if ok
-                  else f"tie_word_embeddings=false but {lm_key} is missing: it would load as random weights")
-    checks["tied_embeddings"] = _check(ok, detail, tie_word_embeddings=tie)
+    checks["tied_embeddings"] = _tied_check(ok, tie, lm_key)
     return checks
 
 
-def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path, *,
-                 reference: list[dict] | None = None, log: Callable = print) -> dict[str, Any]:
-    """Check a merged model against base + adapter; returns {"passed", "checks", "tolerance", ...}.
+def _tied_check(ok: bool, tie: bool, lm_key: str) -> dict:
+    if tie:
+        detail = ("tie_word_embeddings=true and lm_head is the embedding matrix" if ok
+                  else "tie_word_embeddings=true but the saved lm_head differs from embed_tokens")
+    else:
+        detail = ("tie_word_embeddings=false and lm_head is saved" if ok
+                  else f"tie_word_embeddings=false but {lm_key} is missing: it would load as random weights")
+    return _check(ok, detail, tie_word_embeddings=tie)
 
-    Checks: logits on the probe prompts within LOGITS_TOLERANCE of base + adapter (float32, unmerged);
-    identical greedy generations (a divergence is accepted only at a near-tie, where the reference's
-    top two logits are closer than the tolerance); no NaN/inf in any tensor; no LoRA tensors left;
-    tied embeddings consistent with the config (in the files and in the loaded model); the chat
-    template renders the probe prompts exactly as the run's tokenizer does (text and token ids); the
-    generation config's eos includes <|im_end|>.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    merged_dir, adapter_dir = Path(merged_dir), Path(adapter_dir)
-    config = read_json(merged_dir / "config.json")
-    dtype = save_dtype_of(config, merged_dir)
-    atol, rtol = LOGITS_TOLERANCE[dtype]
-    tied = _tied_keys(config)
-    tie = _tie_word_embeddings(merged_dir)
-    checks = _file_checks(merged_dir, tie, tied)
+def _loaded_tie_check(checks: dict, model, tie: bool) -> None:
+    """The model as transformers builds it must share lm_head with embed_tokens exactly when the config ties them."""
+    shared = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    if shared != tie:
+        checks["tied_embeddings"]["passed"] = False
+        checks["tied_embeddings"]["detail"] += (f"; but the loaded model {'shares' if shared else 'does not share'} "
+                                                "lm_head with embed_tokens")
 
+
+def _tokenizer_checks(merged_dir: Path, adapter_dir: Path) -> tuple[dict[str, dict], Any, Any]:
+    """chat_template and eos checks; also returns (run tokenizer, merged tokenizer)."""
+    from transformers import AutoTokenizer
+
+    checks: dict[str, dict] = {}
     run_tok = AutoTokenizer.from_pretrained(adapter_dir)
     merged_tok = AutoTokenizer.from_pretrained(merged_dir)
     template_file = merged_dir / "chat_template.jinja"
@@ -956,7 +1098,519 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
     eos_ok = im_end is not None and im_end in eos and merged_tok.eos_token == END_OF_TURN
     checks["eos"] = _check(eos_ok, f"generation_config eos {eos} includes {END_OF_TURN} ({im_end}); tokenizer eos "
                            f"{merged_tok.eos_token}", eos_token_id=eos)
+    return checks, run_tok, merged_tok
 
+
+def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_tokens: int, how: str) -> dict:
+    """The logits and greedy checks from probe outputs of base + adapter (reference) and the merged model.
+
+    A reference entry has "logits" and either "base_logits" or "adapter_effect"; a merged entry has
+    "logits", or "max_abs_diff" and "positions" when it was compared on the fly (layerwise)."""
+    atol, rtol = LOGITS_TOLERANCE[dtype]
+    max_diff, max_ref, effect, positions = 0.0, 0.0, 0.0, 0
+    same, near_ties, diverged = 0, [], []
+    for i, (ref, g) in enumerate(zip(reference, got)):
+        ref_max = float(ref["logits"].abs().max())
+        if ref["greedy"] == g["greedy"]:
+            same += 1
+        else:
+            k = next((j for j, (a, b) in enumerate(zip(ref["greedy"], g["greedy"])) if a != b),
+                     min(len(ref["greedy"]), len(g["greedy"])))
+            margin = ref["margins"][k] if k < len(ref["margins"]) else float("inf")
+            (near_ties if margin <= atol + rtol * ref_max else diverged).append(
+                {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
+        if "max_abs_diff" in g:
+            d, n = g["max_abs_diff"], g["positions"]
+        else:
+            n = min(len(ref["logits"]), len(g["logits"]))
+            d = _finite_max((ref["logits"][:n] - g["logits"][:n]).abs())
+        max_diff = max(max_diff, d)
+        max_ref = max(max_ref, ref_max)
+        if "adapter_effect" in ref:
+            effect = max(effect, ref["adapter_effect"])
+        elif "base_logits" in ref:
+            effect = max(effect, _finite_max((ref["logits"] - ref["base_logits"]).abs()))
+        positions += n
+    tolerance = atol + rtol * max_ref
+    checks = {}
+    checks["logits"] = _check(
+        max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
+        f"{positions} positions, tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
+        f"the adapter itself moves logits by up to {effect:.2e}"
+        + (f" (warning: the {dtype} rounding is {max_diff / effect:.0%} of the adapter's own effect; part of the "
+           "fine-tune is lost in this dtype)" if 0 < effect < math.inf and max_diff > 0.1 * effect else "")
+        + f" [{how}]",
+        max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
+        adapter_effect=effect, positions=positions)
+    checks["greedy"] = _check(
+        not diverged, f"{same}/{len(PROBES)} greedy continuations identical ({greedy_tokens} tokens max, {how})"
+        + (f"; {len(near_ties)} differ at a near-tie" if near_ties else "")
+        + (f"; {len(diverged)} diverge: " + ", ".join(f"{d['probe']} at token {d['token']}" for d in diverged)
+           if diverged else ""), identical=same, probes=len(PROBES), tokens=greedy_tokens, near_ties=near_ties,
+        diverged=diverged)
+    return checks
+
+
+# ---- verification, memory-bounded (for streaming merges) ----------------------------------------
+
+# Layerwise verification runs the model one decoder layer at a time. It is implemented for the
+# architectures whose forward is embed_tokens -> layers[i] (causal mask, rotary embeddings) -> norm ->
+# lm_head, and tested against their transformers forward: Qwen2 (Qwen2.5) and Qwen3.
+LAYERWISE_MODEL_TYPES = ("qwen2", "qwen3")
+LAYERWISE_GREEDY_TOKENS = 8  # each generated token re-reads every layer from disk: kept small
+BLOCK_BYTES = 64 << 20       # tensor checks (and DoRA norms) work on blocks of rows this big
+_ROUNDING_EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}  # machine epsilon
+
+
+def _rows_per_block(shape: list[int]) -> int:
+    return max(1, BLOCK_BYTES // (4 * max(1, math.prod(shape[1:])))) if len(shape) >= 2 else 1
+
+
+def _blocks_equal(reader: _Reader, a: str, b: str) -> bool:
+    import torch
+
+    step = _rows_per_block(reader.shape(a))
+    for (_, _, x), (_, _, y) in zip(reader.rows(a, step), reader.rows(b, step)):
+        if x.dtype != y.dtype or not torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)):
+            return False
+    return True
+
+
+def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
+                            dtype: str, meter: _Meter) -> dict[str, dict]:
+    """finite, lora_free, weights and tied_embeddings, reading one tensor at a time (in blocks of rows).
+
+    A LoRA-targeted weight must equal W + scale * B @ A recomputed here in float32 from the base and the
+    adapter, each element within one rounding to its saved dtype plus float32 noise:
+    |merged - expected| <= eps(dtype) * |expected| + 16 * eps(float32) * (|expected| + |W|) + the dtype's
+    smallest normal. A tensor the adapter replaces (modules_to_save) must equal the adapter's tensor by the
+    same rule; every other tensor must be byte-identical to the base's (or to the base's cast to the saved
+    dtype, if the merge changed its dtype)."""
+    import torch
+
+    lm_key, embed_key = tied
+    eps32 = _ROUNDING_EPS["float32"]
+    bad, leftovers, problems = [], [], []
+    n_lora = n_replaced = n_same = count = 0
+    worst, max_diff = 0.0, 0.0
+    with _Reader(merged_dir, meter) as merged, _Reader(base_dir, meter) as base:
+        for name in merged.names():
+            count += 1
+            if "lora_" in name or ".base_layer." in name or "modules_to_save" in name:
+                leftovers.append(name)
+            src = name if name in base else embed_key if name == lm_key and embed_key in base else None
+            shape = merged.shape(name)
+            if src is None:
+                problems.append(f"{name} is not in the base model")
+            elif base.shape(src) != shape:
+                problems.append(f"{name} has shape {shape}, the base {base.shape(src)}")
+                src = None
+            u, rep = plan.updates.get(name), plan.replacements.get(name)
+            mdtype = merged.dtype(name)
+            eps = _ROUNDING_EPS.get(str(mdtype).removeprefix("torch."), eps32)
+            step = _rows_per_block(shape)
+            nonfinite, differs = 0, False
+            base_blocks = base.rows(src, step) if src is not None else None
+            for r0, r1, m in merged.rows(name, step):
+                if mdtype.is_floating_point:
+                    nonfinite += int((~torch.isfinite(m)).sum())
+                if base_blocks is None:
+                    continue
+                _, _, b = next(base_blocks)
+                if u is not None or rep is not None:  # as the merge: the update applies to a replaced tensor
+                    b32 = (rep[r0:r1] if rep.dim() >= 2 else rep).float() if rep is not None else b.float()
+                    if u is not None:
+                        expected = u.rows(r0, r1).apply(b32)
+                        scale = expected.abs() + b32.abs()
+                    else:
+                        expected = b32
+                        scale = expected.abs()
+                    diff = (m.float() - expected).abs()
+                    allowed = eps * expected.abs() + 16 * eps32 * scale + torch.finfo(mdtype).smallest_normal
+                    ratio = _finite_max(diff / allowed)
+                    worst, max_diff = max(worst, ratio), max(max_diff, _finite_max(diff))
+                    differs |= ratio > 1
+                    del b32, expected, scale, diff, allowed
+                else:
+                    want = b if b.dtype == m.dtype else b.to(m.dtype)
+                    differs |= not torch.equal(m.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+                    del want
+                del b, m
+            if nonfinite:
+                bad.append(f"{name} ({nonfinite} non-finite values)")
+            if src is None:
+                continue
+            if differs:
+                problems.append(f"{name} differs from " + ("W + scale * B @ A" if u is not None else
+                                                           "the adapter's tensor" if rep is not None else
+                                                           "the base although the adapter does not change it"))
+            else:
+                n_lora, n_replaced, n_same = (n_lora + (u is not None), n_replaced + (u is None and rep is not None),
+                                              n_same + (u is None and rep is None))
+        for name in base.names():
+            if name not in merged and not (tie and name == lm_key):
+                problems.append(f"{name} is missing from the merged model")
+        for name in sorted(plan.touched):
+            if name not in merged and name not in base and not (tie and name == lm_key):
+                problems.append(f"the adapter changes {name}, which the merged model does not have")
+        if tie:
+            tied_ok = lm_key not in merged or (embed_key in merged and merged.shape(lm_key) == merged.shape(embed_key)
+                                               and _blocks_equal(merged, lm_key, embed_key))
+        else:
+            tied_ok = lm_key in merged
+    checks = {
+        "finite": _check(not bad and count > 0, f"{count} tensors, no NaN/inf" if not bad
+                         else "non-finite values in " + ", ".join(bad[:5]), tensors=count),
+        "lora_free": _check(not leftovers, "no LoRA/PEFT tensors left" if not leftovers
+                            else "PEFT tensors left in the model: " + ", ".join(leftovers[:5])),
+        "weights": _check(
+            not problems,
+            (f"{n_lora} LoRA-targeted tensors equal W + scale * B @ A recomputed in float32 from the base and "
+             f"adapter (worst element at {worst:.2f} of its {dtype} rounding allowance, max |diff| {max_diff:.2e}); "
+             f"{n_replaced} replaced by the adapter's tensors; {n_same} untouched tensors byte-identical to the base")
+            if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:5]),
+            lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, worst_ratio=worst,
+            max_abs_diff=max_diff, eps=_ROUNDING_EPS.get(dtype)),
+        "tied_embeddings": _tied_check(tied_ok, tie, lm_key),
+    }
+    return checks
+
+
+def _skeleton(model_dir: Path):
+    """The model's module tree on the meta device (takes no memory): float32, sdpa attention, eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _layerwise_unsupported(merged_dir: Path, base_dir: Path, plan: MergePlan) -> str | None:
+    """Why layerwise verification cannot run on these inputs (None when it can)."""
+    for d in (merged_dir, base_dir):
+        mt = read_json(d / "config.json").get("model_type")
+        if mt not in LAYERWISE_MODEL_TYPES:
+            return f"model_type {mt!r}; the layer-by-layer forward is implemented for {', '.join(LAYERWISE_MODEL_TYPES)}"
+        if not weight_files(d):
+            return f"{d} has no safetensors weights"
+    if plan.unsupported:
+        return "the adapter uses " + "; ".join(plan.unsupported)
+    if any(u.kind == "embedding" and u.magnitude is not None for u in plan.updates.values()):
+        return "DoRA on an embedding"
+    return None
+
+
+def _lora_output(x, out, weight, bias, u: _Update, cache: dict):
+    """PEFT's unmerged LoRA forward added to the base layer's output (peft.tuners.lora.layer.Linear.forward):
+    out + B(A(x)) * scale; with DoRA out + (m / ||W + scale B A||_row - 1) * (out - bias) + m / ||.|| * B(A(x)) * scale."""
+    import torch.nn.functional as F
+
+    lora = F.linear(F.linear(x, u.A.float()), u.B.float())
+    if u.magnitude is None:
+        return out + lora * u.scale
+    if "norm" not in cache:
+        cache["norm"] = _dora_weight_norm(weight, u)
+    mag = (u.magnitude.float() / cache["norm"]).view(1, -1)
+    base = out if bias is None else out - bias
+    return out + ((mag - 1) * base + mag * lora * u.scale)
+
+
+def _dora_weight_norm(weight, u: _Update):
+    """||W + scale * B @ A|| per output row (PEFT's DoraLinearLayer.get_weight_norm), in blocks of rows."""
+    import torch
+
+    step = _rows_per_block(list(weight.shape))
+    return torch.cat([torch.linalg.norm(weight[r0:r0 + step].float()
+                                        + u.scale * (u.B[r0:r0 + step].float() @ u.A.float()), dim=1)
+                      for r0 in range(0, weight.shape[0], step)])
+
+
+@dataclass
+class _Stream:
+    """One probe sequence going through the layers: its hidden states, KV cache, mask and positions."""
+
+    adapter: bool
+    probe: int
+    hidden: Any
+    cache: Any
+    masks: dict
+    rotary: Any
+    positions: Any
+
+
+class _Layerwise:
+    """A qwen2/qwen3 causal LM run one decoder layer at a time from its safetensors files.
+
+    The module tree is built on the meta device with transformers' own classes; a layer's tensors are
+    read (and upcast to float32) only while that layer runs, then the layer goes back to meta. The
+    embedding matrix, lm_head (one matrix when tied) and final norm are read once and kept: lm_head in
+    float32, an untied input embedding in its stored dtype. With a plan, the adapter is
+    applied on the fly the way PEFT runs it unmerged: forward hooks add B(A(x)) * scale to each target
+    linear's output (DoRA: PEFT's magnitude rescaling), an embedding LoRA adds A^T[ids] B^T * scale, and
+    modules_to_save tensors replace the base's. Adapter on/off is a switch, so base and base + adapter
+    run from the same loaded layer."""
+
+    def __init__(self, model_dir: Path, meter: _Meter, plan: MergePlan | None = None):
+        import torch
+
+        self.dir = model_dir
+        self.model = _skeleton(model_dir)
+        decoder = self.model.get_decoder()
+        for attr in ("embed_tokens", "layers", "norm", "rotary_emb"):
+            if not hasattr(decoder, attr):
+                raise RustcoderError(f"{model_dir}: layerwise verification needs model.{attr}")
+        names = {id(m): n for n, m in self.model.named_modules()}
+        self.decoder = decoder
+        self.prefix = names[id(decoder)] + "."
+        self.config = decoder.config
+        self.layer_types = list(getattr(self.config, "layer_types", None) or
+                                ["full_attention"] * len(decoder.layers))
+        out_emb = self.model.get_output_embeddings()
+        self.lm_key = names[id(out_emb)] + ".weight"
+        self.embed_key = self.prefix + "embed_tokens.weight"
+        self.tied = out_emb.weight is decoder.embed_tokens.weight
+        self.rotary = type(decoder.rotary_emb)(config=self.config)
+        self.plan = plan or MergePlan()
+        self.meter = meter
+        self.reader = _Reader(model_dir, meter)
+        self.adapter_on = True
+        self._head_cache: dict = {}
+        # lm_head in float32 for the whole pass (upcasting a 16-bit one on every call would cost more time
+        # than the extra copy costs memory); an untied input embedding stays as stored (rows are looked up)
+        self.embed = self._read(self.embed_key, torch.float32 if self.tied else None)
+        self.lm = None if self.tied else self._read(self.lm_key, torch.float32)
+        rep = self.plan.replacements.get(self.lm_key)
+        self.lm_replacement = None if rep is None else rep.float()
+        self.norm_swaps, _ = self._materialize(decoder.norm, self.prefix + "norm.")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.embed = self.lm = self.lm_replacement = None
+        self.norm_swaps = {}
+        self.decoder.norm.to("meta")
+
+    def _read(self, name: str, dtype=None):
+        if name not in self.reader:
+            why = (": tie_word_embeddings=false but lm_head.weight is not saved (it would load as random weights)"
+                   if name == self.lm_key else "")
+            raise RustcoderError(f"{self.dir} has no tensor {name}{why}")
+        return self.reader.read(name, dtype)
+
+    def _materialize(self, module, prefix: str):
+        """Load module's tensors (float32) from the files; returns (replacement swaps, LoRA hook handles)."""
+        import torch
+
+        keys = list(module.state_dict().keys())
+        state = {k: self._read(prefix + k, torch.float32) for k in keys}
+        module.load_state_dict(state, strict=True, assign=True)
+        del state
+        swaps = {k: (module.get_parameter(k).data, self.plan.replacements[prefix + k].float())
+                 for k in keys if prefix + k in self.plan.replacements}
+        hooks = []
+        for k in keys:
+            u = self.plan.updates.get(prefix + k)
+            if u is not None:
+                if u.kind != "linear" or not k.endswith(".weight"):
+                    raise RustcoderError(f"layerwise verification cannot apply a {u.kind} LoRA to {prefix + k}")
+                hooks.append(module.get_submodule(k.removesuffix(".weight")).register_forward_hook(self._hook(u)))
+        return swaps, hooks
+
+    def _hook(self, u: _Update):
+        cache: dict = {}
+
+        def hook(module, args, out):
+            return _lora_output(args[0], out, module.weight, module.bias, u, cache) if self.adapter_on else None
+        return hook
+
+    def _switch(self, on: bool, module, swaps: dict) -> None:
+        self.adapter_on = on
+        for k, (base, replacement) in swaps.items():
+            module.get_parameter(k).data = replacement if on else base
+
+    def embed_ids(self, ids, adapter: bool):
+        import torch.nn.functional as F
+
+        rep = self.plan.replacements.get(self.embed_key) if adapter else None
+        h = F.embedding(ids, rep if rep is not None else self.embed).float()
+        u = self.plan.updates.get(self.embed_key) if adapter else None
+        if u is not None:  # peft.tuners.lora.layer.Embedding.forward
+            h = h + (F.embedding(ids, u.A.float().T) @ u.B.float().T) * u.scale
+        return h
+
+    def masks(self, h, cache, positions) -> dict:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        kw = dict(config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=cache,
+                  position_ids=positions)
+        out = {"full_attention": create_causal_mask(**kw)}
+        if "sliding_attention" in self.layer_types:
+            out["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        return out
+
+    def layers(self, streams: list[_Stream]) -> None:
+        """Run every stream through every decoder layer, loading each layer once."""
+        for i, layer in enumerate(self.decoder.layers):
+            swaps, hooks = self._materialize(layer, f"{self.prefix}layers.{i}.")
+            try:
+                for s in streams:
+                    self._switch(s.adapter, layer, swaps)
+                    s.hidden = layer(s.hidden, attention_mask=s.masks[self.layer_types[i]],
+                                     position_embeddings=s.rotary, position_ids=s.positions,
+                                     past_key_values=s.cache, use_cache=True)
+            finally:
+                for h in hooks:
+                    h.remove()
+                swaps.clear()
+                layer.to("meta")
+
+    def head(self, hidden, adapter: bool):
+        """Final norm and lm_head: float32 logits [positions, vocab] of one sequence's hidden states."""
+        import torch.nn.functional as F
+
+        self._switch(adapter, self.decoder.norm, self.norm_swaps)
+        h = self.decoder.norm(hidden)[0]
+        weight = self.lm_replacement if adapter and self.lm_replacement is not None else (
+            self.embed if self.tied else self.lm)
+        logits = F.linear(h, weight)
+        u = self.plan.updates.get(self.lm_key) if adapter else None
+        if u is not None:
+            if u.kind != "linear":
+                raise RustcoderError(f"layerwise verification cannot apply a {u.kind} LoRA to {self.lm_key}")
+            logits = _lora_output(h, logits, weight, None, u, self._head_cache)
+        return logits
+
+
+def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan | None = None,
+                            base_logits: bool = False, reference: list[dict] | None = None,
+                            greedy_tokens: int = LAYERWISE_GREEDY_TOKENS, prompts: list[list[int]] | None = None,
+                            meter: _Meter | None = None) -> list[dict]:
+    """probe_outputs computed one decoder layer at a time from model_dir's safetensors files (+ plan's
+    adapter applied on the fly): memory of about one layer plus the embeddings, whatever the model size.
+
+    Greedy decoding runs for real, all probes in lockstep with a KV cache per probe: each generated token
+    is one more pass over the layers (re-reading every layer), so greedy_tokens is kept small. Returns,
+    per probe, prompt_ids, greedy and margins (top-1 minus top-2 logit at each step) and the float32
+    logits of every position fed (the prompt and the generated tokens but the last). With base_logits,
+    the adapter-off model runs alongside on the same tokens and adapter_effect is the max logit change.
+    With reference (the output of a previous call), logits are not kept but compared on the fly:
+    max_abs_diff and positions instead of logits (so only one set of logits is ever held).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    meter = meter or _Meter()
+    lw = _Layerwise(Path(model_dir), meter, plan)
+    if prompts is None:
+        prompts = [_encode(tokenizer, _render(tokenizer, m)) for m in probe_messages()]
+    im_end = _token_id(tokenizer, END_OF_TURN)
+    modes = (True, False) if base_logits else (True,)
+    caches = {(a, p): DynamicCache(config=lw.config) for a in modes for p in range(len(prompts))}
+    out = [{"prompt_ids": list(ids), "greedy": [], "margins": []} for ids in prompts]
+    logits: list[list] = [[] for _ in prompts]
+    effect, diff, seen = [0.0] * len(prompts), [0.0] * len(prompts), [0] * len(prompts)
+    feed = {p: list(ids) for p, ids in enumerate(prompts)}
+    try:
+        with torch.no_grad():
+            while feed:
+                streams = []
+                for a in modes:
+                    for p, ids in feed.items():
+                        h = lw.embed_ids(torch.tensor([ids]), a)
+                        cache = caches[a, p]
+                        past = cache.get_seq_length()
+                        pos = torch.arange(past, past + len(ids)).unsqueeze(0)
+                        streams.append(_Stream(a, p, h, cache, lw.masks(h, cache, pos), lw.rotary(h, pos), pos))
+                lw.layers(streams)
+                hidden = {(s.adapter, s.probe): s.hidden for s in streams}
+                del streams
+                for p in list(feed):
+                    x = lw.head(hidden[True, p], True)
+                    if base_logits:
+                        effect[p] = max(effect[p], _finite_max((x - lw.head(hidden[False, p], False)).abs()))
+                    n = x.shape[0]
+                    if reference is None:
+                        logits[p].append(x)
+                    else:
+                        ref = reference[p]["logits"]
+                        k = min(n, len(ref) - seen[p])
+                        if k > 0:
+                            diff[p] = max(diff[p], _finite_max((x[:k] - ref[seen[p]:seen[p] + k]).abs()))
+                    seen[p] += n
+                    top = x[-1].topk(2).values
+                    out[p]["margins"].append(float(top[0] - top[1]))
+                    token = int(x[-1].argmax())
+                    out[p]["greedy"].append(token)
+                    if token == im_end or len(out[p]["greedy"]) >= greedy_tokens:
+                        del feed[p]
+                    else:
+                        feed[p] = [token]
+                    del x
+                del hidden
+    finally:
+        lw.close()
+    for p, item in enumerate(out):
+        if reference is None:
+            item["logits"] = torch.cat(logits[p])
+        else:
+            item["max_abs_diff"] = diff[p]
+            item["positions"] = min(seen[p], len(reference[p]["logits"]))
+        if base_logits:
+            item["adapter_effect"] = effect[p]
+    return out
+
+
+def _weight_sizes(model_dir: Path) -> dict[str, int]:
+    """Largest decoder layer in float32 and the embedding matrices as stored, in bytes (from headers)."""
+    import torch
+
+    layers: dict[str, int] = {}
+    embed = 0
+    for name, (shape, code) in tensor_shapes(model_dir).items():
+        m = _LAYER_OF.search(name)
+        if m:
+            layers[m.group(1)] = layers.get(m.group(1), 0) + 4 * math.prod(shape)
+        elif "embed_tokens" in name or "lm_head" in name:
+            embed += math.prod(shape) * torch.empty((), dtype=_torch_dtype(_ST_DTYPES[code])).element_size()
+    return {"largest_layer_fp32": max(layers.values(), default=0), "embeddings": embed, "layers": len(layers)}
+
+
+def _verify_layerwise(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
+                      dtype: str, run_tok, merged_tok, log: Callable) -> tuple[dict[str, dict], dict]:
+    """Streamed tensor checks, then both models run one decoder layer at a time; returns (checks, memory)."""
+    checks_meter, forward_meter = _Meter(), _Meter()
+    log("checking every merged tensor against base + adapter, one tensor at a time")
+    checks = _streamed_tensor_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter)
+    _loaded_tie_check(checks, _skeleton(merged_dir), tie)
+    log("reference outputs (base + adapter, unmerged, float32), one decoder layer at a time")
+    tokens = LAYERWISE_GREEDY_TOKENS
+    reference = layerwise_probe_outputs(base_dir, run_tok, plan=plan, base_logits=True, meter=forward_meter,
+                                        greedy_tokens=tokens)
+    log("running the merged model on the probe prompts, one decoder layer at a time")
+    how = "layer-by-layer forward in float32 with a KV cache"
+    try:
+        got = layerwise_probe_outputs(merged_dir, merged_tok, reference=reference, meter=forward_meter,
+                                      greedy_tokens=tokens)
+        checks.update(_output_checks(reference, got, dtype, tokens, how))
+    except RustcoderError as e:
+        checks["logits"] = _check(False, f"the merged model could not be run: {e}")
+        checks["greedy"] = _check(False, "the merged model could not be run")
+    sizes = _weight_sizes(merged_dir)
+    memory = {"peak_weight_bytes": max(checks_meter.peak, forward_meter.peak),
+              "forward_peak_bytes": forward_meter.peak, "tensor_checks_peak_bytes": checks_meter.peak,
+              "max_layers_at_once": max(checks_meter.max_layers, forward_meter.max_layers),
+              "largest_layer_fp32_bytes": sizes["largest_layer_fp32"], "embedding_bytes": sizes["embeddings"],
+              "layers": sizes["layers"], "greedy_tokens": tokens}
+    return checks, memory
+
+
+def _verify_full(merged_dir: Path, base_dir: Path, adapter_dir: Path, tie: bool, tied: tuple[str, str], dtype: str,
+                 run_tok, merged_tok, reference: list[dict] | None, log: Callable) -> dict[str, dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    checks = _file_checks(merged_dir, tie, tied)
     if reference is None:
         log("computing reference outputs (base + adapter, unmerged, float32)")
         reference = reference_outputs(base_dir, adapter_dir, run_tok)
@@ -966,49 +1620,66 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
     checks["lora_free"]["passed"] &= not peft_like
     if peft_like:
         checks["lora_free"]["detail"] += f"; loaded model has LoRA modules: {', '.join(peft_like[:3])}"
-    shared = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    if shared != tie:
-        checks["tied_embeddings"]["passed"] = False
-        checks["tied_embeddings"]["detail"] += (f"; but the loaded model {'shares' if shared else 'does not share'} "
-                                                "lm_head with embed_tokens")
+    _loaded_tie_check(checks, model, tie)
     merged_out = probe_outputs(model, merged_tok)
     del model
+    checks.update(_output_checks(reference, merged_out, dtype, GREEDY_TOKENS, "full model in float32, generate()"))
+    return checks
 
-    max_diff, max_ref, effect, positions = 0.0, 0.0, 0.0, 0
-    same, near_ties, diverged = 0, [], []
-    for i, (ref, got) in enumerate(zip(reference, merged_out)):
-        if ref["greedy"] == got["greedy"]:
-            same += 1
-        else:
-            k = next((j for j, (a, b) in enumerate(zip(ref["greedy"], got["greedy"])) if a != b),
-                     min(len(ref["greedy"]), len(got["greedy"])))
-            margin = ref["margins"][k] if k < len(ref["margins"]) else float("inf")
-            (near_ties if margin <= atol + rtol * float(ref["logits"].abs().max()) else diverged).append(
-                {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
-        n = min(len(ref["logits"]), len(got["logits"]))
-        max_diff = max(max_diff, float((ref["logits"][:n] - got["logits"][:n]).abs().max()))
-        max_ref = max(max_ref, float(ref["logits"].abs().max()))
-        if "base_logits" in ref:
-            effect = max(effect, float((ref["logits"] - ref["base_logits"]).abs().max()))
-        positions += n
-    tolerance = atol + rtol * max_ref
-    checks["logits"] = _check(
-        max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
-        f"{positions} positions, tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
-        f"the adapter itself moves logits by up to {effect:.2e}"
-        + (f" (warning: the {dtype} rounding is {max_diff / effect:.0%} of the adapter's own effect; part of the "
-           "fine-tune is lost in this dtype)" if effect > 0 and max_diff > 0.1 * effect else ""),
-        max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
-        adapter_effect=effect, positions=positions)
-    checks["greedy"] = _check(
-        not diverged, f"{same}/{len(PROBES)} greedy continuations identical ({GREEDY_TOKENS} tokens max)"
-        + (f"; {len(near_ties)} differ at a near-tie" if near_ties else "")
-        + (f"; {len(diverged)} diverge: " + ", ".join(f"{d['probe']} at token {d['token']}" for d in diverged)
-           if diverged else ""), identical=same, probes=len(PROBES), near_ties=near_ties, diverged=diverged)
-    order = ["logits", "greedy", "finite", "lora_free", "tied_embeddings", "chat_template", "eos"]
-    checks = {k: checks[k] for k in order}
-    return {"skipped": False, "passed": all(c["passed"] for c in checks.values()), "dtype": dtype,
-            "tolerance": {"atol": atol, "rtol": rtol}, "checks": checks}
+
+VERIFY_MODES = ("full", "layerwise")
+
+
+def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path, *,
+                 reference: list[dict] | None = None, mode: str = "full", plan: MergePlan | None = None,
+                 log: Callable = print) -> dict[str, Any]:
+    """Check a merged model against base + adapter; returns {"passed", "mode", "checks", "tolerance", ...}.
+
+    Checks: logits on the probe prompts within LOGITS_TOLERANCE of base + adapter (float32, unmerged);
+    identical greedy generations (a divergence is accepted only at a near-tie, where the reference's
+    top two logits are closer than the tolerance); no NaN/inf in any tensor; no LoRA tensors left;
+    tied embeddings consistent with the config (in the files and in the model transformers builds); the
+    chat template renders the probe prompts exactly as the run's tokenizer does (text and token ids);
+    the generation config's eos includes <|im_end|>.
+
+    mode "full" loads base + adapter (PEFT) and then the merged model, whole, in float32, and generates
+    GREEDY_TOKENS tokens. mode "layerwise" (what streaming merges use) never holds more than one decoder
+    layer plus the embeddings: every merged tensor is also checked against W + scale * B @ A recomputed
+    from the base and adapter files (the "weights" check), and both models run one layer at a time
+    (layerwise_probe_outputs) with LAYERWISE_GREEDY_TOKENS greedy tokens. Layerwise falls back to full
+    (saying why) for an architecture or adapter it cannot run; reference applies to full mode only.
+    """
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"mode must be one of {VERIFY_MODES}, not {mode!r}")
+    merged_dir, base_dir, adapter_dir = Path(merged_dir), Path(base_dir), Path(adapter_dir)
+    config = read_json(merged_dir / "config.json")
+    dtype = save_dtype_of(config, merged_dir)
+    atol, rtol = LOGITS_TOLERANCE[dtype]
+    tied = _tied_keys(config)
+    tie = _tie_word_embeddings(merged_dir)
+    checks, run_tok, merged_tok = _tokenizer_checks(merged_dir, adapter_dir)
+    result: dict[str, Any] = {"skipped": False, "mode": mode, "dtype": dtype, "tolerance": {"atol": atol, "rtol": rtol}}
+    if mode == "layerwise":
+        if plan is None:
+            plan = plan_merge(load_adapter_tensors(adapter_dir), read_json(adapter_dir / "adapter_config.json"))
+        why = _layerwise_unsupported(merged_dir, base_dir, plan)
+        if why:
+            log(f"layerwise verification is not possible here ({why}): running the full verification, which "
+                "holds a float32 copy of the model")
+            mode = result["mode"] = "full"
+            result["layerwise_unavailable"] = why
+    if mode == "layerwise":
+        more, result["memory"] = _verify_layerwise(merged_dir, base_dir, plan, tie, tied, dtype, run_tok, merged_tok,
+                                                   log)
+        result["greedy_tokens"] = result["memory"].pop("greedy_tokens")
+    else:
+        more = _verify_full(merged_dir, base_dir, adapter_dir, tie, tied, dtype, run_tok, merged_tok, reference, log)
+        result["greedy_tokens"] = GREEDY_TOKENS
+    checks.update(more)
+    order = ["logits", "greedy", "weights", "finite", "lora_free", "tied_embeddings", "chat_template", "eos"]
+    result["checks"] = {k: checks[k] for k in order if k in checks}
+    result["passed"] = all(c["passed"] for c in result["checks"].values())
+    return result
 
 
 def render_report(report: dict) -> str:
@@ -1024,7 +1695,16 @@ def render_report(report: dict) -> str:
     if v.get("skipped"):
         lines.append("verification: skipped (--no-verify)")
     else:
-        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'}")
+        logits = (v.get("checks") or {}).get("logits") or {}
+        numbers = (f"; logits max diff {logits['max_abs_diff']:.1e}, tolerance {logits['tolerance']:.1e}"
+                   if "max_abs_diff" in logits else "")
+        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}{numbers})")
+        mem = v.get("memory")
+        if mem:
+            lines.append(f"  layerwise: held at most {mem['peak_weight_bytes'] / 1e6:.1f} MB of weights at once "
+                         f"({mem['max_layers_at_once']} decoder layer(s) at a time; largest layer in float32 "
+                         f"{mem['largest_layer_fp32_bytes'] / 1e6:.1f} MB, embeddings "
+                         f"{mem['embedding_bytes'] / 1e6:.1f} MB)")
         for name, c in v.get("checks", {}).items():
             lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {name:<16} {c['detail']}")
     lines.append(f"report: {Path(report['merged_dir']) / REPORT}")
@@ -1190,7 +1870,8 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
             "versions": artifacts.package_versions(),
         }
         if verify:
-            report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference, log=log)
+            report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference,
+                                                  mode="layerwise" if streaming else "full", plan=plan, log=log)
         else:
             report["verification"] = {"skipped": True, "passed": None}
         report["wall_time_s"] = time.time() - started
@@ -1221,7 +1902,8 @@ def _already_merged(src: _Source, target: Path, previous: dict, verify: bool, lo
     log(f"{target} already holds this adapter merged into this base (same adapter weights and base): nothing to do.")
     if verify and (previous.get("verification") or {}).get("skipped"):
         log("it was merged with --no-verify: verifying it now")
-        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, log=log)
+        mode = "layerwise" if previous.get("mode") == "streaming" else "full"
+        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode, log=log)
         _write_report(target, previous)
         if not previous["verification"]["passed"]:
             raise RustcoderError(f"{target} failed verification; re-merge it with --force.\n"

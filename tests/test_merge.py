@@ -220,6 +220,14 @@ def test_streaming_merge_equals_in_memory_merge_tensor_for_tensor(kind, sharded_
     streamed = merge(adapter, output_dir=tmp_path / "streamed", streaming=True, **QUIET)
     for result in (in_memory, streamed):
         assert result.verified is True, result.report["verification"]
+    # the streaming merge was verified layer by layer, the in-memory one with whole models: same numbers
+    full, layerwise = in_memory.report["verification"], streamed.report["verification"]
+    assert (full["mode"], layerwise["mode"]) == ("full", "layerwise")
+    assert abs(full["checks"]["logits"]["max_abs_diff"] - layerwise["checks"]["logits"]["max_abs_diff"]) < 1e-5
+    assert layerwise["checks"]["logits"]["adapter_effect"] == pytest.approx(full["checks"]["logits"]["adapter_effect"],
+                                                                            abs=1e-5)
+    assert layerwise["checks"]["greedy"]["identical"] == len(probe_messages())
+    assert layerwise["checks"]["weights"]["lora_tensors"] > 0 and layerwise["memory"]["max_layers_at_once"] == 1
     a, b = _tensors(tmp_path / "in-memory"), _tensors(tmp_path / "streamed")
     assert a.keys() == b.keys()
     unequal = [k for k in a if not torch.equal(a[k], b[k])]
@@ -261,6 +269,9 @@ def test_bf16_base_is_merged_in_fp32_and_saved_in_bf16(sharded_base, tmp_path):
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
     logits = result.report["verification"]["checks"]["logits"]
     assert (logits["atol"], logits["rtol"]) == LOGITS_TOLERANCE["bfloat16"]
+    assert result.report["verification"]["mode"] == "layerwise" and logits["max_abs_diff"] > 0  # bf16 rounding shows
+    full = verify_merge(tmp_path / "merged", base, adapter, mode="full", **QUIET)
+    assert full["passed"] and abs(full["checks"]["logits"]["max_abs_diff"] - logits["max_abs_diff"]) < 1e-5
     # float32 arithmetic then one rounding: W' = bf16(W + scale * B @ A), not bf16 additions
     from safetensors.torch import load_file
 
@@ -314,6 +325,165 @@ def test_verification_detects_a_broken_merged_model(merged_run, reference, tiny_
     result = verify_merge(broken, tiny_qwen2, merged_run / "adapter", reference=reference, **QUIET)
     assert result["passed"] is False
     assert result["checks"][failing]["passed"] is False
+
+
+# ---- layerwise verification (streaming merges) ---------------------------------------------------
+
+def _with_lm_head(src: Path, dest: Path, seed: int = 1) -> Path:
+    """src re-saved untied, with an lm_head of its own (random), like Qwen2.5-7B/14B."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(seed)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.05)
+    model.save_pretrained(dest)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "generation_config")):
+            shutil.copy(f, dest / f.name)
+    assert "lm_head.weight" in _tensors(dest)
+    return dest
+
+
+def _reshaped(src: Path, dest: Path, seed: int = 0, **config) -> Path:
+    """A random model with src's config changed by config (and src's tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(src)
+    for k, v in config.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(dest, max_shard_size="200KB")
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "generation_config")):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+@pytest.mark.parametrize("arch, variant", [("qwen2", "tied"), ("qwen2", "untied"), ("qwen3", "tied"),
+                                           ("qwen3", "untied"), ("qwen2", "sliding-window")])
+def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_qwen2, tiny_qwen3, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from rustcoder.merge import _Meter, layerwise_probe_outputs
+
+    src = tiny_qwen2 if arch == "qwen2" else tiny_qwen3
+    if variant == "untied":
+        model_dir = _with_lm_head(src, tmp_path / "model")
+    elif variant == "sliding-window":  # every layer attends to the last 8 positions only
+        model_dir = _reshaped(src, tmp_path / "model", use_sliding_window=True, sliding_window=8, max_window_layers=0,
+                              layer_types=["sliding_attention", "sliding_attention"])
+    else:
+        model_dir = src
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    meter = _Meter()
+    got = layerwise_probe_outputs(model_dir, tok, greedy_tokens=6, meter=meter)
+    assert meter.max_layers == 1 and meter.bytes == 0  # one layer at a time, and nothing left behind
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == (variant != "untied")
+    if variant == "sliding-window":
+        assert set(model.config.layer_types) == {"sliding_attention"}
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=6, eos_token_id=im_end, pad_token_id=tok.pad_token_id)
+    for item in got:
+        ids = torch.tensor([item["prompt_ids"]])
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy)[0, ids.shape[1]:]
+            assert item["greedy"] == gen.tolist()
+            fed = torch.tensor([item["prompt_ids"] + item["greedy"][:-1]])
+            expected = model(fed, use_cache=False).logits[0]
+        assert item["logits"].shape == expected.shape
+        torch.testing.assert_close(item["logits"], expected, atol=2e-5, rtol=0)
+
+
+@pytest.fixture(scope="session")
+def streamed_merge(sharded_base, tmp_path_factory) -> tuple[Path, Path]:
+    """(merged dir, adapter dir): an all-linear LoRA streamed into the sharded base without verification."""
+    tmp = tmp_path_factory.mktemp("streamed")
+    adapter = _make_adapter(sharded_base, tmp / "adapter", **ADAPTERS["all-linear"])
+    merge(adapter, output_dir=tmp / "merged", streaming=True, verify=False, **QUIET)
+    return tmp / "merged", adapter
+
+
+def test_layerwise_verification_passes_a_correct_streaming_merge(streamed_merge, sharded_base, monkeypatch):
+    import rustcoder.merge as m
+
+    merged, adapter = streamed_merge
+    intact = verify_merge(merged, sharded_base, adapter, mode="layerwise", **QUIET)
+    assert intact["passed"] is True and intact["mode"] == "layerwise" and intact["greedy_tokens"] == 8
+    assert all(c["passed"] for c in intact["checks"].values())
+    weights = intact["checks"]["weights"]
+    assert weights["lora_tensors"] == 14 and weights["identical_tensors"] > 0 and weights["worst_ratio"] <= 1
+    # an architecture the layerwise forward does not know falls back to the full verification, saying so
+    monkeypatch.setattr(m, "LAYERWISE_MODEL_TYPES", ("qwen3",))
+    lines = []
+    fallback = verify_merge(merged, sharded_base, adapter, mode="layerwise", log=lines.append)
+    assert fallback["passed"] is True and fallback["mode"] == "full" and "weights" not in fallback["checks"]
+    assert "model_type 'qwen2'" in fallback["layerwise_unavailable"] and any("full verification" in x for x in lines)
+    assert fallback["checks"]["logits"]["max_abs_diff"] == pytest.approx(intact["checks"]["logits"]["max_abs_diff"],
+                                                                         abs=1e-5)
+
+
+def _edit_tensor(model_dir: Path, key: str, fn) -> None:
+    from safetensors.torch import load_file, save_file
+
+    shard = next(f for f in weight_files(model_dir) if key in load_file(str(f)))
+    tensors = load_file(str(shard))
+    tensors[key] = fn(tensors[key])
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, failing", [
+    ("scale", {"weights", "logits"}),
+    ("nan", {"weights", "finite", "logits"}),
+    ("untouched", {"weights"}),  # logits alone would miss it: only the tensor check sees it
+])
+def test_layerwise_verification_detects_a_damaged_merged_tensor(streamed_merge, sharded_base, tmp_path, damage,
+                                                                failing, monkeypatch):
+    import rustcoder.merge as m
+
+    monkeypatch.setattr(m, "LAYERWISE_GREEDY_TOKENS", 2)  # detection does not need long generations
+    merged, adapter = streamed_merge
+    broken = tmp_path / "broken"
+    shutil.copytree(merged, broken)
+    if damage == "scale":
+        _edit_tensor(broken, "model.layers.0.self_attn.q_proj.weight", lambda t: t * 1.5)
+    elif damage == "nan":
+        _edit_tensor(broken, "model.layers.1.mlp.down_proj.weight", lambda t: t.index_fill(0, torch.tensor([3]),
+                                                                                            float("nan")))
+    else:  # a tensor the adapter does not touch, changed by far less than any logit tolerance
+        _edit_tensor(broken, "model.layers.1.input_layernorm.weight", lambda t: t.index_fill(0, torch.tensor([0]),
+                                                                                              t[0] + 1e-5))
+    result = verify_merge(broken, sharded_base, adapter, mode="layerwise", **QUIET)
+    assert result["passed"] is False and result["mode"] == "layerwise"
+    failed = {k for k, c in result["checks"].items() if not c["passed"]}
+    assert failing <= failed and failed <= failing | {"greedy"}
+    expected_name = {"scale": "q_proj", "nan": "down_proj", "untouched": "input_layernorm"}[damage]
+    assert expected_name in result["checks"]["weights"]["detail"]
+
+
+def test_layerwise_verification_holds_one_layer_at_a_time(tiny_qwen2, tmp_path, monkeypatch):
+    """A 16-layer model merged and verified with --streaming: the verifier's file reads are counted."""
+    import rustcoder.merge as m
+    from rustcoder.merge import _weight_sizes
+
+    monkeypatch.setattr(m, "LAYERWISE_GREEDY_TOKENS", 2)  # each token is a pass over all layers: keep the test quick
+    base = _reshaped(tiny_qwen2, tmp_path / "base", num_hidden_layers=16, layer_types=["full_attention"] * 16)
+    adapter = _make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules="all-linear")
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--streaming", "--output-dir", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    assert "verification: passed (layerwise; logits max diff" in r.output
+    report = json.loads((tmp_path / "merged" / REPORT).read_text())["verification"]
+    assert report["mode"] == "layerwise" and report["greedy_tokens"] == 2
+    mem, sizes = report["memory"], _weight_sizes(base)
+    assert sizes["layers"] == 16 and mem["largest_layer_fp32_bytes"] == sizes["largest_layer_fp32"]
+    layer, embed = sizes["largest_layer_fp32"], sizes["embeddings"]
+    assert mem["max_layers_at_once"] == 1  # never two decoder layers' tensors alive together
+    # the forward holds the (tied) embedding matrix, one layer and the final norm; the tensor checks one
+    # tensor of the merged model and the same tensor of the base (the embedding is the largest)
+    assert embed + layer <= mem["forward_peak_bytes"] <= embed + layer + 1024
+    assert mem["tensor_checks_peak_bytes"] == 2 * embed
+    assert mem["peak_weight_bytes"] < 16 * layer / 4  # a fraction of the model's 16 layers
 
 
 # ---- refusals -----------------------------------------------------------------------------------
