@@ -356,7 +356,7 @@ def runs(output_dir, dashboard, project):
 @click.option("--force", is_flag=True, help="Replace an existing merged model at the output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the merged model against base + adapter.")
 @click.option("--streaming", is_flag=True,
-              help="Merge shard by shard from the safetensors files (memory: about one tensor, not the model).")
+              help="Merge shard by shard from the safetensors files (merge memory: about one tensor; its verification runs layer by layer: about one decoder layer plus the embeddings).")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the merged model to this hub repo.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where to find the newest run when RUN_DIR is omitted.")
 def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, runs_dir):

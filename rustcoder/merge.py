@@ -1009,6 +1009,10 @@ def _check(passed: bool, detail: str, **numbers) -> dict:
     return {"passed": bool(passed), "detail": detail, **numbers}
 
 
+def _common_prefix(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def _finite_max(t) -> float:
     """t.max() as a float with NaN read as inf (Python's max() silently drops a NaN: max(0.0, nan) == 0.0)."""
     v = float(t.max()) if t.numel() else 0.0
@@ -1105,9 +1109,11 @@ def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_to
     """The logits and greedy checks from probe outputs of base + adapter (reference) and the merged model.
 
     A reference entry has "logits" and either "base_logits" or "adapter_effect"; a merged entry has
-    "logits", or "max_abs_diff" and "positions" when it was compared on the fly (layerwise)."""
+    "logits", or "max_abs_diff" and "positions" when it was compared on the fly (layerwise). Logits are
+    compared where both models saw the same tokens: the prompt and the continuation up to the first
+    token where their greedy outputs differ (the greedy check decides whether that difference is allowed)."""
     atol, rtol = LOGITS_TOLERANCE[dtype]
-    max_diff, max_ref, effect, positions = 0.0, 0.0, 0.0, 0
+    max_diff, max_ref, effect, positions, skipped = 0.0, 0.0, 0.0, 0, 0
     same, near_ties, diverged = 0, [], []
     for i, (ref, g) in enumerate(zip(reference, got)):
         ref_max = float(ref["logits"].abs().max())
@@ -1120,10 +1126,13 @@ def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_to
             (near_ties if margin <= atol + rtol * ref_max else diverged).append(
                 {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
         if "max_abs_diff" in g:
-            d, n = g["max_abs_diff"], g["positions"]
-        else:
-            n = min(len(ref["logits"]), len(g["logits"]))
+            d, n, missed = g["max_abs_diff"], g["positions"], g.get("not_compared", 0)
+        else:  # positions whose inputs are the same tokens: the prompt and the common part of the continuations
+            both = min(len(ref["logits"]), len(g["logits"]))
+            n = min(both, _common_prefix(ref["prompt_ids"] + ref["greedy"], g["prompt_ids"] + g["greedy"]))
+            missed = both - n
             d = _finite_max((ref["logits"][:n] - g["logits"][:n]).abs())
+        skipped += missed
         max_diff = max(max_diff, d)
         max_ref = max(max_ref, ref_max)
         if "adapter_effect" in ref:
@@ -1135,13 +1144,15 @@ def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_to
     checks = {}
     checks["logits"] = _check(
         max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
-        f"{positions} positions, tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
+        f"{positions} positions" + (f" ({skipped} after the greedy outputs part, where the inputs differ, not compared)"
+                                    if skipped else "")
+        + f", tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
         f"the adapter itself moves logits by up to {effect:.2e}"
         + (f" (warning: the {dtype} rounding is {max_diff / effect:.0%} of the adapter's own effect; part of the "
            "fine-tune is lost in this dtype)" if 0 < effect < math.inf and max_diff > 0.1 * effect else "")
         + f" [{how}]",
         max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
-        adapter_effect=effect, positions=positions)
+        adapter_effect=effect, positions=positions, positions_not_compared=skipped)
     checks["greedy"] = _check(
         not diverged, f"{same}/{len(PROBES)} greedy continuations identical ({greedy_tokens} tokens max, {how})"
         + (f"; {len(near_ties)} differ at a near-tie" if near_ties else "")
@@ -1191,7 +1202,7 @@ def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, t
     lm_key, embed_key = tied
     eps32 = _ROUNDING_EPS["float32"]
     bad, leftovers, problems = [], [], []
-    n_lora = n_replaced = n_same = count = 0
+    n_lora = n_replaced = n_same = n_exact = count = 0
     worst, max_diff = 0.0, 0.0
     with _Reader(merged_dir, meter) as merged, _Reader(base_dir, meter) as base:
         for name in merged.names():
@@ -1209,7 +1220,7 @@ def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, t
             mdtype = merged.dtype(name)
             eps = _ROUNDING_EPS.get(str(mdtype).removeprefix("torch."), eps32)
             step = _rows_per_block(shape)
-            nonfinite, differs = 0, False
+            nonfinite, differs, inexact = 0, False, False
             base_blocks = base.rows(src, step) if src is not None else None
             for r0, r1, m in merged.rows(name, step):
                 if mdtype.is_floating_point:
@@ -1225,12 +1236,15 @@ def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, t
                     else:
                         expected = b32
                         scale = expected.abs()
-                    diff = (m.float() - expected).abs()
-                    allowed = eps * expected.abs() + 16 * eps32 * scale + torch.finfo(mdtype).smallest_normal
-                    ratio = _finite_max(diff / allowed)
-                    worst, max_diff = max(worst, ratio), max(max_diff, _finite_max(diff))
-                    differs |= ratio > 1
-                    del b32, expected, scale, diff, allowed
+                    if not torch.equal(m, expected.to(mdtype)):  # not the rounded value itself: how far?
+                        inexact = True
+                        diff = (m.float() - expected).abs()
+                        allowed = eps * expected.abs() + 16 * eps32 * scale + torch.finfo(mdtype).smallest_normal
+                        ratio = _finite_max(diff / allowed)
+                        worst, max_diff = max(worst, ratio), max(max_diff, _finite_max(diff))
+                        differs |= ratio > 1
+                        del diff, allowed
+                    del b32, expected, scale
                 else:
                     want = b if b.dtype == m.dtype else b.to(m.dtype)
                     differs |= not torch.equal(m.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
@@ -1247,6 +1261,7 @@ def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, t
             else:
                 n_lora, n_replaced, n_same = (n_lora + (u is not None), n_replaced + (u is None and rep is not None),
                                               n_same + (u is None and rep is None))
+                n_exact += (u is not None or rep is not None) and not inexact
         for name in base.names():
             if name not in merged and not (tie and name == lm_key):
                 problems.append(f"{name} is missing from the merged model")
@@ -1266,10 +1281,14 @@ def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, t
         "weights": _check(
             not problems,
             (f"{n_lora} LoRA-targeted tensors equal W + scale * B @ A recomputed in float32 from the base and "
-             f"adapter (worst element at {worst:.2f} of its {dtype} rounding allowance, max |diff| {max_diff:.2e}); "
-             f"{n_replaced} replaced by the adapter's tensors; {n_same} untouched tensors byte-identical to the base")
+             f"adapter, and {n_replaced} replaced ones the adapter's tensors, within {dtype} rounding ("
+             + (f"{n_exact} of {n_lora + n_replaced} exactly the rounded value; worst other element at {worst:.2f} "
+                f"of its allowance, max |diff| {max_diff:.2e}" if n_exact < n_lora + n_replaced else
+                "all exactly the rounded value")
+             + f"); {n_same} untouched tensors byte-identical to the base")
             if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:5]),
-            lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, worst_ratio=worst,
+            lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, exact_tensors=n_exact,
+            worst_ratio=worst,
             max_abs_diff=max_diff, eps=_ROUNDING_EPS.get(dtype)),
         "tied_embeddings": _tied_check(tied_ok, tie, lm_key),
     }
@@ -1292,7 +1311,8 @@ def _layerwise_unsupported(merged_dir: Path, base_dir: Path, plan: MergePlan) ->
     for d in (merged_dir, base_dir):
         mt = read_json(d / "config.json").get("model_type")
         if mt not in LAYERWISE_MODEL_TYPES:
-            return f"model_type {mt!r}; the layer-by-layer forward is implemented for {', '.join(LAYERWISE_MODEL_TYPES)}"
+            return (f"model_type {mt!r}; the layer-by-layer forward is implemented for "
+                    f"{', '.join(LAYERWISE_MODEL_TYPES)}")
         if not weight_files(d):
             return f"{d} has no safetensors weights"
     if plan.unsupported:
@@ -1304,7 +1324,8 @@ def _layerwise_unsupported(merged_dir: Path, base_dir: Path, plan: MergePlan) ->
 
 def _lora_output(x, out, weight, bias, u: _Update, cache: dict):
     """PEFT's unmerged LoRA forward added to the base layer's output (peft.tuners.lora.layer.Linear.forward):
-    out + B(A(x)) * scale; with DoRA out + (m / ||W + scale B A||_row - 1) * (out - bias) + m / ||.|| * B(A(x)) * scale."""
+    out + B(A(x)) * scale; with DoRA, k = m / ||W + scale * B @ A||_row and
+    out + (k - 1) * (out - bias) + k * B(A(x)) * scale."""
     import torch.nn.functional as F
 
     lora = F.linear(F.linear(x, u.A.float()), u.B.float())
@@ -1373,7 +1394,6 @@ class _Layerwise:
         self.tied = out_emb.weight is decoder.embed_tokens.weight
         self.rotary = type(decoder.rotary_emb)(config=self.config)
         self.plan = plan or MergePlan()
-        self.meter = meter
         self.reader = _Reader(model_dir, meter)
         self.adapter_on = True
         self._head_cache: dict = {}
@@ -1494,8 +1514,9 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     per probe, prompt_ids, greedy and margins (top-1 minus top-2 logit at each step) and the float32
     logits of every position fed (the prompt and the generated tokens but the last). With base_logits,
     the adapter-off model runs alongside on the same tokens and adapter_effect is the max logit change.
-    With reference (the output of a previous call), logits are not kept but compared on the fly:
-    max_abs_diff and positions instead of logits (so only one set of logits is ever held).
+    With reference (the output of a previous call), logits are not kept but compared on the fly, where
+    the tokens fed are the reference's: max_abs_diff, positions (compared) and not_compared instead of
+    logits (so only one set of logits is ever held).
     """
     import torch
     from transformers import DynamicCache
@@ -1510,6 +1531,7 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     out = [{"prompt_ids": list(ids), "greedy": [], "margins": []} for ids in prompts]
     logits: list[list] = [[] for _ in prompts]
     effect, diff, seen = [0.0] * len(prompts), [0.0] * len(prompts), [0] * len(prompts)
+    compared, agree = [0] * len(prompts), [True] * len(prompts)
     feed = {p: list(ids) for p, ids in enumerate(prompts)}
     try:
         with torch.no_grad():
@@ -1526,17 +1548,21 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                 hidden = {(s.adapter, s.probe): s.hidden for s in streams}
                 del streams
                 for p in list(feed):
+                    ids = feed[p]
                     x = lw.head(hidden[True, p], True)
                     if base_logits:
                         effect[p] = max(effect[p], _finite_max((x - lw.head(hidden[False, p], False)).abs()))
                     n = x.shape[0]
                     if reference is None:
                         logits[p].append(x)
-                    else:
+                    elif agree[p]:  # compare while the inputs are the reference's tokens (see _output_checks)
                         ref = reference[p]["logits"]
-                        k = min(n, len(ref) - seen[p])
+                        ref_ids = reference[p]["prompt_ids"] + reference[p]["greedy"]
+                        k = min(_common_prefix(ids, ref_ids[seen[p]:]), len(ref) - seen[p])
+                        agree[p] = k == n
                         if k > 0:
                             diff[p] = max(diff[p], _finite_max((x[:k] - ref[seen[p]:seen[p] + k]).abs()))
+                            compared[p] += k
                     seen[p] += n
                     top = x[-1].topk(2).values
                     out[p]["margins"].append(float(top[0] - top[1]))
@@ -1555,7 +1581,8 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
             item["logits"] = torch.cat(logits[p])
         else:
             item["max_abs_diff"] = diff[p]
-            item["positions"] = min(seen[p], len(reference[p]["logits"]))
+            item["positions"] = compared[p]
+            item["not_compared"] = min(seen[p], len(reference[p]["logits"])) - compared[p]
         if base_logits:
             item["adapter_effect"] = effect[p]
     return out

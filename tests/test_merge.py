@@ -396,6 +396,27 @@ def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_q
         torch.testing.assert_close(item["logits"], expected, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("margin, passes", [(1e-6, True), (5.0, False)])
+def test_logits_are_compared_only_where_both_models_saw_the_same_tokens(margin, passes):
+    """After greedy outputs part at a near-tie the two models read different tokens: those positions are
+    not compared (they differ by far more than any tolerance, and say nothing about the merge)."""
+    from rustcoder.merge import _output_checks
+
+    ref_logits = torch.randn(6, 10)  # prompt [1, 2, 3] + greedy [4, 5, 6]
+    got_logits = ref_logits.clone()
+    got_logits[4:] += 100.0  # positions whose inputs include the diverged token 7
+    reference = [{"prompt_ids": [1, 2, 3], "greedy": [4, 5, 6], "margins": [5.0, margin, 5.0], "logits": ref_logits,
+                  "adapter_effect": 1.0}]
+    got = [{"prompt_ids": [1, 2, 3], "greedy": [4, 7, 8], "margins": [5.0, 5.0, 5.0], "logits": got_logits}]
+    checks = _output_checks(reference, got, "float32", 3, "test")
+    assert checks["logits"]["passed"] is True and checks["logits"]["max_abs_diff"] == 0.0
+    assert (checks["logits"]["positions"], checks["logits"]["positions_not_compared"]) == (4, 2)
+    assert checks["greedy"]["passed"] is passes
+    assert len(checks["greedy"]["near_ties" if passes else "diverged"]) == 1
+    got[0]["logits"][3, 0] = float("nan")  # a NaN where the inputs agree is a failure, not max(0.0, nan) == 0.0
+    assert _output_checks(reference, got, "float32", 3, "test")["logits"]["passed"] is False
+
+
 @pytest.fixture(scope="session")
 def streamed_merge(sharded_base, tmp_path_factory) -> tuple[Path, Path]:
     """(merged dir, adapter dir): an all-linear LoRA streamed into the sharded base without verification."""
