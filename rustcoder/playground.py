@@ -465,6 +465,16 @@ def launch_playground(endpoint: str, compare: str | None = None, *, api_key: str
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     if not block:
         return app, url
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C / kill -INT stop it even when started with SIGINT ignored (`nohup ... &`); SIGTERM too.
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(0.5)

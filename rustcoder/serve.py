@@ -704,6 +704,19 @@ class _Stop(BaseException):
     """Raised in the main thread by the SIGTERM handler so cleanup runs as for Ctrl-C."""
 
 
+def stop_on_signals() -> dict:
+    """Make SIGINT and SIGTERM stop a blocking server; returns the previous handlers to restore.
+
+    SIGINT gets Python's default handler back even when the process started with it ignored
+    (`nohup CMD &` and shells' background jobs do that): Ctrl-C and `kill -INT` must always stop it.
+    """
+    def _on_term(signum, frame):
+        raise _Stop()
+
+    return {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_term),
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+
+
 def serve(model_dir: str | Path | None = None, *, engine: str | None = None, host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, adapter: str | Path | None = None, api_key: str | None = None,
           served_model_name: str | None = None, tensor_parallel_size: int | None = None,
@@ -739,12 +752,9 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
         + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else ""))
     echo = None if quiet_engine else (lambda line: log(f"  [{spec.engine}] {line}"))
 
-    previous = None
+    previous = {}
     if block and threading.current_thread() is threading.main_thread():
-        def _on_term(signum, frame):
-            raise _Stop()
-
-        previous = signal.signal(signal.SIGTERM, _on_term)
+        previous = stop_on_signals()
     result = ServeResult(spec=spec, stopped_by="signal")
     try:
         result.server = start_server(spec, echo=echo, log_path=engine_log, health_timeout=health_timeout)
@@ -772,8 +782,8 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
     finally:
         if result.stopped_by != "return":
             result.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # ---- the transformers engine process ------------------------------------------------------------
@@ -785,6 +795,60 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
 _MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/systemone")
 _BLOCKED_ROUTES = ("/load_model", "/reset")
 _OPEN_ROUTES = (HEALTH_PATH,)
+
+
+def openai_error(message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None) -> dict:
+    """An error body the way OpenAI clients expect it: {"error": {message, type, param, code}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def request_problem(path: str, body: bytes) -> tuple[object, tuple[str, str | None, str] | None]:
+    """(parsed JSON body, None) or (None, (message, param, code)) for a request OpenAI would refuse with 400."""
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError as e:
+        return None, (f"the request body is not valid JSON ({e}); send a JSON object with "
+                      "Content-Type: application/json", None, "invalid_json")
+    if not isinstance(payload, dict):
+        return None, (f"the request body must be a JSON object, not {type(payload).__name__}", None, "invalid_json")
+    if path == "/v1/chat/completions":
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None, ("'messages' is required: a non-empty list of {\"role\": ..., \"content\": ...} objects",
+                          "messages", "missing_required_parameter" if messages is None else "invalid_value")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                return None, (f"messages[{i}] must be an object with a 'role' (system, user or assistant) and "
+                              "'content'", f"messages[{i}]", "invalid_value")
+    return payload, None
+
+
+def openai_error_response(status: int, body: bytes) -> tuple[int, bytes]:
+    """An engine's error answer in OpenAI's shape: FastAPI's 422 {"detail": ...} becomes 400, any other
+    error body becomes {"error": {...}}. Successful answers pass unchanged."""
+    if status < 400:
+        return status, body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "message" in payload["error"]:
+        return status, body
+    if isinstance(payload, dict) and "detail" in payload:
+        detail = payload["detail"]
+        if isinstance(detail, list):  # pydantic: [{"loc": [...], "msg": ...}, ...]
+            detail = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []) if x != 'body') or 'body'}: "
+                               f"{d.get('msg', d)}" if isinstance(d, dict) else str(d) for d in detail)
+        message = str(detail)
+    elif isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        message = payload["error"]
+    else:
+        message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    if status == 422:
+        status = 400
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return status, json.dumps(openai_error(message, kind)).encode()
 
 
 class _Gateway:
@@ -803,8 +867,8 @@ class _Gateway:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _error(self, message: str, kind: str, code: str) -> dict:
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    def _error(self, message: str, kind: str, code: str | None, param: str | None = None) -> dict:
+        return openai_error(message, kind, code, param)
 
     def _authorized(self, scope) -> bool:
         if not self.api_key:
@@ -845,10 +909,10 @@ class _Gateway:
                 if not message.get("more_body"):
                     break
             body = b"".join(chunks)
-            try:
-                payload = json.loads(body or b"{}")
-            except ValueError:
-                payload = None
+            payload, problem = request_problem(path, body)
+            if problem:
+                return await self._json(send, 400, self._error(problem[0], "invalid_request_error", problem[2],
+                                                               param=problem[1]))
             if isinstance(payload, dict):
                 requested = payload.get("model")
                 if requested not in (None, "", self.served_name, self.forced_model):
@@ -892,14 +956,22 @@ class _Gateway:
                 return None
             if message["type"] == "http.response.body":
                 if state["stream"]:
-                    return await send({**message, "body": rename(message.get("body", b""))})
+                    body = rename(message.get("body", b""))
+                    if not message.get("more_body"):
+                        body += b"data: [DONE]\n\n"  # OpenAI streams end with this line; clients wait for it
+                    return await send({**message, "body": body})
                 state["parts"].append(message.get("body", b""))
                 if message.get("more_body"):
                     return None
-                body = rename(b"".join(state["parts"]))
                 start = state["start"]
-                headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
-                await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+                original = rename(b"".join(state["parts"]))
+                status, body = openai_error_response(start.get("status", 200), original)
+                dropped = (b"content-length",) if body == original else (b"content-length", b"content-type")
+                headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() not in dropped]
+                if body != original:
+                    headers.append((b"content-type", b"application/json"))
+                await send({**start, "status": status,
+                            "headers": headers + [(b"content-length", str(len(body)).encode())]})
                 return await send({"type": "http.response.body", "body": body, "more_body": False})
             return await send(message)
 
@@ -964,6 +1036,83 @@ def _install_transformers_patches(model: str, served_name: str, api_key: str | N
     manager.load_model_and_processor = load_model_and_processor
     server.build_server = build_server
     handler._build_generation_config = build_generation_config
+    _install_consistent_text_patches()
+
+
+def _install_consistent_text_patches() -> None:
+    """Streamed and non-streamed answers carry the same text, and no delta splits a UTF-8 character.
+
+    transformers serve runs Qwen answers through a response parser (for tool calls and thinking) that
+    strips the non-streamed text but not the streamed one, and streams whatever each token decodes to.
+    Without ``tools`` in the request, both paths here return the plain decode of the generated tokens
+    (special tokens skipped), and the stream sends only text that is final: a tail that decodes to
+    U+FFFD (a character whose bytes are not all generated yet) waits for its next token.
+    """
+    from transformers.cli.serving import chat_completion
+    from transformers.cli.serving import utils as serving_utils
+
+    original_parser = chat_completion.build_response_parser
+    original_parse = chat_completion.parse_assistant_message
+
+    def build_response_parser(processor, model, input_ids, tools=None):
+        return original_parser(processor, model, input_ids, tools=tools) if tools else None
+
+    def parse_assistant_message(processor, model, generated_ids, input_ids, cleaned_content="", tools=None):
+        if tools:
+            return original_parse(processor, model, generated_ids, input_ids, cleaned_content=cleaned_content,
+                                  tools=tools)
+        return cleaned_content, None, None
+
+    chat_completion.build_response_parser = build_response_parser
+    chat_completion.parse_assistant_message = parse_assistant_message
+
+    streamer = serving_utils.DirectStreamer
+    original_put, original_end = streamer.put, streamer.end
+
+    def put(self, value):
+        if self._parser is not None:
+            return original_put(self, value)
+        if self._cancelled.is_set():
+            raise serving_utils._GenerationCancelled()
+        if self._first:  # the prompt
+            self._first = False
+            return
+        ids = self.__dict__.setdefault("_rustcoder_ids", [])
+        new = value.tolist()
+        new = new if isinstance(new, list) else [new]
+        ids.extend(int(t) for t in (new[0] if new and isinstance(new[0], list) else new))
+        self.total_tokens = len(ids)
+        delta = stream_delta(self._tokenizer.decode(ids, skip_special_tokens=True),
+                             self.__dict__.setdefault("_rustcoder_sent", []))
+        if delta:
+            self._enqueue(delta)
+
+    def end(self):
+        if self._parser is None:
+            ids = self.__dict__.get("_rustcoder_ids", [])
+            delta = stream_delta(self._tokenizer.decode(ids, skip_special_tokens=True),
+                                 self.__dict__.setdefault("_rustcoder_sent", []), final=True)
+            if delta:
+                self._enqueue(delta)
+        return original_end(self)
+
+    streamer.put, streamer.end = put, end
+
+
+def stream_delta(text: str, sent: list[str], final: bool = False) -> str:
+    """The part of TEXT (the decode of every token so far) not streamed yet; records it in SENT.
+
+    Until ``final``, a trailing U+FFFD (bytes of a character still to come) is held back, so a
+    delta never carries half a character.
+    """
+    done = "".join(sent)
+    if not text.startswith(done):  # a decode that changed earlier text: wait for the end
+        return ""
+    ready = text if final else text.rstrip("\ufffd")
+    delta = ready[len(done):]
+    if delta:
+        sent.append(delta)
+    return delta
 
 
 def _transformers_engine_main(argv: list[str]) -> None:

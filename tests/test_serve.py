@@ -450,6 +450,38 @@ def test_cli_serve_stops_every_process_on_ctrl_c_and_sigterm(model_dir, fake_vll
     assert wait_gone([rec["pid"], rec["worker"]]) == []
 
 
+def test_cli_serve_started_with_sigint_ignored_still_stops_on_sigint(model_dir, fake_vllm):
+    """`nohup rustcoder serve &` starts it with SIGINT ignored; Ctrl-C / kill -INT must still stop it."""
+    script, record = fake_vllm
+    proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(free_port()),
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        _wait_for(proc, "Ctrl-C stops the server")
+        rec = json.loads(record.read_text())
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "stopped." in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+def test_bad_requests_get_openai_400_errors():
+    """Malformed JSON, a non-object body and missing messages are refused as OpenAI does (400)."""
+    assert srv.request_problem("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}]}')[1] is None
+    for body, param in ((b"{oops", None), (b"[]", None), (b"", "messages"), (b'{"messages": []}', "messages"),
+                        (b'{"messages": ["hi"]}', "messages[0]")):
+        payload, problem = srv.request_problem("/v1/chat/completions", body)
+        assert payload is None and problem[0] and problem[1] == param, body
+    status, body = srv.openai_error_response(422, b'{"detail": [{"loc": ["body", "n"], "msg": "bad value"}]}')
+    assert status == 400 and json.loads(body) == {"error": {"message": "n: bad value", "type": "invalid_request_error",
+                                                            "param": None, "code": None}}
+    status, body = srv.openai_error_response(500, b"Internal Server Error")
+    assert status == 500 and json.loads(body)["error"]["type"] == "server_error"
+    assert srv.openai_error_response(200, b'{"detail": 1}') == (200, b'{"detail": 1}')
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
 def test_engine_dies_with_a_killed_serve_process(model_dir, fake_vllm):
     script, record = fake_vllm

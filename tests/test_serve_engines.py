@@ -112,10 +112,14 @@ def local_greedy(model_dir: Path, adapter_dir: Path | None, messages, max_new_to
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def start_cli(*args, env=None):
+def _ignore_sigint():  # what `nohup CMD &` does: the child starts with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_cli(*args, env=None, sigint_ignored=False):
     proc = subprocess.Popen([sys.executable, "-m", "rustcoder.cli", "serve", *args, "--quiet-engine"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_ignore_sigint if sigint_ignored else None)
     lines = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -175,6 +179,76 @@ def test_transformers_engine_serves_the_openai_api(served_model):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_transformers_engine_keeps_the_openai_api_contract(served_model):
+    """What OpenAI clients rely on, through the official client: streams end with `data: [DONE]`; bad
+    requests get 400 with {"error": {message, type, ...}}; a streamed answer is the same text as the
+    non-streamed one (greedy, and seeded sampling over the whole byte-level vocabulary, whose deltas
+    must not split a UTF-8 character). Started with SIGINT ignored (as `nohup ... &` does), serve still
+    stops on SIGINT."""
+    needs_transformers_serving()
+    import httpx
+    from openai import BadRequestError, OpenAI
+
+    model_dir, _ = served_model
+    port = free_port()
+    proc, banner = start_cli(str(model_dir), "--engine", "transformers", "--port", str(port), sigint_ignored=True)
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        client = OpenAI(base_url=base, api_key="unused", max_retries=0)
+
+        body = {"model": "tiny-rust", "messages": PROMPT, "max_tokens": 6, "temperature": 0, "stream": True}
+        with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and events.count("data: [DONE]") == 1
+
+        for raw, param in ((b"{not json", None), (b"[1, 2]", None), (b'{"model": "tiny-rust"}', "messages")):
+            r = httpx.post(base + "/chat/completions", content=raw, headers={"Content-Type": "application/json"},
+                           timeout=60)
+            assert r.status_code == 400, (raw, r.status_code, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+        with pytest.raises(BadRequestError, match="messages"):
+            client.chat.completions.create(model="tiny-rust", messages=[], max_tokens=2)
+        with pytest.raises(BadRequestError) as e:  # FastAPI's 422 {"detail": ...} in OpenAI's shape
+            client.chat.completions.create(model="tiny-rust", messages=PROMPT, max_tokens=2,
+                                           extra_body={"not_an_option": 1})
+        assert e.value.status_code == 400 and "not_an_option" in e.value.message
+
+        for sampling in ({"temperature": 0}, {"temperature": 1.0, "top_p": 1.0, "seed": 7}):
+            kw = {"model": "tiny-rust", "messages": PROMPT, "max_tokens": 40, **sampling}
+            whole = client.chat.completions.create(**kw).choices[0].message.content
+            deltas = [c.choices[0].delta.content for c in client.chat.completions.create(**kw, stream=True)
+                      if c.choices and c.choices[0].delta.content]
+            assert "".join(deltas) == whole, (sampling, whole, deltas)
+        assert len(deltas) >= 2 and any(ord(ch) > 127 for ch in whole), whole  # sampling reached multibyte text
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopped." in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_stream_deltas_never_split_a_character():
+    """Token by token, the stream sends only whole characters, and all of them."""
+    from transformers import AutoTokenizer
+
+    from rustcoder.serve import stream_delta
+    from rustcoder.tiny import tiny_model_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("tiny-qwen2"))
+    text = 'fn 日本語() { println!("🦀 ünï"); }'
+    ids = tok(text)["input_ids"]
+    sent, deltas = [], []
+    for n in range(1, len(ids) + 1):
+        deltas.append(stream_delta(tok.decode(ids[:n], skip_special_tokens=True), sent))
+    deltas.append(stream_delta(tok.decode(ids, skip_special_tokens=True), sent, final=True))
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+    assert any(d == "" for d in deltas)  # some tokens are a character's first bytes only: nothing sent yet
 
 
 def test_transformers_engine_serves_an_adapter_like_peft_does(served_model):
