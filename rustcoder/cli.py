@@ -358,20 +358,30 @@ def runs(output_dir, dashboard, project):
 @click.option("--streaming", is_flag=True,
               help="Merge shard by shard from the safetensors files (merge memory: about one tensor; its verification runs layer by layer: about one decoder layer plus the embeddings).")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the merged model to this hub repo.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+              help="Dtype of the merged weights (auto: the base's). float32 keeps an adapter whose update is "
+                   "below bf16's resolution, at twice the size.")
+@click.option("--max-effect-lost", default=0.10, show_default=True, type=click.FloatRange(0, 1), metavar="SHARE",
+              help="Refuse the merge when rounding to --dtype loses more than this share of the adapter's effect "
+                   "on the probe logits (0.1 = 10%).")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where to find the newest run when RUN_DIR is omitted.")
-def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, runs_dir):
+def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, dtype, max_effect_lost, runs_dir):
     """Fold a run's LoRA adapter into its base model and prove it is the same model.
 
-    Writes a standalone model (sharded safetensors in the base's dtype, config, generation config
-    with <|im_end|> as eos, tokenizer, chat template, model card, merge_report.json) that
-    transformers and vLLM load like any Qwen checkpoint. Verification compares logits and greedy
-    outputs with base + adapter on Rust probe prompts. Without RUN_DIR, merges the newest finished
-    run under --runs-dir. Merging the same adapter again is a no-op.
+    Writes a standalone model (sharded safetensors in --dtype, config, generation config with
+    <|im_end|> as eos, tokenizer, chat template, model card, merge_report.json) that transformers
+    and vLLM load like any Qwen checkpoint. Verification has two layers: exactness (every merged
+    tensor is the float32 merge rounded once to --dtype, bit for bit) and function (on Rust probe
+    prompts the merged model computes what that rounded merge computes, and keeps at least
+    1 - --max-effect-lost of the adapter's effect on the logits). Without RUN_DIR, merges the
+    newest finished run under --runs-dir. Merging the same adapter again is a no-op.
 
     \b
     Examples:
       rustcoder merge                                   newest run -> runs/NAME/merged
       rustcoder merge runs/exp-small-batch-10k --streaming
+      rustcoder merge runs/exp-small-batch-10k --dtype float32    a short run's adapter, kept whole
       rustcoder merge runs/exp-small-batch-10k --base ./Qwen2.5-7B-Instruct --output-dir out/merged
     """
     from . import artifacts
@@ -382,7 +392,8 @@ def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, r
         run_dir = artifacts.newest_run(runs_dir)
         click.echo(f"merging the newest finished run: {run_dir}")
     result = run_merge(run_dir, output_dir=output_dir, base=base, force=force, verify=not no_verify,
-                       streaming=streaming, push_to_hub=push_to_hub, log=click.echo)
+                       streaming=streaming, push_to_hub=push_to_hub, dtype=dtype, max_effect_lost=max_effect_lost,
+                       log=click.echo)
     if not result.already_merged:
         click.echo(render_report(result.report))
     click.echo(f"  next: rustcoder serve   (serves {result.merged_dir})")

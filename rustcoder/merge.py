@@ -48,16 +48,15 @@ MERGE_FORMAT = 1  # bump when the merge arithmetic or output layout changes (inv
 MAX_SHARD_SIZE = "5GB"  # in-memory merges; streaming keeps the base's own shard layout
 END_OF_TURN = "<|im_end|>"  # same as modeling.END_OF_TURN; not imported so this module stays light
 
-# Verification tolerance on logits, as (atol, rtol): the merged model passes when
-# max |merged - reference| <= atol + rtol * max |reference| over every probe position and vocab entry.
-# The reference is base + adapter run unmerged in float32. A float32 merge differs only by float
-# rounding (measured ~1e-7); a 16-bit merge rounds every merged weight once to 8 (bf16) or 11 (fp16)
-# mantissa bits, which moves logits by a fraction of a percent of their range.
-LOGITS_TOLERANCE: dict[str, tuple[float, float]] = {
-    "float32": (1e-4, 1e-5),
-    "float16": (1e-3, 5e-3),
-    "bfloat16": (1e-2, 2e-2),
-}
+# The merged weights are saved in one of these dtypes ("auto": the base's).
+MERGE_DTYPES = ("bfloat16", "float16", "float32")
+# Refuse a merge whose saved dtype loses more than this share of the adapter's effect on the probe
+# logits (relative L2 over every probe position and vocabulary entry); --max-effect-lost overrides.
+DEFAULT_MAX_EFFECT_LOST = 0.10
+# Two float32 forwards of the same weights differ only by float32 rounding, which grows with depth and
+# width: the merged model's logits must equal the correctly rounded merge's within
+# FORWARD_NOISE * sqrt(layers * hidden) * eps(float32) * max |logit| (+ one eps for logits near zero).
+FORWARD_NOISE = 8
 GREEDY_TOKENS = 16
 
 # Short prompts from four Rust task categories, rendered with the run's chat template.
@@ -544,10 +543,10 @@ def save_dtype_of(config: dict, base_dir: Path) -> str:
     """The dtype the merged model is saved in: the base config's dtype, else its stored weights' dtype."""
     tc = _text_config(config)
     for d in (config.get("dtype"), config.get("torch_dtype"), tc.get("dtype"), tc.get("torch_dtype")):
-        if isinstance(d, str) and d in LOGITS_TOLERANCE:
+        if isinstance(d, str) and d in MERGE_DTYPES:
             return d
     for _, (shape, code) in tensor_shapes(base_dir).items():
-        if _ST_DTYPES.get(code) in LOGITS_TOLERANCE:
+        if _ST_DTYPES.get(code) in MERGE_DTYPES:
             return _ST_DTYPES[code]
     return "float32"
 
@@ -802,10 +801,9 @@ def _model_card(src: _Source, report: dict) -> str:
     if ver.get("skipped"):
         verified = "not verified (merged with --no-verify)"
     else:
-        logits = ver.get("checks", {}).get("logits", {})
-        verified = (f"verified ({ver.get('mode', 'full')}): logits of the merged model equal base + adapter within "
-                    f"{logits.get('tolerance', 0):.1e} (max diff {logits.get('max_abs_diff', 0):.1e}), identical "
-                    f"greedy outputs on {len(PROBES)} Rust probe prompts; see `merge_report.json`")
+        verified = (f"verified ({ver.get('mode', 'full')}): every merged tensor is the float32 merge rounded once "
+                    f"to {report['dtype']}" + _summary(ver).replace("; ", " (", 1) + f") on {len(PROBES)} Rust probe "
+                    "prompts; see `merge_report.json`")
     front = ["---", f"base_model: {src.base_name if not Path(src.base_name).exists() else src.trained_base}",
              "library_name: transformers", "pipeline_tag: text-generation"]
     if hub_dataset:
@@ -942,9 +940,18 @@ def _merge_in_memory(src: _Source, plan: MergePlan, out: Path, dtype: str, untie
         log("computing reference outputs (base + adapter, unmerged, float32)")
         reference = probe_outputs(peft_model, tokenizer, base_logits=True)
     merged = peft_model.merge_and_unload()
-    merged.to(_torch_dtype(dtype))
+    import torch
+
+    with torch.no_grad():  # parameters only: buffers such as rotary frequencies stay float32, as a load computes them
+        for p in merged.parameters():
+            p.data = p.data.to(_torch_dtype(dtype))
     log(f"saving merged weights ({dtype})")
     merged.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)
+    if verify:  # the saved weights, back in float32: the correctly rounded merge's logits (the dtype's floor)
+        with torch.no_grad():
+            for p in merged.parameters():
+                p.data = p.data.float()
+        add_rounded_outputs(reference, merged)
     return reference
 
 
@@ -968,8 +975,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 def probe_outputs(model, tokenizer, base_logits: bool = False) -> list[dict]:
     """Greedy continuations and float32 logits of a model on the probe prompts.
 
-    With base_logits=True (a PEFT model) also the logits with the adapter disabled, to report how much
-    the adapter changes the model (the scale the tolerance must be small against).
+    With base_logits=True (a PEFT model) also the logits with the adapter disabled: the adapter's own
+    effect, against which the dtype's rounding is measured (see add_rounded_outputs).
     """
     import torch
     from transformers import GenerationConfig
@@ -997,11 +1004,57 @@ def probe_outputs(model, tokenizer, base_logits: bool = False) -> list[dict]:
     return results
 
 
-def reference_outputs(base_dir: str | Path, adapter_dir: str | Path, tokenizer) -> list[dict]:
-    """Probe outputs of base + adapter (PEFT, unmerged) in float32: what the merged model must reproduce."""
+def _effect(ref, base):
+    """Per position: (squared sum, max) over the vocabulary of the adapter's effect reference - base."""
+    effect = ref - base
+    return effect.double().pow(2).sum(-1), effect.abs().amax(-1)
+
+
+def _finish_reference(item: dict, rounded) -> None:
+    """Per-position numbers of one reference probe: the adapter's effect (reference - base, from
+    base_logits or already in effect_sq/effect_max) and the dtype's floor (correctly rounded merge -
+    reference), as squared sums and maxima over the vocabulary."""
+    ref = item["logits"]
+    if "base_logits" in item:
+        item["effect_sq"], item["effect_max"] = _effect(ref, item.pop("base_logits"))
+    floor = rounded - ref
+    item["rounded_logits"] = rounded
+    item["floor_sq"] = floor.double().pow(2).sum(-1)
+    item["floor_max"] = floor.abs().amax(-1)
+
+
+def round_parameters_(model, dtype: str) -> None:
+    """Round every floating parameter to dtype and back to float32, in place: what saving in dtype does."""
+    import torch
+
+    target = _torch_dtype(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.data = p.data.to(target).float()
+
+
+def add_rounded_outputs(reference: list[dict], rounded_model) -> None:
+    """Logits of the correctly rounded merge (a merged float32 model after round_parameters_) on the
+    reference's own tokens; completes each reference probe (see _finish_reference)."""
+    import torch
+
+    rounded_model.eval()
+    with torch.no_grad():
+        for item in reference:
+            full = torch.tensor([item["prompt_ids"] + item["greedy"]])
+            _finish_reference(item, rounded_model(input_ids=full, use_cache=False).logits[0].float())
+
+
+def reference_outputs(base_dir: str | Path, adapter_dir: str | Path, tokenizer, dtype: str = "float32") -> list[dict]:
+    """Probe outputs of base + adapter (PEFT, unmerged) in float32: what the merged model must reproduce;
+    with the base's logits and those of PEFT's float32 merge rounded once to dtype (the dtype's floor)."""
     model = _load_adapter(_load_base_fp32(Path(base_dir)), adapter_dir)
     out = probe_outputs(model, tokenizer, base_logits=True)
-    del model
+    merged = model.merge_and_unload()
+    round_parameters_(merged, dtype)
+    add_rounded_outputs(out, merged)
+    del model, merged
     return out
 
 
@@ -1017,36 +1070,6 @@ def _finite_max(t) -> float:
     """t.max() as a float with NaN read as inf (Python's max() silently drops a NaN: max(0.0, nan) == 0.0)."""
     v = float(t.max()) if t.numel() else 0.0
     return math.inf if math.isnan(v) else v
-
-
-def _file_checks(merged_dir: Path, tie: bool, tied: tuple[str, str]) -> dict[str, dict]:
-    import torch
-
-    lm_key, embed_key = tied
-    bad, leftovers, count = [], [], 0
-    embed = lm_head = None
-    for name, t in iter_tensors(merged_dir):
-        count += 1
-        if "lora_" in name or ".base_layer." in name or "modules_to_save" in name:
-            leftovers.append(name)
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            bad.append(f"{name} ({int((~torch.isfinite(t)).sum())} non-finite values)")
-        if name == embed_key:
-            embed = t
-        elif name == lm_key:
-            lm_head = t
-    checks = {
-        "finite": _check(not bad and count > 0, f"{count} tensors, no NaN/inf" if not bad
-                         else "non-finite values in " + ", ".join(bad[:5]), tensors=count),
-        "lora_free": _check(not leftovers, "no LoRA/PEFT tensors left" if not leftovers
-                            else "PEFT tensors left in the model: " + ", ".join(leftovers[:5])),
-    }
-    if tie:
-        ok = lm_head is None or (embed is not None and torch.equal(lm_head, embed))
-    else:
-        ok = lm_head is not None
-    checks["tied_embeddings"] = _tied_check(ok, tie, lm_key)
-    return checks
 
 
 def _tied_check(ok: bool, tie: bool, lm_key: str) -> dict:
@@ -1105,59 +1128,96 @@ def _tokenizer_checks(merged_dir: Path, adapter_dir: Path) -> tuple[dict[str, di
     return checks, run_tok, merged_tok
 
 
-def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_tokens: int, how: str) -> dict:
-    """The logits and greedy checks from probe outputs of base + adapter (reference) and the merged model.
+def forward_noise_rtol(config: dict) -> float:
+    """Relative float32 noise allowed between two forwards of the same weights (see FORWARD_NOISE)."""
+    import torch
 
-    A reference entry has "logits" and either "base_logits" or "adapter_effect"; a merged entry has
-    "logits", or "max_abs_diff" and "positions" when it was compared on the fly (layerwise). Logits are
-    compared where both models saw the same tokens: the prompt and the continuation up to the first
-    token where their greedy outputs differ (the greedy check decides whether that difference is allowed)."""
-    atol, rtol = LOGITS_TOLERANCE[dtype]
-    max_diff, max_ref, effect, positions, skipped = 0.0, 0.0, 0.0, 0, 0
+    tc = _text_config(config)
+    depth_width = max(1, int(tc.get("num_hidden_layers") or 1) * int(tc.get("hidden_size") or 1))
+    return FORWARD_NOISE * math.sqrt(depth_width) * torch.finfo(torch.float32).eps
+
+
+def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_tokens: int, how: str,
+                   noise_rtol: float, max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST) -> dict:
+    """The function layer: logits, effect and greedy checks from the probe outputs of base + adapter
+    (reference, with the correctly rounded merge's logits and the adapter's effect) and the merged model.
+
+    A merged entry has "logits", or "max_abs_diff", "rounded_diff", "diff_sq" and "positions" when it was
+    compared on the fly (layerwise). The merged model is compared where both models read the same tokens:
+    the prompt and the continuation up to the first token where their greedy outputs differ.
+
+    - logits: the merged model must compute what the correctly rounded merge computes (the exact float32
+      merge rounded once to dtype, run in float32), within float32 forward noise. max |merged - (base +
+      adapter)| is reported beside the dtype's floor (the same distance for the correctly rounded merge).
+    - effect: the share of the adapter's effect on the logits that rounding to dtype loses,
+      ||rounded merge - reference|| / ||reference - base|| over every probe position and vocabulary entry,
+      must not exceed max_effect_lost.
+    - greedy: a continuation may differ from the reference's only where the reference's top-two margin is
+      within what the logits differ by (a near-tie rounding can flip)."""
+    max_diff = rounded_diff = floor_max = effect_max = max_ref = 0.0
+    floor_sq = effect_sq = diff_sq = effect_sq_compared = 0.0
+    positions = skipped = 0
     same, near_ties, diverged = 0, [], []
+    per_probe = []
     for i, (ref, g) in enumerate(zip(reference, got)):
-        ref_max = float(ref["logits"].abs().max())
-        if ref["greedy"] == g["greedy"]:
-            same += 1
-        else:
-            k = next((j for j, (a, b) in enumerate(zip(ref["greedy"], g["greedy"])) if a != b),
-                     min(len(ref["greedy"]), len(g["greedy"])))
-            margin = ref["margins"][k] if k < len(ref["margins"]) else float("inf")
-            (near_ties if margin <= atol + rtol * ref_max else diverged).append(
-                {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
+        max_ref = max(max_ref, _finite_max(ref["logits"].abs()))
         if "max_abs_diff" in g:
-            d, n, missed = g["max_abs_diff"], g["positions"], g.get("not_compared", 0)
+            d, dr, sq, n, missed = (g["max_abs_diff"], g["rounded_diff"], g["diff_sq"], g["positions"],
+                                    g.get("not_compared", 0))
         else:  # positions whose inputs are the same tokens: the prompt and the common part of the continuations
             both = min(len(ref["logits"]), len(g["logits"]))
             n = min(both, _common_prefix(ref["prompt_ids"] + ref["greedy"], g["prompt_ids"] + g["greedy"]))
             missed = both - n
-            d = _finite_max((ref["logits"][:n] - g["logits"][:n]).abs())
+            delta = ref["logits"][:n] - g["logits"][:n]
+            d = _finite_max(delta.abs())
+            dr = _finite_max((ref["rounded_logits"][:n] - g["logits"][:n]).abs())
+            sq = float(delta.double().pow(2).sum())
+        per_probe.append(d)
         skipped += missed
-        max_diff = max(max_diff, d)
-        max_ref = max(max_ref, ref_max)
-        if "adapter_effect" in ref:
-            effect = max(effect, ref["adapter_effect"])
-        elif "base_logits" in ref:
-            effect = max(effect, _finite_max((ref["logits"] - ref["base_logits"]).abs()))
         positions += n
-    tolerance = atol + rtol * max_ref
+        max_diff, rounded_diff = max(max_diff, d), max(rounded_diff, dr)
+        diff_sq += sq
+        effect_sq += float(ref["effect_sq"].sum())
+        effect_sq_compared += float(ref["effect_sq"][:n].sum())
+        floor_sq += float(ref["floor_sq"].sum())
+        effect_max = max(effect_max, _finite_max(ref["effect_max"]))
+        floor_max = max(floor_max, _finite_max(ref["floor_max"]))
+    tolerance = noise_rtol * max_ref + 1.2e-7
+    for i, (ref, g) in enumerate(zip(reference, got)):
+        if ref["greedy"] == g["greedy"]:
+            same += 1
+            continue
+        k = _common_prefix(ref["greedy"], g["greedy"])
+        margin = ref["margins"][k] if k < len(ref["margins"]) else math.inf
+        (near_ties if margin <= 2 * (per_probe[i] + tolerance) else diverged).append(
+            {"probe": PROBES[i][0], "token": k, "reference_margin": margin})
+    lost = math.sqrt(floor_sq / effect_sq) if effect_sq > 0 else 0.0
+    merged_lost = math.sqrt(diff_sq / effect_sq_compared) if effect_sq_compared > 0 else 0.0
     checks = {}
     checks["logits"] = _check(
-        max_diff <= tolerance, f"max |merged - (base + adapter)| = {max_diff:.2e} over {len(PROBES)} probes and "
-        f"{positions} positions" + (f" ({skipped} after the greedy outputs part, where the inputs differ, not compared)"
-                                    if skipped else "")
-        + f", tolerance {tolerance:.2e} ({dtype}: {atol:g} + {rtol:g} x max |logit| {max_ref:.3g}); "
-        f"the adapter itself moves logits by up to {effect:.2e}"
-        + (f" (warning: the {dtype} rounding is {max_diff / effect:.0%} of the adapter's own effect; part of the "
-           "fine-tune is lost in this dtype)" if 0 < effect < math.inf and max_diff > 0.1 * effect else "")
-        + f" [{how}]",
-        max_abs_diff=max_diff, tolerance=tolerance, atol=atol, rtol=rtol, max_abs_logit=max_ref,
-        adapter_effect=effect, positions=positions, positions_not_compared=skipped)
+        rounded_diff <= tolerance,
+        f"max |merged - correctly rounded {dtype} merge| = {rounded_diff:.2e} over {len(reference)} probes and "
+        f"{positions} positions, tolerance {tolerance:.2e} (float32 forward noise: {noise_rtol:.1e} x max |logit| "
+        f"{max_ref:.3g})" + (f" ({skipped} positions after the greedy outputs part, where the inputs differ, not "
+                             "compared)" if skipped else "")
+        + f"; max |merged - (base + adapter)| = {max_diff:.2e} against the {dtype} floor {floor_max:.2e}; the "
+        f"adapter itself moves logits by up to {effect_max:.2e} [{how}]",
+        max_abs_diff=max_diff, rounded_diff=rounded_diff, tolerance=tolerance, noise_rtol=noise_rtol,
+        dtype_floor=floor_max, max_abs_logit=max_ref, adapter_effect=effect_max, positions=positions,
+        positions_not_compared=skipped)
+    if effect_sq > 0:
+        detail = (f"{dtype} keeps {1 - lost:.1%} of the adapter's effect on the probe logits (rounding the merge "
+                  f"to {dtype} loses {lost:.1%}; the limit is {max_effect_lost:.0%}, --max-effect-lost)")
+    else:
+        detail = "the adapter does not change the probe logits: there is no effect to lose"
+    checks["effect"] = _check(lost <= max_effect_lost, detail, effect_lost=lost, effect_kept=1 - lost,
+                              merged_effect_lost=merged_lost, max_effect_lost=max_effect_lost, dtype=dtype)
     checks["greedy"] = _check(
-        not diverged, f"{same}/{len(PROBES)} greedy continuations identical ({greedy_tokens} tokens max, {how})"
-        + (f"; {len(near_ties)} differ at a near-tie" if near_ties else "")
-        + (f"; {len(diverged)} diverge: " + ", ".join(f"{d['probe']} at token {d['token']}" for d in diverged)
-           if diverged else ""), identical=same, probes=len(PROBES), tokens=greedy_tokens, near_ties=near_ties,
+        not diverged, f"{same}/{len(reference)} greedy continuations identical ({greedy_tokens} tokens max, {how})"
+        + (f"; {len(near_ties)} differ at a near-tie that {dtype} rounding can flip" if near_ties else "")
+        + (f"; {len(diverged)} diverge where the logits agree: " + ", ".join(f"{d['probe']} at token {d['token']}"
+                                                                              for d in diverged)
+           if diverged else ""), identical=same, probes=len(reference), tokens=greedy_tokens, near_ties=near_ties,
         diverged=diverged)
     return checks
 
@@ -1170,7 +1230,6 @@ def _output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_to
 LAYERWISE_MODEL_TYPES = ("qwen2", "qwen3")
 LAYERWISE_GREEDY_TOKENS = 8  # each generated token re-reads every layer from disk: kept small
 BLOCK_BYTES = 64 << 20       # tensor checks (and DoRA norms) work on blocks of rows this big
-_ROUNDING_EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}  # machine epsilon
 
 
 def _rows_per_block(shape: list[int]) -> int:
@@ -1187,112 +1246,147 @@ def _blocks_equal(reader: _Reader, a: str, b: str) -> bool:
     return True
 
 
-def _streamed_tensor_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
-                            dtype: str, meter: _Meter) -> dict[str, dict]:
-    """finite, lora_free, weights and tied_embeddings, reading one tensor at a time (in blocks of rows).
+def _half_ulp(e32, dtype):
+    """Half the spacing of dtype's representable numbers at each element's magnitude (the most a correct
+    rounding of a float32 value to dtype can move it)."""
+    import torch
 
-    A LoRA-targeted weight must equal W + scale * B @ A recomputed here in float32 from the base and the
-    adapter, each element within one rounding to its saved dtype plus float32 noise:
-    |merged - expected| <= eps(dtype) * |expected| + 16 * eps(float32) * (|expected| + |W|) + the dtype's
-    smallest normal. A tensor the adapter replaces (modules_to_save) must equal the adapter's tensor by the
-    same rule; every other tensor must be byte-identical to the base's (or to the base's cast to the saved
-    dtype, if the merge changed its dtype)."""
+    fi = torch.finfo(dtype)
+    _, exp = torch.frexp(e32)  # e32 = m * 2**exp with 0.5 <= |m| < 1: dtype's spacing there is 2**(exp-1) * eps
+    ulp = torch.ldexp(torch.ones_like(e32), exp - 1) * fi.eps
+    return ulp.clamp_min(fi.smallest_normal * fi.eps) / 2  # subnormals: a fixed spacing
+
+
+def _exactness_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
+                      dtype: str, meter: _Meter) -> dict[str, dict]:
+    """exact, finite, lora_free and tied_embeddings, reading one tensor at a time.
+
+    Exactness: every LoRA-targeted weight must be the float32 merge W + scale * B @ A (recomputed here from
+    the base and adapter files, with PEFT's formulas) rounded once to its saved dtype, bit for bit. The only
+    element allowed to differ is one whose float32 value lies so close to the midpoint of two neighbours in
+    the saved dtype that float32 noise (another BLAS kernel, another device) decides the rounding:
+    |merged - expected| <= half an ulp of the dtype + 16 * eps(float32) * (|expected| + |W|); those are
+    counted as ties. A tensor the adapter replaces (modules_to_save) must be the adapter's tensor rounded
+    the same way, and every other tensor byte-identical to the base's (or to its rounding, when the merge
+    changes the dtype). Also counts how many targeted elements the adapter changes at all in the saved
+    dtype: an update below the dtype's resolution rounds back to the base weight."""
     import torch
 
     lm_key, embed_key = tied
-    eps32 = _ROUNDING_EPS["float32"]
+    eps32 = torch.finfo(torch.float32).eps
+    comparable = bool(weight_files(base_dir))
+    skipped = None if comparable else f"{base_dir} has no safetensors weights to recompute the merge from"
+    if comparable and plan.unsupported:
+        skipped = "the adapter uses " + "; ".join(plan.unsupported) + " (merged by PEFT; not recomputed here)"
     bad, leftovers, problems = [], [], []
-    n_lora = n_replaced = n_same = n_exact = count = 0
-    worst, max_diff = 0.0, 0.0
-    with _Reader(merged_dir, meter) as merged, _Reader(base_dir, meter) as base:
+    n_lora = n_replaced = n_same = n_bitwise = count = ties = 0
+    changed = targeted = 0
+    with _Reader(merged_dir, meter) as merged, _Reader(base_dir if comparable else merged_dir, meter) as base:
         for name in merged.names():
             count += 1
             if "lora_" in name or ".base_layer." in name or "modules_to_save" in name:
                 leftovers.append(name)
-            src = name if name in base else embed_key if name == lm_key and embed_key in base else None
-            shape = merged.shape(name)
-            if src is None:
-                problems.append(f"{name} is not in the base model")
-            elif base.shape(src) != shape:
-                problems.append(f"{name} has shape {shape}, the base {base.shape(src)}")
-                src = None
-            u, rep = plan.updates.get(name), plan.replacements.get(name)
             mdtype = merged.dtype(name)
-            eps = _ROUNDING_EPS.get(str(mdtype).removeprefix("torch."), eps32)
+            shape = merged.shape(name)
+            src = None
+            if comparable and not skipped:
+                src = name if name in base else embed_key if name == lm_key and embed_key in base else None
+                if src is None:
+                    problems.append(f"{name} is not in the base model")
+                elif base.shape(src) != shape:
+                    problems.append(f"{name} has shape {shape}, the base {base.shape(src)}")
+                    src = None
+            u, rep = plan.updates.get(name), plan.replacements.get(name)
+            if src is not None and (u is not None or rep is not None):
+                # whole tensors, as the merge computes them (a float32 matmul of a block of rows need not
+                # round like the whole product)
+                m, b = merged.read(name), base.read(src)
+                if mdtype.is_floating_point:
+                    nonfinite = int((~torch.isfinite(m)).sum())
+                    if nonfinite:
+                        bad.append(f"{name} ({nonfinite} non-finite values)")
+                w32 = rep.float() if rep is not None else b.float()
+                expected = u.apply(w32) if u is not None else w32
+                want = expected.to(mdtype)
+                if u is not None:
+                    targeted += want.numel()
+                    changed += int((want != w32.to(mdtype)).sum())
+                if torch.equal(m, want):
+                    n_bitwise += 1
+                    ok = True
+                else:
+                    diff = (m.float() - expected).abs()
+                    allowed = _half_ulp(expected, mdtype) + 16 * eps32 * (expected.abs() + w32.abs())
+                    ok = bool((diff <= allowed).all())
+                    if ok:
+                        ties += int((m != want).sum())
+                    else:
+                        worst = int((diff > allowed).sum())
+                        problems.append(f"{name} is not {'W + scale * B @ A' if u is not None else 'the adapter tensor'}"
+                                        f" rounded once to {str(mdtype).removeprefix('torch.')} ({worst} of "
+                                        f"{diff.numel()} elements differ, by up to {_finite_max(diff):.2e})")
+                    del diff, allowed
+                if ok:
+                    n_lora += u is not None
+                    n_replaced += u is None
+                del m, b, w32, expected, want
+                continue
             step = _rows_per_block(shape)
-            nonfinite, differs, inexact = 0, False, False
+            nonfinite, differs = 0, False
             base_blocks = base.rows(src, step) if src is not None else None
-            for r0, r1, m in merged.rows(name, step):
+            for _, _, m in merged.rows(name, step):
                 if mdtype.is_floating_point:
                     nonfinite += int((~torch.isfinite(m)).sum())
-                if base_blocks is None:
-                    continue
-                _, _, b = next(base_blocks)
-                if u is not None or rep is not None:  # as the merge: the update applies to a replaced tensor
-                    b32 = (rep[r0:r1] if rep.dim() >= 2 else rep).float() if rep is not None else b.float()
-                    if u is not None:
-                        expected = u.rows(r0, r1).apply(b32)
-                        scale = expected.abs() + b32.abs()
-                    else:
-                        expected = b32
-                        scale = expected.abs()
-                    if not torch.equal(m, expected.to(mdtype)):  # not the rounded value itself: how far?
-                        inexact = True
-                        diff = (m.float() - expected).abs()
-                        allowed = eps * expected.abs() + 16 * eps32 * scale + torch.finfo(mdtype).smallest_normal
-                        ratio = _finite_max(diff / allowed)
-                        worst, max_diff = max(worst, ratio), max(max_diff, _finite_max(diff))
-                        differs |= ratio > 1
-                        del diff, allowed
-                    del b32, expected, scale
-                else:
+                if base_blocks is not None:
+                    _, _, b = next(base_blocks)
                     want = b if b.dtype == m.dtype else b.to(m.dtype)
                     differs |= not torch.equal(m.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
-                    del want
-                del b, m
+                    del want, b
+                del m
             if nonfinite:
                 bad.append(f"{name} ({nonfinite} non-finite values)")
             if src is None:
                 continue
             if differs:
-                problems.append(f"{name} differs from " + ("W + scale * B @ A" if u is not None else
-                                                           "the adapter's tensor" if rep is not None else
-                                                           "the base although the adapter does not change it"))
+                problems.append(f"{name} differs from the base although the adapter does not change it")
             else:
-                n_lora, n_replaced, n_same = (n_lora + (u is not None), n_replaced + (u is None and rep is not None),
-                                              n_same + (u is None and rep is None))
-                n_exact += (u is not None or rep is not None) and not inexact
-        for name in base.names():
-            if name not in merged and not (tie and name == lm_key):
-                problems.append(f"{name} is missing from the merged model")
-        for name in sorted(plan.touched):
-            if name not in merged and name not in base and not (tie and name == lm_key):
-                problems.append(f"the adapter changes {name}, which the merged model does not have")
+                n_same += 1
+        if comparable and not skipped:
+            for name in base.names():
+                if name not in merged and not (tie and name == lm_key):
+                    problems.append(f"{name} is missing from the merged model")
+            for name in sorted(plan.touched):
+                if name not in merged and name not in base and not (tie and name == lm_key):
+                    problems.append(f"the adapter changes {name}, which the merged model does not have")
         if tie:
             tied_ok = lm_key not in merged or (embed_key in merged and merged.shape(lm_key) == merged.shape(embed_key)
                                                and _blocks_equal(merged, lm_key, embed_key))
         else:
             tied_ok = lm_key in merged
-    checks = {
+    if skipped:
+        exact = _check(True, f"not checked: {skipped}; the logits checks below still compare the merged model "
+                       "with base + adapter", skipped=skipped)
+    else:
+        exact = _check(
+            not problems,
+            (f"{n_lora} LoRA-targeted tensors are W + scale * B @ A computed in float32 and rounded once to "
+             f"{dtype}" + (f", {n_replaced} replaced ones the adapter's tensors" if n_replaced else "")
+             + (", bit for bit" if not ties else f" ({ties} element(s) at float32 rounding ties)")
+             + f"; {n_same} untouched tensors byte-identical to the base"
+             + (f"; {dtype} keeps the adapter's change in {changed / targeted:.1%} of the targeted weights"
+                if targeted else ""))
+            if not problems else f"{len(problems)} tensor(s) are not the exact merge: " + "; ".join(problems[:5]),
+            lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, bitwise_tensors=n_bitwise,
+            tie_elements=ties, targeted_elements=targeted, changed_elements=changed,
+            changed_share=(changed / targeted) if targeted else None)
+    return {
+        "exact": exact,
         "finite": _check(not bad and count > 0, f"{count} tensors, no NaN/inf" if not bad
                          else "non-finite values in " + ", ".join(bad[:5]), tensors=count),
         "lora_free": _check(not leftovers, "no LoRA/PEFT tensors left" if not leftovers
                             else "PEFT tensors left in the model: " + ", ".join(leftovers[:5])),
-        "weights": _check(
-            not problems,
-            (f"{n_lora} LoRA-targeted tensors equal W + scale * B @ A recomputed in float32 from the base and "
-             f"adapter, and {n_replaced} replaced ones the adapter's tensors, within {dtype} rounding ("
-             + (f"{n_exact} of {n_lora + n_replaced} exactly the rounded value; worst other element at {worst:.2f} "
-                f"of its allowance, max |diff| {max_diff:.2e}" if n_exact < n_lora + n_replaced else
-                "all exactly the rounded value")
-             + f"); {n_same} untouched tensors byte-identical to the base")
-            if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:5]),
-            lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, exact_tensors=n_exact,
-            worst_ratio=worst,
-            max_abs_diff=max_diff, eps=_ROUNDING_EPS.get(dtype)),
         "tied_embeddings": _tied_check(tied_ok, tie, lm_key),
     }
-    return checks
 
 
 def _skeleton(model_dir: Path):
@@ -1350,9 +1444,12 @@ def _dora_weight_norm(weight, u: _Update):
 
 @dataclass
 class _Stream:
-    """One probe sequence going through the layers: its hidden states, KV cache, mask and positions."""
+    """One probe sequence going through the layers: its hidden states, KV cache, mask and positions.
 
-    adapter: bool
+    mode: "adapter" (base + adapter, unmerged, as PEFT runs it), "base" (adapter off) or "rounded" (the
+    exact merge rounded once to the output dtype, run in float32)."""
+
+    mode: str
     probe: int
     hidden: Any
     cache: Any
@@ -1370,10 +1467,11 @@ class _Layerwise:
     float32, an untied input embedding in its stored dtype. With a plan, the adapter is
     applied on the fly the way PEFT runs it unmerged: forward hooks add B(A(x)) * scale to each target
     linear's output (DoRA: PEFT's magnitude rescaling), an embedding LoRA adds A^T[ids] B^T * scale, and
-    modules_to_save tensors replace the base's. Adapter on/off is a switch, so base and base + adapter
-    run from the same loaded layer."""
+    modules_to_save tensors replace the base's. With round_to, a third mode runs the merge as the merge
+    computes it (W + scale * B @ A in float32) rounded once to round_to. Modes are switches, so every
+    mode runs from the same loaded layer."""
 
-    def __init__(self, model_dir: Path, meter: _Meter, plan: MergePlan | None = None):
+    def __init__(self, model_dir: Path, meter: _Meter, plan: MergePlan | None = None, round_to: str | None = None):
         import torch
 
         self.dir = model_dir
@@ -1394,9 +1492,11 @@ class _Layerwise:
         self.tied = out_emb.weight is decoder.embed_tokens.weight
         self.rotary = type(decoder.rotary_emb)(config=self.config)
         self.plan = plan or MergePlan()
+        self.round_to = None if round_to is None else _torch_dtype(round_to)
         self.reader = _Reader(model_dir, meter)
-        self.adapter_on = True
+        self.mode = "adapter"
         self._head_cache: dict = {}
+        self._rounded_matrices: dict = {}
         # lm_head in float32 for the whole pass (upcasting a 16-bit one on every call would cost more time
         # than the extra copy costs memory); an untied input embedding stays as stored (rows are looked up)
         self.embed = self._read(self.embed_key, torch.float32 if self.tied else None)
@@ -1409,6 +1509,7 @@ class _Layerwise:
         self.reader.close()
         self.embed = self.lm = self.lm_replacement = None
         self.norm_swaps = {}
+        self._rounded_matrices.clear()
         self.decoder.norm.to("meta")
 
     def _read(self, name: str, dtype=None):
@@ -1418,16 +1519,37 @@ class _Layerwise:
             raise RustcoderError(f"{self.dir} has no tensor {name}{why}")
         return self.reader.read(name, dtype)
 
+    def _rounded(self, key: str, stored, base32):
+        """The tensor as the merge saves it, in float32: (replacement, then update) rounded to round_to;
+        None when that is base32 itself (an untouched tensor already stored in round_to)."""
+        u, rep = self.plan.updates.get(key), self.plan.replacements.get(key)
+        if u is None and rep is None and stored == self.round_to:
+            return None
+        w = rep.float() if rep is not None else base32
+        if u is not None:
+            w = u.apply(w)
+        return w.to(self.round_to).float()
+
     def _materialize(self, module, prefix: str):
-        """Load module's tensors (float32) from the files; returns (replacement swaps, LoRA hook handles)."""
+        """Load module's tensors (float32) from the files; returns (mode swaps, LoRA hook handles)."""
         import torch
 
         keys = list(module.state_dict().keys())
         state = {k: self._read(prefix + k, torch.float32) for k in keys}
         module.load_state_dict(state, strict=True, assign=True)
         del state
-        swaps = {k: (module.get_parameter(k).data, self.plan.replacements[prefix + k].float())
-                 for k in keys if prefix + k in self.plan.replacements}
+        swaps: dict[str, dict] = {}
+        for k in keys:
+            base = module.get_parameter(k).data
+            alt = {}
+            if prefix + k in self.plan.replacements:
+                alt["adapter"] = self.plan.replacements[prefix + k].float()
+            if self.round_to is not None:
+                rounded = self._rounded(prefix + k, self.reader.dtype(prefix + k), base)
+                if rounded is not None:
+                    alt["rounded"] = rounded
+            if alt:
+                swaps[k] = {"base": base, **alt}
         hooks = []
         for k in keys:
             u = self.plan.updates.get(prefix + k)
@@ -1441,20 +1563,28 @@ class _Layerwise:
         cache: dict = {}
 
         def hook(module, args, out):
-            return _lora_output(args[0], out, module.weight, module.bias, u, cache) if self.adapter_on else None
+            return _lora_output(args[0], out, module.weight, module.bias, u, cache) if self.mode == "adapter" else None
         return hook
 
-    def _switch(self, on: bool, module, swaps: dict) -> None:
-        self.adapter_on = on
-        for k, (base, replacement) in swaps.items():
-            module.get_parameter(k).data = replacement if on else base
+    def _switch(self, mode: str, module, swaps: dict) -> None:
+        self.mode = mode
+        for k, alt in swaps.items():
+            module.get_parameter(k).data = alt.get(mode, alt["base"])
 
-    def embed_ids(self, ids, adapter: bool):
+    def _rounded_matrix(self, key: str, stored_key: str, base32):
+        if key not in self._rounded_matrices:
+            r = self._rounded(key, self.reader.dtype(stored_key), base32)
+            self._rounded_matrices[key] = base32 if r is None else r
+        return self._rounded_matrices[key]
+
+    def embed_ids(self, ids, mode: str):
         import torch.nn.functional as F
 
-        rep = self.plan.replacements.get(self.embed_key) if adapter else None
+        if mode == "rounded":
+            return F.embedding(ids, self._rounded_matrix(self.embed_key, self.embed_key, self.embed.float())).float()
+        rep = self.plan.replacements.get(self.embed_key) if mode == "adapter" else None
         h = F.embedding(ids, rep if rep is not None else self.embed).float()
-        u = self.plan.updates.get(self.embed_key) if adapter else None
+        u = self.plan.updates.get(self.embed_key) if mode == "adapter" else None
         if u is not None:  # peft.tuners.lora.layer.Embedding.forward
             h = h + (F.embedding(ids, u.A.float().T) @ u.B.float().T) * u.scale
         return h
@@ -1475,7 +1605,7 @@ class _Layerwise:
             swaps, hooks = self._materialize(layer, f"{self.prefix}layers.{i}.")
             try:
                 for s in streams:
-                    self._switch(s.adapter, layer, swaps)
+                    self._switch(s.mode, layer, swaps)
                     s.hidden = layer(s.hidden, attention_mask=s.masks[self.layer_types[i]],
                                      position_embeddings=s.rotary, position_ids=s.positions,
                                      past_key_values=s.cache, use_cache=True)
@@ -1485,16 +1615,19 @@ class _Layerwise:
                 swaps.clear()
                 layer.to("meta")
 
-    def head(self, hidden, adapter: bool):
+    def head(self, hidden, mode: str):
         """Final norm and lm_head: float32 logits [positions, vocab] of one sequence's hidden states."""
         import torch.nn.functional as F
 
-        self._switch(adapter, self.decoder.norm, self.norm_swaps)
+        self._switch(mode, self.decoder.norm, self.norm_swaps)
         h = self.decoder.norm(hidden)[0]
-        weight = self.lm_replacement if adapter and self.lm_replacement is not None else (
-            self.embed if self.tied else self.lm)
+        source = self.embed if self.tied else self.lm
+        if mode == "rounded":  # an untied merge computes lm_head from the (tied) embedding matrix
+            return F.linear(h, self._rounded_matrix(self.lm_key, self.embed_key if self.tied else self.lm_key,
+                                                    source))
+        weight = self.lm_replacement if mode == "adapter" and self.lm_replacement is not None else source
         logits = F.linear(h, weight)
-        u = self.plan.updates.get(self.lm_key) if adapter else None
+        u = self.plan.updates.get(self.lm_key) if mode == "adapter" else None
         if u is not None:
             if u.kind != "linear":
                 raise RustcoderError(f"layerwise verification cannot apply a {u.kind} LoRA to {self.lm_key}")
@@ -1503,7 +1636,8 @@ class _Layerwise:
 
 
 def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan | None = None,
-                            base_logits: bool = False, reference: list[dict] | None = None,
+                            base_logits: bool = False, round_to: str | None = None,
+                            reference: list[dict] | None = None,
                             greedy_tokens: int = LAYERWISE_GREEDY_TOKENS, prompts: list[list[int]] | None = None,
                             meter: _Meter | None = None) -> list[dict]:
     """probe_outputs computed one decoder layer at a time from model_dir's safetensors files (+ plan's
@@ -1512,26 +1646,29 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     Greedy decoding runs for real, all probes in lockstep with a KV cache per probe: each generated token
     is one more pass over the layers (re-reading every layer), so greedy_tokens is kept small. Returns,
     per probe, prompt_ids, greedy and margins (top-1 minus top-2 logit at each step) and the float32
-    logits of every position fed (the prompt and the generated tokens but the last). With base_logits,
-    the adapter-off model runs alongside on the same tokens and adapter_effect is the max logit change.
-    With reference (the output of a previous call), logits are not kept but compared on the fly, where
-    the tokens fed are the reference's: max_abs_diff, positions (compared) and not_compared instead of
-    logits (so only one set of logits is ever held).
+    logits of every position fed (the prompt and the generated tokens but the last). With base_logits and
+    round_to (a reference pass), the adapter-off model and the merge rounded to round_to run alongside on
+    the same tokens: the probe gets rounded_logits and the per-position effect and floor numbers of
+    _finish_reference. With reference (the output of such a pass), logits are not kept but compared on the
+    fly, where the tokens fed are the reference's: max_abs_diff, rounded_diff, diff_sq, positions
+    (compared) and not_compared instead of logits (so the merged model's logits are never held).
     """
     import torch
     from transformers import DynamicCache
 
+    if base_logits != (round_to is not None):
+        raise ValueError("a reference pass needs both base_logits and round_to")
     meter = meter or _Meter()
-    lw = _Layerwise(Path(model_dir), meter, plan)
+    lw = _Layerwise(Path(model_dir), meter, plan, round_to)
     if prompts is None:
         prompts = [_encode(tokenizer, _render(tokenizer, m)) for m in probe_messages()]
     im_end = _token_id(tokenizer, END_OF_TURN)
-    modes = (True, False) if base_logits else (True,)
+    modes = ("adapter", "base", "rounded") if base_logits else ("adapter",)
     caches = {(a, p): DynamicCache(config=lw.config) for a in modes for p in range(len(prompts))}
     out = [{"prompt_ids": list(ids), "greedy": [], "margins": []} for ids in prompts]
-    logits: list[list] = [[] for _ in prompts]
-    effect, diff, seen = [0.0] * len(prompts), [0.0] * len(prompts), [0] * len(prompts)
-    compared, agree = [0] * len(prompts), [True] * len(prompts)
+    kept: dict[str, list[list]] = {m: [[] for _ in prompts] for m in modes}
+    diff, rdiff, sq = [0.0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
+    seen, compared, agree = [0] * len(prompts), [0] * len(prompts), [True] * len(prompts)
     feed = {p: list(ids) for p, ids in enumerate(prompts)}
     try:
         with torch.no_grad():
@@ -1545,23 +1682,27 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                         pos = torch.arange(past, past + len(ids)).unsqueeze(0)
                         streams.append(_Stream(a, p, h, cache, lw.masks(h, cache, pos), lw.rotary(h, pos), pos))
                 lw.layers(streams)
-                hidden = {(s.adapter, s.probe): s.hidden for s in streams}
+                hidden = {(s.mode, s.probe): s.hidden for s in streams}
                 del streams
                 for p in list(feed):
                     ids = feed[p]
-                    x = lw.head(hidden[True, p], True)
-                    if base_logits:
-                        effect[p] = max(effect[p], _finite_max((x - lw.head(hidden[False, p], False)).abs()))
+                    x = lw.head(hidden["adapter", p], "adapter")
                     n = x.shape[0]
                     if reference is None:
-                        logits[p].append(x)
+                        kept["adapter"][p].append(x)
+                        if base_logits:  # the base's logits are needed only for the adapter's effect
+                            kept["base"][p].append(_effect(x, lw.head(hidden["base", p], "base")))
+                            kept["rounded"][p].append(lw.head(hidden["rounded", p], "rounded"))
                     elif agree[p]:  # compare while the inputs are the reference's tokens (see _output_checks)
-                        ref = reference[p]["logits"]
+                        ref, rounded = reference[p]["logits"], reference[p]["rounded_logits"]
                         ref_ids = reference[p]["prompt_ids"] + reference[p]["greedy"]
                         k = min(_common_prefix(ids, ref_ids[seen[p]:]), len(ref) - seen[p])
                         agree[p] = k == n
                         if k > 0:
-                            diff[p] = max(diff[p], _finite_max((x[:k] - ref[seen[p]:seen[p] + k]).abs()))
+                            delta = x[:k] - ref[seen[p]:seen[p] + k]
+                            diff[p] = max(diff[p], _finite_max(delta.abs()))
+                            sq[p] += float(delta.double().pow(2).sum())
+                            rdiff[p] = max(rdiff[p], _finite_max((x[:k] - rounded[seen[p]:seen[p] + k]).abs()))
                             compared[p] += k
                     seen[p] += n
                     top = x[-1].topk(2).values
@@ -1578,13 +1719,15 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
         lw.close()
     for p, item in enumerate(out):
         if reference is None:
-            item["logits"] = torch.cat(logits[p])
+            item["logits"] = torch.cat(kept["adapter"][p])
+            if base_logits:
+                item["effect_sq"] = torch.cat([e for e, _ in kept["base"][p]])
+                item["effect_max"] = torch.cat([m for _, m in kept["base"][p]])
+                _finish_reference(item, torch.cat(kept["rounded"][p]))
         else:
-            item["max_abs_diff"] = diff[p]
+            item["max_abs_diff"], item["rounded_diff"], item["diff_sq"] = diff[p], rdiff[p], sq[p]
             item["positions"] = compared[p]
             item["not_compared"] = min(seen[p], len(reference[p]["logits"])) - compared[p]
-        if base_logits:
-            item["adapter_effect"] = effect[p]
     return out
 
 
@@ -1604,22 +1747,24 @@ def _weight_sizes(model_dir: Path) -> dict[str, int]:
 
 
 def _verify_layerwise(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
-                      dtype: str, run_tok, merged_tok, log: Callable) -> tuple[dict[str, dict], dict]:
-    """Streamed tensor checks, then both models run one decoder layer at a time; returns (checks, memory)."""
+                      dtype: str, run_tok, merged_tok, noise_rtol: float, max_effect_lost: float,
+                      log: Callable) -> tuple[dict[str, dict], dict]:
+    """Exactness tensor by tensor, then the models run one decoder layer at a time; returns (checks, memory)."""
     checks_meter, forward_meter = _Meter(), _Meter()
-    log("checking every merged tensor against base + adapter, one tensor at a time")
-    checks = _streamed_tensor_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter)
+    log("checking every merged tensor against the float32 merge rounded to its dtype, one tensor at a time")
+    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter)
     _loaded_tie_check(checks, _skeleton(merged_dir), tie)
-    log("reference outputs (base + adapter, unmerged, float32), one decoder layer at a time")
+    log(f"reference outputs (base + adapter unmerged, base, and the merge rounded to {dtype}; float32), one decoder "
+        "layer at a time")
     tokens = LAYERWISE_GREEDY_TOKENS
-    reference = layerwise_probe_outputs(base_dir, run_tok, plan=plan, base_logits=True, meter=forward_meter,
-                                        greedy_tokens=tokens)
+    reference = layerwise_probe_outputs(base_dir, run_tok, plan=plan, base_logits=True, round_to=dtype,
+                                        meter=forward_meter, greedy_tokens=tokens)
     log("running the merged model on the probe prompts, one decoder layer at a time")
     how = "layer-by-layer forward in float32 with a KV cache"
     try:
         got = layerwise_probe_outputs(merged_dir, merged_tok, reference=reference, meter=forward_meter,
                                       greedy_tokens=tokens)
-        checks.update(_output_checks(reference, got, dtype, tokens, how))
+        checks.update(_output_checks(reference, got, dtype, tokens, how, noise_rtol, max_effect_lost))
     except RustcoderError as e:
         checks["logits"] = _check(False, f"the merged model could not be run: {e}")
         checks["greedy"] = _check(False, "the merged model could not be run")
@@ -1632,15 +1777,17 @@ def _verify_layerwise(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bo
     return checks, memory
 
 
-def _verify_full(merged_dir: Path, base_dir: Path, adapter_dir: Path, tie: bool, tied: tuple[str, str], dtype: str,
-                 run_tok, merged_tok, reference: list[dict] | None, log: Callable) -> dict[str, dict]:
+def _verify_full(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: MergePlan, tie: bool,
+                 tied: tuple[str, str], dtype: str, run_tok, merged_tok, reference: list[dict] | None,
+                 noise_rtol: float, max_effect_lost: float, log: Callable) -> dict[str, dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    checks = _file_checks(merged_dir, tie, tied)
+    log("checking every merged tensor against the float32 merge rounded to its dtype, one tensor at a time")
+    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, _Meter())
     if reference is None:
-        log("computing reference outputs (base + adapter, unmerged, float32)")
-        reference = reference_outputs(base_dir, adapter_dir, run_tok)
+        log(f"computing reference outputs (base + adapter unmerged, base, and the merge rounded to {dtype}; float32)")
+        reference = reference_outputs(base_dir, adapter_dir, run_tok, dtype)
     log("running the merged model on the probe prompts")
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, attn_implementation="sdpa")
     peft_like = [n for n, _ in model.named_modules() if "lora_" in n or n.endswith("base_layer")]
@@ -1650,29 +1797,38 @@ def _verify_full(merged_dir: Path, base_dir: Path, adapter_dir: Path, tie: bool,
     _loaded_tie_check(checks, model, tie)
     merged_out = probe_outputs(model, merged_tok)
     del model
-    checks.update(_output_checks(reference, merged_out, dtype, GREEDY_TOKENS, "full model in float32, generate()"))
+    checks.update(_output_checks(reference, merged_out, dtype, GREEDY_TOKENS, "full model in float32, generate()",
+                                 noise_rtol, max_effect_lost))
     return checks
 
 
 VERIFY_MODES = ("full", "layerwise")
+CHECK_ORDER = ("exact", "logits", "effect", "greedy", "finite", "lora_free", "tied_embeddings", "chat_template", "eos")
 
 
 def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path, *,
                  reference: list[dict] | None = None, mode: str = "full", plan: MergePlan | None = None,
-                 log: Callable = print) -> dict[str, Any]:
-    """Check a merged model against base + adapter; returns {"passed", "mode", "checks", "tolerance", ...}.
+                 max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, log: Callable = print) -> dict[str, Any]:
+    """Check a merged model against base + adapter in two layers; returns {"passed", "cause", "checks", ...}.
 
-    Checks: logits on the probe prompts within LOGITS_TOLERANCE of base + adapter (float32, unmerged);
-    identical greedy generations (a divergence is accepted only at a near-tie, where the reference's
-    top two logits are closer than the tolerance); no NaN/inf in any tensor; no LoRA tensors left;
-    tied embeddings consistent with the config (in the files and in the model transformers builds); the
-    chat template renders the probe prompts exactly as the run's tokenizer does (text and token ids);
-    the generation config's eos includes <|im_end|>.
+    Exactness ("exact"): every merged tensor is the float32 merge W + scale * B @ A (recomputed from the base
+    and adapter files) rounded once to the saved dtype, bit for bit; untouched tensors are the base's. A
+    mismatch is a bug (wrong scale, transposition, missed module, tied embeddings).
+
+    Function: on Rust probe prompts, "logits": the merged model computes what the correctly rounded merge
+    computes, within float32 forward noise (a mismatch is a bug in what was saved beside the tensors:
+    config, tied embeddings, dtype); "effect": the share of the adapter's effect on the logits (base +
+    adapter - base) that rounding to the saved dtype loses stays within max_effect_lost (a failure is the
+    dtype's resolution, not a bug: merge in float32 or serve the adapter); "greedy": continuations equal
+    base + adapter's except at near-ties the rounding can flip. Also: no NaN/inf, no LoRA tensors left,
+    tied embeddings consistent with the config (in the files and in the model transformers builds), the
+    chat template renders the probes exactly as the run's tokenizer does, eos includes <|im_end|>.
+
+    cause is None when everything passed, "dtype" when only "effect" failed, else "bug".
 
     mode "full" loads base + adapter (PEFT) and then the merged model, whole, in float32, and generates
     GREEDY_TOKENS tokens. mode "layerwise" (what streaming merges use) never holds more than one decoder
-    layer plus the embeddings: every merged tensor is also checked against W + scale * B @ A recomputed
-    from the base and adapter files (the "weights" check), and both models run one layer at a time
+    layer plus the embeddings (and the probes' logits): the models run one layer at a time
     (layerwise_probe_outputs) with LAYERWISE_GREEDY_TOKENS greedy tokens. Layerwise falls back to full
     (saying why) for an architecture or adapter it cannot run; reference applies to full mode only.
     """
@@ -1681,14 +1837,14 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
     merged_dir, base_dir, adapter_dir = Path(merged_dir), Path(base_dir), Path(adapter_dir)
     config = read_json(merged_dir / "config.json")
     dtype = save_dtype_of(config, merged_dir)
-    atol, rtol = LOGITS_TOLERANCE[dtype]
+    noise_rtol = forward_noise_rtol(config)
     tied = _tied_keys(config)
     tie = _tie_word_embeddings(merged_dir)
     checks, run_tok, merged_tok = _tokenizer_checks(merged_dir, adapter_dir)
-    result: dict[str, Any] = {"skipped": False, "mode": mode, "dtype": dtype, "tolerance": {"atol": atol, "rtol": rtol}}
+    if plan is None:
+        plan = plan_merge(load_adapter_tensors(adapter_dir), read_json(adapter_dir / "adapter_config.json"))
+    result: dict[str, Any] = {"skipped": False, "mode": mode, "dtype": dtype, "max_effect_lost": max_effect_lost}
     if mode == "layerwise":
-        if plan is None:
-            plan = plan_merge(load_adapter_tensors(adapter_dir), read_json(adapter_dir / "adapter_config.json"))
         why = _layerwise_unsupported(merged_dir, base_dir, plan)
         if why:
             log(f"layerwise verification is not possible here ({why}): running the full verification, which "
@@ -1697,16 +1853,36 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
             result["layerwise_unavailable"] = why
     if mode == "layerwise":
         more, result["memory"] = _verify_layerwise(merged_dir, base_dir, plan, tie, tied, dtype, run_tok, merged_tok,
-                                                   log)
+                                                   noise_rtol, max_effect_lost, log)
         result["greedy_tokens"] = result["memory"].pop("greedy_tokens")
     else:
-        more = _verify_full(merged_dir, base_dir, adapter_dir, tie, tied, dtype, run_tok, merged_tok, reference, log)
+        more = _verify_full(merged_dir, base_dir, adapter_dir, plan, tie, tied, dtype, run_tok, merged_tok, reference,
+                            noise_rtol, max_effect_lost, log)
         result["greedy_tokens"] = GREEDY_TOKENS
     checks.update(more)
-    order = ["logits", "greedy", "weights", "finite", "lora_free", "tied_embeddings", "chat_template", "eos"]
-    result["checks"] = {k: checks[k] for k in order if k in checks}
-    result["passed"] = all(c["passed"] for c in result["checks"].values())
+    result["checks"] = {k: checks[k] for k in CHECK_ORDER if k in checks}
+    failed = {k for k, c in result["checks"].items() if not c["passed"]}
+    result["passed"] = not failed
+    result["cause"] = None if not failed else "dtype" if failed == {"effect"} else "bug"
+    exact, logits, effect = (result["checks"].get(k, {}) for k in ("exact", "logits", "effect"))
+    result["exact"] = None if exact.get("skipped") else exact.get("passed")
+    result["max_logit_diff"] = logits.get("max_abs_diff")
+    result["dtype_floor"] = logits.get("dtype_floor")
+    result["effect_kept"] = effect.get("effect_kept")
     return result
+
+
+def _summary(v: dict) -> str:
+    """'; exact: yes, logits max diff .., bf16 floor .., effect kept ..%' from a verification result."""
+    parts = []
+    if v.get("exact") is not None:
+        parts.append(f"exact: {'yes' if v['exact'] else 'NO'}")
+    if v.get("max_logit_diff") is not None:
+        parts.append(f"logits max diff {v['max_logit_diff']:.1e} vs {v.get('dtype', '')} floor "
+                     f"{v.get('dtype_floor') or 0:.1e}")
+    if v.get("effect_kept") is not None:
+        parts.append(f"{v.get('dtype', '')} keeps {v['effect_kept']:.1%} of the adapter's effect")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def render_report(report: dict) -> str:
@@ -1722,10 +1898,8 @@ def render_report(report: dict) -> str:
     if v.get("skipped"):
         lines.append("verification: skipped (--no-verify)")
     else:
-        logits = (v.get("checks") or {}).get("logits") or {}
-        numbers = (f"; logits max diff {logits['max_abs_diff']:.1e}, tolerance {logits['tolerance']:.1e}"
-                   if "max_abs_diff" in logits else "")
-        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}{numbers})")
+        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}"
+                     f"{_summary(v)})")
         mem = v.get("memory")
         if mem:
             lines.append(f"  layerwise: held at most {mem['peak_weight_bytes'] / 1e6:.1f} MB of weights at once "
@@ -1795,17 +1969,23 @@ def default_output_dir(run_dir: str | Path) -> Path:
 
 
 def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str | None = None, force: bool = False,
-          verify: bool = True, streaming: bool = False, push_to_hub: str | None = None,
-          log: Callable = print) -> MergeResult:
+          verify: bool = True, streaming: bool = False, push_to_hub: str | None = None, dtype: str = "auto",
+          max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, log: Callable = print) -> MergeResult:
     """Merge a run's LoRA adapter into its base model and save a standalone, verified model directory.
 
     run_dir is a training run directory (or an adapter directory); output_dir defaults to RUN_DIR/merged.
     base overrides the base model the run recorded (hub id or directory). The merge is computed in
-    float32 and saved in the base's dtype; with streaming=True it runs shard by shard with memory of
-    about one tensor. Merging the same adapter into the same base again is a no-op. Raises
-    RustcoderError (with what to do) for a quantized or mismatched base, missing files, an existing
-    target without force, or a failed verification (the target is then left untouched).
+    float32 and saved in dtype ("auto": the base's; or one of MERGE_DTYPES); with streaming=True it runs
+    shard by shard with memory of about one tensor. Merging the same adapter into the same base in the
+    same dtype again is a no-op. Raises RustcoderError (with what to do) for a quantized or mismatched
+    base, missing files, an existing target without force, or a failed verification (the target is then
+    left untouched): a merge that is not exact is a bug; one whose dtype loses more than max_effect_lost
+    of the adapter's effect is refused with the fix (float32, or serving the adapter).
     """
+    if dtype != "auto" and dtype not in MERGE_DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(MERGE_DTYPES)}")
+    if not 0 <= max_effect_lost <= 1:
+        raise UsageError(f"--max-effect-lost {max_effect_lost} must be a share between 0 and 1 (e.g. 0.1 for 10%)")
     started = time.time()
     src = _resolve_source(run_dir, base, streaming)
     target = Path(output_dir) if output_dir else default_output_dir(run_dir)
@@ -1817,7 +1997,8 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
 
     base_config = read_json(src.base_dir / "config.json")
     check_not_quantized(base_config, src.base_name, src.trained_base)
-    dtype = save_dtype_of(base_config, src.base_dir)
+    base_dtype = save_dtype_of(base_config, src.base_dir)
+    dtype = base_dtype if dtype == "auto" else dtype
     adapter_sha = adapter_fingerprint(src.adapter_dir)
     identity = base_identity(src.base_dir)
     key = _merge_key(adapter_sha, identity["sha256"], dtype)
@@ -1826,7 +2007,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     if target.exists():
         previous = read_json(target / REPORT) if (target / REPORT).is_file() else None
         if previous and previous.get("merge_key") == key:
-            return _pushed(_already_merged(src, target, previous, verify, log), push_to_hub, log)
+            return _pushed(_already_merged(src, target, previous, verify, max_effect_lost, log), push_to_hub, log)
         if not force:
             why = ("it holds a merge of a different adapter or base" if previous
                    else "it is not a rustcoder merge")
@@ -1886,6 +2067,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
             "base": {"name": src.base_name, "dir": str(src.base_dir), "revision": src.base_revision,
                      "trained_on": src.trained_base, "overridden": src.base_overridden, "identity": identity},
             "dtype": dtype,
+            "base_dtype": base_dtype,
             "compute_dtype": "float32",
             "lora": {"r": src.adapter_config.get("r"), "alpha": src.adapter_config.get("lora_alpha"),
                      "rslora": bool(src.adapter_config.get("use_rslora")),
@@ -1898,16 +2080,14 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         }
         if verify:
             report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference,
-                                                  mode="layerwise" if streaming else "full", plan=plan, log=log)
+                                                  mode="layerwise" if streaming else "full", plan=plan,
+                                                  max_effect_lost=max_effect_lost, log=log)
         else:
             report["verification"] = {"skipped": True, "passed": None}
         report["wall_time_s"] = time.time() - started
         atomic_write_text(tmp / "README.md", _model_card(src, report))
         if verify and not report["verification"]["passed"]:
-            failed = {k: c["detail"] for k, c in report["verification"]["checks"].items() if not c["passed"]}
-            raise RustcoderError("the merged model failed verification, so it was not saved:\n"
-                                 + "\n".join(f"  - {k}: {d}" for k, d in failed.items())
-                                 + "\nThis is a bug or a broken adapter/base; report it with the run's adapter_config.json.")
+            raise RustcoderError(refusal_message(report, src.run_dir or src.adapter_dir))
         _write_report(tmp, report)
         _install(tmp, target, force)
     except BaseException:
@@ -1918,6 +2098,31 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     return _pushed(MergeResult(merged_dir=target, report=report), push_to_hub, log)
 
 
+def refusal_message(report: dict, source: Path) -> str:
+    """Why a merge was not saved, with the true cause and the fix."""
+    v = report["verification"]
+    checks = v["checks"]
+    dtype = report["dtype"]
+    if v.get("cause") == "dtype":
+        e, x = checks["effect"], checks.get("exact", {})
+        changed = x.get("changed_share")
+        why = (f" only {changed:.1%} of the adapter-targeted weights change at all in {dtype};" if changed is not None
+               else "")
+        return (f"the merged model was not saved: in {dtype} it keeps only {e['effect_kept']:.1%} of the adapter's "
+                f"effect on the probe logits (rounding loses {e['effect_lost']:.1%}, more than --max-effect-lost "
+                f"{e['max_effect_lost']:.0%}).\n"
+                f"This is not a bug: the merge is exact (every tensor is the float32 merge rounded once to {dtype}), but "
+                f"the adapter's update is mostly below {dtype}'s resolution for weights of this size;{why} typical of a "
+                "short or low-learning-rate run.\nFix: merge in float32, which keeps the whole effect at twice the "
+                f"size: `rustcoder merge {source} --dtype float32`; or serve the adapter unmerged: `rustcoder serve "
+                f"--adapter {source}`; or train longer. `--max-effect-lost 1` merges in {dtype} anyway.")
+    failed = {k: c["detail"] for k, c in checks.items() if not c["passed"] and k != "effect"}
+    return ("the merged model failed verification, so it was not saved:\n"
+            + "\n".join(f"  - {k}: {d}" for k, d in failed.items())
+            + "\nThis is a bug in the merge or a broken adapter/base, not rounding: report it with the run's "
+              "adapter_config.json and merge output.")
+
+
 def _pushed(result: MergeResult, repo: str | None, log: Callable) -> MergeResult:
     if repo:
         result.pushed_to = push_merged(result.merged_dir, repo)
@@ -1925,16 +2130,20 @@ def _pushed(result: MergeResult, repo: str | None, log: Callable) -> MergeResult
     return result
 
 
-def _already_merged(src: _Source, target: Path, previous: dict, verify: bool, log: Callable) -> MergeResult:
-    log(f"{target} already holds this adapter merged into this base (same adapter weights and base): nothing to do.")
+def _already_merged(src: _Source, target: Path, previous: dict, verify: bool, max_effect_lost: float,
+                    log: Callable) -> MergeResult:
+    log(f"{target} already holds this adapter merged into this base in {previous.get('dtype')} (same adapter weights, "
+        "base and dtype): nothing to do.")
     if verify and (previous.get("verification") or {}).get("skipped"):
         log("it was merged with --no-verify: verifying it now")
         mode = "layerwise" if previous.get("mode") == "streaming" else "full"
-        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode, log=log)
+        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode,
+                                                max_effect_lost=max_effect_lost, log=log)
         _write_report(target, previous)
         if not previous["verification"]["passed"]:
-            raise RustcoderError(f"{target} failed verification; re-merge it with --force.\n"
-                                 + render_report(previous))
+            raise RustcoderError(f"{target} failed verification.\n" + refusal_message(previous, src.run_dir or
+                                                                                      src.adapter_dir)
+                                 + f"\nRe-merge with --force once fixed.\n" + render_report(previous))
     return MergeResult(merged_dir=target, report=previous, already_merged=True)
 
 

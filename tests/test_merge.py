@@ -18,8 +18,7 @@ from rustcoder import artifacts
 from rustcoder.cli import main
 from rustcoder.config import resolve_config
 from rustcoder.errors import RustcoderError, UsageError
-from rustcoder.merge import (LOGITS_TOLERANCE, REPORT, iter_tensors, merge, newest_merged, probe_messages,
-                             verify_merge, weight_files)
+from rustcoder.merge import REPORT, iter_tensors, merge, newest_merged, probe_messages, verify_merge, weight_files
 
 QUIET = dict(log=lambda *_: None)
 
@@ -169,7 +168,10 @@ def test_cli_merges_newest_run_into_a_model_equal_to_base_plus_adapter(trained_r
     report = json.loads((merged_dir / REPORT).read_text())
     assert report["verification"]["passed"] is True
     logits = report["verification"]["checks"]["logits"]
-    assert logits["max_abs_diff"] <= logits["tolerance"] < 1e-3 and logits["adapter_effect"] > 100 * logits["tolerance"]
+    assert report["verification"]["exact"] is True and report["dtype"] == "float32"
+    assert logits["rounded_diff"] <= logits["tolerance"] < 1e-3 and logits["max_abs_diff"] < 1e-4
+    assert logits["adapter_effect"] > 100 * logits["max_abs_diff"]  # the adapter matters: equality means something
+    assert report["verification"]["effect_kept"] > 0.9999  # float32 keeps the whole effect
     assert report["verification"]["checks"]["greedy"]["identical"] == len(probe_messages())
     card = (merged_dir / "README.md").read_text()
     manifest = artifacts.read_json(run / "manifest.json")
@@ -227,7 +229,10 @@ def test_streaming_merge_equals_in_memory_merge_tensor_for_tensor(kind, sharded_
     assert layerwise["checks"]["logits"]["adapter_effect"] == pytest.approx(full["checks"]["logits"]["adapter_effect"],
                                                                             abs=1e-5)
     assert layerwise["checks"]["greedy"]["identical"] == len(probe_messages())
-    assert layerwise["checks"]["weights"]["lora_tensors"] > 0 and layerwise["memory"]["max_layers_at_once"] == 1
+    assert layerwise["checks"]["exact"]["lora_tensors"] > 0 and layerwise["memory"]["max_layers_at_once"] == 1
+    for v in (full, layerwise):  # both layers ran on both paths, bit for bit
+        assert v["exact"] is True and v["checks"]["exact"]["tie_elements"] == 0
+    assert layerwise["effect_kept"] == pytest.approx(full["effect_kept"], abs=1e-6)
     a, b = _tensors(tmp_path / "in-memory"), _tensors(tmp_path / "streamed")
     assert a.keys() == b.keys()
     unequal = [k for k in a if not torch.equal(a[k], b[k])]
@@ -255,7 +260,8 @@ def test_merging_into_a_tied_lm_head_without_untying_is_caught_by_verification(s
     monkeypatch.setattr(m, "_untie_needed", lambda *a: False)
     with pytest.raises(RustcoderError, match="failed verification") as err:
         merge(adapter, output_dir=tmp_path / "merged", **QUIET)
-    assert "logits:" in str(err.value)
+    assert "exact:" in str(err.value) and "model.embed_tokens.weight differs from the base" in str(err.value)
+    assert "not rounding" in str(err.value)  # a bug, said as one
     assert not (tmp_path / "merged").exists() and not _leftovers(tmp_path)
 
 
@@ -267,11 +273,15 @@ def test_bf16_base_is_merged_in_fp32_and_saved_in_bf16(sharded_base, tmp_path):
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
     merged = _tensors(tmp_path / "merged")
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
-    logits = result.report["verification"]["checks"]["logits"]
-    assert (logits["atol"], logits["rtol"]) == LOGITS_TOLERANCE["bfloat16"]
-    assert result.report["verification"]["mode"] == "layerwise" and logits["max_abs_diff"] > 0  # bf16 rounding shows
+    v = result.report["verification"]
+    logits = v["checks"]["logits"]
+    assert v["mode"] == "layerwise" and v["exact"] is True and v["checks"]["exact"]["tie_elements"] == 0
+    assert logits["max_abs_diff"] > 0  # bf16 rounding shows...
+    assert logits["max_abs_diff"] == pytest.approx(logits["dtype_floor"], rel=1e-3)  # ...and is exactly the floor
+    assert logits["rounded_diff"] <= logits["tolerance"] and 0.9 < v["effect_kept"] < 1
     full = verify_merge(tmp_path / "merged", base, adapter, mode="full", **QUIET)
     assert full["passed"] and abs(full["checks"]["logits"]["max_abs_diff"] - logits["max_abs_diff"]) < 1e-5
+    assert full["effect_kept"] == pytest.approx(v["effect_kept"], abs=1e-4)
     # float32 arithmetic then one rounding: W' = bf16(W + scale * B @ A), not bf16 additions
     from safetensors.torch import load_file
 
@@ -406,15 +416,16 @@ def test_logits_are_compared_only_where_both_models_saw_the_same_tokens(margin, 
     got_logits = ref_logits.clone()
     got_logits[4:] += 100.0  # positions whose inputs include the diverged token 7
     reference = [{"prompt_ids": [1, 2, 3], "greedy": [4, 5, 6], "margins": [5.0, margin, 5.0], "logits": ref_logits,
-                  "adapter_effect": 1.0}]
+                  "rounded_logits": ref_logits.clone(), "effect_sq": torch.ones(6), "effect_max": torch.ones(6),
+                  "floor_sq": torch.zeros(6), "floor_max": torch.zeros(6)}]
     got = [{"prompt_ids": [1, 2, 3], "greedy": [4, 7, 8], "margins": [5.0, 5.0, 5.0], "logits": got_logits}]
-    checks = _output_checks(reference, got, "float32", 3, "test")
+    checks = _output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)
     assert checks["logits"]["passed"] is True and checks["logits"]["max_abs_diff"] == 0.0
     assert (checks["logits"]["positions"], checks["logits"]["positions_not_compared"]) == (4, 2)
     assert checks["greedy"]["passed"] is passes
     assert len(checks["greedy"]["near_ties" if passes else "diverged"]) == 1
     got[0]["logits"][3, 0] = float("nan")  # a NaN where the inputs agree is a failure, not max(0.0, nan) == 0.0
-    assert _output_checks(reference, got, "float32", 3, "test")["logits"]["passed"] is False
+    assert _output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)["logits"]["passed"] is False
 
 
 @pytest.fixture(scope="session")
@@ -433,13 +444,13 @@ def test_layerwise_verification_passes_a_correct_streaming_merge(streamed_merge,
     intact = verify_merge(merged, sharded_base, adapter, mode="layerwise", **QUIET)
     assert intact["passed"] is True and intact["mode"] == "layerwise" and intact["greedy_tokens"] == 8
     assert all(c["passed"] for c in intact["checks"].values())
-    weights = intact["checks"]["weights"]
-    assert weights["lora_tensors"] == 14 and weights["identical_tensors"] > 0 and weights["worst_ratio"] <= 1
+    exact = intact["checks"]["exact"]
+    assert exact["lora_tensors"] == 14 and exact["identical_tensors"] > 0 and exact["tie_elements"] == 0
     # an architecture the layerwise forward does not know falls back to the full verification, saying so
     monkeypatch.setattr(m, "LAYERWISE_MODEL_TYPES", ("qwen3",))
     lines = []
     fallback = verify_merge(merged, sharded_base, adapter, mode="layerwise", log=lines.append)
-    assert fallback["passed"] is True and fallback["mode"] == "full" and "weights" not in fallback["checks"]
+    assert fallback["passed"] is True and fallback["mode"] == "full" and fallback["exact"] is True
     assert "model_type 'qwen2'" in fallback["layerwise_unavailable"] and any("full verification" in x for x in lines)
     assert fallback["checks"]["logits"]["max_abs_diff"] == pytest.approx(intact["checks"]["logits"]["max_abs_diff"],
                                                                          abs=1e-5)
@@ -455,9 +466,9 @@ def _edit_tensor(model_dir: Path, key: str, fn) -> None:
 
 
 @pytest.mark.parametrize("damage, failing", [
-    ("scale", {"weights", "logits"}),
-    ("nan", {"weights", "finite", "logits"}),
-    ("untouched", {"weights"}),  # logits alone would miss it: only the tensor check sees it
+    ("scale", {"exact", "logits"}),
+    ("nan", {"exact", "finite", "logits"}),
+    ("untouched", {"exact"}),  # changed by 1e-5: only the tensor check is sure to see it
 ])
 def test_layerwise_verification_detects_a_damaged_merged_tensor(streamed_merge, sharded_base, tmp_path, damage,
                                                                 failing, monkeypatch):
@@ -478,9 +489,10 @@ def test_layerwise_verification_detects_a_damaged_merged_tensor(streamed_merge, 
     result = verify_merge(broken, sharded_base, adapter, mode="layerwise", **QUIET)
     assert result["passed"] is False and result["mode"] == "layerwise"
     failed = {k for k, c in result["checks"].items() if not c["passed"]}
-    assert failing <= failed and failed <= failing | {"greedy"}
+    assert failing <= failed and failed <= failing | {"greedy", "logits"}
+    assert result["cause"] == "bug"
     expected_name = {"scale": "q_proj", "nan": "down_proj", "untouched": "input_layernorm"}[damage]
-    assert expected_name in result["checks"]["weights"]["detail"]
+    assert expected_name in result["checks"]["exact"]["detail"]
 
 
 def test_layerwise_verification_holds_one_layer_at_a_time(tiny_qwen2, tmp_path, monkeypatch):
@@ -493,7 +505,7 @@ def test_layerwise_verification_holds_one_layer_at_a_time(tiny_qwen2, tmp_path, 
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules="all-linear")
     r = CliRunner().invoke(main, ["merge", str(adapter), "--streaming", "--output-dir", str(tmp_path / "merged")])
     assert r.exit_code == 0, r.output
-    assert "verification: passed (layerwise; logits max diff" in r.output
+    assert "verification: passed (layerwise; exact: yes, logits max diff" in r.output
     report = json.loads((tmp_path / "merged" / REPORT).read_text())["verification"]
     assert report["mode"] == "layerwise" and report["greedy_tokens"] == 2
     mem, sizes = report["memory"], _weight_sizes(base)
