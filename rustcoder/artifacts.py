@@ -98,9 +98,41 @@ def push_folder(folder: str | Path, repo: str, what: str) -> str:
                           commit_message=f"Upload rustcoder {what}")
     except Exception as e:
         raise RustcoderError(f"push to {repo!r} failed: {type(e).__name__}: {e}\nThe {what} is safe in {folder}; "
-                             f"log in with `huggingface-cli login` and push it again with "
-                             f"`huggingface-cli upload {repo} {folder}`.") from None
+                             f"log in with `hf auth login` and push it again with "
+                             f"`hf upload {repo} {folder}`.") from None
     return f"https://huggingface.co/{repo}"
+
+
+def missing_path_message(name: str, what: str = "path") -> str | None:
+    """What to say when NAME reads as a local path that does not exist; None when it exists or is a hub id.
+
+    ``runs/nope`` is a path when ``runs/`` exists here (a hub id ``org/name`` would not start with a
+    local directory); so is anything starting with ``.``, ``/`` or ``~``.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return None
+    parts = Path(name).parts
+    local = (name.startswith((".", "/", "~")) or name.endswith("/") or len(parts) > 2
+             or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir()))
+    if not local:
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        entries = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    except OSError:
+        entries = []
+    where = f" {str(parent) if str(parent) != '.' else 'the current directory'} holds: " + (
+        ", ".join(entries[:12]) + (f" ... ({len(entries)} entries)" if len(entries) > 12 else "")
+        if entries else "nothing") + "."
+    return f"{what} {name!r} does not exist.{where}"
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for the local hub cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def unique_run_dir(output_dir: str | Path, name: str) -> Path:

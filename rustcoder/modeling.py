@@ -7,6 +7,7 @@ starts with an empty think block (thinking off), in training, evaluation and ser
 
 from __future__ import annotations
 
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -38,9 +39,45 @@ def resolve_model(name: str) -> str:
             raise UsageError(f"{name!r} is a directory but not a model (no config.json). Pass a model "
                              "directory, a hub id such as Qwen/Qwen2-7B-Instruct, or tiny-qwen2.")
         return str(p.resolve())
-    if name.startswith((".", "/", "~")):
-        raise UsageError(f"model directory {name!r} does not exist.")
+    from .artifacts import missing_path_message
+
+    missing = missing_path_message(name, "model directory")
+    if missing:
+        raise UsageError(missing + " Pass a model directory, a hub id such as Qwen/Qwen2-7B-Instruct, or tiny-qwen2.")
     return name
+
+
+def _hub_host() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+_HUB_REACHABLE: dict[tuple[str, int], bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connect (checked once per process, in at most ``timeout`` s)."""
+    import socket
+
+    host = _hub_host()
+    if host not in _HUB_REACHABLE:
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            _HUB_REACHABLE[host] = True
+        except OSError:
+            _HUB_REACHABLE[host] = False
+    return _HUB_REACHABLE[host]
+
+
+def _hub_kwargs(path: str) -> dict:
+    """Offline without HF_HUB_OFFLINE: read the hub cache only, instead of five retries per file."""
+    from .artifacts import hub_offline
+
+    if Path(path).exists() or hub_offline() or hub_reachable():
+        return {}
+    return {"local_files_only": True}
 
 
 def template_text(name: str) -> str:
@@ -56,10 +93,22 @@ def choose_template(model_type: str, stock_template: str | None) -> str:
 
 
 def _load_error(what: str, name: str, e: Exception) -> RustcoderError:
+    from .artifacts import hub_offline
+
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return RustcoderError(
-        f"could not load the {what} of {name!r}: {first}\nPass a local model directory, or check the hub "
-        "id, your network and `huggingface-cli login` (offline? try --model tiny-qwen2).")
+    if Path(name).expanduser().exists():
+        fix = "Is the directory a complete model (config.json, tokenizer, weights)?"
+    elif hub_offline():
+        fix = (f"HF_HUB_OFFLINE=1 is set: only models already in the hub cache load, and {name!r} is not (fully) "
+               "there. Unset HF_HUB_OFFLINE to download it, pass a local model directory, or try --model tiny-qwen2.")
+    elif not hub_reachable():
+        host = _hub_host()[0]
+        fix = (f"{host} cannot be reached from here and {name!r} is not in the hub cache. Connect (or set "
+               "HTTPS_PROXY), pass a local model directory, or try --model tiny-qwen2.")
+    else:
+        fix = ("Check the hub id; for a gated or private model log in with `hf auth login` (or export HF_TOKEN=...). "
+               "Or pass a local model directory.")
+    return RustcoderError(f"could not load the {what} of {name!r}: {first}\n{fix}")
 
 
 def load_config(name: str, revision: str | None = None):
@@ -67,7 +116,8 @@ def load_config(name: str, revision: str | None = None):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve_model(name), revision=revision)
+        path = resolve_model(name)
+        return AutoConfig.from_pretrained(path, revision=revision, **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error("config", name, e) from None
 
@@ -81,7 +131,7 @@ def load_tokenizer(name: str, revision: str | None = None, model_type: str | Non
 
     path = resolve_model(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, revision=revision)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error("tokenizer", name, e) from None
     vocab = tok.get_vocab()
@@ -127,8 +177,9 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), revision=revision,
-                                                     dtype=pick_dtype(dtype), attn_implementation="sdpa")
+        path = resolve_model(name)
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=pick_dtype(dtype),
+                                                     attn_implementation="sdpa", **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error("weights", name, e) from None
     return model

@@ -160,13 +160,21 @@ def check_model_dir(model: str | Path) -> str:
     Accepts a model directory (config.json + weights), a run directory that has been merged
     (serves RUN/merged), or a hub id such as ``Qwen/Qwen2.5-Coder-7B-Instruct``.
     """
+    from .artifacts import hub_offline, missing_path_message
+
     name = str(model)
     path = Path(name).expanduser()
     if not path.exists():
-        if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        fix = (" Pass a merged model directory (`rustcoder merge` writes RUN_DIR/merged), a run directory with "
+               "--adapter, or a hub id such as Qwen/Qwen2.5-Coder-7B-Instruct.")
+        missing = missing_path_message(name, "model directory")
+        if missing is None and _HUB_ID.match(name):
+            if hub_offline() and not _in_hub_cache(name):
+                raise UsageError(f"{name!r} is not a local directory, and HF_HUB_OFFLINE=1 is set but it is not in "
+                                 "the hub cache: unset HF_HUB_OFFLINE to download it, or pass a local model "
+                                 "directory.")
             return name
-        raise UsageError(f"model directory {name!r} does not exist. Pass a merged model directory "
-                         "(`rustcoder merge` writes RUN_DIR/merged), a run directory with --adapter, or a hub id.")
+        raise UsageError((missing or f"model directory {name!r} does not exist.") + fix)
     if not path.is_dir():
         raise UsageError(f"{name!r} is a file, not a model directory.")
     if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
@@ -187,12 +195,24 @@ def check_model_dir(model: str | Path) -> str:
     return str(path.resolve())
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library refuses is not in its cache
+        return False
+
+
 def read_adapter(adapter: str | Path) -> AdapterInfo:
     """Find a LoRA adapter (an adapter dir or a run dir holding adapter/) and read its base and rank."""
     path = Path(adapter).expanduser()
     if (path / "adapter" / "adapter_config.json").is_file():
         path = path / "adapter"
     cfg_file = path / "adapter_config.json"
+    if not path.exists():
+        raise UsageError(f"--adapter {str(adapter)!r} does not exist. Pass a run directory (runs/NAME) or its "
+                         "adapter/ directory.")
     if not cfg_file.is_file():
         raise UsageError(f"--adapter {str(adapter)!r} is not a LoRA adapter directory (no adapter_config.json). "
                          "Pass a run directory (runs/NAME) or its adapter/ directory.")

@@ -51,3 +51,29 @@ def test_doctor_cli_runs():
     r = CliRunner().invoke(main, ["doctor"])
     assert r.exit_code in (0, 1), r.output
     assert "[ok  ] python" in r.output
+
+
+def test_doctor_does_not_say_all_is_here_when_serve_cannot_start(monkeypatch):
+    import rustcoder.serve as serve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(serve, "transformers_serving_missing", lambda: ["fastapi", "uvicorn"])
+    checks = run_checks(hub_timeout=0.1)
+    extra = {c.name: c for c in checks}["serve extra"]
+    assert extra.status != OK and "cannot start" in extra.detail and extra.fix == "pip install 'rustcoder[serve]'"
+    text = render(checks)
+    assert "everything needed is here" not in text
+    assert "not available here: rustcoder serve" in text and "pip install 'rustcoder[serve]'" in text
+
+    monkeypatch.setattr(serve, "transformers_serving_missing", lambda: [])
+    assert {c.name: c for c in run_checks(hub_timeout=0.1)}["serve extra"].status == OK
+
+
+def test_hub_login_hint_is_the_current_cli(monkeypatch, tmp_path):
+    from rustcoder.doctor import check_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored token
+    login = {c.name: c for c in check_hub()}["hub login"]
+    assert login.fix.startswith("hf auth login") and "huggingface-cli" not in login.fix

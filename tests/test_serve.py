@@ -285,13 +285,20 @@ def test_not_a_model_directory_errors(tmp_path):
         srv.check_model_dir(tmp_path / "file.txt")
 
 
-def test_run_directories_and_hub_ids(tmp_path):
+def test_run_directories_and_hub_ids(tmp_path, monkeypatch):
     unmerged = make_run(tmp_path / "runs", "unmerged", 1.0, merged=False)
     with pytest.raises(UsageError, match="rustcoder merge"):
         srv.check_model_dir(unmerged)
     merged = make_run(tmp_path / "runs", "done", 2.0)
     assert srv.check_model_dir(merged) == str((merged / "merged").resolve())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert srv.check_model_dir("Qwen/Qwen2.5-Coder-7B-Instruct") == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline, a hub id must already be in the cache
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE=1 is set but it is not in the hub cache"):
+        srv.check_model_dir("Qwen/Qwen2.5-Coder-7B-Instruct")
+    monkeypatch.chdir(tmp_path)  # runs/ exists here: runs/nope is a missing path, not a hub id
+    with pytest.raises(UsageError, match="'runs/nope' does not exist. runs holds: done, unmerged"):
+        srv.check_model_dir("runs/nope")
 
 
 def test_default_model_is_the_newest_merged_run(tmp_path):

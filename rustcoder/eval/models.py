@@ -122,6 +122,10 @@ def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str 
     picked = model is None
     if picked:
         model = str(artifacts.newest_run(runs_dir))
+    missing = artifacts.missing_path_message(model, "MODEL")
+    if missing:
+        raise UsageError(missing + " Pass a run directory (runs/NAME), a merged or adapter directory, or a hub id; "
+                         "without MODEL, the newest finished run under --runs-dir is evaluated.")
     path = Path(model).expanduser()
 
     # run directory (manifest + adapter) or a bare adapter directory
