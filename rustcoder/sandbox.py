@@ -43,6 +43,7 @@ __all__ = [
     "run_rust",
     "run_many",
     "sandbox_capabilities",
+    "sandbox_self_check",
     "rustc_available",
 ]
 
@@ -70,8 +71,14 @@ ISOLATION_TAGS = {
     "invoking-user": "not started as root: compiler and program run as the invoking user",
     "root-user": "UNSAFE: running as root because RUSTCODER_ALLOW_ROOT=1",
     "no-new-privs": "PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges",
-    "network-namespace": "fresh network namespace: no interfaces but a downed loopback",
-    "pid-namespace": "fresh PID namespace: cannot see or signal other processes; all die together",
+    "per-job-uid": "each concurrent job runs as its own unprivileged uid: no job can touch another's files",
+    "network-namespace": "fresh network namespace: no interfaces but a downed loopback, no host "
+                         "abstract unix sockets",
+    "pid-namespace": "fresh PID namespace: cannot signal other processes; all die together",
+    "mount-namespace": "private mount namespace with a new root: read-only /usr, toolchain and "
+                       "the job's own directory only (no host files, no path-based host sockets)",
+    "private-proc": "/proc mounted inside the job's PID namespace: only the job's own processes",
+    "private-tmp": "private /tmp and /dev/shm (size-capped tmpfs), gone when the job ends",
     "ipc-namespace": "fresh System V IPC / POSIX message-queue namespace",
     "rlimits": "CPU seconds, address space, file size, open files, core dumps, processes (run)",
     "timeouts": "separate wall-clock timeouts for compile and run",
@@ -79,8 +86,16 @@ ISOLATION_TAGS = {
     "output-cap": "stdout/stderr read incrementally and capped in memory",
 }
 
-SANDBOX_UID = 65534  # nobody
+SANDBOX_UID = 65534  # nobody: the uid used when no per-job uid can be allocated
 SANDBOX_GID = 65534  # nogroup
+# Per-job uids (root only): job i runs as SANDBOX_UID_BASE + slot, a uid no account uses, with the
+# same gid. Slots are taken with a file lock, so concurrent jobs of different processes differ too.
+SANDBOX_UID_BASE = int(os.environ.get("RUSTCODER_SANDBOX_UID_BASE", "1790000"))
+SANDBOX_UID_SLOTS = 256
+SANDBOX_JOB_DIR = "/job"  # where the job's directory appears inside the mount namespace
+SANDBOX_SYSROOT = "/sysroot"  # where the toolchain's sysroot appears inside it
+_TMPFS_SIZE = "32m"  # each of the job's private /tmp and /dev/shm
+_SETUP_FAILED = "rustcoder-sandbox: setup failed"
 
 _GIB = 1 << 30
 _MIB = 1 << 20
@@ -157,6 +172,7 @@ class ExecutionResult:
     missing_crates: list[str] = dataclasses.field(default_factory=list)
     detail: str = ""
     isolation: list[str] = dataclasses.field(default_factory=list)
+    job_uid: int | None = None  # the uid the job's compiler and program ran as
 
     @property
     def passed(self) -> bool:
@@ -258,13 +274,16 @@ def _resolve_toolchain() -> _Toolchain:
 @dataclasses.dataclass
 class _Setup:
     toolchain: _Toolchain
-    compiler: str  # the rustc binary actually executed inside the sandbox
+    compiler: str  # the rustc binary actually executed inside the sandbox (a path in its view)
     sysroot_mirror: str | None
     euid: int
     drop: str  # "setpriv" | "popen" | "none" (not root) | "allow-root"
-    sandbox_uid: int
+    sandbox_uid: int  # the uid of a job when per-job uids are unavailable
+    uid_pool: "_UidPool | None"  # per-job uids (root only)
     unshare: list[str]  # unshare argv prefix (empty when unavailable)
     namespaces: list[str]  # isolation tags provided by `unshare`
+    mount_script: str | None  # the shell script that builds the job's root (mount namespace)
+    sysroot_bind: str | None  # host sysroot bound read-only at SANDBOX_SYSROOT
     rlimits: str  # "prlimit" | "preexec"
     rlimits_unsupported: list[str]  # resources this OS refuses to limit (preexec mode only)
     setpriv: str | None
@@ -276,6 +295,33 @@ class _Setup:
     error: str | None  # set when the sandbox refuses to run anything
     runs_root: str
     setup_seconds: float
+
+    @property
+    def mounts(self) -> bool:
+        """True when each job gets its own root (mount namespace)."""
+        return self.mount_script is not None
+
+
+@dataclasses.dataclass
+class _Job:
+    """One sandboxed job: its host directory, the paths as the job sees them, and its uid."""
+
+    workdir: str
+    uid: int
+    gid: int
+    slot: "_UidSlot | None" = None
+
+    def inside(self, setup: _Setup, path: str) -> str:
+        """``path`` (under workdir) as the job sees it."""
+        if setup.mounts and path.startswith(self.workdir):
+            return SANDBOX_JOB_DIR + path[len(self.workdir):]
+        return path
+
+    def home(self, setup: _Setup) -> str:
+        return SANDBOX_JOB_DIR if setup.mounts else self.workdir
+
+    def tmp(self, setup: _Setup) -> str:
+        return "/tmp" if setup.mounts else self.workdir
 
 
 _SETUP: _Setup | None = None
@@ -319,6 +365,39 @@ def _scrubbed_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
+def _job_env(setup: _Setup, job: _Job, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = _scrubbed_env(job.home(setup), extra)
+    env["TMPDIR"] = job.tmp(setup)
+    return env
+
+
+_SANDBOX_TOOLS = ("setpriv:", "unshare:", "prlimit:", "sh:", "/bin/sh:", _SETUP_FAILED)
+
+
+def _sandbox_failed(returncode: int, raw: list[str]) -> bool:
+    """Did the exec chain itself fail (rather than rustc)? Its tools say so on stderr."""
+    if any(line.startswith(_SANDBOX_TOOLS) for line in raw):
+        return True
+    return returncode in (125, 126, 127) and not raw
+
+
+def _crash_reason(sig: str | None, returncode: int, raw: list[str]) -> str:
+    text = "\n".join(raw)
+    if "overflowed its stack" in text or (sig == "SIGSEGV" and "interrupted by SIGSEGV" in text):
+        what = "stack overflow"
+    elif "memory allocation of" in text or "out of memory" in text.lower():
+        what = "out of memory (compile address-space limit)"
+    elif sig == "SIGXCPU":
+        what = "CPU time limit"
+    elif sig == "SIGXFSZ":
+        what = "file size limit"
+    elif "internal compiler error" in text:
+        what = "internal compiler error"
+    else:
+        what = next((line.strip() for line in raw if line.strip()), "no diagnostic")[:200]
+    return f"{what}; {sig or f'exit code {returncode}'}"
+
+
 def _probe(argv: list[str], setup_kwargs: dict, cwd: str, env: dict) -> tuple[bool, str]:
     try:
         proc = _run_quiet(argv, timeout=30, cwd=cwd, env=env, **setup_kwargs)
@@ -337,12 +416,21 @@ def _runs_root_dir() -> str:
     return root
 
 
-def _new_workdir(setup: _Setup) -> str:
-    workdir = tempfile.mkdtemp(prefix="run-", dir=setup.runs_root)
-    if setup.drop in ("setpriv", "popen"):
-        os.chown(workdir, setup.sandbox_uid, SANDBOX_GID)
-    os.chmod(workdir, 0o700)
-    return workdir
+def _new_job(setup: _Setup) -> _Job:
+    """A fresh 0700 work dir owned by a uid no other running job has (where uids can be changed)."""
+    slot = setup.uid_pool.acquire() if setup.uid_pool else None
+    try:
+        uid = slot.uid if slot else setup.sandbox_uid
+        gid = slot.uid if slot else SANDBOX_GID
+        workdir = tempfile.mkdtemp(prefix="run-", dir=setup.runs_root)
+        if setup.drop in ("setpriv", "popen"):
+            os.chown(workdir, uid, gid)
+        os.chmod(workdir, 0o700)
+    except BaseException:
+        if slot:
+            _UidPool.release(slot)
+        raise
+    return _Job(workdir=workdir, uid=uid, gid=gid, slot=slot)
 
 
 def _remove_workdir(workdir: str) -> None:
@@ -394,6 +482,8 @@ def _build_setup() -> _Setup:
         notes.append("no C linker (`cc`) on PATH: modes 'test' and 'run' cannot link "
                      "(install gcc/build-essential); mode 'check' still works")
 
+    uid_pool = _uid_pool(notes) if drop in ("setpriv", "popen") else None
+
     probe_dir = tempfile.mkdtemp(prefix="probe-", dir=runs_root)
     if drop in ("setpriv", "popen"):
         os.chown(probe_dir, sandbox_uid, SANDBOX_GID)
@@ -444,16 +534,56 @@ def _build_setup() -> _Setup:
         notes.append("`unshare` not available (not Linux, or util-linux missing): no network "
                      "or PID isolation")
 
-    # 3. a compiler the sandbox user can execute
+    # 3. each job its own root (mount namespace): as root, with setpriv and a PID namespace
     compiler = toolchain.real_rustc
     mirror = None
     error = None
+    mount_script = sysroot_bind = None
+    ok, why = False, ""
+    tools = {t: _which(t) for t in ("mount", "umount", "pivot_root")}
+    if drop == "setpriv" and "pid-namespace" in namespaces and all(tools.values()) \
+            and "mount" not in off \
+            and os.path.realpath(toolchain.real_rustc) == os.path.realpath(
+                os.path.join(toolchain.sysroot, "bin", "rustc")):
+        newroot = os.path.join(runs_root, "newroot")
+        os.mkdir(newroot, 0o755)
+        mount_prefix = [unshare, "--mount", "--propagation", "private", *unshare_prefix[1:]]
+        sysroots = [lambda: toolchain.sysroot, lambda: _mirror_sysroot(toolchain)]
+        for get_sysroot in sysroots:
+            try:
+                candidate = get_sysroot()
+            except OSError as exc:
+                why = f"could not mirror the sysroot: {exc}"
+                continue
+            script = _mount_script(newroot, setpriv, linker, candidate, tools)
+            argv = [*mount_prefix, "/bin/sh", "-c", script, "sh", probe_dir, str(SANDBOX_UID),
+                    str(SANDBOX_GID), f"{SANDBOX_SYSROOT}/bin/rustc", "-vV"]
+            ok, why = _probe(argv, {}, probe_dir, env)
+            if ok:
+                mount_script, sysroot_bind = script, candidate
+                mirror = candidate if candidate != toolchain.sysroot else None
+                compiler = f"{SANDBOX_SYSROOT}/bin/rustc"
+                unshare_prefix = mount_prefix
+                break
+        if not ok:
+            notes.append(f"no mount namespace ({why.splitlines()[-1] if why else 'refused'}): jobs "
+                         "see the host's files (read access as their uid allows), the host's /proc "
+                         "and the shared /tmp")
+    elif "mount" in off or drop != "setpriv" or "pid-namespace" not in namespaces:
+        notes.append("no mount namespace (needs root, setpriv and a PID namespace): jobs see the "
+                     "host's files (read access as their uid allows), the host's /proc and the "
+                     "shared /tmp")
+    else:
+        notes.append("no mount namespace (mount, umount or pivot_root missing, or rustc outside "
+                     "its sysroot): jobs see the host's files, the host's /proc and the shared /tmp")
 
+    # 4. otherwise: a compiler the sandbox user can execute on the host's filesystem
     def compiler_works(path: str) -> tuple[bool, str]:
         argv = [*unshare_prefix, *drop_prefix(), path, "-vV"]
         return _probe(argv, popen_kwargs(), probe_dir, env)
 
-    ok, why = compiler_works(compiler)
+    if mount_script is None:
+        ok, why = compiler_works(compiler)
     if not ok and drop in ("setpriv", "popen"):
         try:
             mirror = _mirror_sysroot(toolchain)
@@ -488,17 +618,193 @@ def _build_setup() -> _Setup:
                       "none": "invoking-user", "allow-root": "root-user"}[drop])
     if drop == "setpriv":
         isolation.append("no-new-privs")
+    if uid_pool is not None and drop in ("setpriv", "popen"):
+        isolation.append("per-job-uid")
+    else:
+        uid_pool = None
     isolation += namespaces
+    if mount_script is not None:
+        isolation += ["mount-namespace", "private-proc", "private-tmp"]
     isolation += ["rlimits", "timeouts", "process-group-kill", "output-cap"]
     for note in notes:
         _warn_once(note)
     return _Setup(
         toolchain=toolchain, compiler=compiler, sysroot_mirror=mirror, euid=euid, drop=drop,
-        sandbox_uid=sandbox_uid, unshare=unshare_prefix, namespaces=namespaces, rlimits=rlimits,
+        sandbox_uid=sandbox_uid, uid_pool=uid_pool, unshare=unshare_prefix, namespaces=namespaces,
+        mount_script=mount_script, sysroot_bind=sysroot_bind, rlimits=rlimits,
         rlimits_unsupported=unsupported, setpriv=setpriv, prlimit=prlimit,
         linker=linker, pidfd=pidfd, isolation=isolation, warnings=notes, error=error,
         runs_root=runs_root, setup_seconds=round(time.monotonic() - started, 3),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-job uids: a job's files and processes belong to a uid no other job has at the same time
+# --------------------------------------------------------------------------------------------
+
+
+def _uid_range_mapped(first: int, count: int) -> bool:
+    """Is every uid in [first, first+count) usable here (inside this process's user namespace)?"""
+    try:
+        with open("/proc/self/uid_map") as fh:
+            ranges = [tuple(int(x) for x in line.split()) for line in fh if line.strip()]
+    except OSError:
+        return sys.platform.startswith("linux") is False
+    return any(inside <= first and first + count <= inside + length for inside, _out, length in ranges)
+
+
+@dataclasses.dataclass
+class _UidSlot:
+    uid: int
+    fd: int
+
+
+class _UidPool:
+    """Hands out uids SANDBOX_UID_BASE + 0..SANDBOX_UID_SLOTS-1, one per running job.
+
+    A slot is held with an exclusive ``flock`` on a lock file in a root-owned directory, so jobs of
+    other rustcoder processes on the machine get other uids too; a uid that still owns a process
+    (a job of a killed evaluation) is skipped. The lock dies with its holder, so nothing goes stale.
+    """
+
+    def __init__(self, base: int, slots: int, lock_dir: Path):
+        self.base, self.slots, self.lock_dir = base, slots, lock_dir
+        self._next: int | None = None
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _UidSlot:
+        import fcntl
+
+        with self._lock:
+            if self._next is None:  # processes start at different slots: fewer lock collisions
+                self._next = int.from_bytes(os.urandom(2), "little") % self.slots
+            start = self._next
+            self._next = (self._next + 1) % self.slots
+        for i in range(self.slots):
+            slot = (start + i) % self.slots
+            uid = self.base + slot
+            fd = os.open(self.lock_dir / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            if _uid_task_count(uid):
+                os.close(fd)
+                continue
+            return _UidSlot(uid, fd)
+        raise OSError(f"all {self.slots} sandbox uids ({self.base}..{self.base + self.slots - 1}) are busy")
+
+    @staticmethod
+    def release(slot: _UidSlot) -> None:
+        os.close(slot.fd)  # closing drops the flock
+
+
+def _uid_pool(notes: list[str]) -> _UidPool | None:
+    if "per-job-uid" in _disabled():
+        return None
+    if not _uid_range_mapped(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS):
+        notes.append(f"uids {SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1} are not "
+                     "usable here (user namespace mapping): all jobs share uid 65534; set "
+                     "RUSTCODER_SANDBOX_UID_BASE to a free mapped range")
+        return None
+    errors = []
+    for base in _cache_bases():
+        lock_dir = base / "uid-locks"
+        try:
+            _safe_dir(base)
+            lock_dir.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(lock_dir)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise PermissionError(f"{lock_dir} is not a 0700 directory owned by uid {os.geteuid()}")
+            return _UidPool(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS, lock_dir)
+        except OSError as exc:
+            errors.append(f"{lock_dir}: {exc}")
+    notes.append("no directory for per-job uid locks (" + "; ".join(errors) + "): all jobs share uid 65534")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The job's own root: a mount namespace with read-only /usr, the sysroot and the job's dir
+# --------------------------------------------------------------------------------------------
+
+
+def _install_root() -> str:
+    """Where rustcoder itself is installed (hidden from jobs when it is under /usr)."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _mount_script(newroot: str, setpriv: str, linker: str | None, sysroot: str,
+                  tools: dict[str, str]) -> str:
+    """The script that runs as the PID namespace's init (root, inside fresh mount/pid/net/ipc
+    namespaces): it builds a tmpfs root holding only what compiling and running need, pivots into
+    it, drops to the job's uid and runs the command as its child.
+
+    Arguments: HOST_JOB_DIR UID GID COMMAND...  Exits 125 with a marker line if a step fails.
+    A shell script because it is a dozen mount(8) calls (about 35 ms); util-linux has no
+    declarative tool for it and bubblewrap is not installed on a base Debian.
+    """
+    q = shlex_quote
+    mount, umount, pivot_root = (q(tools[t]) for t in ("mount", "umount", "pivot_root"))
+    steps = [
+        f"{mount} -t tmpfs -o mode=0755,size=1m,nosuid,nodev rustcoder-root {q(newroot)}",
+        f"cd {q(newroot)}",
+        "mkdir -p usr etc proc dev tmp job sysroot .old",
+        "ro /usr usr",
+    ]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = f"/{name}"
+        if os.path.islink(host):
+            steps.append(f"ln -s {q(os.readlink(host))} {name}")
+        elif os.path.isdir(host):
+            steps.append(f"mkdir {name} && ro {host} {name}")
+    for host in ("/etc/ld.so.cache", "/etc/ld.so.conf"):
+        if os.path.isfile(host):
+            steps.append(f"touch .{host} && ro {host} .{host}")
+    if os.path.isdir("/etc/alternatives"):  # Debian: cc -> /etc/alternatives/cc -> gcc
+        steps.append("mkdir etc/alternatives && ro /etc/alternatives etc/alternatives")
+    # Hide world-readable data under /usr that compiling does not need (rustcoder's own files,
+    # benchmark data, locally installed tools).
+    masks = []
+    if os.path.isdir("/usr/local") and not any(
+            (p or "").startswith("/usr/local/") for p in (linker, setpriv)):
+        masks.append("/usr/local")
+    install = _install_root()
+    if install.startswith("/usr/") and os.path.isdir(install):
+        masks.append(install)
+    for path in masks:
+        steps.append(f"{mount} -t tmpfs -o size=4k,mode=0755,nosuid,nodev rustcoder-mask .{q(path)}")
+    steps += [
+        f'{mount} --bind "$1" job && {mount} -o remount,bind,nosuid,nodev job',
+        f"ro {q(sysroot)} sysroot",
+        f"{mount} -t proc -o nosuid,nodev,noexec proc proc",
+        f"{mount} -t tmpfs -o mode=1777,size={_TMPFS_SIZE},nosuid,nodev rustcoder-tmp tmp",
+        f"{mount} -t tmpfs -o mode=0755,size=64k,nosuid rustcoder-dev dev",
+        f"for d in null zero full random urandom; do touch dev/$d && {mount} --bind /dev/$d dev/$d "
+        "|| exit 1; done",
+        f"mkdir dev/shm && {mount} -t tmpfs -o mode=1777,size={_TMPFS_SIZE},nosuid,nodev rustcoder-shm dev/shm",
+        "ln -s /proc/self/fd dev/fd && ln -s /proc/self/fd/0 dev/stdin && "
+        "ln -s /proc/self/fd/1 dev/stdout && ln -s /proc/self/fd/2 dev/stderr",
+        f"{mount} -o remount,ro,nosuid,nodev {q(newroot)}",
+        f"{pivot_root} . .old",
+        f"{umount} -l /.old",
+        f"cd {SANDBOX_JOB_DIR}",
+    ]
+    body = " &&\n".join(f"  {s}" for s in steps)
+    return (
+        f'ro() {{ {mount} --bind "$1" "$2" && {mount} -o remount,bind,ro,nosuid,nodev "$2"; }}\n'
+        "{\n" + body + "\n} || { echo " + q(_SETUP_FAILED) + " >&2; exit 125; }\n"
+        'uid="$2"; gid="$3"; shift 3\n'
+        f'{q(setpriv)} --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"\n'
+        "exit $?\n"
+    )
+
+
+def shlex_quote(text: str) -> str:
+    """Single-quote ``text`` for /bin/sh."""
+    import shlex
+
+    return shlex.quote(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,7 +948,8 @@ def _uid_task_count(uid: int) -> int:
     return total
 
 
-def _rlimit_values(setup: _Setup, phase: str, timeout: float, limits: Limits) -> dict[str, int]:
+def _rlimit_values(setup: _Setup, phase: str, timeout: float, limits: Limits,
+                   uid: int | None = None) -> dict[str, int]:
     cpu = int(timeout) + 1
     values = {"cpu": cpu, "core": 0, "nofile": limits.open_files}
     if phase == "compile":
@@ -652,7 +959,8 @@ def _rlimit_values(setup: _Setup, phase: str, timeout: float, limits: Limits) ->
         values["as"] = limits.run_memory_bytes
         values["fsize"] = limits.run_file_bytes
         if sys.platform.startswith("linux"):
-            values["nproc"] = _uid_task_count(setup.sandbox_uid) + limits.run_max_processes
+            values["nproc"] = _uid_task_count(setup.sandbox_uid if uid is None else uid) \
+                + limits.run_max_processes
         else:
             values["nproc"] = limits.run_max_processes + 512
     return _clamp_to_hard_limits(values)
@@ -722,7 +1030,11 @@ def _preexec_for(values: dict[str, int]):
     return _apply
 
 
-def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int]) -> tuple[list[str], dict]:
+def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int],
+                  job: _Job | None = None) -> tuple[list[str], dict]:
+    """The exec chain that runs ``cmd`` (paths as the job sees them) under every protection."""
+    uid = job.uid if job else setup.sandbox_uid
+    gid = job.gid if job else SANDBOX_GID
     argv: list[str] = []
     kwargs: dict = {}
     if setup.prlimit:
@@ -731,11 +1043,16 @@ def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int]) -> tupl
         usable = {k: v for k, v in values.items() if k not in setup.rlimits_unsupported}
         kwargs["preexec_fn"] = _preexec_for(usable)
     argv += setup.unshare
+    if setup.mounts and job is not None:
+        # The script is the PID namespace's init: it stays root only inside the namespaces,
+        # builds the job's root, drops to the job's uid and runs the command as its child.
+        return [*argv, "/bin/sh", "-c", setup.mount_script, "sh", job.workdir, str(uid), str(gid),
+                *cmd], kwargs
     if setup.drop == "setpriv":
-        argv += [setup.setpriv, f"--reuid={SANDBOX_UID}",
-                 f"--regid={SANDBOX_GID}", "--clear-groups", "--no-new-privs", "--"]
+        argv += [setup.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                 "--no-new-privs", "--"]
     elif setup.drop == "popen":
-        kwargs.update(user=SANDBOX_UID, group=SANDBOX_GID, extra_groups=[])
+        kwargs.update(user=uid, group=gid, extra_groups=[])
     if "pid-namespace" in setup.namespaces:
         # The first process of a PID namespace is its init, which ignores default-action
         # signals (abort() would misbehave); a tiny shell stays init and runs the program.
@@ -981,6 +1298,10 @@ def sandbox_capabilities(refresh: bool = False) -> dict:
         "privilege_drop": setup.drop,
         "sandbox_uid": setup.sandbox_uid,
         "namespaces": list(setup.namespaces),
+        "mount_namespace": setup.mounts,
+        "sysroot_bind": setup.sysroot_bind,
+        "job_uids": ([setup.uid_pool.base, setup.uid_pool.base + setup.uid_pool.slots - 1]
+                     if setup.uid_pool else None),
         "rlimits": setup.rlimits,
         "rlimits_unsupported": list(setup.rlimits_unsupported),
         "default_limits": dataclasses.asdict(Limits()),
@@ -993,6 +1314,36 @@ def sandbox_capabilities(refresh: bool = False) -> dict:
         "error": setup.error,
         "setup_seconds": setup.setup_seconds,
     }
+
+
+SELF_CHECK_SOURCE = """
+pub fn double(x: i32) -> i32 { x * 2 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn doubles() { assert_eq!(super::double(21), 42); }
+}
+"""
+
+
+def sandbox_self_check(compile_timeout: float = 60, run_timeout: float = 30) -> ExecutionResult:
+    """Compile and test a known-good program in the sandbox; ``status == "pass"`` proves it works.
+
+    Run before a batch of model-written programs, so that a ``sandbox_error`` (or a compile failure
+    of every answer) is never silently blamed on the sandbox or on the model. A result other than
+    "pass" (with exactly one passed test) means the sandbox is broken here: ``detail`` says how.
+    """
+    result = run_rust(SELF_CHECK_SOURCE, mode="test", compile_timeout=compile_timeout,
+                      run_timeout=run_timeout, edition="2021")
+    if result.status == "pass" and result.tests_passed != 1:
+        result.status = "sandbox_error"
+        result.detail = f"self-check ran {result.tests_passed} tests instead of 1"
+    elif result.status != "pass":
+        result.detail = (f"sandbox self-check failed ({result.status}): {result.detail}\n"
+                         + (result.diagnostics or result.stderr)[-1000:]).strip()
+        result.status = "sandbox_error"
+    return result
 
 
 def run_rust(
@@ -1029,21 +1380,31 @@ def run_rust(
     if setup.error:
         return ExecutionResult(status="sandbox_error", mode=mode, detail=setup.error,
                                isolation=isolation)
-    workdir = _new_workdir(setup)
     try:
-        return _compile_and_run(setup, workdir, source, mode, compile_timeout, run_timeout,
-                                edition, max_output_bytes, limits, isolation)
+        job = _new_job(setup)
+    except OSError as exc:
+        log.exception("sandbox failure")
+        return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
+                               detail=f"could not create the job: {type(exc).__name__}: {exc}")
+    try:
+        result = _compile_and_run(setup, job, source, mode, compile_timeout, run_timeout,
+                                  edition, max_output_bytes, limits, isolation)
+        result.job_uid = job.uid
+        return result
     except (OSError, subprocess.SubprocessError) as exc:
         log.exception("sandbox failure")
         return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
-                               detail=f"{type(exc).__name__}: {exc}")
+                               detail=f"{type(exc).__name__}: {exc}", job_uid=job.uid)
     finally:
-        _remove_workdir(workdir)
+        _remove_workdir(job.workdir)
+        if job.slot:
+            _UidPool.release(job.slot)
 
 
-def _compile_and_run(setup: _Setup, workdir: str, source: str, mode: str,
+def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
                      compile_timeout: float, run_timeout: float, edition: str,
                      max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
+    workdir = job.workdir
     src_path = os.path.join(workdir, "main.rs")
     with open(src_path, "w", encoding="utf-8") as fh:
         fh.write(source)
@@ -1052,15 +1413,16 @@ def _compile_and_run(setup: _Setup, workdir: str, source: str, mode: str,
     cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
            "--crate-name", "main", "-C", "debuginfo=0"]
     if mode == "check":
-        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", workdir]
+        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(setup, workdir)]
     elif mode == "test":
-        cmd += ["--test", "-o", binary]
+        cmd += ["--test", "-o", job.inside(setup, binary)]
     else:
-        cmd += ["--crate-type", "bin", "-o", binary]
+        cmd += ["--crate-type", "bin", "-o", job.inside(setup, binary)]
     cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
     wrapped = "pid-namespace" in setup.namespaces
-    argv, kwargs = _sandbox_argv(setup, cmd, _rlimit_values(setup, "compile", compile_timeout, limits))
-    compiled = _execute(argv, popen_kwargs=kwargs, env=_scrubbed_env(workdir), cwd=workdir,
+    argv, kwargs = _sandbox_argv(setup, cmd, _rlimit_values(setup, "compile", compile_timeout, limits,
+                                                            job.uid), job)
+    compiled = _execute(argv, popen_kwargs=kwargs, env=_job_env(setup, job), cwd=workdir,
                         timeout=compile_timeout, cap=_COMPILE_OUTPUT_CAP, kill_on_cap=False,
                         use_pidfd=setup.pidfd)
     result = ExecutionResult(status="pass", mode=mode, isolation=isolation,
@@ -1084,24 +1446,31 @@ def _compile_and_run(setup: _Setup, workdir: str, source: str, mode: str,
                              if result.status == "needs_crate" else "rustc rejected the program")
         else:
             sig = _signal_of(compiled.returncode, wrapped)
-            result.status = "sandbox_error"
             result.exit_code = compiled.returncode
             result.signal = sig
             raw_bytes = "\n".join(raw).encode()
             result.stderr = _text(raw_bytes[:max_output_bytes], len(raw_bytes))
-            result.detail = (f"rustc exited with {sig or compiled.returncode} without an error "
-                             "diagnostic (crashed, or killed by a resource limit)")
+            if _sandbox_failed(compiled.returncode, raw):
+                result.status = "sandbox_error"
+                result.detail = ("the sandbox could not start rustc: "
+                                 + (raw[-1] if raw else f"exit code {compiled.returncode}"))
+            else:
+                # rustc crashed or ran out of a resource on this source (stack overflow on deep
+                # nesting, a macro blow-up hitting the memory limit, an ICE): the answer's fault.
+                result.status = "compile_error"
+                result.detail = f"rustc crashed ({_crash_reason(sig, compiled.returncode, raw)})"
         return result
     if mode == "check":
         result.detail = "type-checked"
         return result
 
-    run_env = _scrubbed_env(workdir, {
+    run_env = _job_env(setup, job, {
         "RUST_BACKTRACE": "0",
         "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
         "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
     })
-    argv, kwargs = _sandbox_argv(setup, [binary], _rlimit_values(setup, "run", run_timeout, limits))
+    argv, kwargs = _sandbox_argv(setup, [job.inside(setup, binary)],
+                                 _rlimit_values(setup, "run", run_timeout, limits, job.uid), job)
     ran = _execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
                    cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
     result.run_seconds = round(ran.seconds, 4)
