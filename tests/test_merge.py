@@ -87,7 +87,7 @@ def sharded_base(tiny_qwen2, tmp_path_factory) -> Path:
     return base
 
 
-def _make_adapter(base: Path, out: Path, seed: int = 0, model_type: str = "qwen2", **lora) -> Path:
+def _make_adapter(base: Path, out: Path, seed: int = 0, model_type: str = "qwen2", b_std: float = 0.1, **lora) -> Path:
     """A PEFT adapter with random non-zero updates and rustcoder's tokenizer/chat template beside it."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -99,7 +99,7 @@ def _make_adapter(base: Path, out: Path, seed: int = 0, model_type: str = "qwen2
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or "lora_embedding" in name:  # PEFT starts an embedding's A at zero
-                p.normal_(0, 0.1)
+                p.normal_(0, b_std)
             elif "modules_to_save" in name:
                 p.add_(torch.randn_like(p) * 0.02)
             elif "magnitude" in name:
@@ -302,6 +302,98 @@ def test_qwen3_adapter_merges_with_its_thinking_off_template(tiny_qwen3, tmp_pat
     assert result.merged_dir == (tmp_path / "adapter-merged").resolve()
     assert json.loads((result.merged_dir / "config.json").read_text())["model_type"] == "qwen3"
     assert "<think>" in (result.merged_dir / "chat_template.jinja").read_text()
+
+
+# ---- bf16: rounding is not a bug, a wrong merge is ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def short_run_bf16(sharded_base, tmp_path_factory) -> tuple[Path, Path]:
+    """(bf16 base, adapter) like a few steps at a small learning rate: LoRA B of 1e-5, so most of the update
+    W + scale * B @ A lies below bf16's resolution (half an ulp at |W| ~ 0.02 is 6e-5)."""
+    tmp = tmp_path_factory.mktemp("short-bf16")
+    base = _copy_model(sharded_base, tmp / "base-bf16", dtype=torch.bfloat16, shard="100KB")
+    adapter = _make_adapter(base, tmp / "adapter", b_std=1e-5, r=16, lora_alpha=32, target_modules="all-linear")
+    return base, adapter
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+def test_short_run_bf16_merge_is_refused_for_its_dtype_and_float32_passes_both_layers(short_run_bf16, tmp_path,
+                                                                                      streaming):
+    _, adapter = short_run_bf16
+    flags = ["--streaming"] if streaming else []
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--output-dir", str(tmp_path / "bf16"), *flags])
+    assert r.exit_code == 1, r.output
+    out = " ".join(r.output.split())
+    assert "in bfloat16 it keeps only" in out and "This is not a bug" in out and "is a bug" not in out
+    assert f"rustcoder merge {adapter} --dtype float32" in out and f"rustcoder serve --adapter {adapter}" in out
+    assert "Traceback" not in r.output and not (tmp_path / "bf16").exists() and not _leftovers(tmp_path)
+
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--output-dir", str(tmp_path / "fp32"), "--dtype", "float32",
+                                  *flags])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "fp32" / REPORT).read_text())["verification"]
+    assert v["passed"] and v["exact"] is True and v["dtype"] == "float32" and v["effect_kept"] > 0.99
+    assert v["checks"]["exact"]["changed_share"] > 0.99  # float32 keeps nearly every element of the update
+    assert {t.dtype for t in _tensors(tmp_path / "fp32").values()} == {torch.float32}
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["dtype"] == "float32"
+
+    # the same merge in bf16 with the limit lifted: exact, and the numbers say what bf16 cost
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--output-dir", str(tmp_path / "lifted"),
+                                  "--max-effect-lost", "1", *flags])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "lifted" / REPORT).read_text())["verification"]
+    assert v["exact"] is True and v["cause"] is None and v["effect_kept"] < 0.9
+    assert v["checks"]["exact"]["changed_share"] < 0.5  # most of the update rounded back to the base weight
+    assert v["max_logit_diff"] == pytest.approx(v["dtype_floor"], rel=1e-3)  # the merge sits exactly on the floor
+
+
+def _corrupt_merge(adapter: Path, how: str):
+    """Wraps a merge so that its LoRA-targeted tensors are saved wrong: with twice the scale, or unchanged."""
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    from rustcoder.merge import load_adapter_tensors, plan_merge
+
+    plan = plan_merge(load_adapter_tensors(adapter), json.loads((adapter / "adapter_config.json").read_text()))
+
+    def after(out: Path, base: Path):
+        base_t = _tensors(base)
+        for shard in weight_files(out):
+            tensors = load_file(str(shard))
+            for key, t in tensors.items():
+                u = plan.updates.get(key)
+                if u is None:
+                    continue
+                w = base_t[key].float()
+                wrong = dataclasses.replace(u, scale=2 * u.scale).apply(w) if how == "wrong-scale" else w
+                tensors[key] = wrong.to(t.dtype)
+            save_file(tensors, str(shard), metadata={"format": "pt"})
+    return after
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+@pytest.mark.parametrize("how", ["wrong-scale", "adapter-left-out"])
+def test_a_wrong_merge_fails_exactness_however_small_the_adapters_effect(short_run_bf16, tmp_path, monkeypatch,
+                                                                         streaming, how):
+    import rustcoder.merge as m
+
+    base, adapter = short_run_bf16
+    corrupt = _corrupt_merge(adapter, how)
+    name = "_merge_streaming" if streaming else "_merge_in_memory"
+    original = getattr(m, name)
+
+    def broken(src, plan, out, *args, **kwargs):
+        result = original(src, plan, out, *args, **kwargs)
+        corrupt(out, base)
+        return result
+    monkeypatch.setattr(m, name, broken)
+    with pytest.raises(RustcoderError) as err:  # even with the effect limit lifted: exactness alone refuses it
+        merge(adapter, output_dir=tmp_path / "merged", streaming=streaming, max_effect_lost=1.0, **QUIET)
+    msg = str(err.value)
+    assert "exact: " in msg and "not the exact merge" in msg and "not rounding" in msg
+    assert "This is not a bug" not in msg
+    assert not (tmp_path / "merged").exists()
 
 
 # ---- verification fails when it should ----------------------------------------------------------
