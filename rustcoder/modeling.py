@@ -161,15 +161,37 @@ def check_architecture(config, name: str) -> None:
                       f"{', '.join(SUPPORTED_MODEL_TYPES)} (Qwen2, Qwen2.5, Qwen3).", stacklevel=2)
 
 
-def pick_dtype(requested: str):
-    """torch dtype for 'auto' (bf16 on a GPU that supports it, else float32) or an explicit name."""
+def saved_dtype(name: str | Path) -> str | None:
+    """The dtype a local model directory's config.json says its weights are saved in (None when unknown)."""
+    import json
+
+    cfg_path = Path(name) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    for d in (cfg.get("dtype"), cfg.get("torch_dtype"), text.get("dtype"), text.get("torch_dtype")):
+        if d in ("bfloat16", "float16", "float32"):
+            return d
+    return None
+
+
+def pick_dtype(requested: str, saved: str | None = None):
+    """torch dtype for an explicit name, or for 'auto': on a GPU the dtype the model was saved in (a float32
+    merge stays float32; bf16, or fp16 where bf16 is unsupported, when unknown), on CPU float32."""
     import torch
 
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if requested == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if torch.cuda.is_available():
+            if saved in ("float32", "float16"):
+                return names[saved]
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
+    return names[requested]
 
 
 def load_model(name: str, revision: str | None = None, dtype: str = "auto"):
@@ -178,7 +200,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto"):
 
     try:
         path = resolve_model(name)
-        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=pick_dtype(dtype),
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=pick_dtype(dtype, saved_dtype(path)),
                                                      attn_implementation="sdpa", **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error("weights", name, e) from None

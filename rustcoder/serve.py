@@ -343,6 +343,11 @@ def build_spec(model_dir: str | Path | None = None, *, engine: str | None = None
 
     if isinstance(engine_args, str):
         engine_args = shlex.split(engine_args)
+    if dtype is None and engine == "vllm":
+        from .modeling import saved_dtype
+
+        if saved_dtype(model) == "float32":  # vLLM's auto runs a float32 checkpoint in fp16: keep the merge's dtype
+            dtype = "float32"
     spec = EngineSpec(engine=engine, model=model, served_model_name="", host=host, port=int(port),
                       api_key=api_key or None, chat_template=chat_template,
                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,

@@ -806,3 +806,29 @@ def test_merge_help_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ---- the merged dtype is what eval and serve load ------------------------------------------------
+
+def test_eval_and_serve_load_a_float32_merge_in_float32_and_a_bf16_one_in_bf16(short_run_bf16, tmp_path,
+                                                                              monkeypatch):
+    """On a GPU, 'auto' is the dtype the merge wrote (a float32 merge must not be rounded back to bf16 on load);
+    vLLM's own 'auto' would run float32 in fp16, so serve and the vLLM backend pass float32 explicitly."""
+    from rustcoder import serve as srv
+    from rustcoder.modeling import load_model, pick_dtype, saved_dtype
+
+    _, adapter = short_run_bf16
+    merge(adapter, output_dir=tmp_path / "fp32", dtype="float32", **QUIET)
+    merge(adapter, output_dir=tmp_path / "bf16", max_effect_lost=1.0, **QUIET)
+    assert (saved_dtype(tmp_path / "fp32"), saved_dtype(tmp_path / "bf16")) == ("float32", "bfloat16")
+    assert pick_dtype("auto", "float32") == torch.float32  # CPU: always float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert load_model(str(tmp_path / "fp32")).dtype == torch.float32
+    assert load_model(str(tmp_path / "bf16")).dtype == torch.bfloat16
+    assert pick_dtype("auto", None) == torch.bfloat16 and pick_dtype("float16", "float32") == torch.float16
+
+    def vllm_dtype(model):
+        argv, _ = srv.engine_command(srv.build_spec(model, engine="vllm", vllm_python="py", check_engine=False))
+        return argv[argv.index("--dtype") + 1] if "--dtype" in argv else None
+    assert vllm_dtype(tmp_path / "fp32") == "float32" and vllm_dtype(tmp_path / "bf16") is None

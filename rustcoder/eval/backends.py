@@ -338,11 +338,13 @@ class VLLMBackend(Backend):
                  chat_template: str | None = None, dtype: str = "auto", seed: int = 0,
                  tensor_parallel_size: int | None = None, log=print):
         LLM, SamplingParams, LoRARequest = import_vllm()
-        from ..modeling import resolve_model
+        from ..modeling import resolve_model, saved_dtype
 
         self._SamplingParams = SamplingParams
-        kwargs: dict[str, Any] = dict(model=resolve_model(path), revision=revision, seed=seed,
-                                      dtype="auto" if dtype == "auto" else dtype)
+        model = resolve_model(path)
+        if dtype == "auto" and saved_dtype(model) == "float32":  # vLLM's auto would run a float32 merge in fp16
+            dtype = "float32"
+        kwargs: dict[str, Any] = dict(model=model, revision=revision, seed=seed, dtype=dtype)
         if tensor_parallel_size:
             kwargs["tensor_parallel_size"] = tensor_parallel_size
         self.lora = None
