@@ -75,15 +75,21 @@ class TrainConfig:
                                   "comma-separated list (q_proj,k_proj,...).")
 
     # Data path and precision
-    data_path: str = _f("auto", "Batching: 'auto' (picked per device), 'grouped' (length-grouped padded "
-                        "batches), 'padding-free' (flattened, no padding) or 'padded' (TRL default).",
+    data_path: str = _f("auto", "How a step's examples are laid out in forwards: 'auto' (padding-free on a GPU, "
+                        "grouped on CPU), 'grouped' (length-grouped steps, padded forwards of similar lengths), "
+                        "'padding-free' (flattened forwards, no padding) or 'padded' (the preset's micro-batches "
+                        "as they are, TRL's default).",
                         choices=("auto", "grouped", "padding-free", "padded"))
-    fast_paths: bool | None = _f(None, "CPU fast paths: LM head on answer tokens only and fast LoRA dropout "
-                                 "(default: on on CPU, off on GPU, where TRL's fused Triton head already compacts).")
+    tokens_per_forward: int | None = _f(None, "Token budget of one forward pass: a step's examples are packed into "
+                                        "as few forwards as it allows (default: from the device's free memory and "
+                                        "the model's size on a GPU, 4096 on CPU). Never changes the step's math.")
+    fast_paths: bool | None = _f(None, "Fast LoRA dropout (16-bit slices of 48-bit random draws; default: on on "
+                                 "CPU, where torch's Bernoulli is slow). The LM head runs on answer tokens only "
+                                 "on every device.")
     dtype: str = _f("auto", "Weights dtype: auto (bf16 on a GPU that has it, else float32), bfloat16, "
                     "float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
-    gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: on with a GPU, "
-                                             "off on CPU).")
+    gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: by need, on only when a "
+                                             "forward's estimated activations do not fit the device's memory).")
 
     # Scale-out (data parallel through Accelerate)
     num_processes: int = _f(1, "Data-parallel processes (GPUs, or CPU processes with gloo). Launched through "
@@ -139,6 +145,8 @@ class TrainConfig:
             bad("num_examples", f"must be >= 2 (one train and one eval row), got {self.num_examples}")
         if self.max_length < 16:
             bad("max_length", f"must be >= 16, got {self.max_length}")
+        if self.tokens_per_forward is not None and self.tokens_per_forward < 16:
+            bad("tokens_per_forward", f"must be >= 16, got {self.tokens_per_forward}")
         if self.max_steps == 0 or self.max_steps < -1:
             bad("max_steps", f"must be -1 (all epochs) or >= 1, got {self.max_steps}")
         if self.weight_decay < 0:
@@ -201,6 +209,49 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# The names Hugging Face (TrainingArguments, TRL, PEFT), Axolotl and LLaMA-Factory users type, accepted
+# as YAML keys and as flags (--learning-rate ...) for the same field.
+HF_ALIASES = {
+    "learning_rate": "lr", "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "lora_rank": "lora_r", "target_modules": "lora_target_modules", "lr_scheduler_type": "lr_scheduler",
+    "max_seq_length": "max_length", "sequence_len": "max_length", "cutoff_len": "max_length",
+    "model_name_or_path": "model", "base_model": "model", "dataset_name": "dataset", "max_samples": "num_examples",
+    "warmup": "warmup_ratio", "bf16": None, "fp16": None,  # None: no such setting here (see dtype)
+}
+ALIAS_NOTES = {"bf16": "use dtype: bfloat16", "fp16": "use dtype: float16"}
+
+
+def flag_aliases(name: str) -> list[str]:
+    """The extra flags of a field (--learning-rate for lr, ...)."""
+    return [flag_name(a) for a, target in HF_ALIASES.items() if target == name]
+
+
+def _suggest(name: str) -> str:
+    """' (did you mean X?)' over field names and their aliases, naming the field an alias sets."""
+    known = set(field_names()) | {a for a, t in HF_ALIASES.items() if t}
+    hint = did_you_mean(name, known)
+    if hint:
+        close = hint[len(" (did you mean '"):-len("'?)")]
+        if close in HF_ALIASES:
+            hint = f" (did you mean {close!r}, which sets {HF_ALIASES[close]!r}?)"
+    return hint
+
+
+def apply_aliases(values: dict[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """VALUES with aliased keys renamed to their fields; problems for an alias and its field both set."""
+    out, given, problems = {}, {}, []
+    for k, v in values.items():
+        target = HF_ALIASES[k] if k in HF_ALIASES else k
+        if target is None:
+            problems.append(f"{k!r} in {source} is not a rustcoder setting: {ALIAS_NOTES.get(k, 'drop it')}")
+        elif target in given:
+            problems.append(f"{given[target]!r} and {k!r} in {source} both set {target!r}: keep one")
+        else:
+            out[target], given[target] = v, k
+    return out, problems
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert a YAML or string value to the field's type; raise a message naming the source."""
     f_ = next(f for f in fields(TrainConfig) if f.name == name)
@@ -255,7 +306,7 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def _check_keys(values: dict[str, Any], source: str) -> list[str]:
     known = set(field_names()) | {"description", "preset"}
-    return [f"unknown key {k!r} in {source}{did_you_mean(k, known)}" for k in values if k not in known]
+    return [f"unknown key {k!r} in {source}{_suggest(k)}" for k in values if k not in known]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -271,8 +322,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UsageError(f"config file {str(path)!r} must hold a mapping of keys to values, "
                          f"got {type(values).__name__}.")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    problems = _check_keys(values, str(path))
+    values, problems = apply_aliases({str(k).replace("-", "_"): v for k, v in values.items()}, str(path))
+    problems += _check_keys(values, str(path))
     if problems:
         raise ConfigError(problems)
     return values

@@ -23,9 +23,12 @@ from .data.strandset import PreparedData, prepare_data
 from .errors import RustcoderError, UsageError
 
 
+EVAL_SHARE = 0.2  # evaluation may cost at most this share of a run's training compute (forward = 1/3 of a step)
+
+
 @dataclass
 class TrainPlan:
-    """What a run will do: its config, data, batching and exact optimizer step counts."""
+    """What a run will do: its config, data, step packing and exact optimizer step counts."""
 
     config: TrainConfig
     data: PreparedData
@@ -36,6 +39,16 @@ class TrainPlan:
     data_path: str
     device: str
     fast_paths: bool = False
+    tokens_per_forward: int = 0
+    gradient_checkpointing: bool = False
+    checkpointing_reason: str = ""
+    attention: str = ""
+    attn_implementation: str = "sdpa"
+    varlen_kwargs: bool = False
+    forwards: dict | None = None
+    forwards_note: str = ""
+    eval_note: str = ""
+    memory: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.config
@@ -50,6 +63,13 @@ class TrainPlan:
             "data_path": self.data_path,
             "device": self.device,
             "fast_paths": self.fast_paths,
+            "tokens_per_forward": self.tokens_per_forward,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "checkpointing_reason": self.checkpointing_reason,
+            "attention": self.attention,
+            "attn_implementation": self.attn_implementation,
+            "forwards": self.forwards,
+            "memory": self.memory,
         }
 
     def render(self) -> str:
@@ -71,16 +91,28 @@ class TrainPlan:
             lines.append(f"  {cat:<22} {n['train']:>7} {n['eval']:>6}")
         lines.append(f"  {'total':<22} {len(d.train):>7} {len(d.eval):>6}")
         accum = grad_accum_per_process(c)
-        lines.append(f"batching: {self.data_path} on {self.device}"
-                     + (" + CPU fast paths (answer-only LM head, fast LoRA dropout)" if self.fast_paths else ""))
+        lines.append(f"batching: {self.data_path} on {self.device}, answer-only LM head"
+                     + (" + fast LoRA dropout" if self.fast_paths else ""))
         lines.append(f"effective batch {c.effective_batch} = {c.batch_size} per device x {accum} accumulation"
                      + f" x {c.num_processes} process{'es' if c.num_processes > 1 else ''}"
                      + (f" (preset: {c.batch_size} x {c.grad_accum})" if accum != c.grad_accum else ""))
         if c.num_processes > 1 and c.batch_size * c.grad_accum != c.effective_batch and c.keep_effective_batch:
             lines.append(f"  note: {c.grad_accum} accumulation steps do not divide over {c.num_processes} "
                          "processes; the effective batch differs from the preset's")
+        per_process = c.batch_size * accum
+        lines.append(f"step packing: the {per_process} examples of a step{' per process' if c.num_processes > 1 else ''}"
+                     f" in forwards of up to {self.tokens_per_forward} tokens ({self.data_path}); "
+                     f"attention: {self.attention}")
+        if self.forwards:
+            f = self.forwards
+            lines.append(f"  forwards per step: mean {f['forwards_per_step_mean']:g}, max {f['forwards_per_step_max']} "
+                         f"({f['forwards']} in all); tokens per forward: mean {f['tokens_per_forward_mean']:g}, "
+                         f"max {f['tokens_per_forward_max']}; padding {f['padding_share']:.1%}")
+        elif self.forwards_note:
+            lines.append(f"  forwards per step: unknown ({self.forwards_note})")
+        lines.append(f"  {self.checkpointing_reason}")
         lines.append(f"optimizer steps: {self.steps_per_epoch} per epoch, {self.total_steps} total "
-                     f"({self.warmup_steps} warmup, eval every {self.eval_steps})")
+                     f"({self.warmup_steps} warmup, eval every {self.eval_steps}{self.eval_note})")
         return "\n".join(lines)
 
 
@@ -92,36 +124,116 @@ def detect_device() -> str:
 
 
 def resolve_data_path(requested: str, device: str) -> str:
-    """The batching strategy for a device.
+    """The forward layout for a device.
 
-    On CPU, length-grouped padded batches are fastest: a flattened (padding-free) batch makes SDPA
-    attend over the whole concatenation with a block mask. On a GPU with FlashAttention the
-    varlen kernels make padding-free both exact and fastest; without it, grouped.
+    On a GPU, padding-free forwards (a step's examples flattened, exact attention per example) keep
+    the card busy. On CPU, length-grouped padded forwards are fastest: a flattened forward makes
+    SDPA attend over the whole concatenation with a block mask, which costs more than the little
+    padding left between examples of similar length.
     """
     if requested != "auto":
         return requested
-    if device == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "padding-free"
-        except ImportError:
-            return "grouped"
-    return "grouped"
+    return "padding-free" if device == "cuda" else "grouped"
 
 
-def plan_training(cfg: TrainConfig, device: str | None = None) -> TrainPlan:
-    """Load and split the data and count the steps the trainer will run; never loads the model."""
-    data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
-                        eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
-                        max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
+def auto_eval_steps(total_steps: int, train_tokens: float | None, eval_tokens: float | None) -> tuple[int, str]:
+    """Evaluate about 10 times a run, fewer when that would cost more than EVAL_SHARE of the training compute."""
+    evals = 10
+    if train_tokens and eval_tokens:
+        # a training token costs a forward and a backward (~3 forwards); an evaluation token one forward
+        evals = max(1, min(10, int(EVAL_SHARE * 3 * train_tokens / eval_tokens)))
+    every = max(1, total_steps // evals)
+    note = (f", {total_steps // every} evaluations so evaluation stays under {EVAL_SHARE:.0%} of the compute"
+            if evals < 10 else "")
+    return every, note
+
+
+def _model_shape(cfg: TrainConfig):
+    """The model's shape from its config (no weights); None when the config cannot be read here."""
+    from .memory import ModelShape
+    from .modeling import load_config
+
+    try:
+        return ModelShape.from_config(load_config(cfg.model, cfg.model_revision))
+    except Exception:  # offline hub id, unreadable config: no estimate
+        return None
+
+
+def _token_lengths(cfg: TrainConfig, data: PreparedData) -> tuple[list[int] | None, list[int] | None, str]:
+    """Token counts of the train and eval rows (what the trainer will see), or a reason they are unknown."""
+    from .data.tokenize import tokenize_examples
+    from .modeling import load_tokenizer
+
+    try:
+        tokenizer, _ = load_tokenizer(cfg.model, cfg.model_revision, _model_type(cfg))
+    except Exception as e:  # offline hub model: the dry run still reports the data and steps
+        return None, None, f"the tokenizer of {cfg.model!r} is not available here: {str(e).splitlines()[0]}"
+    train = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.train], cfg.max_length)]
+    evals = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.eval], cfg.max_length)]
+    return train, evals, ""
+
+
+def _model_type(cfg: TrainConfig) -> str | None:
+    from .modeling import load_config
+
+    try:
+        return load_config(cfg.model, cfg.model_revision).model_type
+    except Exception:
+        return None
+
+
+def plan_training(cfg: TrainConfig, device: str | None = None, *, data: PreparedData | None = None,
+                  lengths: list[int] | None = None, eval_lengths: list[int] | None = None, shape=None,
+                  free_bytes: int | None = None, count_forwards: bool = True) -> TrainPlan:
+    """Load and split the data, count the steps and lay out every step's forwards; never loads the weights.
+
+    The forwards per step come from the same sampler and grouping the trainer uses, on the token
+    lengths of the rows (tokenized here unless given; unknown when the tokenizer cannot be loaded).
+    """
+    from .memory import device_free_bytes, plan_memory
+    from .packing import schedule
+
+    if data is None:
+        data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
+                            eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
+                            max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
     per_epoch, total = steps_for(len(data.train), cfg)
     warmup = math.ceil(cfg.warmup_ratio * total)
-    eval_steps = cfg.eval_steps or max(1, total // 10)
     device = device or detect_device()
     fast = cfg.fast_paths if cfg.fast_paths is not None else device == "cpu"
-    return TrainPlan(cfg, data, per_epoch, total, warmup, eval_steps, resolve_data_path(cfg.data_path, device),
-                     device, fast)
+    layout = resolve_data_path(cfg.data_path, device)
+    note = ""
+    if lengths is None and count_forwards:
+        lengths, eval_lengths, note = _token_lengths(cfg, data)
+    if shape is None:
+        shape = _model_shape(cfg)
+    if free_bytes is None:
+        free_bytes = device_free_bytes(device)
+    dtype_bytes = 2 if cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device == "cuda") else 4
+    mem = plan_memory(device=device, shape=shape, free_bytes=free_bytes, dtype_bytes=dtype_bytes,
+                      lora_r=cfg.lora_r, max_length=cfg.max_length, tokens_per_forward=cfg.tokens_per_forward,
+                      gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.eval_steps:
+        eval_steps, eval_note = cfg.eval_steps, ""
+    else:
+        train_tokens = sum(lengths) * total / per_epoch if lengths else len(data.train) * total / per_epoch
+        eval_tokens = sum(eval_lengths) if eval_lengths else len(data.eval)
+        eval_steps, eval_note = auto_eval_steps(total, train_tokens, eval_tokens)
+    from .attention import choose_attention
+
+    attention = choose_attention(device, layout)
+    forwards = None
+    if lengths:
+        forwards = schedule(lengths, batch_size=cfg.batch_size, accum_per_process=grad_accum_per_process(cfg),
+                            num_processes=cfg.num_processes, total_steps=total, layout=layout,
+                            budget=mem.tokens_per_forward, seed=cfg.seed, grouped=layout == "grouped").summary()
+    return TrainPlan(cfg, data, per_epoch, total, warmup, eval_steps, layout, device, fast,
+                     tokens_per_forward=mem.tokens_per_forward, gradient_checkpointing=mem.gradient_checkpointing,
+                     checkpointing_reason=mem.reason, attention=attention.name,
+                     attn_implementation=attention.attn_implementation, varlen_kwargs=attention.varlen_kwargs,
+                     forwards=forwards, forwards_note=note, eval_note=eval_note,
+                     memory={"free_gib": mem.free_gib, "activation_gib_per_forward": mem.activation_gib_per_forward,
+                             "model_parameters": shape.parameters if shape else None})
 
 
 @dataclass
@@ -149,15 +261,14 @@ def check_loss_mask(labels: list[list[int]]) -> None:
                              "the chat template or --max-length leaves nothing to learn. Raise --max-length.")
 
 
-def _datasets(tokenizer, plan: TrainPlan):
+def _datasets(tokenizer, cfg: TrainConfig, data: PreparedData):
     from datasets import Dataset
 
     from .data.tokenize import TokenizeStats, tokenize_to_table
 
     stats = TokenizeStats()
-    train = tokenize_to_table(tokenizer, [e.messages for e in plan.data.train], plan.config.max_length, stats,
-                              memory_map=True)
-    evals = tokenize_to_table(tokenizer, [e.messages for e in plan.data.eval], plan.config.max_length, stats)
+    train = tokenize_to_table(tokenizer, [e.messages for e in data.train], cfg.max_length, stats, memory_map=True)
+    evals = tokenize_to_table(tokenizer, [e.messages for e in data.eval], cfg.max_length, stats)
     return Dataset(train), Dataset(evals), stats
 
 
@@ -170,7 +281,7 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
     c = plan.config
     dtype = pick_dtype(c.dtype)
     on_gpu = plan.device == "cuda"
-    grad_ckpt = c.gradient_checkpointing if c.gradient_checkpointing is not None else on_gpu
+    per_process = c.batch_size * grad_accum_per_process(c)
     return SFTConfig(
         output_dir=str(run_dir / CHECKPOINTS_DIR),
         run_name=run_dir.name,
@@ -180,9 +291,11 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
         num_train_epochs=c.epochs,
         max_steps=c.max_steps,
         learning_rate=c.lr,
-        per_device_train_batch_size=c.batch_size,
+        # One dataloader batch is a process's whole share of an optimizer step; the trainer splits it into
+        # packed forwards itself (RustcoderSFTTrainer.training_step), so the Trainer accumulates nothing.
+        per_device_train_batch_size=per_process,
         per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=grad_accum_per_process(c),
+        gradient_accumulation_steps=1,
         use_cpu=plan.device == "cpu",
         ddp_find_unused_parameters=False if c.num_processes > 1 else None,
         warmup_steps=plan.warmup_steps,
@@ -199,11 +312,10 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
         save_total_limit=c.save_total_limit,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        activation_checkpointing=grad_ckpt,
+        activation_checkpointing=plan.gradient_checkpointing,
         max_length=None,  # examples are truncated by rustcoder's tokenizer step
-        padding_free=False,  # rustcoder's collator flattens batches itself (see _Collator)
-        train_sampling_strategy="group_by_length" if plan.data_path == "grouped" else "random",
-        length_column_name="length",
+        padding_free=False,  # rustcoder's step collator lays out forwards itself (rustcoder.packing)
+        train_sampling_strategy="random",  # replaced by rustcoder's step sampler (same order in the dry run)
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         disable_tqdm=not progress,
@@ -214,55 +326,141 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
     )
 
 
-class _Collator:
-    """Pads input_ids/labels per batch (right side) or flattens them (padding-free, with position_ids)."""
-
-    def __init__(self, pad_id: int, padding_free: bool):
-        self.pad_id = pad_id
-        self.padding_free = padding_free
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        if self.padding_free:
-            ids = [t for f in features for t in f["input_ids"]]
-            labels = []
-            for f in features:  # the first token of each example has no predecessor in its own sequence
-                labels.extend([-100] + list(f["labels"][1:]))
-            pos = [i for f in features for i in range(len(f["input_ids"]))]
-            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([pos])}
-        from .data.tokenize import pad_batch
-
-        return pad_batch(features, self.pad_id)
-
-
 def _trainer_class():
-    """SFTTrainer whose loss can use the answer-only LM head (rustcoder.fast_paths)."""
+    """SFTTrainer that runs each optimizer step as packed forwards with the answer-only LM head."""
+    import contextlib
+
     import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import EvalLoopOutput
     from trl import SFTTrainer
 
-    from .fast_paths import compact_lm_loss
+    from .packing import IGNORE, StepSampler, collate_forward, group_forwards
+
+    class StepTimer(TrainerCallback):
+        """Wall time of optimizer steps only (no evaluation, no checkpoint saves), for tokens/s and MFU."""
+
+        def __init__(self, trainer):
+            self.trainer = trainer
+            self.started = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.started is not None:
+                if torch.cuda.is_available() and self.trainer.args.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - self.started
+                self.trainer.rc_window_seconds += dt
+                self.trainer.rc_step_seconds += dt
+                self.started = None
 
     class RustcoderSFTTrainer(SFTTrainer):
-        compact_head = False
+        rc_plan: TrainPlan | None = None
+        rc_pad_id = 0
+        rc_flops_per_token: float | None = None
+        rc_peak_flops: float | None = None
+        rc_trl_head = False  # FSDP/DeepSpeed shard the LM head: use TRL's fused head there
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.compact_head or return_outputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            mode = "train" if self.model.training else "eval"
-            loss, n_valid, n_correct = compact_lm_loss(model, inputs, num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            n_valid = self.accelerator.gather_for_metrics(n_valid).sum()
-            n_correct = self.accelerator.gather_for_metrics(n_correct).sum()
-            self._metrics[mode]["mean_token_accuracy"].append((n_correct / n_valid).item() if n_valid > 0 else 0.0)
-            if mode == "train":
-                tokens = (inputs["attention_mask"].sum() if "attention_mask" in inputs
-                          else torch.tensor(inputs["position_ids"].size(1)))
-                self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return loss
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.rc_forwards: list[int] = []
+            self.rc_window_tokens = self.rc_window_seconds = 0.0
+            self.rc_tokens = self.rc_step_seconds = 0.0
+            self.add_callback(StepTimer(self))
+
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            c = self.rc_plan.config
+            return StepSampler(list(ds["length"]), c.batch_size * grad_accum_per_process(c) * c.num_processes,
+                               c.seed, self.rc_plan.data_path == "grouped")
+
+        def _answer_forward(self, model, batch):
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with self.compute_loss_context_manager():
+                if self.rc_trl_head:
+                    out = model(**inputs, labels=batch["labels"], fused_lm_head=True)
+                    return -out.log_probs.float().sum(), out.label_mask.sum(), out.is_top1.sum()
+                out = model(**inputs, labels=batch["labels"], answer_loss=True)
+            return out["nll"], out["n_valid"], out["n_correct"]
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """One optimizer step's forwards and backwards; the loss is normalised over the answer tokens of the
+            whole step (every process), exactly as transformers does with gradient accumulation."""
+            model.train()
+            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+                self.optimizer.train()
+            forwards = self._prepare_inputs(inputs)["forwards"]
+            acc = self.accelerator
+            device = forwards[0]["input_ids"].device
+            world = acc.num_processes
+            items = torch.stack([(f["labels"][:, 1:] != IGNORE).sum() for f in forwards]).sum()
+            if world > 1:
+                items = acc.gather(items.reshape(1)).sum()
+            denom = items.clamp(min=1).float()
+            step_loss = torch.zeros((), device=device)
+            stats = torch.zeros(3, device=device, dtype=torch.float64)  # correct, valid, non-pad tokens
+            for i, batch in enumerate(forwards):
+                last = i == len(forwards) - 1
+                with contextlib.nullcontext() if last else acc.no_sync(model):
+                    nll, n_valid, n_correct = self._answer_forward(model, batch)
+                    loss = nll / denom * world  # DDP averages gradients over processes
+                    acc.backward(loss)
+                step_loss += loss.detach()
+                tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+                stats += torch.stack([torch.as_tensor(n_correct, device=device).double(),
+                                      torch.as_tensor(n_valid, device=device).double(),
+                                      torch.as_tensor(tokens, device=device).double()])
+            if world > 1:
+                stats = acc.gather(stats.unsqueeze(0)).sum(0)
+            correct, valid, tokens = stats.tolist()
+            self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
+            self._total_train_tokens += int(tokens)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            self.rc_forwards.append(len(forwards))
+            self.rc_window_tokens += tokens
+            self.rc_tokens += tokens
+            return step_loss
+
+        def floating_point_ops(self, inputs):
+            return sum(super(RustcoderSFTTrainer, self).floating_point_ops(f) for f in inputs["forwards"])
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """Token-weighted loss and token accuracy over every answer token of the eval set, in forwards
+            packed by the same token budget as training (no gradients kept)."""
+            ds = dataloader.dataset
+            plan = self.rc_plan
+            layout = "grouped" if plan.data_path == "padded" else plan.data_path
+            groups = group_forwards(list(ds["length"]), layout, plan.tokens_per_forward, plan.config.batch_size)
+            acc = self.accelerator
+            model = self.model
+            model.eval()
+            sums = torch.zeros(3, device=self.args.device, dtype=torch.float64)
+            with torch.no_grad():
+                for g in groups[acc.process_index::acc.num_processes]:
+                    rows = ds[g]
+                    feats = [{"input_ids": ids, "labels": lab} for ids, lab in zip(rows["input_ids"], rows["labels"])]
+                    batch = self._prepare_input(collate_forward(feats, layout, self.rc_pad_id, plan.varlen_kwargs))
+                    nll, n_valid, n_correct = self._answer_forward(model, batch)
+                    sums += torch.stack([nll.double(), torch.as_tensor(n_valid).double().to(sums.device),
+                                         torch.as_tensor(n_correct).double().to(sums.device)])
+            if acc.num_processes > 1:
+                sums = acc.gather(sums.unsqueeze(0)).sum(0)
+            nll, valid, correct = sums.tolist()
+            metrics = {f"{metric_key_prefix}_loss": nll / valid if valid else 0.0,
+                       f"{metric_key_prefix}_mean_token_accuracy": correct / valid if valid else 0.0}
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(ds))
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self.rc_window_seconds > 0:
+                tps = self.rc_window_tokens / self.rc_window_seconds
+                logs["tokens_per_second"] = round(tps, 1)
+                if self.rc_flops_per_token and self.rc_peak_flops:
+                    logs["mfu"] = round(tps * self.rc_flops_per_token / self.rc_peak_flops, 4)
+                self.rc_window_tokens = self.rc_window_seconds = 0.0
+            super().log(logs, start_time)
 
     return RustcoderSFTTrainer
 
@@ -339,23 +537,29 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     import torch
     from peft import LoraConfig
 
-    from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
-
+    from .fast_paths import add_answer_head, use_fast_dropout
     from .launch import RUN_DIR_ENV, process_rank
+    from .memory import ModelShape, peak_flops, train_flops_per_token
+    from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
+    from .packing import StepCollator
 
     rank, world = process_rank()
     main_process = rank == 0
     if not main_process:
         log = lambda *_: None  # noqa: E731 - one console report, from rank 0
-    plan = plan_training(cfg)
-    log(plan.render())
     # Everything that can fail on bad input fails before a run directory exists.
     base_path = resolve_model(cfg.model)
     model_config = load_config(cfg.model, cfg.model_revision)
     check_architecture(model_config, cfg.model)
     tokenizer, template = load_tokenizer(cfg.model, cfg.model_revision, model_config.model_type)
-    train_ds, eval_ds, stats = _datasets(tokenizer, plan)
+    data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
+                        eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
+                        max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
+    train_ds, eval_ds, stats = _datasets(tokenizer, cfg, data)
     check_loss_mask(train_ds["labels"])
+    plan = plan_training(cfg, data=data, lengths=list(train_ds["length"]), eval_lengths=list(eval_ds["length"]),
+                         shape=ModelShape.from_config(model_config))
+    log(plan.render())
 
     if run_dir is None and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])  # chosen once by the launcher, shared by every rank
@@ -383,21 +587,32 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, cfg.model_revision, cfg.dtype)
     model.config.use_cache = False
+    if plan.attn_implementation != "sdpa":
+        try:
+            model.set_attn_implementation(plan.attn_implementation)
+        except Exception as e:  # a kernel that cannot load here: SDPA's block mask is exact too
+            log(f"note: attention {plan.attention} unavailable ({str(e).splitlines()[0]}); using SDPA block mask")
+            plan.attention, plan.attn_implementation, plan.varlen_kwargs = "SDPA block-diagonal mask", "sdpa", False
+            if main_process:
+                artifacts.update_manifest(run_dir, attention=plan.attention)
     targets = "all-linear" if cfg.lora_target_modules == "all-linear" else \
         [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
     args = _sft_args(plan, run_dir, progress)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
+    collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, peft_config=lora,
-                               data_collator=_Collator(pad_id, plan.data_path == "padding-free"),
+                               processing_class=tokenizer, peft_config=lora, data_collator=collator,
                                callbacks=callbacks or [])
+    trainer.rc_plan, trainer.rc_pad_id = plan, pad_id
+    trainer.rc_trl_head = bool(cfg.launch_config and ("fsdp" in cfg.launch_config or "deepspeed" in cfg.launch_config))
+    add_answer_head(trainer.model.get_base_model())
+    shape = ModelShape.from_config(model_config)
+    mean_len = (sum(train_ds["length"]) / len(train_ds)) if len(train_ds) else 0
+    trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len)
+    trainer.rc_peak_flops = peak_flops(plan.device)
     if plan.fast_paths:
-        from .fast_paths import use_fast_dropout
-
-        # The answer-only head calls the decoder directly, which would bypass DDP's gradient hooks.
-        trainer.compact_head = world == 1
         use_fast_dropout(trainer.model)
     started = time.time()
     try:
@@ -429,7 +644,16 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "wall_time_s": time.time() - started,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "train_tokens": stats.prompt_tokens + stats.answer_tokens,
+        "forwards": sum(trainer.rc_forwards),
+        "forwards_per_step_max": max(trainer.rc_forwards, default=0),
+        "planned_forwards": (plan.forwards or {}).get("forwards"),
+        "tokens_per_forward": plan.tokens_per_forward,
+        "attention": plan.attention,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "tokens_per_second": trainer.rc_tokens / trainer.rc_step_seconds if trainer.rc_step_seconds else None,
     }
+    if metrics["tokens_per_second"] and trainer.rc_peak_flops:
+        metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
     adapter_dir = run_dir / ADAPTER_DIR
     if main_process:
         atomic_write_json(run_dir / METRICS, metrics)

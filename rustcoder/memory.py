@@ -1,0 +1,180 @@
+"""Memory and compute budget of a training forward: tokens per forward, checkpointing by need, FLOPs and MFU.
+
+Estimates, not measurements: a forward's activation memory is counted from the model's shape (what
+autograd keeps per token and layer for LoRA on every linear layer), with a safety margin. They
+decide two things before the model is loaded, the same way for the dry run and the trainer:
+
+- the default ``--tokens-per-forward`` (the largest forward that fits the device's free memory,
+  without gradient checkpointing if one example of ``--max-length`` fits that way);
+- gradient checkpointing: off when a forward's activations fit, on (with a one-line reason) when not.
+
+Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+GIB = 1024 ** 3
+SAFETY = 1.3            # measured peaks ran about this far above the per-token count (allocator, temporaries)
+USABLE_SHARE = 0.85     # of the free memory, for weights + activations; the rest for fragmentation and spikes
+CPU_TOKENS_PER_FORWARD = 4096  # CPU compute is linear in tokens: bigger forwards only amortise Python overhead
+TOKEN_ROUNDING = 256
+
+# Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for the MFU estimate.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
+               "L4": 121.0, "RTX 4090": 165.0, "A6000": 155.0, "V100": 125.0, "T4": 65.0}
+
+
+@dataclass
+class ModelShape:
+    """What the estimates need from a causal LM config."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    tied: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def parameters(self) -> int:
+        h, kv = self.hidden, self.kv_heads * self.head_dim
+        per_layer = h * h * 2 + 2 * h * kv + 3 * h * self.intermediate
+        return self.layers * per_layer + self.vocab * h * (1 if self.tied else 2)
+
+    @classmethod
+    def from_config(cls, config) -> "ModelShape":
+        c = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return cls(hidden=c.hidden_size, layers=c.num_hidden_layers, heads=c.num_attention_heads,
+                   kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+                   intermediate=c.intermediate_size, vocab=c.vocab_size,
+                   tied=bool(getattr(c, "tie_word_embeddings", False)))
+
+
+def lora_parameters(shape: ModelShape, r: int) -> int:
+    """Adapter parameters with LoRA rank r on all seven linear projections of every layer."""
+    h, kv, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate
+    dims = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+    return shape.layers * sum(r * (a + b) for a, b in dims)
+
+
+def activation_bytes_per_token(shape: ModelShape, dtype_bytes: int, checkpointing: bool) -> float:
+    """Bytes autograd keeps per token of a forward (LoRA on all linear layers, dropout on the adapter inputs).
+
+    Per layer: about 16 hidden-sized tensors (norm inputs/outputs, q/k/v/attention outputs, residuals
+    and each adapter's dropped input) and 5 intermediate-sized ones (gate, up, activation, product,
+    the down adapter's input). With checkpointing only each layer's input is kept, plus one layer
+    recomputed at a time.
+    """
+    per_layer = (16 * shape.hidden + 5 * shape.intermediate) * dtype_bytes
+    if checkpointing:
+        kept = shape.layers * shape.hidden * dtype_bytes + per_layer
+    else:
+        kept = shape.layers * per_layer
+    return kept * SAFETY
+
+
+def fixed_bytes(shape: ModelShape, dtype_bytes: int, lora_r: int) -> int:
+    """Weights, plus the adapter with its gradient and two fp32 Adam moments."""
+    return shape.parameters * dtype_bytes + lora_parameters(shape, lora_r) * (4 + 4 + 4 + 4)
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Free memory of the device now: the GPU's (torch.cuda.mem_get_info) or the machine's available RAM."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass
+class MemoryPlan:
+    """The forward budget and the checkpointing decision, with why."""
+
+    tokens_per_forward: int
+    gradient_checkpointing: bool
+    reason: str
+    activation_gib_per_forward: float | None = None
+    free_gib: float | None = None
+
+
+def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None, dtype_bytes: int, lora_r: int,
+                max_length: int, tokens_per_forward: int | None, gradient_checkpointing: bool | None) -> MemoryPlan:
+    """Choose tokens per forward (unless given) and gradient checkpointing (unless forced).
+
+    Checkpointing is off when the estimated activations of the largest forward fit what is left of
+    the device's free memory after the weights; on, with the reason, when they do not. A budget is
+    never below ``max_length``: any one example fits a forward.
+    """
+    def done(tokens: int, ckpt: bool, reason: str, act: float | None = None) -> MemoryPlan:
+        return MemoryPlan(max(tokens, max_length), ckpt, reason,
+                          None if act is None else round(act / GIB, 2),
+                          None if free_bytes is None else round(free_bytes / GIB, 2))
+
+    if shape is None or free_bytes is None:
+        tokens = tokens_per_forward or (CPU_TOKENS_PER_FORWARD if device == "cpu" else 4 * max_length)
+        ckpt = bool(gradient_checkpointing)
+        why = "forced by --gradient-checkpointing" if gradient_checkpointing else "no memory estimate available"
+        return done(tokens, ckpt, f"gradient checkpointing {'on' if ckpt else 'off'}: {why}")
+    room = free_bytes * USABLE_SHARE - fixed_bytes(shape, dtype_bytes, lora_r)
+    per_token = {c: activation_bytes_per_token(shape, dtype_bytes, c) for c in (False, True)}
+
+    def fit(ckpt: bool) -> int:
+        n = int(room // per_token[ckpt]) if room > 0 else 0
+        return n // TOKEN_ROUNDING * TOKEN_ROUNDING if n >= TOKEN_ROUNDING else n
+
+    if tokens_per_forward is None:
+        if device == "cpu":
+            tokens = CPU_TOKENS_PER_FORWARD
+        else:
+            tokens = fit(False) if fit(False) >= max_length else fit(True)
+        tokens = max(tokens, max_length)
+    else:
+        tokens = max(tokens_per_forward, max_length)
+    need = per_token[False] * tokens
+    if gradient_checkpointing is not None:
+        return done(tokens, gradient_checkpointing,
+                    f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}: forced by "
+                    f"--{'' if gradient_checkpointing else 'no-'}gradient-checkpointing "
+                    f"(estimated {need / GIB:.1f} GiB of activations per forward of {tokens} tokens without it, "
+                    f"{max(room, 0) / GIB:.1f} GiB free after the weights)", need)
+    if need <= room:
+        return done(tokens, False, f"gradient checkpointing off: a forward of {tokens} tokens needs about "
+                    f"{need / GIB:.1f} GiB of activations, {room / GIB:.1f} GiB free after the weights", need)
+    return done(tokens, True, f"gradient checkpointing on: a forward of {tokens} tokens needs about "
+                f"{need / GIB:.1f} GiB of activations without it, only {max(room, 0) / GIB:.1f} GiB free after "
+                "the weights", per_token[True] * tokens)
+
+
+def train_flops_per_token(shape: ModelShape, mean_example_tokens: float) -> float:
+    """Model FLOPs per trained token for LoRA: forward (2N) + backward through activations (2N), plus causal
+    attention (QK^T and AV at half the mean example length, three passes). Recomputation is not counted."""
+    attention = 3 * 2 * 2 * shape.layers * shape.hidden * mean_example_tokens / 2
+    return 4 * shape.parameters + attention
+
+
+def peak_flops(device: str) -> float | None:
+    """The device's dense bf16 peak in FLOP/s: ``RUSTCODER_PEAK_TFLOPS`` if set, else known GPU names, else None."""
+    env = os.environ.get("RUSTCODER_PEAK_TFLOPS")
+    if env:
+        return float(env) * 1e12
+    if device != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    for fragment, tflops in PEAK_TFLOPS.items():
+        if fragment in name:
+            return tflops * 1e12
+    return None

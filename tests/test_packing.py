@@ -1,0 +1,216 @@
+"""Step packing: grouping, collation, the dry run's schedule, isolation per attention path, memory decisions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rustcoder.packing import (IGNORE, StepCollator, StepSampler, collate_forward, forward_cost, group_forwards,
+                               schedule)
+
+
+def _lengths(n, seed=0):
+    rng = random.Random(seed)
+    return [max(4, int(rng.lognormvariate(4.5, 0.7))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("layout", ["grouped", "padding-free"])
+@pytest.mark.parametrize("budget", [64, 300, 4096])
+def test_grouping_keeps_every_example_once_within_the_budget(layout, budget):
+    lengths = _lengths(16)
+    groups = group_forwards(lengths, layout, budget, batch_size=4)
+    assert sorted(i for g in groups for i in g) == list(range(16))
+    for g in groups:  # only an example longer than the budget may exceed it, alone
+        assert forward_cost([lengths[i] for i in g], layout) <= budget or len(g) == 1
+    if budget >= forward_cost(lengths, layout):
+        assert len(groups) == 1
+
+
+def test_padded_layout_is_the_presets_micro_batches():
+    assert group_forwards([5, 9, 3, 7, 2], "padded", 10**6, batch_size=2) == [[0, 1], [2, 3], [4]]
+
+
+def test_padding_free_collation_resets_positions_and_masks_boundaries():
+    feats = [{"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8]}, {"input_ids": [9, 10, 11], "labels": [9, 10, 11]}]
+    b = collate_forward(feats, "padding-free", pad_id=0, varlen_kwargs=True)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+    assert b["labels"][0, 4].item() == IGNORE          # nothing learns to follow another example
+    assert b["cu_seq_lens_q"].tolist() == [0, 4, 7] and b["max_length_q"] == 4
+    p = collate_forward(feats, "grouped", pad_id=0)
+    assert p["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]] and p["labels"][1, 0].item() == IGNORE
+
+
+@pytest.mark.parametrize("layout,grouped", [("padded", False), ("grouped", True), ("padding-free", False)])
+def test_schedule_replays_what_sampler_and_collator_produce(layout, grouped):
+    """The dry run's forwards per step are those the dataloader (sampler + collator) yields, epoch by epoch."""
+    lengths = _lengths(37, seed=1)
+    per_step, budget, steps = 6, 400, 14  # 7 steps per epoch (the last partial), two epochs
+    sched = schedule(lengths, batch_size=3, accum_per_process=2, num_processes=1, total_steps=steps,
+                     layout=layout, budget=budget, seed=42, grouped=grouped)
+    sampler = StepSampler(lengths, per_step, seed=42, grouped=grouped)
+    collator = StepCollator(pad_id=0, layout=layout, budget=budget, batch_size=3)
+    seen, tokens = [], []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for s in range(0, len(order), per_step):
+            feats = [{"input_ids": [1] * lengths[i], "labels": [1] * lengths[i]} for i in order[s:s + per_step]]
+            forwards = collator(feats)["forwards"]
+            seen.append(len(forwards))
+            tokens.extend(f["input_ids"].numel() for f in forwards)
+    assert sched.forwards_per_step == seen
+    assert sched.tokens_per_forward == tokens
+    assert sorted(StepSampler(lengths, per_step, 42, grouped)) == list(range(37))
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    lengths = _lengths(50)
+    a, b = StepSampler(lengths, 8, 42, True), StepSampler(lengths, 8, 42, True)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+
+
+# ---- isolation: each example's logits in a packed forward equal its logits alone -----------------------------------
+
+def _model(tiny_qwen2, impl):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen2, attn_implementation=impl, dtype=torch.float32).eval()
+
+
+def _features():
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(3, 900, (n,), generator=g).tolist(), "labels": [1] * n} for n in (9, 4, 13, 6)]
+
+
+def _assert_isolated(model, feats, layout, varlen_kwargs=False):
+    # float32 on CPU: the same math in a different reduction order differs by a few ulps of logits of size ~1;
+    # 1e-5 absolute is ~100 ulps, far below the change one attended foreign token makes (checked below).
+    batch = collate_forward(feats, layout, pad_id=0, varlen_kwargs=varlen_kwargs)
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        offset = 0
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0]
+            got = packed[0, offset:offset + n] if layout == "padding-free" else packed[i, :n]
+            offset += n
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["padding-free", "grouped"])
+def test_sdpa_packed_examples_do_not_attend_to_each_other(tiny_qwen2, layout):
+    model = _model(tiny_qwen2, "sdpa")
+    feats = _features()
+    _assert_isolated(model, feats, layout)
+    # the check can fail: without per-example positions the flattened row is one causal sequence
+    batch = collate_forward(feats, "padding-free", pad_id=0)
+    with torch.no_grad():
+        mixed = model(input_ids=batch["input_ids"], use_cache=False).logits[0, 9:13]
+        alone = model(input_ids=torch.tensor([feats[1]["input_ids"]]), use_cache=False).logits[0]
+    assert (mixed - alone).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_flex_attention_packed_examples_do_not_attend_to_each_other(tiny_qwen2):
+    """FlexAttention runs on CPU too (compiled on first use, ~30 s here)."""
+    _assert_isolated(_model(tiny_qwen2, "flex_attention"), _features(), "padding-free")
+
+
+def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypatch):
+    """torch's varlen_attn runs on CUDA only; on CPU a per-segment SDPA stands in for the kernel, so the wrapper's
+    layout, GQA and cu_seq_lens plumbing are checked here (the real kernel: tests/test_gpu_training.py)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import varlen
+
+    from rustcoder.attention import TORCH_VARLEN, register_torch_varlen
+
+    calls = []
+
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False, **kw):
+        assert window_size == (-1, 0) and cu_q.dtype == torch.int32
+        calls.append(cu_q.tolist())
+        out = torch.empty_like(q)
+        for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            o = F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1),
+                                               is_causal=True, scale=scale, enable_gqa=enable_gqa)
+            out[s:e] = o.transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(varlen, "varlen_attn", reference)
+    register_torch_varlen()
+    model = _model(tiny_qwen2, "sdpa")
+    model.set_attn_implementation(TORCH_VARLEN)
+    _assert_isolated(model, _features(), "padding-free", varlen_kwargs=True)
+    assert calls and calls[0] == [0, 9, 13, 26, 32]
+
+
+def test_attention_choice_per_device(monkeypatch):
+    from rustcoder import attention
+
+    assert attention.choose_attention("cpu", "grouped").attn_implementation == "sdpa"
+    assert attention.choose_attention("cpu", "padding-free").name == "SDPA block-diagonal mask"
+    monkeypatch.setattr(attention, "_has", lambda m: m in ("flash_attn", "torch.nn.attention.varlen"))
+    assert attention.choose_attention("cuda", "padding-free").attn_implementation == "flash_attention_2"
+    monkeypatch.setattr(attention, "_has", lambda m: m == "torch.nn.attention.varlen")
+    chosen = attention.choose_attention("cuda", "padding-free")
+    assert chosen.attn_implementation == attention.TORCH_VARLEN and chosen.varlen_kwargs
+    monkeypatch.setattr(attention, "_has", lambda m: False)
+    assert attention.choose_attention("cuda", "padding-free").attn_implementation == "flex_attention"
+
+
+# ---- memory: tokens per forward and gradient checkpointing by need -------------------------------------------------
+
+QWEN2_7B = dict(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064, tied=False)
+
+
+def test_checkpointing_off_when_a_forward_fits_on_when_it_does_not():
+    from rustcoder.memory import GIB, ModelShape, plan_memory
+
+    shape = ModelShape(**QWEN2_7B)
+    assert abs(shape.parameters / 1e9 - 7.6) < 0.1
+    common = dict(device="cuda", shape=shape, dtype_bytes=2, lora_r=16, max_length=1024, gradient_checkpointing=None)
+    roomy = plan_memory(free_bytes=79 * GIB, tokens_per_forward=None, **common)
+    assert not roomy.gradient_checkpointing and roomy.reason.startswith("gradient checkpointing off")
+    assert roomy.tokens_per_forward >= 16 * 136  # a baseline step of Strandset examples in one forward
+    tight = plan_memory(free_bytes=24 * GIB, tokens_per_forward=None, **common)
+    assert tight.gradient_checkpointing and tight.reason.startswith("gradient checkpointing on")
+    assert "GiB" in tight.reason and tight.tokens_per_forward >= 1024
+    # a budget the user asks for that does not fit turns it on; one that fits leaves it off
+    assert plan_memory(free_bytes=40 * GIB, tokens_per_forward=8192, **common).gradient_checkpointing
+    assert not plan_memory(free_bytes=40 * GIB, tokens_per_forward=1024, **common).gradient_checkpointing
+    # the flag still forces either way
+    forced = plan_memory(free_bytes=79 * GIB, tokens_per_forward=None, **{**common, "gradient_checkpointing": True})
+    assert forced.gradient_checkpointing and "forced" in forced.reason
+    assert not plan_memory(free_bytes=10 * GIB, tokens_per_forward=None,
+                           **{**common, "gradient_checkpointing": False}).gradient_checkpointing
+
+
+def test_plan_decides_checkpointing_from_mocked_free_memory(rows_file, tiny_qwen2, monkeypatch, tmp_path):
+    from rustcoder import memory
+    from rustcoder.config import resolve_config
+    from rustcoder.memory import ModelShape
+    from rustcoder.train import _sft_args, plan_training
+
+    cfg = resolve_config("baseline", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40))
+    shape = ModelShape(**QWEN2_7B)
+    for free_gib, expect in ((79, False), (20, True)):
+        monkeypatch.setattr(memory, "device_free_bytes", lambda device, g=free_gib: g * memory.GIB)
+        plan = plan_training(cfg, device="cuda", shape=shape)
+        assert plan.gradient_checkpointing is expect
+        assert plan.checkpointing_reason.startswith(f"gradient checkpointing {'on' if expect else 'off'}")
+        assert plan.checkpointing_reason in plan.render()
+        assert _sft_args(plan, tmp_path, progress=False).activation_checkpointing is expect
+
+
+def test_evaluation_never_dominates_a_short_run():
+    from rustcoder.train import auto_eval_steps
+
+    assert auto_eval_steps(562, 9000 * 136, 1000 * 136)[0] == 562 // 5   # 5 evaluations: 20% of the compute
+    assert auto_eval_steps(562, 90000 * 136, 1000 * 136) == (56, "")      # plenty of training: about 10
+    every, note = auto_eval_steps(20, 80 * 136, 1000 * 136)               # a short run, a large eval split
+    assert every == 20 and "1 evaluations" in note
