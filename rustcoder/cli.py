@@ -58,11 +58,11 @@ def main(debug: bool) -> None:
 
 def _field_options(func):
     """One flag per TrainConfig field; default None means 'not typed' (so presets and files show)."""
-    from .config import config_fields, flag_name
+    from .config import config_fields, flag_aliases, flag_name
 
     for f in reversed(config_fields()):
         t = str(f.type)
-        decls = [flag_name(f.name)]
+        decls = [flag_name(f.name), *flag_aliases(f.name)]  # aliases: the Hugging Face names (--learning-rate)
         if f.metadata.get("flag"):
             decls.insert(0, f.metadata["flag"])
         kw = {"default": None, "help": f.metadata.get("help", ""), "show_default": False}
@@ -83,6 +83,7 @@ def _field_options(func):
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("config_arg", required=False, metavar="[CONFIG.yaml]")
 @click.option("--preset", default=None, metavar="NAME",
               help="Start from a preset (see `rustcoder presets`). Default: small-batch.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -96,9 +97,14 @@ def _field_options(func):
 @click.option("--main-process-ip", default=None, help="Multi-node: address of machine 0 (passed to accelerate).")
 @click.option("--main-process-port", type=int, default=None, help="Multi-node: port on machine 0.")
 @_field_options
-def train(preset, config_file, dry_run, resume, as_json, num_machines, machine_rank, main_process_ip,
+def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machines, machine_rank, main_process_ip,
           main_process_port, **overrides):
     """Fine-tune a LoRA adapter on Rust tasks (TRL SFT + PEFT).
+
+    CONFIG.yaml (same as --config) is a YAML file of settings, as Axolotl and LLaMA-Factory run them; a
+    preset name there works like --preset. Flags and YAML keys also accept the Hugging Face names
+    (--learning-rate, --per-device-train-batch-size, --gradient-accumulation-steps, --num-train-epochs,
+    --lora-rank, --max-seq-length ...).
 
     Precedence: defaults < --preset < --config FILE < flags you type. The run directory
     (OUTPUT_DIR/RUN_NAME) receives the adapter, tokenizer, chat template, resolved config, manifest
@@ -107,11 +113,14 @@ def train(preset, config_file, dry_run, resume, as_json, num_machines, machine_r
     \b
     Examples:
       rustcoder train --preset small-batch -n 10000
+      rustcoder train my.yaml --dry-run                  (my.yaml: rustcoder presets show small-batch > my.yaml)
       rustcoder train --preset small-batch --lr 3e-5 --dry-run
       rustcoder train --preset small-batch --model tiny-qwen2 --dataset sample
     """
     from .config import resolve_config
 
+    if config_arg is not None:
+        preset, config_file = _config_argument(config_arg, preset, config_file)
     if resume:
         cfg, run_dir = _resume_target(overrides)
     else:
@@ -153,6 +162,26 @@ def train(preset, config_file, dry_run, resume, as_json, num_machines, machine_r
                f"{m['steps']} steps in {m['wall_time_s']:.0f} s")
     click.echo(f"  adapter: {result.adapter_dir}")
     click.echo("  next: rustcoder eval --by-task   |   rustcoder merge && rustcoder serve")
+
+
+def _config_argument(arg: str, preset, config_file):
+    """(preset, config_file) for `rustcoder train ARG`: ARG is a YAML file, or else a preset name."""
+    from .config import preset_names
+    from .errors import UsageError
+
+    if arg in preset_names() and not Path(arg).exists():
+        if preset and preset != arg:
+            raise UsageError(f"two presets given: {arg!r} and --preset {preset!r}; keep one.")
+        return arg, config_file
+    if config_file:
+        raise UsageError(f"two config files given: {arg!r} and --config {config_file!r}; keep one.")
+    if not Path(arg).is_file():
+        from .errors import did_you_mean
+
+        raise UsageError(f"config file {arg!r} does not exist{did_you_mean(arg, preset_names())}. Pass a YAML file "
+                         "(start from a preset: `rustcoder presets show small-batch > my.yaml`) or a preset name "
+                         f"({', '.join(preset_names())}).")
+    return preset, arg
 
 
 def _resume_target(overrides: dict):

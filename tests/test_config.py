@@ -79,12 +79,12 @@ def test_unknown_preset_suggests_closest():
 
 def test_unknown_config_key_suggests_closest(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("lora_rank: 8\nlearning_rate: 1e-4\n")
+    f.write_text("lora_rnk: 8\nlearnig_rate: 1e-4\n")  # lora_rank and learning_rate are accepted aliases
     with pytest.raises(ConfigError) as e:
         resolve_config("baseline", f)
     msg = str(e.value)
-    assert "'lora_rank'" in msg and "did you mean 'lora_r'" in msg
-    assert "'learning_rate'" in msg
+    assert "'lora_rnk'" in msg and "did you mean 'lora_rank', which sets 'lora_r'" in msg
+    assert "'learnig_rate'" in msg and "did you mean 'learning_rate', which sets 'lr'" in msg
 
 
 def test_impossible_values_reported_all_at_once_naming_flags():

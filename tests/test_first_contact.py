@@ -52,3 +52,38 @@ def test_unreachable_hub_fails_at_once_without_retries(monkeypatch):
     with pytest.raises(RustcoderError, match="cannot be reached from here"):
         modeling.load_config("nobody-here/not-a-model")
     assert time.monotonic() - t < 10  # huggingface_hub alone retries 5 times (about 30 s) first
+
+
+def test_train_takes_a_config_file_as_its_argument_with_hugging_face_names(tmp_path):
+    import json
+
+    import yaml
+
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({
+        "preset": "aggressive-lr", "model_name_or_path": "tiny-qwen2", "dataset": "sample",
+        "learning_rate": 3e-5, "gradient_accumulation_steps": 8, "lora_rank": 8, "num_train_epochs": 2}))
+    r = _run(["train", "my.yaml", "--per-device-train-batch-size", "3", "--dry-run", "--json"], tmp_path)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output[r.output.index("{"):])
+    cfg = plan["config"]
+    assert (cfg["preset"], cfg["model"], cfg["lr"], cfg["grad_accum"], cfg["lora_r"], cfg["epochs"], cfg["batch_size"]) \
+        == ("aggressive-lr", "tiny-qwen2", 3e-5, 8, 8, 2, 3)
+
+
+def test_train_argument_errors_and_suggestions(tmp_path):
+    r = _run(["train", "nope.yaml", "--dry-run"], tmp_path)
+    assert r.exit_code == 2 and "config file 'nope.yaml' does not exist" in r.output and "presets show" in r.output
+    (tmp_path / "bad.yaml").write_text("learning_rat: 1.0e-5\nlr: 1.0e-5\nlearning_rate: 2.0e-5\nbf16: true\n")
+    r = _run(["train", "bad.yaml", "--dry-run"], tmp_path)
+    assert r.exit_code == 2, r.output
+    assert "'learning_rat' in bad.yaml (did you mean 'learning_rate', which sets 'lr'?)" in r.output
+    assert "'lr' and 'learning_rate' in bad.yaml both set 'lr'" in r.output and "dtype: bfloat16" in r.output
+    assert "logging_steps" not in r.output
+    r = _run(["train", "--gradient-accumulation-step", "2", "--dry-run"], tmp_path)
+    assert r.exit_code == 2 and "--gradient-accumulation-steps" in r.output
+
+
+def test_train_argument_may_name_a_preset(tmp_path):
+    r = _run(["train", "high-capacity", "--model", "tiny-qwen2", "--dataset", "sample", "--dry-run", "--json"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert '"preset": "high-capacity"' in r.output
