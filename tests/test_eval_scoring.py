@@ -120,9 +120,11 @@ def test_hand_written_predictions_get_the_right_statuses(items, tmp_path):
     assert st("wrong", summary)["primary"] == pytest.approx(chrf("It sorts things.", ref))
     assert st("good", bug)["status"] == "pass" and st("good", bug)["chrf"] == pytest.approx(100.0)
 
-    # needs_crate is counted on its own, outside the pass-rate denominator
+    # needs_crate is counted on its own, outside the pass-rate denominator; the category's other item,
+    # which "crate" did not answer, is missing and scores 0
     crate_cat = result.metrics["models"]["crate"]["categories"]["code_generation"]
-    assert crate_cat["needs_crate"] == 1 and crate_cat["scored"] == 0 and crate_cat["primary"] is None
+    assert crate_cat["needs_crate"] == 1 and crate_cat["statuses"]["missing"] == crate_cat["items"] - 1
+    assert crate_cat["scored"] == crate_cat["items"] - 1 and crate_cat["primary"] == 0.0
     typeerr = result.metrics["models"]["typeerr"]["categories"]["code_generation"]
     assert typeerr["error_codes"] == {"E0308": 1} and typeerr["compile_rate"] == 0.0
     # the program that was compiled is kept, for a person to read

@@ -23,7 +23,8 @@ from .categories import CATEGORIES, build_messages
 COLUMNS = ("crate_name", "input_data", "output_data", "task_category", "test")
 SAMPLE_NAMES = ("sample", "builtin", "builtin:sample")
 BAD_REASONS = ("unparsable_input", "unparsable_output", "missing_column", "unknown_category",
-               "missing_input_field", "missing_output_field", "empty_answer")
+               "missing_input_field", "missing_output_field", "empty_answer", "wrong_type")
+LIST_FIELDS = ("test_cases",)  # fields that may hold a list of strings instead of one string
 
 
 class BadRow(Exception):
@@ -66,6 +67,19 @@ def _present(value: Any) -> bool:
     return bool(str(value).strip())
 
 
+def _wrong_type(data: dict, keys, where: str) -> str | None:
+    """Why a field the category reads is not text (numbers and lists would be trained on as
+    Python's rendering of them), or None."""
+    for key in keys:
+        value = data.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        if key in LIST_FIELDS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            continue
+        return f"{where}.{key} is {type(value).__name__}, not text"
+    return None
+
+
 def row_id(row: dict) -> str:
     """Content hash of a raw row (category + input + output), used to detect train/eval overlap."""
     h = hashlib.sha256()
@@ -101,6 +115,12 @@ def parse_row(row: dict, keep_fields: bool = True) -> Example:
     for col in ("input_data", "output_data", "task_category"):
         if col not in row or row[col] is None:
             raise BadRow("missing_column", col)
+    for col in ("task_category", "crate_name", "test"):
+        if row.get(col) is not None and not isinstance(row[col], str):
+            raise BadRow("wrong_type", f"column {col} is {type(row[col]).__name__}, not text")
+    for col in ("input_data", "output_data"):
+        if not isinstance(row[col], (str, dict)):
+            raise BadRow("wrong_type", f"column {col} is {type(row[col]).__name__}, not a JSON object or its text")
     category = str(row["task_category"]).strip()
     cat = CATEGORIES.get(category)
     if cat is None:
@@ -113,6 +133,10 @@ def parse_row(row: dict, keep_fields: bool = True) -> Example:
         out = parse_field(row["output_data"])
     except ValueError as e:
         raise BadRow("unparsable_output", str(e)) from None
+    wrong = _wrong_type(inp, cat.inputs + cat.optional_inputs, "input_data") \
+        or _wrong_type(out, cat.outputs, "output_data")
+    if wrong:
+        raise BadRow("wrong_type", wrong)
     missing_in = [k for k in cat.inputs if not _present(inp.get(k))]
     if missing_in:
         raise BadRow("missing_input_field", ",".join(missing_in))
@@ -139,36 +163,95 @@ def sample_path(split: str = "train") -> Path:
     return Path(str(resources.files("rustcoder") / "data" / "sample" / f"strandset_{split}.jsonl"))
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+def _describe(value: Any) -> str:
+    text = json.dumps(value)[:40] if not isinstance(value, (bytes, bytearray)) else repr(value[:40])
+    return f"{type(value).__name__} {text}" if value is not None else "null"
+
+
+def _decode(path: Path, where: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}). "
+                        "Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+
+def _loads(path: Path, where: str, text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{where} is not valid JSON ({e.msg}). {what}") from None
+    except RecursionError:
+        raise DataError(f"{path}:{where}: JSON nested too deeply to read (more than about 1,000 levels). "
+                        f"{what}") from None
+
+
+def iter_records(path: Path, what: str = "one JSON object with the Strandset columns"
+                 ) -> Iterator[tuple[str, dict]]:
+    """(location, row) for every row of a .jsonl, .json or .parquet file; DataError (naming the file,
+    the line or row, and the fix) for anything that is not a readable row object."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        yield from _iter_parquet_rows(path)
+        return
+    if path.suffix == ".json":
+        data = _loads(path, "1", _decode(path, "1", path.read_bytes()), f"It must hold a list of {what}s.")
+        if isinstance(data, dict):
+            data = data.get("data") or data.get("rows") or [data]
+        if not isinstance(data, list):
+            raise DataError(f"{path} must hold a list of row objects (each {what}), got {_describe(data)}.")
+        for index, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: item {index} of the list is {_describe(row)}, not a row object "
+                                f"(each item must be {what}).")
+            yield f"item {index}", row
+        return
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = _decode(path, str(lineno), raw)
             if not line.strip():
                 continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg}). Each line of a .jsonl file "
-                                "must be one JSON object with the Strandset columns.") from None
+            row = _loads(path, str(lineno), line, f"Each line of a .jsonl file must be {what}.")
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno} is {_describe(row)}, not a JSON object. Each line of a .jsonl "
+                                f"file must be {what}.")
+            yield str(lineno), row
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict]:
+    for _, row in iter_records(path):
+        yield row
 
 
 def _iter_json(path: Path) -> Iterator[dict]:
+    for _, row in iter_records(path):
+        yield row
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    fix = "Re-download or re-export it, or pass a .jsonl file."
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e.msg}).") from None
-    if isinstance(data, dict):
-        data = data.get("data") or data.get("rows") or [data]
-    if not isinstance(data, list):
-        raise DataError(f"{path} must hold a list of row objects.")
-    yield from data
+        pf = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                        + fix) from None
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield f"row {index}", row
+                index += 1
+    except (pyarrow.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: row group after row {index} cannot be read ({str(e).splitlines()[0]}). "
+                        + fix) from None
 
 
 def _iter_parquet(path: Path) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+    for _, row in _iter_parquet_rows(path):
+        yield row
 
 
 _READERS = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}

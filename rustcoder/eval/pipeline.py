@@ -164,7 +164,12 @@ def _default_suite(resolved: ResolvedModel, log) -> Suite:
 
 
 def _read_predictions(path: str, by_id: dict[str, EvalItem]) -> tuple[dict[str, dict], list[str], int]:
-    """Predictions file -> ({key: sample record}, model tags, unknown ids)."""
+    """Predictions file (.jsonl, .json or .parquet) -> ({key: sample record}, model tags, unknown ids).
+
+    A repeated id is an error unless its lines carry distinct ``sample_index`` values.
+    """
+    from ..data.strandset import iter_records
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise UsageError(f"predictions file {path!r} does not exist.")
@@ -172,34 +177,45 @@ def _read_predictions(path: str, by_id: dict[str, EvalItem]) -> tuple[dict[str, 
     tags: list[str] = []
     unknown = 0
     next_index: Counter = Counter()
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno} is not valid JSON ({e.msg}).") from None
-            item_id = str(rec.get("id") or rec.get("task_id") or "")
-            answer = next((rec[k] for k in ("answer", "completion", "response", "output", "text") if k in rec), None)
-            if not item_id or answer is None:
-                raise DataError(f"{p}:{lineno}: each line needs an id (or task_id) and an answer (or completion).")
-            if item_id not in by_id:
-                unknown += 1
-                continue
-            tag = str(rec.get("model") or "predictions")
-            if tag not in tags:
-                tags.append(tag)
-            index = rec.get("sample_index")
-            if index is None:
-                index = next_index[(tag, item_id)]
-            next_index[(tag, item_id)] = max(next_index[(tag, item_id)], int(index) + 1)
-            item = by_id[item_id]
-            key = sample_key(tag, item_id, int(index))
-            out[key] = {"key": key, "model": tag, "id": item_id, "category": item.category,
-                        "sample_index": int(index), "answer": str(answer),
-                        "finish_reason": rec.get("finish_reason") or "stop", "tokens": rec.get("tokens"),
-                        "backend": "predictions"}
+    first_line: dict[tuple[str, str], int] = {}
+    for lineno, rec in iter_records(p, what="one JSON object with an id and an answer"):
+        item_id = rec.get("id") if rec.get("id") is not None else rec.get("task_id")
+        item_id = str(item_id) if isinstance(item_id, (str, int)) and not isinstance(item_id, bool) else ""
+        answer = next((rec[k] for k in ("answer", "completion", "response", "output", "text") if k in rec), None)
+        if not item_id or answer is None:
+            raise DataError(f"{p}:{lineno}: each line needs an id (or task_id) and an answer (or completion).")
+        if not isinstance(answer, str):
+            raise DataError(f"{p}:{lineno}: the answer of {item_id!r} is {type(answer).__name__}, not text. "
+                            "Write the model's answer as a JSON string.")
+        if item_id not in by_id:
+            unknown += 1
+            continue
+        tag = str(rec.get("model") or "predictions")
+        if tag not in tags:
+            tags.append(tag)
+        index = rec.get("sample_index")
+        if index is None:
+            if (tag, item_id) in first_line:
+                raise DataError(
+                    f"{p}:{lineno}: id {item_id!r} (model {tag!r}) was already answered at line "
+                    f"{first_line[(tag, item_id)]}. Remove the duplicate, or, for several samples per item, give "
+                    "each line a \"sample_index\" (0, 1, ...).")
+            index = next_index[(tag, item_id)]
+        elif isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise DataError(f"{p}:{lineno}: sample_index must be a whole number >= 0, got {index!r}.")
+        first_line.setdefault((tag, item_id), lineno)
+        next_index[(tag, item_id)] = max(next_index[(tag, item_id)], int(index) + 1)
+        item = by_id[item_id]
+        key = sample_key(tag, item_id, int(index))
+        if key in out:
+            raise DataError(f"{p}:{lineno}: id {item_id!r} sample_index {index} (model {tag!r}) appears twice "
+                            f"(first at line {out[key]['line']}); each sample needs its own sample_index.")
+        out[key] = {"key": key, "model": tag, "id": item_id, "category": item.category,
+                    "sample_index": int(index), "answer": str(answer),
+                    # a file cannot mark its own answers as excluded (error) or missing
+                    "finish_reason": "length" if rec.get("finish_reason") == "length" else "stop",
+                    "tokens": rec.get("tokens") if isinstance(rec.get("tokens"), int) else None,
+                    "backend": "predictions", "line": lineno}
     return out, tags, unknown
 
 
@@ -464,7 +480,22 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
     store = JsonlStore(plan.eval_dir / SAMPLES)
     if plan.mode == "predictions":
         store.append(plan.predictions.values())
+        missing = []
+        for target in plan.targets:  # items (or samples) the file does not answer count as failures
+            for item in plan.items.items:
+                for j in range(plan.samples):
+                    key = sample_key(target.tag, item.id, j)
+                    if key not in plan.predictions:
+                        missing.append({"key": key, "model": target.tag, "id": item.id, "category": item.category,
+                                        "sample_index": j, "answer": "", "finish_reason": "missing",
+                                        "tokens": None, "backend": "predictions"})
+        store.append(missing)
+        expected = len(plan.targets) * len(plan.items.items) * plan.samples
         log(f"predictions: {len(plan.predictions)} answers from {plan.cfg.predictions}")
+        if missing:
+            log(f"warning: the predictions answer {expected - len(missing)} of {expected} item sample(s) "
+                f"({100.0 * (expected - len(missing)) / expected:.1f}% coverage); the {len(missing)} without an "
+                "answer are scored 0 (status missing)")
         return store.load()
     from . import parallel
 
@@ -527,19 +558,46 @@ def _compiled(status: str, res: dict | None) -> bool | None:
     return None
 
 
+SANDBOX_ERROR_LIMIT = 2  # more sandbox errors than this (and than 1% of programs) stop the stage
+
+
+def _sandbox_error_limit(executed: int) -> int:
+    return max(SANDBOX_ERROR_LIMIT, executed // 100)
+
+
+def _check_sandbox(log, why: str) -> None:
+    """Run the sandbox's self-check; raise when the sandbox itself is broken."""
+    from ..sandbox import sandbox_self_check
+
+    check = sandbox_self_check()
+    if check.status != "pass":
+        raise RustcoderError(
+            f"the sandbox does not work here ({why}): {check.detail}\nNothing was blamed on the model. "
+            "Fix the sandbox (see docs/sandbox.md; `rustcoder doctor` shows what this machine provides) and "
+            "rerun: finished programs are kept, the rest resume.")
+    log(f"sandbox self-check passed ({why})")
+
+
 def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, dict]:
-    """Compile/run the code of every code-task sample not yet executed; returns {key: execution}."""
+    """Compile/run the code of every code-task sample not yet executed; returns {key: execution}.
+
+    A self-check program proves the sandbox works before the first batch and after any sandbox
+    error; past a small number of sandbox errors the stage stops with an error instead of leaving
+    those samples out of the rates. test_generation answers pass only when at least one test ran,
+    all passed, and at least one fails against the code under test with its function bodies broken.
+    """
     from ..sandbox import rustc_available, run_many
 
     store = JsonlStore(plan.eval_dir / EXECUTIONS)
-    done = store.load()
+    # sandbox errors are the sandbox's, not the model's: never kept as a final verdict
+    done = {k: v for k, v in store.load().items() if v.get("status") != "sandbox_error"}
     by_id = plan.by_id
     tags = {t.tag for t in plan.targets}
     queue: list[tuple[dict, tasks.ProgramPlan]] = []
     immediate = []
     for key, s in samples.items():
         item = by_id.get(s["id"])
-        if key in done or item is None or s["model"] not in tags or s.get("finish_reason") == "error":
+        if key in done or item is None or s["model"] not in tags or s.get("finish_reason") in ("error", "missing"):
             continue
         spec = tasks.task_of(item.task)
         if spec.program is None:
@@ -574,8 +632,10 @@ def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, di
                     cache[k] = r.to_dict()
         return [cache[k] for k in keys]
 
+    _check_sandbox(log, "before the first batch")
     started = last_log = time.time()
     chunk = max(8, 4 * workers)
+    sandbox_errors, executed = 0, 0
     log(f"execute: {len(queue)} program(s) in the sandbox, {workers} at a time")
     for c in range(0, len(queue), chunk):
         part = queue[c:c + chunk]
@@ -589,17 +649,54 @@ def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, di
             for i, r in zip(retry, again):
                 if r["status"] != "compile_error" or not set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES:
                     chosen[i] = (part[i][1].programs[1], r)
+        # generated tests must test something: run them against the code under test, broken
+        broken: dict[int, tuple[tasks.Program, int]] = {}
+        for i, ((s, _pp), (prog, r)) in enumerate(zip(part, chosen)):
+            if r["status"] == "pass" and r["tests_passed"] > 0 and \
+                    tasks.task_of(by_id[s["id"]].task).program == "tests_for_code":
+                made = tasks.broken_program(prog)
+                if made:
+                    broken[i] = made
+        broken_runs = dict(zip(broken, run_programs([b[0] for b in broken.values()]))) if broken else {}
         recs = []
-        for (s, pp), (prog, r) in zip(part, chosen):
-            recs.append({
-                "key": s["key"], "status": r["status"], "label": prog.label, "mode": prog.mode,
-                "has_tests": prog.has_tests, "compiled": _compiled(r["status"], r),
+        for i, ((s, pp), (prog, r)) in enumerate(zip(part, chosen)):
+            status, detail = r["status"], r["detail"]
+            rec = {"key": s["key"], "label": prog.label, "mode": prog.mode, "has_tests": prog.has_tests}
+            if prog.has_tests and status == "pass" and r["tests_passed"] == 0:
+                status, detail = "no_tests", "no test ran (0 tests): nothing was checked"
+            if i in broken_runs:
+                b = broken_runs[i]
+                rec.update(broken_status=b["status"], tests_failed_broken=b["tests_failed"],
+                           tests_passed_broken=b["tests_passed"], broken_bodies=broken[i][1])
+                if b["status"] == "pass":
+                    status = "weak_tests"
+                    detail = (f"all {r['tests_passed']} test(s) also pass with the {broken[i][1]} function body(ies) "
+                              "of the code under test replaced by a panic: they do not test it")
+                elif b["status"] in tasks.DISCRIMINATING_STATUSES:
+                    detail += f"; {b['tests_failed']} test(s) fail against the broken code"
+                else:
+                    detail += f"; broken-code check inconclusive ({b['status']})"
+            rec.update({
+                "status": status, "compiled": _compiled(r["status"], r),
                 "error_codes": r["error_codes"], "missing_crates": r["missing_crates"],
                 "tests_passed": r["tests_passed"], "tests_failed": r["tests_failed"],
                 "compile_seconds": round(r["compile_seconds"], 3), "run_seconds": round(r["run_seconds"], 3),
-                "detail": r["detail"], "diagnostics": (r["diagnostics"] or "")[:2000],
+                "detail": detail, "diagnostics": (r["diagnostics"] or "")[:2000],
                 "stdout_tail": (r["stdout"] or "")[-1000:], "program": prog.source, "code": pp.code})
+            recs.append(rec)
         store.append(recs)
+        executed += len(recs)
+        errors = [rec for rec in recs if rec["status"] == "sandbox_error"]
+        if errors:
+            sandbox_errors += len(errors)
+            log(f"  {len(errors)} sandbox error(s): {errors[0]['detail']}")
+            _check_sandbox(log, f"after {sandbox_errors} sandbox error(s)")
+            if sandbox_errors > _sandbox_error_limit(executed):
+                raise RustcoderError(
+                    f"{sandbox_errors} of {executed} programs failed in the sandbox itself (e.g. "
+                    f"{errors[0]['detail']!r}), more than {_sandbox_error_limit(executed)}: the scores would "
+                    "silently leave them out. Fix the sandbox (docs/sandbox.md) and rerun: other results are kept "
+                    "and sandbox errors are retried.")
         if c + chunk >= len(queue) or time.time() - last_log >= 15:
             log(f"  executed {min(c + chunk, len(queue))}/{len(queue)}, {time.time() - started:.0f} s")
             last_log = time.time()
@@ -617,6 +714,15 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
     if sample.get("finish_reason") == "error":
         rec.update(status="generation_error", primary=None, error=sample.get("error"))
         return rec
+    if sample.get("finish_reason") == "missing":  # no answer given for this item: it scores 0
+        rec.update(status="missing", primary=0.0)
+        if spec.program is not None:
+            rec.update(passed=0.0, compiled=False, has_tests=False)
+        if spec.text_field:
+            rec["chrf"] = 0.0
+        if spec.match_field:
+            rec["exact"] = 0.0
+        return rec
     answer = sample.get("answer") or ""
     empty = not extract.strip_thinking(answer).strip()
     status = "empty_answer" if empty else None
@@ -625,8 +731,11 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
         ex = execution or {"status": "empty_answer" if empty else "no_code"}
         status = ex["status"]
         m["compiled"] = ex.get("compiled") if status not in tasks.EXCLUDED_STATUSES else None
-        if status in ("empty_answer", "no_code", "no_tests"):
+        if status in ("empty_answer", "no_code", "no_tests") and ex.get("compiled") is None:
             m["compiled"] = False
+        for name in ("tests_passed", "tests_failed", "tests_failed_broken", "broken_status"):
+            if name in ex:
+                rec[name] = ex[name]
         m["has_tests"] = bool(ex.get("has_tests"))
         m["passed"] = None if status in tasks.EXCLUDED_STATUSES else float(status == "pass")
         rec["error_codes"] = ex.get("error_codes") or []
@@ -681,7 +790,7 @@ def stage_score(plan: EvalPlan, samples: dict[str, dict], executions: dict[str, 
             continue
         item = by_id[s["id"]]
         if tasks.task_of(item.task).program is not None and key not in executions \
-                and s.get("finish_reason") != "error":
+                and s.get("finish_reason") not in ("error", "missing"):
             continue  # not executed yet (should not happen after stage_execute)
         new.append(score_sample(item, s, executions.get(key)))
     store.append(new)

@@ -116,6 +116,10 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
                    "categories": len(cats), "samples": len(recs),
                    "statuses": dict(Counter(r["status"] for r in recs).most_common()),
                    "truncated": sum(1 for r in recs if r.get("finish_reason") == "length")}
+        missing = sum(1 for r in recs if r["status"] == "missing")
+        expected = len(items) * plan.samples
+        overall["coverage"] = {"expected": expected, "answered": expected - missing, "missing": missing,
+                               "percent": 100.0 * (expected - missing) / expected if expected else None}
         code_recs = [r for r in recs if r.get("passed") is not None]
         if code_recs:
             overall["code_pass_rate"] = _pct(r["passed"] for r in code_recs)
@@ -136,7 +140,7 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
             from ..sandbox import sandbox_capabilities
 
             cap = sandbox_capabilities()
-            sandbox = {k: cap.get(k) for k in ("rustc", "isolation", "missing") if k in cap}
+            sandbox = {k: cap.get(k) for k in ("rustc", "isolation", "missing", "warnings") if k in cap}
         except Exception:  # noqa: BLE001 - the report must not fail on a capability probe
             sandbox = None
     out = {
@@ -158,6 +162,8 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
         "models": models,
         "comparison": comparison,
         "sandbox": sandbox,
+        "edition": {"default": plan.suite.edition,
+                    "items_using_default": sum(1 for i in items if not i.data.get("edition_given"))},
     }
     if plan.mode == "oracle":
         out["oracle"] = _oracle(plan, scores, executions)
@@ -319,6 +325,10 @@ def render_terminal(m: dict, by_task: bool = True) -> str:
     extra = []
     for tag, data in m["models"].items():
         o = data["overall"]
+        cov = o.get("coverage") or {}
+        if cov.get("missing"):
+            extra.append(f"warning: {tag} answers {cov['answered']} of {cov['expected']} item samples "
+                         f"(coverage {cov['percent']:.1f}%); the rest are scored 0")
         ks = [k for k in o if k.startswith("pass@")]
         if m["suite"]["kind"] != "strandset" and ks:
             extra.append(f"{tag}: " + ", ".join(f"{k} {o[k]:.1f}" for k in ks))
@@ -368,6 +378,16 @@ def render_report(m: dict) -> str:
         lines.append(f"- --limit: {data['items']} of {data['limited_from']} items")
     for note in m.get("notes") or []:
         lines.append(f"- Note: {note}")
+    for tag, md in m["models"].items():
+        cov = md["overall"].get("coverage") or {}
+        if cov.get("missing"):
+            lines.append(f"- **Warning: coverage {cov['percent']:.1f}%** ({tag}): {cov['answered']} of "
+                         f"{cov['expected']} item samples have an answer; the {cov['missing']} without one are "
+                         "scored 0 (status `missing`)")
+    ed = m.get("edition")
+    if ed and ed.get("items_using_default"):
+        lines.append(f"- Rust edition: {ed['items_using_default']} item(s) name no edition and are compiled as "
+                     f"Rust {ed['default']}")
     lines += ["", "## Scores per category", "",
               "Primary metric per category, 0-100 (pass rate: compiles and, where the row has tests, passes them; "
               "chrF: character n-gram F-score vs the reference; exact: normalised exact match)."
@@ -441,6 +461,9 @@ def render_report(m: dict) -> str:
     if m.get("sandbox"):
         lines.append(f"Sandbox: rustc {m['sandbox'].get('rustc')}; isolation: "
                      f"{', '.join(m['sandbox'].get('isolation') or [])}.")
+        if m["sandbox"].get("missing"):
+            lines.append(f"**Sandbox degraded on this machine**: missing {', '.join(m['sandbox']['missing'])} "
+                         "(docs/sandbox.md, 'Where it degrades').")
     return "\n".join(lines) + "\n"
 
 

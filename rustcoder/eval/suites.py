@@ -22,6 +22,7 @@ from ..errors import DataError, UsageError, did_you_mean
 from . import extract
 
 SUITE_KINDS = ("strandset", "humaneval-rust")
+DEFAULT_EDITION = "2021"  # rows (and suites) that name no edition are compiled as Rust 2021
 HUMANEVAL_FIELDS = ("prompt", "canonical_solution", "test", "entry_point")
 
 
@@ -42,7 +43,7 @@ class Suite:
     revision: str | None = None
     split: str = "test"
     path: str | None = None  # humaneval-rust: the benchmark file
-    edition: str = "2021"
+    edition: str = DEFAULT_EDITION  # for rows without their own "edition"
     k: list[int] = field(default_factory=lambda: [1, 5, 10])
     generation: dict = field(default_factory=dict)  # max_new_tokens, temperature, top_p, samples
     prompt: dict = field(default_factory=dict)  # system, user (with {prompt})
@@ -121,9 +122,12 @@ def benchmark_suite(value: str) -> Suite:
         if not p.is_file():
             raise UsageError(f"benchmark file {value!r} does not exist.")
         base = _builtin("humaneval-rust", "humaneval-rust")
+        is_shipped = p.resolve() == Path(_default_path(base) or "/nonexistent").resolve()
+        if not is_shipped:
+            base.edition = DEFAULT_EDITION  # rows without "edition" run as 2021 (said in the report)
         base.path = str(p.resolve())
         base.name = p.stem.lower().replace("_", "-")
-        base.known_issues = base.known_issues if p.resolve() == Path(_default_path(base)).resolve() else {}
+        base.known_issues = base.known_issues if is_shipped else {}
         return base
     suite = load_suite(value)
     if suite.kind != "humaneval-rust":
@@ -287,6 +291,14 @@ def _strandset_items(suite: Suite, train_ids: set[str] | None, categories: list[
 
 def validate_benchmark_task(task: dict) -> str | None:
     """Why a HumanEval-Rust task cannot be scored (None when it can)."""
+    from ..sandbox import EDITIONS
+
+    wrong = [f for f in (*HUMANEVAL_FIELDS, "task_id", "edition")
+             if task.get(f) is not None and not isinstance(task.get(f), str)]
+    if wrong:
+        return "field(s) " + ", ".join(f"{f} ({type(task[f]).__name__})" for f in wrong) + " must be text"
+    if task.get("edition") and str(task["edition"]) not in EDITIONS:
+        return f"edition {task['edition']!r} is not one of {', '.join(EDITIONS)}"
     missing = [f for f in HUMANEVAL_FIELDS if not str(task.get(f) or "").strip()]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
@@ -316,43 +328,40 @@ def _humaneval_items(suite: Suite, categories: list[str] | None, keep_invalid: b
     out = ItemSet(items=[])
     wanted = set(categories) if categories else None
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                task = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg}).") from None
-            out.rows_read += 1
-            tid = str(task.get("task_id") or f"{path.stem}/{lineno}")
-            category = str(task.get("category") or "all")
-            if wanted is not None and category not in wanted:
-                continue
-            if tid in seen:
-                out.duplicates += 1
-                continue
-            seen.add(tid)
-            invalid = validate_benchmark_task(task)
-            issue = suite.known_issues.get(tid) or {}
-            excluded = issue.get("reason") if issue.get("exclude") else None
-            prompt = str(task.get("prompt") or "")
-            item = EvalItem(
-                id=tid, task="humaneval-rust", category=category,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": _fill(user, task)}],
-                reference="```rust\n" + prompt + "\n" + str(task.get("canonical_solution") or "") + "\n```",
-                data={"prompt": prompt, "test": str(task.get("test") or ""),
-                      "entry_point": str(task.get("entry_point") or ""),
-                      "edition": str(task.get("edition") or suite.edition),
-                      "canonical_solution": str(task.get("canonical_solution") or ""),
-                      "known_issue": issue.get("reason")},
-                invalid=invalid, excluded=excluded)
-            if invalid:
-                out.invalid.append({"id": tid, "category": category, "reason": invalid})
-            elif excluded:
-                out.excluded.append({"id": tid, "category": category, "reason": excluded})
-            if keep_invalid or not (invalid or excluded):
-                out.items.append(item)
+    from ..data.strandset import iter_records
+
+    for lineno, task in iter_records(path, what="one JSON object with prompt, canonical_solution, test and "
+                                                 "entry_point"):
+        out.rows_read += 1
+        tid = str(task.get("task_id") or f"{path.stem}/{lineno}")
+        category = str(task.get("category") or "all")
+        if wanted is not None and category not in wanted:
+            continue
+        if tid in seen:
+            out.duplicates += 1
+            continue
+        seen.add(tid)
+        invalid = validate_benchmark_task(task)
+        issue = suite.known_issues.get(tid) or {}
+        excluded = issue.get("reason") if issue.get("exclude") else None
+        prompt = str(task.get("prompt") or "")
+        item = EvalItem(
+            id=tid, task="humaneval-rust", category=category,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": _fill(user, task)}],
+            reference="```rust\n" + prompt + "\n" + str(task.get("canonical_solution") or "") + "\n```",
+            data={"prompt": prompt, "test": str(task.get("test") or ""),
+                  "entry_point": str(task.get("entry_point") or ""),
+                  "edition": str(task.get("edition") or suite.edition),
+                  "edition_given": bool(task.get("edition")),
+                  "canonical_solution": str(task.get("canonical_solution") or ""),
+                  "known_issue": issue.get("reason")},
+            invalid=invalid, excluded=excluded)
+        if invalid:
+            out.invalid.append({"id": tid, "category": category, "reason": invalid})
+        elif excluded:
+            out.excluded.append({"id": tid, "category": category, "reason": excluded})
+        if keep_invalid or not (invalid or excluded):
+            out.items.append(item)
     if not out.items:
         raise DataError(f"{path} has no usable tasks" + (f" in categories {', '.join(categories)}" if categories
                                                           else "") + ".")

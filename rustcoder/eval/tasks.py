@@ -19,7 +19,9 @@ EXEC_STATUSES = ("pass", "test_fail", "compile_error", "needs_crate", "timeout",
 STATUSES = EXEC_STATUSES + (
     "empty_answer",      # the model produced nothing (or only whitespace / a think block)
     "no_code",           # a code task whose answer holds no Rust
-    "no_tests",          # test_generation: the answer holds no #[test] function
+    "no_tests",          # test_generation: the answer holds no #[test] function, or none of them ran
+    "weak_tests",        # test_generation: the tests also all pass against a broken version of the code
+    "missing",           # --predictions: no answer for this item (or sample): scored 0
     "not_executed",      # --no-exec: code was extracted but not compiled
     "match",             # name / API tasks: exact match after normalisation
     "mismatch",          # name / API tasks: no exact match
@@ -109,6 +111,19 @@ class ProgramPlan:
     status: str | None = None
     code: str | None = None
     programs: list[Program] = field(default_factory=list)
+
+
+# Statuses of the broken-code run that show the tests notice a broken implementation.
+DISCRIMINATING_STATUSES = ("test_fail", "runtime_error", "timeout", "output_limit")
+
+
+def broken_program(program: Program) -> tuple[Program, int] | None:
+    """``program`` with every function body outside its tests replaced by a panic, and how many
+    bodies were replaced; None when there is no body to break (nothing to check the tests against)."""
+    source, replaced = extract.break_function_bodies(program.source)
+    if not replaced:
+        return None
+    return Program(source, "test", program.edition, program.label + " (code under test broken)", True), replaced
 
 
 def task_of(category: str) -> TaskSpec:
