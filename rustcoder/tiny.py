@@ -152,3 +152,39 @@ def tiny_model_dir(name: str) -> Path:
     if not marker.exists():
         build_tiny_model(path, arch=arch)
     return path
+
+
+# Real Qwen shapes (hidden, layers, heads, kv heads, intermediate, vocab, tied): throughput, memory and
+# numerics (bf16 merge rounding, packing isolation) depend on the shape, not on the weights.
+QWEN_SHAPES = {
+    "0.5b": dict(hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab_size=151936, tied=True),
+    "1.5b": dict(hidden_size=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab_size=151936, tied=True),
+    "7b": dict(hidden_size=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab_size=152064, tied=False),
+}
+
+
+def build_shaped_model(out_dir: str | Path, shape: str, *, device: str = "cuda", dtype: str = "bfloat16",
+                       seed: int = 0) -> Path:
+    """A Qwen2 with a real model's shape (QWEN_SHAPES) and random weights, built on ``device`` in ``dtype``,
+    saved with the tiny tokenizer (its ids are a subset of the vocabulary). For GPU tests and benchmarks
+    on machines that cannot download the real weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    s = QWEN_SHAPES[shape]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(out_dir, arch="qwen2")
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    cfg = tiny_config("qwen2", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"], layers=s["layers"],
+                      heads=s["heads"], kv_heads=s["kv_heads"], intermediate=s["intermediate"],
+                      tie_word_embeddings=s["tied"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    model.generation_config = GenerationConfig(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+                                               pad_token_id=ids["<|endoftext|>"], do_sample=False)
+    model.save_pretrained(out_dir, max_shard_size="2GB")
+    del model
+    return out_dir

@@ -1,0 +1,150 @@
+"""The GPU layer: the real path on a real dtype. train -> merge -> eval -> serve -> chat on a bf16
+Qwen2.5-0.5B-shaped model built on the GPU, and eval generation on CUDA.
+
+Run with `pytest -m gpu` on a CUDA machine (on an offline GPU box: ../shared/gpu/README.md); every test
+here skips cleanly without CUDA. CI has no GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m rustcoder ARGS` in a fresh process (as a user runs it), output captured."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "rustcoder", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def base_0p5b(tmp_path_factory) -> Path:
+    """Qwen2.5-0.5B's shape (hidden 896, 24 layers, vocab 151936, tied) with random bf16 weights, built on the GPU."""
+    from rustcoder.tiny import build_shaped_model
+
+    return build_shaped_model(tmp_path_factory.mktemp("gpu") / "qwen2.5-0.5b-shape", "0.5b", device="cuda")
+
+
+def _report(merged: Path) -> dict:
+    return json.loads((merged / "merge_report.json").read_text())
+
+
+def test_train_merge_eval_serve_chat_on_a_bf16_model(base_0p5b, tmp_path):
+    runs = tmp_path / "runs"
+    r = cli("train", "--preset", "small-batch", "--model", str(base_0p5b), "--dataset", "sample", "--max-steps", "30",
+            "--report-to", "none", "--output-dir", str(runs), "--run-name", "gpu-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = runs / "gpu-run"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the plain merge (bf16, the base's dtype): verified, or refused for its dtype; never called a bug
+    r = cli("merge", str(run))
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out
+    if r.returncode == 0:
+        assert _report(run / "merged")["verification"]["exact"] is True
+    else:
+        assert r.returncode == 1 and "This is not a bug" in out and "--dtype float32" in out, out
+
+    # both layers on both merge paths: bf16 with the limit lifted is exact, float32 keeps the whole effect
+    for flags, name in (([], "m16"), (["--streaming"], "m16s")):
+        r = cli("merge", str(run), "--output-dir", str(tmp_path / name), "--max-effect-lost", "1", *flags)
+        assert r.returncode == 0, r.stdout + r.stderr
+        v = _report(tmp_path / name)["verification"]
+        assert v["exact"] is True and v["dtype"] == "bfloat16" and v["cause"] is None
+        assert v["checks"]["logits"]["passed"] and v["max_logit_diff"] == pytest.approx(v["dtype_floor"], rel=1e-2)
+    r = cli("merge", str(run), "--output-dir", str(tmp_path / "m32"), "--dtype", "float32")
+    assert r.returncode == 0, r.stdout + r.stderr
+    v = _report(tmp_path / "m32")["verification"]
+    assert v["passed"] and v["exact"] is True and v["effect_kept"] > 0.99
+
+    # eval of the bf16 merge on CUDA (rustc where installed)
+    no_exec = [] if shutil.which("rustc") else ["--no-exec"]
+    r = cli("eval", str(tmp_path / "m16"), "--dataset", "sample", "--limit", "1", "--max-new-tokens", "32",
+            "--output-dir", str(tmp_path / "eval"), *no_exec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+    # serve it with the transformers engine and ask one question through the OpenAI client
+    missing = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"serving needs {', '.join(missing)}: pip install 'rustcoder[serve]'")
+    from openai import OpenAI
+
+    port = 8400 + os.getpid() % 500
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "rustcoder", "serve", str(tmp_path / "m16"), "--engine",
+                             "transformers", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=ROOT)
+    try:
+        lines, deadline = [], time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the server" in line:
+                break
+        else:
+            raise AssertionError("serve did not get ready:\n" + "".join(lines))
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        name = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=name, max_tokens=16, temperature=0, messages=[
+            {"role": "user", "content": "Write a Rust function that adds two i32."}])
+        assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens > 0
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_eval_generation_on_cuda_is_batched_left_padded_and_stops_at_the_end_of_turn(base_0p5b):
+    """Batched generation with left padding gives each prompt what it gets alone (float32, so kernels of
+    other batch shapes cannot flip a near-tie), and generation stops at a stop token."""
+    from rustcoder.eval.backends import GenParams, GenRequest, ModelTarget, TransformersBackend
+    from rustcoder.eval.suites import dataset_suite, load_items
+
+    items = load_items(dataset_suite("sample"), limit=1).items[:6]
+    backend = TransformersBackend(str(base_0p5b), dtype="float32", batch_size=6, log=lambda *_: None)
+    assert backend.device == "cuda" and next(backend.model.parameters()).is_cuda
+    target = ModelTarget("model", "local", "0.5b", path=str(base_0p5b))
+    params = GenParams(max_new_tokens=12)
+    reqs = [GenRequest(i) for i in items]
+    assert len({len(backend.prompt_text(r.messages)) for r in reqs}) > 1  # different lengths: padding happens
+
+    def answers():
+        return {r.item.id: [(g.text, g.finish_reason, g.tokens) for g in gens]
+                for r, gens in backend.generate(reqs, params, target)}
+    batched = answers()
+    backend.batch_size = 1
+    assert answers() == batched
+
+    # stops at the first stop token: make the model's own third greedy token a stop token
+    tok = backend.tokenizer
+    ids = tok(backend.prompt_text(reqs[0].messages), return_tensors="pt", add_special_tokens=False).to("cuda")
+    with torch.inference_mode():
+        raw = backend.model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    stop = raw[2]
+    backend.stop_ids = [stop]
+    backend.batch_size = 6
+    gens = dict((r.item.id, g) for r, g in backend.generate(reqs, params, target))[reqs[0].item.id]
+    assert gens[0].finish_reason == "stop" and gens[0].tokens == raw.index(stop)
+    backend.close()
