@@ -301,7 +301,7 @@ def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
         warmup_steps=plan.warmup_steps,
         lr_scheduler_type=c.lr_scheduler,
         weight_decay=c.weight_decay,
-        max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
+        max_grad_norm=c.max_grad_norm,  # 0 disables clipping
         seed=c.seed,
         data_seed=c.seed,
         logging_steps=c.logging_steps,

@@ -14,6 +14,7 @@ from rustcoder import artifacts
 from rustcoder.cli import main
 from rustcoder.config import resolve_config
 from rustcoder.train import last_complete_checkpoint, plan_training, train
+from transformers import TrainerCallback
 
 pytestmark = pytest.mark.slow
 
@@ -84,33 +85,120 @@ def test_dry_run_step_count_is_what_the_trainer_runs(rows_file, tiny_qwen2, tmp_
     # 41 rows -> 37 train rows; batch 3 -> 13 batches; accumulation 4 -> 4 steps per epoch (partial last one)
     args = ["--model", "tiny-qwen2", "--dataset", str(rows_file), "-n", "41", "--batch-size", "3",
             "--grad-accum", "4", "--epochs", "2", "--output-dir", str(tmp_path / "runs"), "--report-to", "none",
-            "--data-path", data_path, "--run-name", "steps"]
+            "--data-path", data_path, "--run-name", "steps", "--tokens-per-forward", "200"]
     r = CliRunner().invoke(main, ["train", *args, "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.output)
     assert (plan["data"]["train_rows"], plan["steps_per_epoch"], plan["total_steps"]) == (37, 4, 8)
+    assert plan["forwards"]["forwards"] > plan["total_steps"]  # the budget splits steps into several forwards
+    text = CliRunner().invoke(main, ["train", *args, "--dry-run"]).output
+    assert "forwards per step: mean" in text and "tokens per forward" in text
     r = CliRunner().invoke(main, ["train", *args])
     assert r.exit_code == 0, r.output
     metrics = artifacts.read_json(tmp_path / "runs" / "steps" / "metrics.json")
     assert metrics["steps"] == plan["total_steps"] == metrics["planned_steps"]
+    assert metrics["forwards"] == plan["forwards"]["forwards"] == metrics["planned_forwards"]
+    assert metrics["forwards_per_step_max"] == plan["forwards"]["forwards_per_step_max"]
 
 
-def test_padding_free_batches_do_not_attend_across_examples(tiny_qwen2):
-    """The padding-free collator's flattened batch gives each example the logits it has alone."""
+class _CaptureStep(TrainerCallback):
+    """LoRA weights before, and gradients just before the optimizer applies them, of one optimizer step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == self.step:
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        if state.global_step == self.step:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("data_path,budget", [("padded", None), ("padding-free", 4096), ("padding-free", 96),
+                                              ("grouped", 96)])
+def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, budget):
+    """Loss and LoRA gradients of a step of mixed lengths with grad accumulation (3 x 2) equal those of the same
+    examples run as the preset's padded micro-batches through transformers' own loss (gradient accumulation
+    normalised over the step's answer tokens), however the step is packed into forwards."""
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rustcoder.train import _Collator
+    from rustcoder.data.tokenize import pad_batch, tokenize_examples
+    from rustcoder.modeling import load_tokenizer
+    from conftest import make_rows, write_jsonl
+    from rustcoder.packing import StepSampler
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, attn_implementation="sdpa").eval()
-    feats = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
-             {"input_ids": [11, 12, 13], "labels": [-100, 12, 13]}]
-    batch = _Collator(pad_id=0, padding_free=True)(feats)
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", make_rows(4, answer_words=lambda i: 1 + (i * 17) % 60))
+    cfg = _cfg(mixed, tmp_path, num_examples=60, batch_size=3, grad_accum=2, max_steps=2, warmup_ratio=0.0,
+               lora_dropout=0.0, max_grad_norm=0.0, logging_steps=1, eval_steps=100, data_path=data_path,
+               tokens_per_forward=budget, dtype="float32")
+    capture = _CaptureStep(step=1)  # the second step: lora_B has moved off zero, so every gradient is non-trivial
+    result = train(cfg, progress=False, callbacks=[capture], log=lambda *_: None)
+    history = artifacts.read_json(result.run_dir / "log_history.json")
+    logged_loss = next(h["loss"] for h in history if h.get("step") == 2 and "loss" in h)
+
+    plan = plan_training(cfg, device="cpu", count_forwards=False)
+    tok, _ = load_tokenizer("tiny-qwen2", model_type="qwen2")
+    feats = tokenize_examples(tok, [e.messages for e in plan.data.train], cfg.max_length)
+    order = list(StepSampler([f["length"] for f in feats], 6, cfg.seed, grouped=data_path == "grouped"))
+    step = [feats[i] for i in order[6:12]]
+    lengths = sorted(f["length"] for f in step)
+    assert lengths[-1] > 2 * lengths[0]  # mixed lengths
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
+    ref = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                          target_modules="all-linear", task_type="CAUSAL_LM"))
+    params = dict(ref.named_parameters())
+    assert capture.weights.keys() == {n for n, p in params.items() if p.requires_grad}
     with torch.no_grad():
-        flat = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-        alone = [model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0] for f in feats]
-    torch.testing.assert_close(flat[:5], alone[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(flat[5:], alone[1], atol=1e-5, rtol=1e-4)
-    assert batch["labels"][0, 5].item() == -100  # no target across the boundary
+        for n, w in capture.weights.items():
+            params[n].copy_(w)
+    micro = [pad_batch(step[i:i + 3], tok.pad_token_id) for i in (0, 3)]
+    items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    loss = 0.0
+    for b in micro:
+        out = ref(**b, num_items_in_batch=items, use_cache=False)
+        out.loss.backward()
+        loss += out.loss.item()
+    # float32: the packed and padded runs sum the same terms in different orders and tile shapes. Rounding is
+    # ~1e-7 relative per operation and grows with the ~1e2-1e3-term reductions: rtol 1e-4, atol 1e-5 of each
+    # tensor's largest entry. A wrong normalisation or one foreign token attended is far larger (off by >1%).
+    assert logged_loss == pytest.approx(loss, rel=1e-5)
+    for n, g in capture.grads.items():
+        expected = params[n].grad
+        assert expected.abs().max() > 0, n
+        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item(), msg=n)
+
+
+def test_eval_loss_is_token_weighted_over_the_held_out_set(rows_file, tiny_qwen2, tmp_path):
+    """Evaluation in token-budget forwards gives the mean NLL and top-1 accuracy over every answer token."""
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.data.tokenize import tokenize_examples
+    from rustcoder.modeling import load_tokenizer
+
+    cfg = _cfg(rows_file, tmp_path, num_examples=80, max_steps=2, tokens_per_forward=128, data_path="padding-free",
+               lora_dropout=0.0, dtype="float32")
+    result = train(cfg, progress=False, log=lambda *_: None)
+    plan = plan_training(cfg, device="cpu", count_forwards=False)
+    tok, _ = load_tokenizer("tiny-qwen2", model_type="qwen2")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32),
+                                      result.adapter_dir).eval()
+    nll = correct = n = 0
+    with torch.no_grad():
+        for f in tokenize_examples(tok, [e.messages for e in plan.data.eval], cfg.max_length):
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(f["labels"][1:])
+            keep = labels != -100
+            nll += F.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+            correct += (logits[keep].argmax(-1) == labels[keep]).sum().item()
+            n += keep.sum().item()
+    assert result.metrics["eval_loss"] == pytest.approx(nll / n, rel=1e-5)  # float32 sums in another order
+    assert result.metrics["eval_mean_token_accuracy"] == pytest.approx(correct / n, abs=1e-9)
 
 
 def test_qwen3_trains_with_thinking_off(rows_file, tiny_qwen3, tmp_path):
