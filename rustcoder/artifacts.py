@@ -135,6 +135,35 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def trackio_run_names(project: str) -> set[str]:
+    """Run names already logged to a local Trackio project (empty when Trackio or the project is absent)."""
+    try:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        return set(SQLiteStorage.get_runs(project))
+    except Exception:  # no trackio, no database yet, another schema: nothing known
+        return set()
+
+
+def unique_run_name(output_dir: str | Path, name: str, project: str | None = None) -> str:
+    """NAME, or NAME-2, NAME-3 ...: free both as a directory under output_dir and as a run in the Trackio
+    project (Trackio appends to a reused run name, merging two runs' curves into one)."""
+    taken = trackio_run_names(project) if project else set()
+    candidate, n = name, 2
+    while (Path(output_dir) / candidate).exists() or candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def run_project(run_dir: str | Path) -> str | None:
+    """The Trackio project a run logged to (from its config.yaml), or None."""
+    path = Path(run_dir) / CONFIG
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("project")
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def unique_run_dir(output_dir: str | Path, name: str) -> Path:
     """``output_dir/name``, or name-2, name-3... when taken (Trackio appends to a reused run name)."""
     root = Path(output_dir)

@@ -17,6 +17,65 @@ from .errors import RustcoderError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class _PlainText:
+    """A stream that drops ANSI escape sequences (colour codes libraries print unconditionally)."""
+
+    _ANSI = None
+
+    def __init__(self, stream):
+        import re
+
+        self._stream = stream
+        type(self)._ANSI = type(self)._ANSI or re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def write(self, text):
+        return self._stream.write(self._ANSI.sub("", text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _plain_when_piped() -> None:
+    """No colour codes in piped or redirected output (or with NO_COLOR set)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, _PlainText) or stream is None:
+            continue
+        try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        if not tty or os.environ.get("NO_COLOR"):
+            setattr(sys, name, _PlainText(stream))
+
+
+def _compact_training_logs() -> None:
+    """Training's log events as one readable line each beside the progress bar, not raw Python dicts."""
+    from transformers.trainer_callback import ProgressCallback
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.training_bar is not None and logs):
+            return
+        names = {"eval_loss": "eval loss", "eval_mean_token_accuracy": "eval token acc", "loss": "loss",
+                 "mean_token_accuracy": "token acc", "learning_rate": "lr", "grad_norm": "grad norm",
+                 "train_loss": "train loss", "train_runtime": "train s"}
+        parts = [f"{label} {float(logs[k]):.4g}" for k, label in names.items()
+                 if isinstance(logs.get(k), (int, float, str)) and _is_number(logs[k])]
+        if parts:
+            self.training_bar.write(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts),
+                                    file=sys.stderr)
+
+    ProgressCallback.on_log = on_log
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _fail(e: RustcoderError, debug: bool) -> None:
     if debug:
         raise e
@@ -52,6 +111,7 @@ def main(debug: bool) -> None:
     """
     if debug:
         os.environ["RUSTCODER_DEBUG"] = "1"
+    _plain_when_piped()
 
 
 # ---- train --------------------------------------------------------------------------------------
@@ -153,6 +213,7 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         return
     from .train import train as run_training
 
+    _compact_training_logs()
     result = run_training(cfg, run_dir=run_dir, resume=resume, log=click.echo)
     if process_rank()[0] != 0 or os.environ.get("RUSTCODER_LAUNCHED") == "1":
         return  # the launcher prints the summary
@@ -297,7 +358,8 @@ def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval,
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output-dir", default=None, help="Where comparison.md/.json and the PNGs go "
               "(default: the sweep directory, or ./comparison).")
-def compare(paths, output_dir):
+@click.option("--json", "as_json", is_flag=True, help="Print comparison.json on stdout (for scripts).")
+def compare(paths, output_dir, as_json):
     """Compare runs (run directories or a sweep directory): table, JSON and plots.
 
     Best eval loss first, with token accuracy, steps, wall time, trainable parameters, per-category
@@ -306,6 +368,9 @@ def compare(paths, output_dir):
     from .compare import compare_runs
 
     result = compare_runs(list(paths), output_dir)
+    if as_json:
+        click.echo(Path(result["json"]).read_text())
+        return
     click.echo(result["table"])
     click.echo(f"\nwritten: {result['markdown']}, {result['json']}"
                + "".join(f", {result[k]}" for k in ("eval_loss_png", "categories_png") if result[k]))
@@ -347,6 +412,7 @@ def demo(output_dir, max_new_tokens, no_serve):
     """
     from .demo import run_demo
 
+    _compact_training_logs()
     run_demo(output_dir, max_new_tokens=max_new_tokens, serve=not no_serve, echo=click.echo)
 
 
@@ -355,20 +421,37 @@ def demo(output_dir, max_new_tokens, no_serve):
 @main.command(context_settings=CONTEXT)
 @click.option("--output-dir", default="runs", show_default=True, help="Directory that holds run directories.")
 @click.option("--dashboard", is_flag=True, help="Open the Trackio dashboard of the runs' project.")
-@click.option("--project", default="rustcoder", show_default=True, help="Trackio project (with --dashboard).")
-def runs(output_dir, dashboard, project):
+@click.option("--project", default=None,
+              help="Trackio project (with --dashboard). Default: the project the newest run logged to.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (for scripts).")
+def runs(output_dir, dashboard, project, as_json):
     """List training runs (newest first) and how to watch them in Trackio."""
     from . import artifacts
 
     found = artifacts.list_runs(output_dir)
-    if not found:
-        click.echo(f"no runs under {output_dir!r} yet. Start one: rustcoder train --preset small-batch")
-    for run in found:
-        m = artifacts.read_json(run / artifacts.MANIFEST)
-        metrics = m.get("metrics") or {}
-        loss = f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else ""
-        click.echo(f"{run.name:<32} {m.get('status', '?'):<12} {m.get('preset') or '':<16} {loss}")
-    click.echo(f"\nlive metrics: trackio show --project {project}   (or rustcoder runs --dashboard)")
+    projects = [artifacts.run_project(run) for run in found]
+    project = project or next((p for p in projects if p), None) or "rustcoder"
+    if as_json:
+        import json
+
+        rows = []
+        for run, run_project in zip(found, projects):
+            m = artifacts.read_json(run / artifacts.MANIFEST)
+            rows.append({"name": run.name, "path": str(run.resolve()), "status": m.get("status"),
+                         "preset": m.get("preset"), "project": run_project, "created_at": m.get("created_at"),
+                         "metrics": m.get("metrics") or {}})
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        if not found:
+            click.echo(f"no runs under {output_dir!r} yet. Start one: rustcoder train --preset small-batch")
+        for run in found:
+            m = artifacts.read_json(run / artifacts.MANIFEST)
+            metrics = m.get("metrics") or {}
+            loss = f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else ""
+            click.echo(f"{run.name:<32} {m.get('status', '?'):<12} {m.get('preset') or '':<16} {loss}")
+        others = sorted({p for p in projects if p and p != project})
+        click.echo(f"\nlive metrics: rustcoder runs --output-dir {output_dir} --dashboard   (Trackio project {project}"
+                   + (f"; others here: {', '.join(others)}, pick with --project" if others else "") + ")")
     if dashboard:
         import subprocess
 
@@ -584,8 +667,10 @@ def _eval_options(func):
 @main.command("eval", context_settings=CONTEXT)
 @click.argument("model", required=False)
 @click.option("--by-task", is_flag=True, help="Print the scores per task category (report.md always has them).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print metrics.json (with its path as eval_dir) on stdout for scripts; progress goes to stderr.")
 @_eval_options
-def eval_cmd(model, by_task, **flags):
+def eval_cmd(model, by_task, as_json, **flags):
     """Prove the adapter helps: score a model on held-out Rust tasks, per category, with rustc.
 
     MODEL is a run directory (base + adapter from its manifest), a merged or adapter directory, a hub
@@ -612,8 +697,16 @@ def eval_cmd(model, by_task, **flags):
     values = {k: v for k, v in flags.items() if v is not None}
     if isinstance(values.get("categories"), str):
         values["categories"] = [c.strip() for c in values["categories"].split(",") if c.strip()]
-    result = evaluate(EvalConfig(model=model, **values), log=click.echo)
+    result = evaluate(EvalConfig(model=model, **values),
+                      log=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
     m = result.metrics
+    if as_json:
+        import json
+
+        click.echo(json.dumps({**m, "eval_dir": str(result.eval_dir), "report": str(result.report_path)},
+                              indent=2, default=str))
+        oracle = m.get("oracle")
+        sys.exit(1 if oracle and oracle["unexpected"] else 0)
     click.echo("")
     click.echo(result.table(by_task=by_task))
     overlap = m["data"]["overlap"]

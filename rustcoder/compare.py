@@ -45,6 +45,10 @@ class RunRow:
     reference: dict[str, Any] | None = None
     error: str | None = None
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # what distinguishes the runs: lr, batch, r ...
+
+
+HYPERPARAMETERS = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "epochs", "num_examples")
 
 
 def _eval_categories(run_dir: Path) -> tuple[dict[str, float], str | None]:
@@ -98,6 +102,7 @@ def load_run(run_dir: str | Path, sweep_entry: dict | None = None) -> RunRow:
     status = manifest.get("status", "unknown")
     if sweep_entry and sweep_entry.get("status") == "failed":
         status = "failed"
+    hyper = {k: config[k] for k in HYPERPARAMETERS if config.get(k) is not None}
     curve = []
     if (run_dir / "log_history.json").exists():
         curve = [(h["step"], h["eval_loss"]) for h in artifacts.read_json(run_dir / "log_history.json")
@@ -109,7 +114,7 @@ def load_run(run_dir: str | Path, sweep_entry: dict | None = None) -> RunRow:
         steps=metrics.get("steps"), wall_time_s=metrics.get("wall_time_s"),
         trainable_parameters=metrics.get("trainable_parameters"), categories=cats, category_metric=metric,
         reference=RESEARCH_RESULTS.get(manifest.get("preset")) if _matches_research(manifest, config) else None,
-        error=(sweep_entry or {}).get("error"), eval_curve=curve)
+        error=(sweep_entry or {}).get("error"), eval_curve=curve, hyperparameters=hyper)
 
 
 def collect_runs(paths: list[str | Path]) -> list[RunRow]:
@@ -147,13 +152,19 @@ def markdown_table(rows: list[RunRow]) -> str:
     """The results table, best first, with research reference figures where the setup matches."""
     cats = sorted({c for r in rows for c in r.categories})
     any_ref = any(r.reference for r in rows)
-    head = ["experiment", "status", "eval loss", "token accuracy", "steps", "wall time", "trainable params"]
+    head = ["experiment", "status", "lr", "batch x accum", "LoRA r / alpha", "epochs", "eval loss", "token accuracy",
+            "steps", "wall time", "trainable params"]
     if any_ref:
         head += ["research eval loss", "research token acc.", "research steps"]
     head += [f"{c} ({next((r.category_metric for r in rows if r.category_metric), 'score')})" for c in cats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.name, r.status, _fmt(r.eval_loss, "loss"), _fmt(r.token_accuracy, "pct"), _fmt(r.steps, ""),
+        h = r.hyperparameters
+        cells = [r.name, r.status, f"{h['lr']:g}" if isinstance(h.get("lr"), (int, float)) else "-",
+                 f"{h['batch_size']} x {h['grad_accum']}" if "batch_size" in h and "grad_accum" in h else "-",
+                 f"{h['lora_r']} / {h['lora_alpha']}" if "lora_r" in h and "lora_alpha" in h else "-",
+                 f"{h['epochs']:g}" if isinstance(h.get("epochs"), (int, float)) else "-",
+                 _fmt(r.eval_loss, "loss"), _fmt(r.token_accuracy, "pct"), _fmt(r.steps, ""),
                  _fmt(r.wall_time_s, "time"), _fmt(r.trainable_parameters, "params")]
         if any_ref:
             ref = r.reference or {}
@@ -215,12 +226,11 @@ def plot_categories(rows: list[RunRow], path: Path) -> Path | None:
         ax.bar(xs, [r.categories.get(c, 0.0) for c in cats], width=width, label=r.name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
     ax.set_xticklabels(cats, rotation=45, ha="right", fontsize=8)
-    metric = next((r.category_metric for r in evaluated if r.category_metric), "score")
-    ax.set_ylabel(f"{metric} (pass / exact-match %, chrF 0-100; higher is better)")
+    ax.set_ylabel("score, 0-100 (higher is better)\npass % · exact-match % · chrF")
     ax.set_title("Per-category evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # every label inside the image, however long the category names
     plt.close(fig)
     return path
 

@@ -9,7 +9,10 @@ the mechanics, not quality.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,6 +22,35 @@ from typing import Callable
 from .errors import RustcoderError
 
 QUESTION = "Write a Rust function `fn sum_even(v: &[i64]) -> i64` that returns the sum of the even numbers."
+PROJECT = "rustcoder-demo"
+RUN_NAME = "demo-small-batch"
+# Two answers to QUESTION, checked in the evaluation's sandbox: the random model's own answers are
+# empty, so these show what a passing and a failing check look like (rustc's diagnostics included).
+GOOD_ANSWER = """pub fn sum_even(v: &[i64]) -> i64 {
+    v.iter().filter(|x| *x % 2 == 0).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_only_the_even_numbers() {
+        assert_eq!(sum_even(&[1, 2, 3, 4, 10]), 16);
+        assert_eq!(sum_even(&[]), 0);
+    }
+}
+"""
+BAD_ANSWER = """pub fn sum_even(v: &[i64]) -> i64 {
+    let mut total = 0;
+    for x in v {
+        if x % 2 == 0 {
+            total += x;
+        }
+    }
+    total as i32
+}
+"""
 STAGES = ("build the tiny model", "train (small-batch preset)", "evaluate base vs adapter",
           "merge and verify", "serve and ask", "summary")
 
@@ -31,6 +63,10 @@ class DemoResult:
     eval_dir: Path | None = None
     merged_dir: Path | None = None
     answer: str | None = None
+    project: str = PROJECT
+    max_new_tokens: int = 48
+    no_exec: bool = False
+    rustc_checks: dict[str, str] = field(default_factory=dict)  # good/bad -> sandbox status
     skipped: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -88,7 +124,7 @@ def run_demo(output_dir: str | Path = "runs", *, max_new_tokens: int = 48, serve
     from .tiny import tiny_model_dir
     from .train import train
 
-    result = DemoResult()
+    result = DemoResult(max_new_tokens=max_new_tokens)
     stage = _Stages(echo, result)
     echo("rustcoder demo: the whole loop on a tiny RANDOM Qwen2 model and the built-in Strandset sample.\n"
          "It shows the mechanics (train, eval with rustc, verified merge, serving), not quality: the model's\n"
@@ -99,9 +135,14 @@ def run_demo(output_dir: str | Path = "runs", *, max_new_tokens: int = 48, serve
         echo(f"  tiny-qwen2 at {model_dir} (cached for next time)")
 
     with stage(STAGES[1]):
+        from .artifacts import unique_run_name
+
+        # Unique in the output directory and in the Trackio project: a second demo run elsewhere must not
+        # append to the first one's curves.
         cfg = resolve_config("small-batch", overrides={
-            "model": "tiny-qwen2", "dataset": "sample", "output_dir": str(output_dir), "run_name": "demo-small-batch",
-            "project": "rustcoder-demo"})
+            "model": "tiny-qwen2", "dataset": "sample", "output_dir": str(output_dir),
+            "run_name": unique_run_name(output_dir, RUN_NAME, PROJECT), "project": PROJECT})
+        echo(f"  run {cfg.run_name} (Trackio project {PROJECT})")
         run = train(cfg, progress=True, log=echo)
         result.run_dir = run.run_dir
         echo(f"  eval loss {run.metrics['eval_loss']:.4f}, token accuracy "
@@ -111,14 +152,17 @@ def run_demo(output_dir: str | Path = "runs", *, max_new_tokens: int = 48, serve
         from .eval import EvalConfig, evaluate
         from .sandbox import rustc_available
 
-        if not rustc_available():
+        result.no_exec = not rustc_available()
+        if result.no_exec:
             result.skipped["rustc"] = ("rustc not found: code answers are scored without compiling. Install it: "
                                        "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh")
             echo("  " + result.skipped["rustc"])
         ev = evaluate(EvalConfig(model=str(run.run_dir), compare_base=True, max_new_tokens=max_new_tokens,
-                                 no_exec=not rustc_available()), log=lambda *_: None)
+                                 no_exec=result.no_exec), log=lambda line: echo(f"  {line}"))
         result.eval_dir = ev.eval_dir
         echo(ev.table())
+        if not result.no_exec:
+            _show_rustc_checks(result, echo)
 
     with stage(STAGES[3]):
         from .merge import merge
@@ -145,6 +189,24 @@ def run_demo(output_dir: str | Path = "runs", *, max_new_tokens: int = 48, serve
     return result
 
 
+def _show_rustc_checks(result: DemoResult, echo: Callable[[str], None]) -> None:
+    """Check a known-good and a known-bad answer to QUESTION in the sandbox and show what rustc said."""
+    from .sandbox import run_rust
+
+    echo("  the random model's answers are empty, so here is the sandbox on two written answers to the demo "
+         "question:")
+    for label, source, mode in (("good", GOOD_ANSWER, "test"), ("bad", BAD_ANSWER, "check")):
+        r = run_rust(source, mode=mode)
+        result.rustc_checks[label] = r.status
+        what = (f"{r.tests_passed} test(s) passed" if r.status == "pass" else
+                ", ".join(r.error_codes) or r.detail or r.status)
+        echo(f"  {label} answer: {r.status.upper()} ({what}; rustc --{'test' if mode == 'test' else 'check'} "
+             f"{r.compile_seconds:.2f} s)")
+        if r.status != "pass" and r.diagnostics.strip():
+            lines = r.diagnostics.strip().splitlines()
+            echo("\n".join(f"     | {line}" for line in lines[:14]) + ("\n     | ..." if len(lines) > 14 else ""))
+
+
 def _serve_and_ask(result: DemoResult, max_new_tokens: int, echo: Callable[[str], None]) -> None:
     from .errors import MissingExtraError
     from .serve import build_spec, start_server
@@ -163,8 +225,37 @@ def _serve_and_ask(result: DemoResult, max_new_tokens: int, echo: Callable[[str]
     echo("  engine stopped")
 
 
+def command_prefix() -> str:
+    """How to call this rustcoder from a fresh shell: the venv's script by path (no activation needed)."""
+    script = Path(sys.executable).parent / "rustcoder"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m rustcoder"
+    try:
+        rel = os.path.relpath(script)
+    except ValueError:  # another drive (Windows)
+        rel = str(script)
+    return shlex.quote(rel if not rel.startswith("..") and len(rel) < len(str(script)) else str(script))
+
+
+def next_commands(result: DemoResult) -> list[tuple[str, str]]:
+    """(command, what it shows): each works as printed, in a fresh shell, from this directory."""
+    rc = command_prefix()
+    out_dir = shlex.quote(str(result.run_dir.parent)) if result.run_dir else "runs"
+    cmds = [(f"{rc} runs --output-dir {out_dir}", "every training run; --dashboard opens its Trackio project"),
+            (f"{rc} runs --output-dir {out_dir} --dashboard", f"loss and token accuracy (Trackio project "
+             f"{result.project}, on http://127.0.0.1:7860)")]
+    if result.run_dir:
+        flags = f" --max-new-tokens {result.max_new_tokens}" + (" --no-exec" if result.no_exec else "")
+        cmds.append((f"{rc} eval {shlex.quote(str(result.run_dir))} --by-task --compare-base{flags}",
+                     "the demo's evaluation again, per category (resumes: nothing is regenerated)"))
+    if result.merged_dir:
+        cmds.append((f"{rc} serve {shlex.quote(str(result.merged_dir))} --playground",
+                     "chat with it and check its Rust with rustc (Ctrl-C stops it)"))
+    return cmds
+
+
 def summary(result: DemoResult) -> str:
-    """Where every artifact is, and the commands to look at them."""
+    """Where every artifact is, and the commands to look at them (each works as printed)."""
     lines = ["artifacts:"]
     if result.run_dir:
         lines += [f"  run directory   {result.run_dir}   (adapter/, manifest.json, metrics.json, config.yaml)"]
@@ -172,12 +263,11 @@ def summary(result: DemoResult) -> str:
         lines += [f"  eval report     {result.eval_dir / 'report.md'}   (chart: scores.png)"]
     if result.merged_dir:
         lines += [f"  merged model    {result.merged_dir}   (merge_report.json)"]
-    lines += ["look at them:",
-              "  trackio show --project rustcoder-demo          # loss and token accuracy, live dashboard",
-              f"  rustcoder serve {result.merged_dir or ''} --playground   # chat with it, check its Rust with rustc",
-              "  rustcoder runs                                  # every training run",
-              "next, for real (GPU + hub): rustcoder train --preset small-batch -n 10000 && rustcoder eval --by-task "
-              "--compare-base && rustcoder merge && rustcoder serve"]
+    lines.append("look at them (copy as is; or `source " + str(Path(sys.prefix) / "bin" / "activate")
+                 + "` first, then plain `rustcoder ...`):" if sys.prefix != sys.base_prefix else "look at them:")
+    for cmd, what in next_commands(result):
+        lines += [f"  {cmd}", f"      # {what}"]
+    lines.append("next, for real (GPU + hub): see README.md, \"The real path\" (rustcoder doctor first)")
     if result.skipped:
         lines.append("skipped: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
     total = sum(result.timings.values())

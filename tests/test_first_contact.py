@@ -87,3 +87,151 @@ def test_train_argument_may_name_a_preset(tmp_path):
     r = _run(["train", "high-capacity", "--model", "tiny-qwen2", "--dataset", "sample", "--dry-run", "--json"], tmp_path)
     assert r.exit_code == 0, r.output
     assert '"preset": "high-capacity"' in r.output
+
+
+def _fake_run(root, name, lr, project="rustcoder-demo", created=1.0):
+    import json
+
+    import yaml
+
+    run = root / name
+    (run / "eval" / "sample-test").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"status": "finished", "preset": "small-batch", "created_at": created,
+                                                   "metrics": {"eval_loss": 1.5}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"project": project, "lr": lr, "batch_size": 2, "grad_accum": 4,
+                                                     "lora_r": 16, "lora_alpha": 32, "epochs": 1}))
+    (run / "metrics.json").write_text(json.dumps({"eval_loss": 1.5 + lr, "eval_mean_token_accuracy": 0.5, "steps": 3}))
+    (run / "eval" / "sample-test" / "metrics.json").write_text(json.dumps({"models": {"adapter": {"categories": {
+        "code_generation": {"primary": 50.0}, "a_very_long_category_name_for_the_axis": {"primary": 10.0}}}}}))
+    return run
+
+
+def test_runs_json_and_the_dashboard_project_is_the_runs_own(tmp_path):
+    import json
+
+    _fake_run(tmp_path / "runs", "old", 1e-5, project="rustcoder", created=1.0)
+    _fake_run(tmp_path / "runs", "demo-small-batch", 2e-5, project="rustcoder-demo", created=2.0)
+    r = _run(["runs", "--json"], tmp_path)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == ["demo-small-batch", "old"] and rows[0]["project"] == "rustcoder-demo"
+    r = _run(["runs"], tmp_path)
+    assert "--dashboard   (Trackio project rustcoder-demo; others here: rustcoder" in r.output
+
+
+def test_compare_json_and_a_table_that_shows_what_differs(tmp_path):
+    import json
+
+    runs = [_fake_run(tmp_path / "runs", "a", 1e-5), _fake_run(tmp_path / "runs", "b", 5e-5)]
+    r = _run(["compare", *map(str, runs), "--output-dir", str(tmp_path / "cmp"), "--json"], tmp_path)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == ["a", "b"] and rows[1]["hyperparameters"]["lr"] == 5e-5
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| lr | batch x accum | LoRA r / alpha | epochs |" in table
+    assert "| a | finished | 1e-05 | 2 x 4 | 16 / 32 | 1 |" in table and "| b | finished | 5e-05 |" in table
+
+
+def test_categories_plot_keeps_its_labels_inside_the_image(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from rustcoder.compare import collect_runs, plot_categories
+
+    saved = []
+    original = Figure.savefig
+
+    def record(fig, path, **kw):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.get_tightbbox(renderer) if kw.get("bbox_inches") == "tight" else fig.bbox_inches
+        label = fig.axes[0].yaxis.label.get_window_extent(renderer).transformed(fig.dpi_scale_trans.inverted())
+        ticks = [t.get_window_extent(renderer).transformed(fig.dpi_scale_trans.inverted())
+                 for t in fig.axes[0].get_xticklabels()]
+        saved.append(all(box.x0 - 1e-6 <= b.x0 and b.x1 <= box.x1 + 1e-6 and box.y0 - 1e-6 <= b.y0
+                         and b.y1 <= box.y1 + 1e-6 for b in [label, *ticks]))
+        return original(fig, path, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    rows = collect_runs([_fake_run(tmp_path / "runs", "a", 1e-5)])
+    assert plot_categories(rows, tmp_path / "categories.png") and saved == [True]
+
+
+def test_piped_output_has_no_colour_codes():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import click
+        from rustcoder import cli
+
+        @cli.main.command("colour-probe")
+        def probe():
+            print("\\033[1m\\033[38;5;208mtrackio show --project x\\033[0m")  # as trackio prints its banner
+            click.secho("warned", fg="red", err=True)
+
+        cli.main(["colour-probe"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "trackio show --project x" in out.stdout and "\x1b" not in out.stdout + out.stderr
+
+
+def test_training_logs_are_one_line_each_not_raw_dicts():
+    from types import SimpleNamespace
+
+    from transformers.trainer_callback import ProgressCallback
+
+    from rustcoder.cli import _compact_training_logs
+
+    original = ProgressCallback.on_log
+    try:
+        _compact_training_logs()
+        written = []
+        cb = ProgressCallback()
+        cb.training_bar = SimpleNamespace(write=lambda text, file=None: written.append(text))
+        state = SimpleNamespace(is_world_process_zero=True, global_step=4, max_steps=24)
+        cb.on_log(None, state, None, logs={"eval_loss": "6.918", "eval_mean_token_accuracy": 0.0196, "epoch": 0.17})
+    finally:
+        ProgressCallback.on_log = original
+    assert written == ["step 4/24: eval loss 6.918, eval token acc 0.0196"]
+
+
+def test_scores_plot_has_95_percent_intervals_and_n_per_category(tmp_path, monkeypatch):
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from rustcoder.eval.report import plot_scores, score_interval
+
+    lo, hi = score_interval("pass", {"items": 2, "primary": 0.0})
+    assert lo == 0.0 and 60 < hi < 70                                # 0 of 2 passing: Wilson, not a zero-width bar
+    lo, hi = score_interval("pass", {"items": 400, "primary": 50.0})
+    assert 44 < lo < 46 and 54 < hi < 56
+    lo, hi = score_interval("chrf", {"items": 3, "primary": 40.0}, [30.0, 40.0, 50.0])
+    assert abs((hi - lo) / 2 - 1.96 * 10 / 3 ** 0.5) < 1e-9
+    assert score_interval("chrf", {"items": 1, "primary": 40.0}, [40.0]) == (None, None)
+
+    m = {"primary_metric": {"code_generation": "pass", "code_summarization": "chrf"},
+         "models": {"base": {"categories": {"code_generation": {"items": 5, "primary": 40.0},
+                                            "code_summarization": {"items": 3, "primary": 40.0}}}},
+         "suite": {"name": "s"}, "model": {"label": "m"}}
+    (tmp_path / "scores.jsonl").write_text("\n".join(json.dumps(
+        {"model": "base", "category": "code_summarization", "id": str(i), "primary": v})
+        for i, v in enumerate([30.0, 40.0, 50.0])))
+    drawn = {}
+    original_barh, original_labels = Axes.barh, Axes.set_yticklabels
+    monkeypatch.setattr(Axes, "barh", lambda ax, *a, **kw: drawn.setdefault("xerr", kw.get("xerr"))
+                        and original_barh(ax, *a, **kw))
+    monkeypatch.setattr(Axes, "set_yticklabels", lambda ax, labels, **kw: drawn.setdefault("labels", labels)
+                        and original_labels(ax, labels, **kw))
+    assert plot_scores(m, tmp_path / "scores.png").is_file()
+    low_err, high_err = drawn["xerr"]
+    assert all(e > 0 for e in low_err + high_err)
+    assert drawn["labels"] == ["code_generation (pass rate %, n=5)", "code_summarization (chrF, n=3)"]

@@ -467,6 +467,48 @@ def render_report(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _item_scores(scores_path: Path) -> dict[tuple[str, str], list[float]]:
+    """(model, category) -> per-item mean primary score, from scores.jsonl (empty when absent)."""
+    import json
+
+    per_item: dict[tuple[str, str, str], list[float]] = {}
+    try:
+        with open(scores_path, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line) if line.strip() else None
+                if row and isinstance(row.get("primary"), (int, float)):
+                    per_item.setdefault((row.get("model"), row.get("category"), row.get("id")), []).append(
+                        float(row["primary"]))
+    except (OSError, ValueError):
+        return {}
+    out: dict[tuple[str, str], list[float]] = {}
+    for (model, cat, _), values in per_item.items():
+        out.setdefault((model, cat), []).append(sum(values) / len(values))
+    return out
+
+
+def score_interval(metric: str, entry: dict, items: list[float] | None = None) -> tuple[float | None, float | None]:
+    """A 95% interval (0-100) for a category's primary score: Wilson for pass / exact-match rates over
+    its items, mean +- 1.96 standard errors of the per-item scores for chrF; (None, None) when unknown."""
+    import math
+
+    n = int(entry.get("items") or 0)
+    p = entry.get("primary")
+    if n < 1 or p is None:
+        return None, None
+    if metric in ("pass", "exact"):
+        z, q = 1.96, min(max(float(p) / 100, 0.0), 1.0)
+        centre = (q + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+    if items and len(items) >= 2:
+        mean = sum(items) / len(items)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in items) / (len(items) - 1))
+        half = 1.96 * sd / math.sqrt(len(items))
+        return max(0.0, float(p) - half), min(100.0, float(p) + half)
+    return None, None
+
+
 def plot_scores(m: dict, path: Path) -> Path | None:
     """A horizontal bar chart of per-category primary scores (base vs model when compared); None
     when matplotlib is missing."""
@@ -490,17 +532,26 @@ def plot_scores(m: dict, path: Path) -> Path | None:
     fig_h = max(3.0, 0.42 * len(cats) * max(1, len(tags)) ** 0.5 + 1.5)
     fig, ax = plt.subplots(figsize=(9, fig_h))
     height = 0.8 / max(1, len(tags))
+    item_scores = _item_scores(path.parent / "scores.jsonl")
     for j, tag in enumerate(tags):
-        vals = [m["models"][tag]["categories"].get(c, {}).get("primary") or 0.0 for c in cats]
+        entries = [m["models"][tag]["categories"].get(c, {}) for c in cats]
+        vals = [e.get("primary") or 0.0 for e in entries]
+        bounds = [score_interval(m["primary_metric"][c], e, item_scores.get((tag, c))) for c, e in zip(cats, entries)]
+        xerr = [[max(0.0, v - lo) if lo is not None else 0.0 for v, (lo, _) in zip(vals, bounds)],
+                [max(0.0, hi - v) if hi is not None else 0.0 for v, (_, hi) in zip(vals, bounds)]]
         ys = [i + (j - (len(tags) - 1) / 2) * height for i in range(len(cats))]
-        bars = ax.barh(ys, vals, height=height, label=tag, color=colors[tag])
-        for bar, v in zip(bars, vals):
-            ax.text(min(v, 100) + 0.8, bar.get_y() + bar.get_height() / 2, f"{v:.0f}", va="center", fontsize=6)
+        bars = ax.barh(ys, vals, height=height, label=tag, color=colors[tag], xerr=xerr,
+                       error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
+        for bar, v, (_, hi) in zip(bars, vals, bounds):
+            ax.text(min(max(v, hi if hi is not None else v), 100) + 0.8, bar.get_y() + bar.get_height() / 2,
+                    f"{v:.0f}", va="center", fontsize=6)
+    counts = {c: max((m["models"][t]["categories"].get(c, {}).get("items") or 0) for t in tags) for c in cats}
     ax.set_yticks(range(len(cats)))
-    ax.set_yticklabels([f"{c} ({tasks.PRIMARY_LABELS[m['primary_metric'][c]]})" for c in cats], fontsize=8)
+    ax.set_yticklabels([f"{c} ({tasks.PRIMARY_LABELS[m['primary_metric'][c]]}, n={counts[c]})" for c in cats],
+                       fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("score (0-100)")
+    ax.set_xlabel("score (0-100); bars: 95% interval over the category's n items")
     ax.set_title(f"{m['suite']['name']}: {m['model']['label']}", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
