@@ -545,17 +545,16 @@ def _build_setup() -> _Setup:
             and "mount" not in off \
             and os.path.realpath(toolchain.real_rustc) == os.path.realpath(
                 os.path.join(toolchain.sysroot, "bin", "rustc")):
-        newroot = os.path.join(runs_root, "newroot")
-        os.mkdir(newroot, 0o755)
         mount_prefix = [unshare, "--mount", "--propagation", "private", *unshare_prefix[1:]]
         sysroots = [lambda: toolchain.sysroot, lambda: _mirror_sysroot(toolchain)]
-        for get_sysroot in sysroots:
+        for attempt, get_sysroot in enumerate(sysroots):
             try:
                 candidate = get_sysroot()
+                root, fstab = _build_root(runs_root, candidate, linker, setpriv, attempt)
             except OSError as exc:
-                why = f"could not mirror the sysroot: {exc}"
+                why = f"could not prepare the job's root: {exc}"
                 continue
-            script = _mount_script(newroot, setpriv, linker, candidate, tools)
+            script = _mount_script(root, fstab, setpriv, tools)
             argv = [*mount_prefix, "/bin/sh", "-c", script, "sh", probe_dir, str(SANDBOX_UID),
                     str(SANDBOX_GID), f"{SANDBOX_SYSROOT}/bin/rustc", "-vV"]
             ok, why = _probe(argv, {}, probe_dir, env)
@@ -734,66 +733,91 @@ def _install_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-def _mount_script(newroot: str, setpriv: str, linker: str | None, sysroot: str,
-                  tools: dict[str, str]) -> str:
-    """The script that runs as the PID namespace's init (root, inside fresh mount/pid/net/ipc
-    namespaces): it builds a tmpfs root holding only what compiling and running need, pivots into
-    it, drops to the job's uid and runs the command as its child.
+def _fstab_path(path: str) -> str:
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
-    Arguments: HOST_JOB_DIR UID GID COMMAND...  Exits 125 with a marker line if a step fails.
-    A shell script because it is a dozen mount(8) calls (about 35 ms); util-linux has no
-    declarative tool for it and bubblewrap is not installed on a base Debian.
+
+def _build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, attempt: int) -> tuple[str, str]:
+    """The skeleton of a job's root and the fstab that fills it; returns (root dir, fstab path).
+
+    Built once per process (root-owned, read-only to others): empty mount points, the usual
+    symlinks (``/bin -> usr/bin`` ...), and an fstab of what is mounted there inside each job's
+    mount namespace: read-only /usr, the loader cache, /etc/alternatives (Debian's ``cc``) and the
+    toolchain's sysroot; a private /proc, /tmp and /dev/shm; /dev/null, zero, full, random, urandom.
+    World-readable data under /usr that compiling does not need (/usr/local, rustcoder's own
+    install when it lives under /usr) is covered by an empty tmpfs. Nothing else of the host exists.
     """
-    q = shlex_quote
-    mount, umount, pivot_root = (q(tools[t]) for t in ("mount", "umount", "pivot_root"))
-    steps = [
-        f"{mount} -t tmpfs -o mode=0755,size=1m,nosuid,nodev rustcoder-root {q(newroot)}",
-        f"cd {q(newroot)}",
-        "mkdir -p usr etc proc dev tmp job sysroot .old",
-        "ro /usr usr",
-    ]
+    root = os.path.join(runs_root, f"root-{attempt}")
+    os.mkdir(root, 0o755)
+    for d in ("usr", "etc", "proc", "dev", "dev/shm", "tmp", "job", "sysroot", ".old"):
+        os.makedirs(os.path.join(root, d), mode=0o755, exist_ok=True)
+    entries = [(root, root, "none", "bind")]
+    entries.append(("/usr", f"{root}/usr", "none", "bind,ro,nosuid,nodev"))
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = f"/{name}"
         if os.path.islink(host):
-            steps.append(f"ln -s {q(os.readlink(host))} {name}")
+            os.symlink(os.readlink(host), os.path.join(root, name))
         elif os.path.isdir(host):
-            steps.append(f"mkdir {name} && ro {host} {name}")
+            os.mkdir(os.path.join(root, name), 0o755)
+            entries.append((host, f"{root}/{name}", "none", "bind,ro,nosuid,nodev"))
     for host in ("/etc/ld.so.cache", "/etc/ld.so.conf"):
         if os.path.isfile(host):
-            steps.append(f"touch .{host} && ro {host} .{host}")
+            Path(root + host).touch(0o644)
+            entries.append((host, root + host, "none", "bind,ro,nosuid,nodev"))
     if os.path.isdir("/etc/alternatives"):  # Debian: cc -> /etc/alternatives/cc -> gcc
-        steps.append("mkdir etc/alternatives && ro /etc/alternatives etc/alternatives")
-    # Hide world-readable data under /usr that compiling does not need (rustcoder's own files,
-    # benchmark data, locally installed tools).
+        os.mkdir(f"{root}/etc/alternatives", 0o755)
+        entries.append(("/etc/alternatives", f"{root}/etc/alternatives", "none", "bind,ro,nosuid,nodev"))
     masks = []
-    if os.path.isdir("/usr/local") and not any(
-            (p or "").startswith("/usr/local/") for p in (linker, setpriv)):
+    if os.path.isdir("/usr/local") and not any((p or "").startswith("/usr/local/") for p in (linker, setpriv)):
         masks.append("/usr/local")
     install = _install_root()
     if install.startswith("/usr/") and os.path.isdir(install):
         masks.append(install)
     for path in masks:
-        steps.append(f"{mount} -t tmpfs -o size=4k,mode=0755,nosuid,nodev rustcoder-mask .{q(path)}")
-    steps += [
-        f'{mount} --bind "$1" job && {mount} -o remount,bind,nosuid,nodev job',
-        f"ro {q(sysroot)} sysroot",
-        f"{mount} -t proc -o nosuid,nodev,noexec proc proc",
-        f"{mount} -t tmpfs -o mode=1777,size={_TMPFS_SIZE},nosuid,nodev rustcoder-tmp tmp",
-        f"{mount} -t tmpfs -o mode=0755,size=64k,nosuid rustcoder-dev dev",
-        f"for d in null zero full random urandom; do touch dev/$d && {mount} --bind /dev/$d dev/$d "
-        "|| exit 1; done",
-        f"mkdir dev/shm && {mount} -t tmpfs -o mode=1777,size={_TMPFS_SIZE},nosuid,nodev rustcoder-shm dev/shm",
-        "ln -s /proc/self/fd dev/fd && ln -s /proc/self/fd/0 dev/stdin && "
-        "ln -s /proc/self/fd/1 dev/stdout && ln -s /proc/self/fd/2 dev/stderr",
-        f"{mount} -o remount,ro,nosuid,nodev {q(newroot)}",
+        entries.append(("rustcoder-mask", root + path, "tmpfs", "size=4k,mode=0755,nosuid,nodev"))
+    entries += [
+        (sysroot, f"{root}/sysroot", "none", "bind,ro,nosuid,nodev"),
+        ("proc", f"{root}/proc", "proc", "nosuid,nodev,noexec"),
+        ("rustcoder-tmp", f"{root}/tmp", "tmpfs", f"mode=1777,size={_TMPFS_SIZE},nosuid,nodev"),
+        ("rustcoder-shm", f"{root}/dev/shm", "tmpfs", f"mode=1777,size={_TMPFS_SIZE},nosuid,nodev"),
+    ]
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        Path(f"{root}/dev/{dev}").touch(0o644)
+        entries.append((f"/dev/{dev}", f"{root}/dev/{dev}", "none", "bind,nosuid,noexec"))
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    fstab = os.path.join(runs_root, f"fstab-{attempt}")
+    with open(fstab, "w") as fh:
+        for src, dst, fstype, opts in entries:
+            fh.write(f"{_fstab_path(src)} {_fstab_path(dst)} {fstype} {opts} 0 0\n")
+    os.chmod(fstab, 0o644)
+    return root, fstab
+
+
+def _mount_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) -> str:
+    """The script that runs as the PID namespace's init (root, but only inside fresh
+    mount/pid/net/ipc namespaces): it mounts the job's root from ``fstab`` (one ``mount -a``),
+    binds the job's directory at /job, makes the root read-only, pivots into it, detaches the
+    host's tree, drops to the job's uid and runs the command as its child.
+
+    Arguments: HOST_JOB_DIR UID GID COMMAND...  Exits 125 with a marker line if a step fails.
+    A shell script (about 20 ms) because util-linux has every step as a command; bubblewrap would
+    be a dependency a base Debian does not have.
+    """
+    q = shlex_quote
+    mount, umount, pivot_root = (q(tools[t]) for t in ("mount", "umount", "pivot_root"))
+    steps = [
+        f"{mount} -a -T {q(fstab)}",
+        f'{mount} -o bind,nosuid,nodev "$1" {q(root + SANDBOX_JOB_DIR)}',
+        f"{mount} -o remount,bind,ro,nosuid,nodev {q(root)}",
+        f"cd {q(root)}",
         f"{pivot_root} . .old",
         f"{umount} -l /.old",
         f"cd {SANDBOX_JOB_DIR}",
     ]
-    body = " &&\n".join(f"  {s}" for s in steps)
     return (
-        f'ro() {{ {mount} --bind "$1" "$2" && {mount} -o remount,bind,ro,nosuid,nodev "$2"; }}\n'
-        "{\n" + body + "\n} || { echo " + q(_SETUP_FAILED) + " >&2; exit 125; }\n"
+        "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(_SETUP_FAILED) + " >&2; exit 125; }\n"
         'uid="$2"; gid="$3"; shift 3\n'
         f'{q(setpriv)} --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"\n'
         "exit $?\n"

@@ -195,7 +195,7 @@ def test_a_broken_sandbox_stops_the_eval_before_blaming_the_model(sample_items, 
         setup = sandbox._get_setup()
         if setup.mounts:
             monkeypatch.setattr(setup, "mount_script",
-                                setup.mount_script.replace("rustcoder-root /", "rustcoder-root /nonexistent/", 1))
+                                setup.mount_script.replace("-a -T ", "-a -T /nonexistent", 1))
         else:
             monkeypatch.setattr(setup, "compiler", "/nonexistent/rustc")
         with pytest.raises(RustcoderError, match="the sandbox does not work here .*self-check failed"):

@@ -489,7 +489,7 @@ def hostile_world(caps, tmp_path_factory):
             + sorted(str(p) for p in wdir.iterdir())
             + sorted(str(p) for p in REPO.glob(f"*{token}*"))
             + [str(p) for p in Path("/root").glob(f"*{token}*")],
-            "runs_root_left": sorted(set(os.listdir(runs_root())) - {"newroot"}),
+            "runs_root_left": sorted(n for n in os.listdir(runs_root()) if n.startswith(("run-", "probe-"))),
             "canary_intact": canary.read_text() == secret + "\n" and canary.stat().st_mode & 0o777 == 0o644,
         }
         yield world
@@ -578,8 +578,8 @@ def test_self_check_passes_on_a_working_sandbox(caps):
 
 def test_a_broken_sandbox_is_sandbox_error_and_fails_the_self_check(caps, fresh_setup, monkeypatch):
     setup = sandbox._get_setup()
-    if setup.mounts:  # break the job's root: the setup script's first mount now fails
-        broken = setup.mount_script.replace("rustcoder-root /", "rustcoder-root /nonexistent/", 1)
+    if setup.mounts:  # break the job's root: its fstab is not found
+        broken = setup.mount_script.replace("-a -T ", "-a -T /nonexistent", 1)
         monkeypatch.setattr(setup, "mount_script", broken)
     else:
         monkeypatch.setattr(setup, "compiler", "/nonexistent/rustc")
