@@ -1257,8 +1257,33 @@ def _half_ulp(e32, dtype):
     return ulp.clamp_min(fi.smallest_normal * fi.eps) / 2  # subnormals: a fixed spacing
 
 
+def peft_scale_problems(model_dir: Path, adapter_dir: Path, plan: MergePlan) -> list[str]:
+    """Where the plan's LoRA modules or scales differ from what PEFT itself computes for this adapter config
+    on this architecture (PEFT's LoRA layers injected into a meta-device skeleton: no memory, no weights).
+    The merge, the exactness check and the layerwise reference all use the plan's scales: this is the check
+    that does not share them."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = inject_adapter_in_model(config, _skeleton(model_dir), low_cpu_mem_usage=True)
+    peft = {f"{name}.weight": next(iter(m.scaling.values())) for name, m in model.named_modules()
+            if isinstance(getattr(m, "scaling", None), dict) and m.scaling}
+    problems = [f"PEFT applies a LoRA to {k.removesuffix('.weight')}, the merge does not" for k in sorted(peft)
+                if k not in plan.updates]
+    problems += [f"the merge changes {k.removesuffix('.weight')}, which PEFT does not adapt" for k in
+                 sorted(plan.updates) if k not in peft]
+    problems += [f"{k.removesuffix('.weight')}: the merge scales B @ A by {u.scale:g}, PEFT by {peft[k]:g}"
+                 for k, u in sorted(plan.updates.items()) if k in peft and not math.isclose(u.scale, peft[k],
+                                                                                             rel_tol=1e-6)]
+    return problems
+
+
 def _exactness_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
-                      dtype: str, meter: _Meter) -> dict[str, dict]:
+                      dtype: str, meter: _Meter, scale_problems: list[str] | None = None) -> dict[str, dict]:
     """exact, finite, lora_free and tied_embeddings, reading one tensor at a time.
 
     Exactness: every LoRA-targeted weight must be the float32 merge W + scale * B @ A (recomputed here from
@@ -1278,7 +1303,7 @@ def _exactness_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bo
     skipped = None if comparable else f"{base_dir} has no safetensors weights to recompute the merge from"
     if comparable and plan.unsupported:
         skipped = "the adapter uses " + "; ".join(plan.unsupported) + " (merged by PEFT; not recomputed here)"
-    bad, leftovers, problems = [], [], []
+    bad, leftovers, problems = [], [], list(scale_problems or []) if not skipped else []
     n_lora = n_replaced = n_same = n_bitwise = count = ties = 0
     changed = targeted = 0
     with _Reader(merged_dir, meter) as merged, _Reader(base_dir if comparable else merged_dir, meter) as base:
@@ -1375,7 +1400,7 @@ def _exactness_checks(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bo
              + f"; {n_same} untouched tensors byte-identical to the base"
              + (f"; {dtype} keeps the adapter's change in {changed / targeted:.1%} of the targeted weights"
                 if targeted else ""))
-            if not problems else f"{len(problems)} tensor(s) are not the exact merge: " + "; ".join(problems[:5]),
+            if not problems else f"not the exact merge ({len(problems)} problem(s)): " + "; ".join(problems[:5]),
             lora_tensors=n_lora, replaced_tensors=n_replaced, identical_tensors=n_same, bitwise_tensors=n_bitwise,
             tie_elements=ties, targeted_elements=targeted, changed_elements=changed,
             changed_share=(changed / targeted) if targeted else None)
@@ -1746,13 +1771,15 @@ def _weight_sizes(model_dir: Path) -> dict[str, int]:
     return {"largest_layer_fp32": max(layers.values(), default=0), "embeddings": embed, "layers": len(layers)}
 
 
-def _verify_layerwise(merged_dir: Path, base_dir: Path, plan: MergePlan, tie: bool, tied: tuple[str, str],
+def _verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: MergePlan, tie: bool,
+                      tied: tuple[str, str],
                       dtype: str, run_tok, merged_tok, noise_rtol: float, max_effect_lost: float,
                       log: Callable) -> tuple[dict[str, dict], dict]:
     """Exactness tensor by tensor, then the models run one decoder layer at a time; returns (checks, memory)."""
     checks_meter, forward_meter = _Meter(), _Meter()
     log("checking every merged tensor against the float32 merge rounded to its dtype, one tensor at a time")
-    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter)
+    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter,
+                               peft_scale_problems(base_dir, adapter_dir, plan))
     _loaded_tie_check(checks, _skeleton(merged_dir), tie)
     log(f"reference outputs (base + adapter unmerged, base, and the merge rounded to {dtype}; float32), one decoder "
         "layer at a time")
@@ -1784,7 +1811,8 @@ def _verify_full(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: Merg
     from transformers import AutoModelForCausalLM
 
     log("checking every merged tensor against the float32 merge rounded to its dtype, one tensor at a time")
-    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, _Meter())
+    checks = _exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, _Meter(),
+                               peft_scale_problems(base_dir, adapter_dir, plan))
     if reference is None:
         log(f"computing reference outputs (base + adapter unmerged, base, and the merge rounded to {dtype}; float32)")
         reference = reference_outputs(base_dir, adapter_dir, run_tok, dtype)
@@ -1852,8 +1880,8 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
             mode = result["mode"] = "full"
             result["layerwise_unavailable"] = why
     if mode == "layerwise":
-        more, result["memory"] = _verify_layerwise(merged_dir, base_dir, plan, tie, tied, dtype, run_tok, merged_tok,
-                                                   noise_rtol, max_effect_lost, log)
+        more, result["memory"] = _verify_layerwise(merged_dir, base_dir, adapter_dir, plan, tie, tied, dtype, run_tok,
+                                                   merged_tok, noise_rtol, max_effect_lost, log)
         result["greedy_tokens"] = result["memory"].pop("greedy_tokens")
     else:
         more = _verify_full(merged_dir, base_dir, adapter_dir, plan, tie, tied, dtype, run_tok, merged_tok, reference,

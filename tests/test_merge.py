@@ -396,6 +396,29 @@ def test_a_wrong_merge_fails_exactness_however_small_the_adapters_effect(short_r
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+def test_a_wrong_scale_shared_by_the_merge_and_its_recomputation_is_caught_against_peft(short_run_bf16, tmp_path,
+                                                                                        monkeypatch, streaming):
+    """The merge, the exactness recomputation and the layerwise reference all read the plan's scales: a bug
+    there (alpha / sqrt(r) for plain LoRA, say) is caught by comparing them with PEFT's own."""
+    import dataclasses
+
+    import rustcoder.merge as m
+
+    _, adapter = short_run_bf16
+    original = m.plan_merge
+
+    def wrong_scales(tensors, config):
+        plan = original(tensors, config)
+        plan.updates = {k: dataclasses.replace(u, scale=u.scale / 2) for k, u in plan.updates.items()}
+        return plan
+    monkeypatch.setattr(m, "plan_merge", wrong_scales)
+    with pytest.raises(RustcoderError) as err:
+        merge(adapter, output_dir=tmp_path / "merged", streaming=streaming, dtype="float32", **QUIET)
+    msg = str(err.value)
+    assert "the merge scales B @ A by 1, PEFT by 2" in msg and "not rounding" in msg
+
+
 # ---- verification fails when it should ----------------------------------------------------------
 
 @pytest.mark.slow
