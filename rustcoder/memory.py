@@ -115,15 +115,15 @@ def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None
 
     Checkpointing is off when the estimated activations of the largest forward fit what is left of
     the device's free memory after the weights; on, with the reason, when they do not. A budget is
-    never below ``max_length``: any one example fits a forward.
+    chosen here is never below ``max_length``; a smaller one the user sets runs longer examples alone.
     """
     def done(tokens: int, ckpt: bool, reason: str, act: float | None = None) -> MemoryPlan:
-        return MemoryPlan(max(tokens, max_length), ckpt, reason,
+        return MemoryPlan(tokens, ckpt, reason,
                           None if act is None else round(act / GIB, 2),
                           None if free_bytes is None else round(free_bytes / GIB, 2))
 
     if shape is None or free_bytes is None:
-        tokens = tokens_per_forward or (CPU_TOKENS_PER_FORWARD if device == "cpu" else 4 * max_length)
+        tokens = tokens_per_forward or max(CPU_TOKENS_PER_FORWARD if device == "cpu" else 4 * max_length, max_length)
         ckpt = bool(gradient_checkpointing)
         why = "forced by --gradient-checkpointing" if gradient_checkpointing else "no memory estimate available"
         return done(tokens, ckpt, f"gradient checkpointing {'on' if ckpt else 'off'}: {why}")
@@ -141,20 +141,21 @@ def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None
             tokens = fit(False) if fit(False) >= max_length else fit(True)
         tokens = max(tokens, max_length)
     else:
-        tokens = max(tokens_per_forward, max_length)
-    need = per_token[False] * tokens
+        tokens = tokens_per_forward
+    largest = max(tokens, max_length)  # an example longer than the budget runs in a forward of its own
+    need = per_token[False] * largest
     if gradient_checkpointing is not None:
         return done(tokens, gradient_checkpointing,
                     f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}: forced by "
                     f"--{'' if gradient_checkpointing else 'no-'}gradient-checkpointing "
-                    f"(estimated {need / GIB:.1f} GiB of activations per forward of {tokens} tokens without it, "
+                    f"(estimated {need / GIB:.1f} GiB of activations per forward of {largest} tokens without it, "
                     f"{max(room, 0) / GIB:.1f} GiB free after the weights)", need)
     if need <= room:
-        return done(tokens, False, f"gradient checkpointing off: a forward of {tokens} tokens needs about "
+        return done(tokens, False, f"gradient checkpointing off: a forward of {largest} tokens needs about "
                     f"{need / GIB:.1f} GiB of activations, {room / GIB:.1f} GiB free after the weights", need)
-    return done(tokens, True, f"gradient checkpointing on: a forward of {tokens} tokens needs about "
+    return done(tokens, True, f"gradient checkpointing on: a forward of {largest} tokens needs about "
                 f"{need / GIB:.1f} GiB of activations without it, only {max(room, 0) / GIB:.1f} GiB free after "
-                "the weights", per_token[True] * tokens)
+                "the weights", per_token[True] * largest)
 
 
 def train_flops_per_token(shape: ModelShape, mean_example_tokens: float) -> float:

@@ -136,6 +136,11 @@ def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, b
                tokens_per_forward=budget, dtype="float32")
     capture = _CaptureStep(step=1)  # the second step: lora_B has moved off zero, so every gradient is non-trivial
     result = train(cfg, progress=False, callbacks=[capture], log=lambda *_: None)
+    expected_forwards = {None: 2, 4096: 1}.get(budget)  # the preset's 2 micro-batches; the whole step in one
+    if expected_forwards:
+        assert result.metrics["forwards_per_step_max"] == expected_forwards
+    else:  # 96 tokens: the step is split into more forwards than micro-batches
+        assert result.metrics["forwards_per_step_max"] > 2
     history = artifacts.read_json(result.run_dir / "log_history.json")
     logged_loss = next(h["loss"] for h in history if h.get("step") == 2 and "loss" in h)
 
