@@ -594,6 +594,30 @@ def test_a_broken_sandbox_is_sandbox_error_and_fails_the_self_check(caps, fresh_
 # ---------------------------------------------------------------------------------------------
 
 
+def test_without_a_mount_namespace_it_runs_degraded_and_says_so(caps, fresh_setup, monkeypatch):
+    monkeypatch.setenv("RUSTCODER_SANDBOX_DISABLE", "mount")
+    with pytest.warns(RuntimeWarning, match="no mount namespace"):
+        degraded = sandbox.sandbox_capabilities()
+    assert degraded["usable"] and not degraded["mount_namespace"]
+    assert set(MOUNT_TAGS) <= set(degraded["missing"])
+    assert any("no mount namespace" in w for w in degraded["warnings"])
+    result = run_rust(PASSING)
+    assert result.status == "pass" and result.tests_passed == 3
+    assert not set(MOUNT_TAGS) & set(result.isolation)
+    if IS_ROOT:  # still its own uid: other jobs' files stay out of reach
+        assert "per-job-uid" in result.isolation and result.job_uid != sandbox.SANDBOX_UID
+
+
+def test_without_per_job_uids_jobs_share_nobody(caps, fresh_setup, monkeypatch):
+    if not IS_ROOT:
+        pytest.skip("uids are only changed as root")
+    monkeypatch.setenv("RUSTCODER_SANDBOX_DISABLE", "per-job-uid")
+    degraded = sandbox.sandbox_capabilities()
+    assert "per-job-uid" in degraded["missing"] and degraded["job_uids"] is None
+    result = run_rust(PASSING)
+    assert result.status == "pass" and result.job_uid == sandbox.SANDBOX_UID
+
+
 def test_degrades_without_namespaces_or_prlimit(caps, fresh_setup, monkeypatch):
     monkeypatch.setenv("RUSTCODER_SANDBOX_DISABLE", "unshare,prlimit,pidfd")
     with pytest.warns(RuntimeWarning, match="unshare"):
@@ -601,6 +625,7 @@ def test_degrades_without_namespaces_or_prlimit(caps, fresh_setup, monkeypatch):
     assert degraded["usable"] and degraded["rlimits"] == "preexec"
     assert "network-namespace" not in degraded["isolation"]
     assert "network-namespace" in degraded["missing"]
+    assert set(MOUNT_TAGS) <= set(degraded["missing"])
     result = run_rust(PASSING)
     assert result.status == "pass" and result.tests_passed == 3
     assert "network-namespace" not in result.isolation
