@@ -46,8 +46,10 @@ def test_pass_at_k_from_known_samples_and_unusable_tasks(tmp_path):
     add_body = "```rust\na + b\n}\n```"  # continues the prompt
     add_wrong = "```rust\nfn add(a: i32, b: i32) -> i32 {\n    a - b\n}\n```"
     sum_wrong = "```rust\nfn sum_even(v: &[i32]) -> i32 {\n    v.iter().sum()\n}\n```"
-    preds = ([{"id": "Mini/add", "answer": a} for a in (add_whole, add_body, add_wrong, add_wrong, add_wrong)]
-             + [{"id": "Mini/sum_even", "answer": sum_wrong} for _ in range(5)]
+    # several samples of one item are numbered (a repeated id without sample_index is an error)
+    preds = ([{"id": "Mini/add", "answer": a, "sample_index": j}
+              for j, a in enumerate((add_whole, add_body, add_wrong, add_wrong, add_wrong))]
+             + [{"id": "Mini/sum_even", "answer": sum_wrong, "sample_index": j} for j in range(5)]
              + [{"id": "Mini/truncated", "answer": "```rust\nfn f() -> i32 { 1 }\n```"}])
     pred_file = tmp_path / "preds.jsonl"
     pred_file.write_text("".join(json.dumps(p) + "\n" for p in preds))
