@@ -84,9 +84,11 @@ def test_demo_runs_the_whole_loop_and_its_next_commands_work_as_printed(tmp_path
     assert report["verification"]["passed"] is True
     assert "transformers engine ready" in text and "engine stopped" in text and "Q: " in text
     assert "report.md" in text
+    assert "{'eval_loss'" not in text and "{'loss'" not in text     # no raw Python dicts from the trainer
+    assert "\x1b[" not in text                                      # piped: no colour codes (trackio's banner)
     # the eval stage shows progress, and the sandbox's pass and fail with rustc's diagnostics
     stage3 = text.split("[3/6] evaluate")[1].split("[4/6]")[0]
-    assert "generate" in stage3 and "execute" in stage3
+    assert "generate adapter" in stage3 and "score:" in stage3        # progress while it works
     assert "good answer: PASS (1 test(s) passed" in stage3
     assert "bad answer: COMPILE_ERROR (E0308" in stage3 and "mismatched types" in stage3
     assert started, "the demo started no process (the engine runs in one)"

@@ -37,3 +37,34 @@ def test_every_command_has_a_docs_page():
     docs = " ".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
     for cmd in commands:
         assert f"rustcoder {cmd}" in docs, f"`rustcoder {cmd}` is not documented in docs/"
+
+
+def test_readme_names_the_prerequisites_and_the_quickstart_checks_python():
+    import subprocess
+
+    before = README.split("## Two commands")[0]
+    for needed in ("Python 3.10 or newer", "rustc", "2 GB", "3.4 GB"):
+        assert needed in before, needed
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh")], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "/nonexistent/python3"})
+    assert out.returncode == 1 and "needs Python 3.10 or newer" in out.stderr and "PYTHON=" in out.stderr
+
+
+def test_documented_shell_completion_works():
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    assert 'eval "$(_RUSTCODER_COMPLETE=bash_source rustcoder)"' in README
+    script = Path(sys.executable).parent / "rustcoder"
+    if not script.is_file():
+        pytest.skip("no rustcoder console script next to this Python")
+    env = {**os.environ, "_RUSTCODER_COMPLETE": "bash_source"}
+    source = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "complete -o nosort -F _rustcoder_completion rustcoder" in source
+    env = {**os.environ, "_RUSTCODER_COMPLETE": "bash_complete", "COMP_WORDS": "rustcoder train --learn",
+           "COMP_CWORD": "2"}
+    answer = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "--learning-rate" in answer
