@@ -347,6 +347,27 @@ def test_short_run_bf16_merge_is_refused_for_its_dtype_and_float32_passes_both_l
     assert v["max_logit_diff"] == pytest.approx(v["dtype_floor"], rel=1e-3)  # the merge sits exactly on the floor
 
 
+@pytest.mark.slow
+def test_a_real_three_step_small_batch_run_on_a_bf16_base_is_refused_for_its_dtype(rows_file, sharded_base, tmp_path):
+    """The case from the field: `train --preset small-batch` for 3 steps (lr 2e-5) on a bf16 base, then
+    `merge`. Before: 'verified' with a tolerance larger than the adapter's whole effect. Now: exact, and
+    refused for the dtype with the fix; --dtype float32 passes both layers."""
+    from rustcoder.train import train
+
+    base = _copy_model(sharded_base, tmp_path / "base-bf16", dtype=torch.bfloat16)
+    cfg = resolve_config("small-batch", overrides=dict(
+        model=str(base), dataset=str(rows_file), num_examples=40, max_steps=3, output_dir=str(tmp_path / "runs"),
+        report_to="none", run_name="short"))
+    run = train(cfg, progress=False, **QUIET).run_dir
+    r = CliRunner().invoke(main, ["merge", str(run)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 1 and "This is not a bug" in out and "in bfloat16 it keeps only" in out, r.output
+    r = CliRunner().invoke(main, ["merge", str(run), "--dtype", "float32"])
+    assert r.exit_code == 0, r.output
+    v = json.loads((run / "merged" / REPORT).read_text())["verification"]
+    assert v["passed"] and v["exact"] is True and v["effect_kept"] > 0.99
+
+
 def _corrupt_merge(adapter: Path, how: str):
     """Wraps a merge so that its LoRA-targeted tensors are saved wrong: with twice the scale, or unchanged."""
     import dataclasses
