@@ -101,9 +101,12 @@ def test_test_suites_that_test_nothing_score_zero(sample_items, tmp_path):
         p("ignored", "```rust\n#[test]\n#[ignore]\nfn later() { assert_eq!(percent(1, 2), 50); }\n```"),
     ]
     out = tmp_path / "eval"
-    evaluate(EvalConfig(predictions=str(_write(tmp_path / "p.jsonl", preds)), dataset="sample",
-                        categories=["test_generation"], output_dir=str(out), workers=2), **QUIET)
+    result = evaluate(EvalConfig(predictions=str(_write(tmp_path / "p.jsonl", preds)), dataset="sample",
+                                 categories=["test_generation"], output_dir=str(out), workers=2), **QUIET)
     s = _scores(out)
+    per_item = {g["id"]: g for g in result.metrics["models"]["good"]["generated_tests"]}
+    assert per_item[percent.id]["tests_failed_broken"] >= 1
+    assert "fail on broken code" in (out / "report.md").read_text()
     good = s[f"good:{percent.id}:0"]
     assert good["status"] == "pass" and good["primary"] == 100.0
     assert good["tests_passed"] >= 1 and good["tests_failed_broken"] >= 1, good  # both counts per item

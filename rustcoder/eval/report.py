@@ -127,6 +127,12 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
             overall.update(_pass_at_k(code_recs, plan.ks))
         overall.update(_tf(tf_recs))
         models[target.tag] = {"describe": target.describe(), "overall": overall, "categories": cats}
+        tested = [r for r in recs if task_of[r["category"]].program == "tests_for_code" and r["status"] != "missing"]
+        if tested:  # do the generated tests test the code? both counts, per item and sample
+            models[target.tag]["generated_tests"] = [
+                {"id": r["id"], "sample_index": r["sample_index"], "status": r["status"],
+                 "tests_passed": r.get("tests_passed"), "tests_failed_broken": r.get("tests_failed_broken")}
+                for r in sorted(tested, key=lambda r: (r["id"], r["sample_index"]))]
 
     comparison = None
     tags = [t.tag for t in plan.targets]
@@ -421,6 +427,14 @@ def render_report(m: dict) -> str:
     for tag, md in m["models"].items():
         lines += ["", f"## Details: {tag}", "", _table_md(*_detail_rows(m, tag)), "",
                   f"Statuses ({tag}):", "", _table_md(*_status_rows(m, tag))]
+        if md.get("generated_tests"):
+            rows = [[f"`{g['id']}`" + (f" #{g['sample_index']}" if gen["samples"] > 1 else ""), g["status"],
+                     "" if g["tests_passed"] is None else str(g["tests_passed"]),
+                     "" if g["tests_failed_broken"] is None else str(g["tests_failed_broken"])]
+                    for g in md["generated_tests"]]
+            lines += ["", f"Generated tests ({tag}): tests that pass against the reference code, and of those, how "
+                      "many fail when the code under test has its function bodies broken (0 = `weak_tests`):", "",
+                      _table_md(["item", "status", "pass on the code", "fail on broken code"], rows)]
         ks = {k: v for k, v in md["overall"].items() if k.startswith("pass@")}
         if ks and (m["suite"]["kind"] != "strandset" or gen["samples"] > 1):
             lines += ["", f"pass@k ({tag}, unbiased estimator, {gen['samples']} sample(s) per task): "
