@@ -571,6 +571,8 @@ def _http_get(url: str, api_key: str | None = None, timeout: float = 5.0) -> tup
 
 
 def _engine_failure(spec: EngineSpec, process: EngineProcess, what: str) -> RustcoderError:
+    if process._reader is not None and not process.running():
+        process._reader.join(timeout=2)  # an exited engine's last lines are still being read
     tail = process.tail_text()
     low = tail.lower()
     if "address already in use" in low:
@@ -581,6 +583,14 @@ def _engine_failure(spec: EngineSpec, process: EngineProcess, what: str) -> Rust
         hint = "\nvLLM's CPU attention needs head_dim >= 32 (hidden_size / num_attention_heads)."
     elif "no module named 'vllm" in low:
         hint = f"\nInstall vLLM:\n  {VLLM_INSTALL}"
+    elif any(k in low for k in ("not a valid model identifier", "repository not found", "401 client error",
+                                "gated repo", "couldn't connect to", "offlinemodeisenabled")):
+        hint = (f"\n{spec.model!r} could not be fetched from the hub: check the id; for a gated or private model "
+                "log in with `hf auth login`; offline, pass a local model directory.")
+    if process.echo is not None:  # its output was shown as it came: do not print the traceback twice
+        errors = [line.strip() for line in process.tail if re.match(r"^\s*[\w.]*(Error|Exception)\b", line)]
+        last = errors[-1] if errors else next((line for line in reversed(process.tail) if line.strip()), "")
+        return RustcoderError(f"the {spec.engine} engine {what}: {last.strip()}\n(its full output is above){hint}")
     return RustcoderError(f"the {spec.engine} engine {what}. Its last output:\n{tail}{hint}")
 
 

@@ -576,3 +576,17 @@ def test_serve_with_playground_opens_both_and_stops_both(tmp_path, fake_vllm):
         result.stop()
     assert wait_gone([rec["pid"], rec["worker"]]) == []
     assert srv.port_problem("127.0.0.1", ui_port) is None  # the playground is closed too
+
+
+def test_an_echoed_engine_failure_is_not_printed_twice(model_dir, fake_vllm, monkeypatch):
+    """When the engine's output was shown live, the error names its last error line, not the whole tail again."""
+    script, record = fake_vllm
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "crash")
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=str(script), port=free_port())
+    shown = []
+    with pytest.raises(RustcoderError) as e:
+        srv.start_server(spec, echo=shown.append, health_timeout=30)
+    assert "fake vllm starting" in shown                             # shown once, live
+    assert "RuntimeError: CUDA out of memory (fake)" in str(e.value) and "fake vllm starting" not in str(e.value)
+    rec = json.loads(record.read_text())
+    assert wait_gone([rec["pid"], rec["worker"]]) == []
