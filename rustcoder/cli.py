@@ -199,6 +199,12 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         return
     from .launch import is_launched, process_rank
 
+    if not resume and not is_launched() and cfg.report_to == "trackio":
+        from .artifacts import unique_run_name
+        from .config import default_run_name
+
+        # Trackio appends to a reused run name: keep the name new in the project, not only in output_dir.
+        cfg.run_name = unique_run_name(cfg.output_dir, cfg.run_name or default_run_name(cfg), cfg.project)
     if cfg.num_processes > 1 and not is_launched():
         from . import artifacts
         from .launch import launch_training

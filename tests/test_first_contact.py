@@ -235,3 +235,28 @@ def test_scores_plot_has_95_percent_intervals_and_n_per_category(tmp_path, monke
     low_err, high_err = drawn["xerr"]
     assert all(e > 0 for e in low_err + high_err)
     assert drawn["labels"] == ["code_generation (pass rate %, n=5)", "code_summarization (chrF, n=3)"]
+
+
+def test_train_picks_a_run_name_new_to_the_trackio_project(tmp_path, monkeypatch):
+    """A run name already in the Trackio project (from another output directory) is not reused."""
+    from types import SimpleNamespace
+
+    import rustcoder.artifacts as artifacts
+    import rustcoder.train as train_module
+
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen["cfg"] = cfg
+        return SimpleNamespace(run_dir=tmp_path / "runs" / cfg.run_name, adapter_dir=tmp_path / "a",
+                               metrics={"eval_loss": 1.0, "eval_mean_token_accuracy": 0.5, "steps": 1,
+                                        "wall_time_s": 1.0})
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(artifacts, "trackio_run_names",
+                        lambda project: {"exp-small-batch-all"} if project == "team" else set())
+    r = _run(["train", "--model", "tiny-qwen2", "--dataset", "sample", "--project", "team"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert seen["cfg"].run_name == "exp-small-batch-all-2"
+    r = _run(["train", "--model", "tiny-qwen2", "--dataset", "sample", "--project", "other"], tmp_path)
+    assert seen["cfg"].run_name == "exp-small-batch-all"
