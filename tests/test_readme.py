@@ -68,3 +68,17 @@ def test_documented_shell_completion_works():
            "COMP_CWORD": "2"}
     answer = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout
     assert "--learning-rate" in answer
+
+
+def test_outputs_written_into_a_checkout_are_ignored_by_git():
+    """`eval --oracle` (./evals-out) and `compare` (./comparison) write into the current directory."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("evals-out/oracle/humaneval-rust/metrics.json", "comparison/comparison.md", "runs/x/manifest.json"):
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, timeout=30)
+        assert r.returncode == 0, f"{path} is not ignored by .gitignore"
