@@ -58,7 +58,8 @@ def _compact_training_logs() -> None:
             return
         names = {"eval_loss": "eval loss", "eval_mean_token_accuracy": "eval token acc", "loss": "loss",
                  "mean_token_accuracy": "token acc", "learning_rate": "lr", "grad_norm": "grad norm",
-                 "train_loss": "train loss", "train_runtime": "train s"}
+                 "train_loss": "train loss", "train_runtime": "train s", "tokens_per_second": "tok/s",
+                 "mfu": "MFU"}
         parts = [f"{label} {float(logs[k]):.4g}" for k, label in names.items()
                  if isinstance(logs.get(k), (int, float, str)) and _is_number(logs[k])]
         if parts:
