@@ -1,18 +1,27 @@
-"""Training throughput: rustcoder's data path vs TRL SFTTrainer's defaults, side by side in one run.
+"""Training throughput: rustcoder vs TRL SFTTrainer's defaults, side by side in one run.
 
-Both train the same small Qwen2 (built from a config) with the same LoRA on the same
-Strandset-shaped rows (long-tailed lengths like the real dataset) for the same number of optimizer
-steps, and both compute the loss on the answer tokens only. Printed: non-pad tokens per second of
-each, their ratio, and the final eval loss of each on the same held-out rows (it must not get
-worse). A check that no example attends to another in rustcoder's batches runs first.
+Both train the same Qwen2-shaped model with the same LoRA (r16, all linear layers) on the same
+Strandset-shaped rows (long-tailed lengths like the real dataset), with the same examples per
+optimizer step and the same number of steps, both with answer-only loss. Only optimizer steps are
+timed (a callback around each step; model load, evaluation and checkpoint saves excluded), after a
+few warm-up steps. Printed: non-pad tokens/s of each, their ratio, peak GPU memory, an MFU estimate,
+the eval loss of each on the same held-out rows (token-weighted NLL; it must not get worse), and the
+projected wall time of the research's five-run study on 10,000 rows. A check that no example attends
+to another in rustcoder's forwards runs first.
 
-    python benchmarks/train_throughput.py            # about 5 minutes on 2 CPU cores
-    python benchmarks/train_throughput.py --steps 20 # quicker, noisier
+    python benchmarks/train_throughput.py                       # CPU: tiny Qwen2, ~5 minutes on 2 cores
+    python benchmarks/train_throughput.py --steps 20            # quicker, noisier
+    python benchmarks/train_throughput.py --device cuda --shape 7b            # Qwen2-7B shape, bf16, baseline
+    python benchmarks/train_throughput.py --device cuda --shape 1.5b --presets baseline,small-batch
+
+On a GPU the model is the real Qwen shape with random weights, built in bf16 on the card (no hub
+needed; throughput and memory are shape-bound, not weight-bound); the tokenizer is the tiny one.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -67,61 +76,177 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+SHAPES = {  # ../shared/gpu/README.md: hidden, layers, heads, kv heads, intermediate, vocab, tied
+    "0.5b": (896, 24, 14, 2, 4864, 151936, True),
+    "1.5b": (1536, 28, 12, 2, 8960, 151936, True),
+    "7b": (3584, 28, 28, 4, 18944, 152064, False),
+}
+# The research's five runs on 10,000 rows (9,000 train): (preset whose step time applies, optimizer steps).
+STUDY = {"baseline": ("baseline", 563), "conservative-lr": ("baseline", 1126), "high-capacity": ("baseline", 563),
+         "aggressive-lr": ("baseline", 563), "small-batch": ("small-batch", 2250)}
+
+
 def build_model(out: Path, hidden: int, layers: int) -> Path:
     from rustcoder.tiny import build_tiny_model
 
     return build_tiny_model(out, arch="qwen2", hidden_size=hidden, layers=layers, heads=4, kv_heads=2, seed=0)
 
 
-def check_no_cross_attention(model_dir: Path, rows_path: Path, data_path: str) -> None:
-    """Per-example logits inside a rustcoder batch equal the logits of each example alone."""
+def write_shape_dir(out: Path, tiny_dir: Path, shape: str) -> Path:
+    """A model directory with the real Qwen shape's config.json and the tiny tokenizer; no weights (see
+    build_on_gpu)."""
+    import shutil
+
+    from transformers import Qwen2Config
+
+    hidden, layers, heads, kv, inter, vocab, tied = SHAPES[shape]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tiny_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json",
+                                                        "chat_template.jinja"):
+            shutil.copy(f, out / f.name)
+    tiny = json.loads((tiny_dir / "config.json").read_text())
+    Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv, intermediate_size=inter, tie_word_embeddings=tied,
+                max_position_embeddings=32768, eos_token_id=tiny["eos_token_id"],
+                pad_token_id=tiny["pad_token_id"], bos_token_id=None).save_pretrained(out)
+    return out
+
+
+def build_on_gpu(model_dir, revision=None, dtype="auto"):
+    """The model of model_dir's config with random weights (seed 0), in bf16 on the GPU: same for both sides."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+
+
+def step_clock(cuda: bool):
+    """A TrainerCallback timing each optimizer step (on_step_begin -> on_step_end), synchronised on a GPU."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: dict[int, float] = {}
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.times[state.global_step] = time.perf_counter() - self.t0
+
+    return StepClock()
+
+
+def timed_throughput(history: list[dict], times: dict[int, float], warmup: int) -> tuple[float, float, int]:
+    """(non-pad tokens/s, seconds per step, steps timed) over the steps after `warmup`, from the per-step
+    cumulative num_tokens each side logs (logging every step) and the clock's step times."""
+    cum = {h["step"]: h["num_tokens"] for h in history if "num_tokens" in h and "loss" in h}
+    cum[0] = 0
+    steps = [s for s in sorted(times) if s > warmup and s in cum and s - 1 in cum]
+    tokens = sum(cum[s] - cum[s - 1] for s in steps)
+    seconds = sum(times[s] for s in steps)
+    return tokens / seconds, seconds / max(len(steps), 1), len(steps)
+
+
+def check_no_cross_attention(model_dir: Path, rows_path: Path, device: str) -> str:
+    """Each example's logits inside one of rustcoder's forwards equal its logits alone; returns the path's name."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from rustcoder.attention import choose_attention
     from rustcoder.config import resolve_config
     from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
-    from rustcoder.train import _Collator, plan_training
+    from rustcoder.packing import collate_forward
+    from rustcoder.train import plan_training, resolve_data_path
 
-    cfg = resolve_config("small-batch", overrides=dict(model=str(model_dir), dataset=str(rows_path),
-                                                        num_examples=40, data_path=data_path))
-    plan = plan_training(cfg, device="cpu")
+    layout = resolve_data_path("auto", device)
+    path = choose_attention(device, layout)
+    cfg = resolve_config("small-batch", overrides=dict(model=str(model_dir), dataset=str(rows_path), num_examples=40))
+    plan = plan_training(cfg, device=device, count_forwards=False)
     tok, _ = load_tokenizer(str(model_dir), model_type="qwen2")
     feats = tokenize_examples(tok, [e.messages for e in plan.data.train[:4]], cfg.max_length)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    batch = _Collator(tok.pad_token_id, plan.data_path == "padding-free")(feats)
+    if device == "cuda":
+        model = build_on_gpu(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if path.attn_implementation != "sdpa":
+        model.set_attn_implementation(path.attn_implementation)
+    model.eval()
+    batch = {k: (v.to(model.device) if hasattr(v, "to") else v)
+             for k, v in collate_forward(feats, layout, tok.pad_token_id, path.varlen_kwargs).items()}
+    # float32 on CPU: ~100 ulps; bf16 on a GPU: a few bf16 ulps of logits of size ~1-10 (2**-7 relative)
+    atol = 1e-4 if device == "cpu" else 5e-2
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
         offset = 0
         for i, f in enumerate(feats):
-            alone = model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0]
+            alone = model(input_ids=torch.tensor([f["input_ids"]], device=model.device), use_cache=False).logits[0]
             n = len(f["input_ids"])
-            got = logits[0, offset:offset + n] if plan.data_path == "padding-free" else logits[i, :n]
+            got = logits[0, offset:offset + n] if layout == "padding-free" else logits[i, :n]
             offset += n
-            assert torch.allclose(got, alone, atol=1e-4), f"example {i} attends outside itself"
-    print(f"isolation check ({plan.data_path}): each example's logits in a batch equal its logits alone")
+            assert torch.allclose(got.float(), alone.float(), atol=atol), f"example {i} attends outside itself"
+    del model
+    print(f"isolation check ({layout}, {path.name}): each example's logits in a forward equal its logits alone")
+    return path.name
 
 
-def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, steps: int, batch: int, n: int,
+def eval_loss(model, feats: list[dict], device) -> float:
+    """Token-weighted NLL over every answer token of the held-out rows, one example at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    nll = n = 0.0
+    with torch.no_grad():
+        for f in feats:
+            logits = model(input_ids=torch.tensor([f["input_ids"]], device=device), use_cache=False).logits[0, :-1]
+            labels = torch.tensor(f["labels"][1:], device=device)
+            keep = labels != -100
+            nll += F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum").item()
+            n += keep.sum().item()
+    return nll / n
+
+
+def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str,
                   fast_paths: bool | None = None) -> dict:
+    import torch
+
     from rustcoder import artifacts
     from rustcoder.config import resolve_config
     from rustcoder.train import train
 
-    cfg = resolve_config("baseline", overrides=dict(
-        model=str(model_dir), dataset=str(rows_path), num_examples=n, batch_size=batch, grad_accum=1,
-        max_steps=steps, lr=2e-4, warmup_ratio=0.1, eval_steps=10**6, save_steps=10**6, report_to="none",
-        output_dir=str(work / "runs"), run_name=f"rustcoder-{fast_paths}", logging_steps=1, fast_paths=fast_paths))
-    result = train(cfg, progress=False, log=lambda *_: None)
+    clock = step_clock(a.device == "cuda")
+    cfg = resolve_config(preset, overrides=dict(
+        model=str(model_dir), dataset=str(rows_path), num_examples=a.rows, batch_size=batch, grad_accum=accum,
+        max_steps=a.steps, lr=2e-4, warmup_ratio=0.1, eval_steps=10**6, save_steps=10**6, report_to="none",
+        output_dir=str(work / "runs"), run_name=f"rustcoder-{preset}-{fast_paths}", logging_steps=1,
+        fast_paths=fast_paths))
+    if a.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = train(cfg, progress=False, callbacks=[clock], log=lambda *_: None)
     history = artifacts.read_json(result.run_dir / "log_history.json")
-    tokens = max(h.get("num_tokens", 0) for h in history)
-    runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
+    tps, s_per_step, timed = timed_throughput(history, clock.times, a.warmup_steps)
     plan = artifacts.read_json(result.run_dir / "manifest.json")["plan"]
-    return {"tokens": tokens, "seconds": runtime, "eval_loss": result.metrics["eval_loss"],
-            "data_path": f"rustcoder {plan['data_path']}" + (" + fast paths" if plan.get("fast_paths") else "")}
+    label = (f"rustcoder {plan['data_path']}, {plan['forwards']['forwards_per_step_mean']:g} fwd/step"
+             + (", ckpt" if plan["gradient_checkpointing"] else "")
+             + (" + fast dropout" if plan.get("fast_paths") else ""))
+    return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": result.metrics["eval_loss"],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None,
+            "data_path": label, "attention": plan["attention"]}
 
 
-def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, steps: int, batch: int, n: int) -> dict:
+def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str) -> dict:
     """What a user writes with TRL: conversational rows, assistant-only loss, everything else default."""
     import torch
     from datasets import Dataset
@@ -129,85 +254,151 @@ def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, steps: int, b
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from rustcoder.config import load_preset
     from rustcoder.data.strandset import prepare_data
+    from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
 
-    data = prepare_data(str(rows_path), num_examples=n, seed=42)  # the same split rustcoder trains on
+    p = load_preset(preset)
+    data = prepare_data(str(rows_path), num_examples=a.rows, seed=42)  # the same split rustcoder trains on
     tok, _ = load_tokenizer(str(model_dir), model_type="qwen2")
     train_ds = Dataset.from_list([{"messages": e.messages} for e in data.train])
-    eval_ds = Dataset.from_list([{"messages": e.messages} for e in data.eval])
     torch.manual_seed(42)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    args = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=batch,
-                     per_device_eval_batch_size=batch, gradient_accumulation_steps=1, max_steps=steps,
-                     learning_rate=2e-4, warmup_steps=math.ceil(0.1 * steps), lr_scheduler_type="cosine",
-                     assistant_only_loss=True, report_to=[], logging_steps=1, save_strategy="no",
-                     eval_strategy="no", bf16=False, seed=42, disable_tqdm=True, dataloader_pin_memory=False)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tok, peft_config=lora)
-    out = trainer.train()
-    tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
-    return {"tokens": tokens, "seconds": out.metrics["train_runtime"],
-            "eval_loss": trainer.evaluate()["eval_loss"], "data_path": "TRL defaults (padded, random order)"}
+    on_gpu = a.device == "cuda"
+    model = build_on_gpu(model_dir) if on_gpu else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    extra = {} if on_gpu else {"bf16": False}  # on a GPU: TRL's own defaults (bf16, gradient checkpointing)
+    args = SFTConfig(output_dir=str(work / f"trl-{preset}"), per_device_train_batch_size=batch,
+                     gradient_accumulation_steps=accum, max_steps=a.steps, learning_rate=2e-4,
+                     warmup_steps=math.ceil(0.1 * a.steps), lr_scheduler_type="cosine", assistant_only_loss=True,
+                     report_to=[], logging_steps=1, save_strategy="no", eval_strategy="no", seed=42,
+                     disable_tqdm=True, dataloader_pin_memory=on_gpu, **extra)
+    lora = LoraConfig(r=p.get("lora_r", 16), lora_alpha=p.get("lora_alpha", 32),
+                      lora_dropout=p.get("lora_dropout", 0.05), target_modules="all-linear", task_type="CAUSAL_LM")
+    clock = step_clock(on_gpu)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok, peft_config=lora,
+                         callbacks=[clock])
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+    tps, s_per_step, timed = timed_throughput(trainer.state.log_history, clock.times, a.warmup_steps)
+    feats = tokenize_examples(tok, [e.messages for e in data.eval], 1024)
+    loss = eval_loss(trainer.model, feats, trainer.model.device)
+    label = "TRL defaults (padded, random" + (", ckpt)" if args.activation_checkpointing else ")")
+    return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": loss, "peak_gib": peak,
+            "data_path": label}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
-    ap.add_argument("--batch", type=int, default=4, help="examples per step (TRL's default batch is 8; 4 as the presets)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="7b", help="with --device cuda: the Qwen shape")
+    ap.add_argument("--presets", default=None,
+                    help="comma-separated presets whose examples per step are used (default: baseline on cuda; "
+                         "on CPU 4 examples per step, batch 4 x accum 1, as measured before)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60 CPU, 30 cuda)")
+    ap.add_argument("--warmup-steps", type=int, default=None, help="first steps left out of the timing "
+                    "(default 2 CPU, 3 cuda)")
+    ap.add_argument("--batch", type=int, default=4, help="CPU default: examples per step")
     ap.add_argument("--rows", type=int, default=2000, help="rows sampled (10%% held out for eval)")
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256, help="CPU model width")
+    ap.add_argument("--layers", type=int, default=4, help="CPU model depth")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--breakdown", action="store_true", help="also run rustcoder without the CPU fast paths")
-    args = ap.parse_args()
+    ap.add_argument("--breakdown", action="store_true", help="also run rustcoder without the CPU fast dropout")
+    a = ap.parse_args()
+    a.steps = a.steps or (30 if a.device == "cuda" else 60)
+    a.warmup_steps = a.warmup_steps if a.warmup_steps is not None else (3 if a.device == "cuda" else 2)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is visible")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from rustcoder.config import load_preset
+    from rustcoder.memory import ModelShape, peak_flops, train_flops_per_token
+
     with tempfile.TemporaryDirectory(prefix="rc-bench-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("RUSTCODER_CACHE", str(work / "cache"))
         rows_path = work / "rows.jsonl"
-        rows = synthetic_rows(args.rows + 200)
+        rows = synthetic_rows(a.rows + 200)
         rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        model_dir = build_model(work / "model", args.hidden, args.layers)
+        tiny_dir = build_model(work / "model", a.hidden, a.layers)
+        model_dir = tiny_dir
+        if a.device == "cuda":
+            import rustcoder.modeling
+
+            model_dir = write_shape_dir(work / f"qwen-{a.shape}", tiny_dir, a.shape)
+            rustcoder.modeling.load_model = build_on_gpu  # rustcoder's train() builds the same random model
+
+        from transformers import AutoConfig
 
         from rustcoder.data.strandset import prepare_data
         from rustcoder.data.tokenize import tokenize_examples
         from rustcoder.modeling import load_tokenizer
 
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(model_dir))
         tok, _ = load_tokenizer(str(model_dir), model_type="qwen2")
-        data = prepare_data(str(rows_path), num_examples=args.rows)
-        lengths = [r["length"] for r in tokenize_examples(tok, [e.messages for e in data.train], 1024)]
-        lengths.sort()
-        print(f"model: Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}; "
-              f"{torch.get_num_threads()} threads")
-        print(f"data: {len(lengths)} train rows, tokens per example mean {statistics.mean(lengths):.0f}, "
+        data = prepare_data(str(rows_path), num_examples=a.rows)
+        lengths = sorted(r["length"] for r in tokenize_examples(tok, [e.messages for e in data.train], 1024))
+        mean_len = statistics.mean(lengths)
+        where = (torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads")
+        print(f"model: Qwen2 hidden {shape.hidden}, {shape.layers} layers, vocab {shape.vocab} "
+              f"({shape.parameters / 1e9:.2f}B parameters, random weights); {where}")
+        print(f"data: {len(lengths)} train rows, tokens per example mean {mean_len:.0f}, "
               f"median {statistics.median(lengths):.0f}, p99 {lengths[int(0.99 * len(lengths))]}")
-        from rustcoder.train import resolve_data_path
+        check_no_cross_attention(model_dir, rows_path, a.device)
 
-        check_no_cross_attention(model_dir, rows_path, resolve_data_path("auto", "cpu"))
-
-        results = {}
-        runs = [("TRL defaults", run_trl_defaults), ("rustcoder", run_rustcoder)]
-        if args.breakdown:
-            runs.insert(1, ("grouped only", lambda *a: run_rustcoder(*a, fast_paths=False)))
-        for name, fn in runs:
-            t0 = time.time()
-            results[name] = fn(model_dir, rows_path, work, args.steps, args.batch, args.rows)
-            results[name]["wall"] = time.time() - t0
-        print(f"\n{'':<14} {'batching':<38} {'non-pad tok/s':>13} {'train s':>8} {'eval loss':>9}")
-        for name, r in results.items():
-            r["tps"] = r["tokens"] / r["seconds"]
-            print(f"{name:<14} {r['data_path']:<38} {r['tps']:>13.0f} {r['seconds']:>8.1f} {r['eval_loss']:>9.4f}")
-        ratio = results["rustcoder"]["tps"] / results["TRL defaults"]["tps"]
-        print(f"\nthroughput ratio rustcoder / TRL defaults: {ratio:.2f}x "
-              f"(same {args.steps} optimizer steps of {args.batch} examples)")
-        d = results["rustcoder"]["eval_loss"] - results["TRL defaults"]["eval_loss"]
-        print(f"eval loss difference (rustcoder - TRL): {d:+.4f}")
+        presets = a.presets.split(",") if a.presets else (["baseline"] if a.device == "cuda" else ["cpu"])
+        fpt = train_flops_per_token(shape, mean_len)
+        peak = peak_flops(a.device)
+        measured: dict[str, dict] = {}
+        for preset in presets:
+            if preset == "cpu":  # the CPU figure measured since the start: 4 examples per step
+                name, batch, accum = "baseline", a.batch, 1
+            else:
+                p = load_preset(preset)
+                name, batch, accum = preset, p["batch_size"], p["grad_accum"]
+            runs = [("TRL defaults", lambda: run_trl_defaults(model_dir, rows_path, work, a, batch, accum, name)),
+                    ("rustcoder", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum, name))]
+            if a.breakdown:
+                runs.insert(1, ("no fast dropout", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum,
+                                                                          name, fast_paths=False)))
+            results = {}
+            for label, fn in runs:
+                results[label] = fn()
+                gc.collect()
+                if a.device == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"\n{preset if preset != 'cpu' else 'CPU'}: {batch} x {accum} = {batch * accum} examples per "
+                  f"optimizer step, {a.steps} steps ({a.warmup_steps} warm-up steps not timed)")
+            print(f"{'':<16} {'layout':<44} {'non-pad tok/s':>13} {'s/step':>7} {'peak GiB':>8} {'MFU':>6} "
+                  f"{'eval loss':>9}")
+            for label, r in results.items():
+                mfu = f"{r['tps'] * fpt / peak:.1%}" if peak else "n/a"
+                gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+                print(f"{label:<16} {r['data_path']:<44} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
+                      f"{mfu:>6} {r['eval_loss']:>9.4f}")
+            ratio = results["rustcoder"]["tps"] / results["TRL defaults"]["tps"]
+            print(f"throughput ratio rustcoder / TRL defaults: {ratio:.2f}x; attention: "
+                  f"{results['rustcoder']['attention']}")
+            print(f"eval loss difference (rustcoder - TRL): "
+                  f"{results['rustcoder']['eval_loss'] - results['TRL defaults']['eval_loss']:+.4f}")
+            measured[name] = results
+        if a.device == "cuda":
+            print("\nprojected five-run study on 10,000 rows (optimizer steps x measured seconds per step):")
+            for side in ("TRL defaults", "rustcoder"):
+                total, parts = 0.0, []
+                for run, (basis, steps) in STUDY.items():
+                    if basis in measured:
+                        sec = steps * measured[basis][side]["s_per_step"]
+                    else:  # not measured: the same tokens at the baseline's throughput
+                        sec = steps * 4 * mean_len / measured["baseline"][side]["tps"] if "baseline" in measured \
+                            else float("nan")
+                    total += sec
+                    parts.append(f"{run} {sec / 60:.0f}")
+                print(f"  {side:<14} {total / 60:6.0f} min ({', '.join(parts)} min)")
 
 
 if __name__ == "__main__":
