@@ -805,7 +805,7 @@ def _mount_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) ->
     A shell script (about 20 ms) because util-linux has every step as a command; bubblewrap would
     be a dependency a base Debian does not have.
     """
-    q = shlex_quote
+    q = _sh_quote
     mount, umount, pivot_root = (q(tools[t]) for t in ("mount", "umount", "pivot_root"))
     steps = [
         f"{mount} -a -T {q(fstab)}",
@@ -824,7 +824,7 @@ def _mount_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) ->
     )
 
 
-def shlex_quote(text: str) -> str:
+def _sh_quote(text: str) -> str:
     """Single-quote ``text`` for /bin/sh."""
     import shlex
 

@@ -10,7 +10,6 @@ benchmark tasks set aside and reported. Standard library + PyYAML.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
