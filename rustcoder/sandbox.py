@@ -1,8 +1,12 @@
 """Compile and run untrusted (model-written) Rust: the one place rustcoder executes generated code.
 
-Every call gets a fresh private working directory, a scrubbed environment, an unprivileged user,
-resource limits, separate compile and run timeouts, a process-group (and, where possible, PID
-namespace) kill, capped output and a fixed set of result statuses. Protections that this machine
+Every call (a job) gets its own world: a fresh private working directory owned by a uid no other
+running job has, a scrubbed environment, and, as root on Linux, its own root filesystem (mount
+namespace: read-only /usr and toolchain, the job's directory, a private /proc, /tmp and /dev/shm)
+in fresh PID, network and IPC namespaces; plus resource limits, separate compile and run timeouts,
+a process-group and PID-namespace kill, capped output and a fixed set of result statuses. A crash
+of rustc on the program is the program's ``compile_error``; ``sandbox_error`` is kept for failures
+of the sandbox itself, which ``sandbox_self_check()`` detects. Protections that this machine
 cannot provide are dropped with a one-time warning and are simply absent from
 ``ExecutionResult.isolation``; see ``docs/sandbox.md`` for the threat model and the known gaps.
 
