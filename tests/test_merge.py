@@ -254,10 +254,10 @@ def test_streaming_merge_equals_in_memory_merge_tensor_for_tensor(kind, sharded_
 def test_merging_into_a_tied_lm_head_without_untying_is_caught_by_verification(sharded_base, tmp_path,
                                                                                  monkeypatch):
     """The classic collapse: a LoRA on a tied lm_head merged into the shared matrix also changes embed_tokens."""
-    import rustcoder.merge as m
+    import rustcoder.merge.api as api
 
     adapter = _make_adapter(sharded_base, tmp_path / "adapter", **ADAPTERS["lora-on-tied-lm-head"])
-    monkeypatch.setattr(m, "_untie_needed", lambda *a: False)
+    monkeypatch.setattr(api, "untie_needed", lambda *a: False)
     with pytest.raises(RustcoderError, match="failed verification") as err:
         merge(adapter, output_dir=tmp_path / "merged", **QUIET)
     assert "exact:" in str(err.value) and "model.embed_tokens.weight differs from the base" in str(err.value)
@@ -397,18 +397,18 @@ def _corrupt_merge(adapter: Path, how: str):
 @pytest.mark.parametrize("how", ["wrong-scale", "adapter-left-out"])
 def test_a_wrong_merge_fails_exactness_however_small_the_adapters_effect(short_run_bf16, tmp_path, monkeypatch,
                                                                          streaming, how):
-    import rustcoder.merge as m
+    import rustcoder.merge.api as api
 
     base, adapter = short_run_bf16
     corrupt = _corrupt_merge(adapter, how)
-    name = "_merge_streaming" if streaming else "_merge_in_memory"
-    original = getattr(m, name)
+    name = "merge_streaming" if streaming else "merge_in_memory"
+    original = getattr(api, name)
 
     def broken(src, plan, out, *args, **kwargs):
         result = original(src, plan, out, *args, **kwargs)
         corrupt(out, base)
         return result
-    monkeypatch.setattr(m, name, broken)
+    monkeypatch.setattr(api, name, broken)
     with pytest.raises(RustcoderError) as err:  # even with the effect limit lifted: exactness alone refuses it
         merge(adapter, output_dir=tmp_path / "merged", streaming=streaming, max_effect_lost=1.0, **QUIET)
     msg = str(err.value)
@@ -424,16 +424,18 @@ def test_a_wrong_scale_shared_by_the_merge_and_its_recomputation_is_caught_again
     there (alpha / sqrt(r) for plain LoRA, say) is caught by comparing them with PEFT's own."""
     import dataclasses
 
-    import rustcoder.merge as m
+    import rustcoder.merge.api as api
+    import rustcoder.merge.verify as verify
 
     _, adapter = short_run_bf16
-    original = m.plan_merge
+    original = api.plan_merge
 
     def wrong_scales(tensors, config):
         plan = original(tensors, config)
         plan.updates = {k: dataclasses.replace(u, scale=u.scale / 2) for k, u in plan.updates.items()}
         return plan
-    monkeypatch.setattr(m, "plan_merge", wrong_scales)
+    monkeypatch.setattr(api, "plan_merge", wrong_scales)  # the merge and its verification both plan
+    monkeypatch.setattr(verify, "plan_merge", wrong_scales)
     with pytest.raises(RustcoderError) as err:
         merge(adapter, output_dir=tmp_path / "merged", streaming=streaming, dtype="float32", **QUIET)
     msg = str(err.value)
@@ -511,7 +513,8 @@ def _reshaped(src: Path, dest: Path, seed: int = 0, **config) -> Path:
 def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_qwen2, tiny_qwen3, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from rustcoder.merge import _Meter, layerwise_probe_outputs
+    from rustcoder.merge import layerwise_probe_outputs
+    from rustcoder.merge.tensors import Meter
 
     src = tiny_qwen2 if arch == "qwen2" else tiny_qwen3
     if variant == "untied":
@@ -522,7 +525,7 @@ def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_q
     else:
         model_dir = src
     tok = AutoTokenizer.from_pretrained(model_dir)
-    meter = _Meter()
+    meter = Meter()
     got = layerwise_probe_outputs(model_dir, tok, greedy_tokens=6, meter=meter)
     assert meter.max_layers == 1 and meter.bytes == 0  # one layer at a time, and nothing left behind
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -546,7 +549,7 @@ def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_q
 def test_logits_are_compared_only_where_both_models_saw_the_same_tokens(margin, passes):
     """After greedy outputs part at a near-tie the two models read different tokens: those positions are
     not compared (they differ by far more than any tolerance, and say nothing about the merge)."""
-    from rustcoder.merge import _output_checks
+    from rustcoder.merge.checks import output_checks
 
     ref_logits = torch.randn(6, 10)  # prompt [1, 2, 3] + greedy [4, 5, 6]
     got_logits = ref_logits.clone()
@@ -555,13 +558,13 @@ def test_logits_are_compared_only_where_both_models_saw_the_same_tokens(margin, 
                   "rounded_logits": ref_logits.clone(), "effect_sq": torch.ones(6), "effect_max": torch.ones(6),
                   "floor_sq": torch.zeros(6), "floor_max": torch.zeros(6)}]
     got = [{"prompt_ids": [1, 2, 3], "greedy": [4, 7, 8], "margins": [5.0, 5.0, 5.0], "logits": got_logits}]
-    checks = _output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)
+    checks = output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)
     assert checks["logits"]["passed"] is True and checks["logits"]["max_abs_diff"] == 0.0
     assert (checks["logits"]["positions"], checks["logits"]["positions_not_compared"]) == (4, 2)
     assert checks["greedy"]["passed"] is passes
     assert len(checks["greedy"]["near_ties" if passes else "diverged"]) == 1
     got[0]["logits"][3, 0] = float("nan")  # a NaN where the inputs agree is a failure, not max(0.0, nan) == 0.0
-    assert _output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)["logits"]["passed"] is False
+    assert output_checks(reference, got, "float32", 3, "test", noise_rtol=1e-5)["logits"]["passed"] is False
 
 
 @pytest.fixture(scope="session")
@@ -574,7 +577,7 @@ def streamed_merge(sharded_base, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_layerwise_verification_passes_a_correct_streaming_merge(streamed_merge, sharded_base, monkeypatch):
-    import rustcoder.merge as m
+    import rustcoder.merge.layerwise as layerwise
 
     merged, adapter = streamed_merge
     intact = verify_merge(merged, sharded_base, adapter, mode="layerwise", **QUIET)
@@ -583,7 +586,7 @@ def test_layerwise_verification_passes_a_correct_streaming_merge(streamed_merge,
     exact = intact["checks"]["exact"]
     assert exact["lora_tensors"] == 14 and exact["identical_tensors"] > 0 and exact["tie_elements"] == 0
     # an architecture the layerwise forward does not know falls back to the full verification, saying so
-    monkeypatch.setattr(m, "LAYERWISE_MODEL_TYPES", ("qwen3",))
+    monkeypatch.setattr(layerwise, "LAYERWISE_MODEL_TYPES", ("qwen3",))
     lines = []
     fallback = verify_merge(merged, sharded_base, adapter, mode="layerwise", log=lines.append)
     assert fallback["passed"] is True and fallback["mode"] == "full" and fallback["exact"] is True
@@ -608,9 +611,9 @@ def _edit_tensor(model_dir: Path, key: str, fn) -> None:
 ])
 def test_layerwise_verification_detects_a_damaged_merged_tensor(streamed_merge, sharded_base, tmp_path, damage,
                                                                 failing, monkeypatch):
-    import rustcoder.merge as m
+    import rustcoder.merge.verify as verify
 
-    monkeypatch.setattr(m, "LAYERWISE_GREEDY_TOKENS", 2)  # detection does not need long generations
+    monkeypatch.setattr(verify, "LAYERWISE_GREEDY_TOKENS", 2)  # detection does not need long generations
     merged, adapter = streamed_merge
     broken = tmp_path / "broken"
     shutil.copytree(merged, broken)
@@ -633,10 +636,10 @@ def test_layerwise_verification_detects_a_damaged_merged_tensor(streamed_merge, 
 
 def test_layerwise_verification_holds_one_layer_at_a_time(tiny_qwen2, tmp_path, monkeypatch):
     """A 16-layer model merged and verified with --streaming: the verifier's file reads are counted."""
-    import rustcoder.merge as m
-    from rustcoder.merge import _weight_sizes
+    import rustcoder.merge.verify as verify
+    from rustcoder.merge.layerwise import weight_sizes
 
-    monkeypatch.setattr(m, "LAYERWISE_GREEDY_TOKENS", 2)  # each token is a pass over all layers: keep the test quick
+    monkeypatch.setattr(verify, "LAYERWISE_GREEDY_TOKENS", 2)  # each token is a pass over all layers: keep the test quick
     base = _reshaped(tiny_qwen2, tmp_path / "base", num_hidden_layers=16, layer_types=["full_attention"] * 16)
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules="all-linear")
     r = CliRunner().invoke(main, ["merge", str(adapter), "--streaming", "--output-dir", str(tmp_path / "merged")])
@@ -644,7 +647,7 @@ def test_layerwise_verification_holds_one_layer_at_a_time(tiny_qwen2, tmp_path, 
     assert "verification: passed (layerwise; exact: yes, logits max diff" in r.output
     report = json.loads((tmp_path / "merged" / REPORT).read_text())["verification"]
     assert report["mode"] == "layerwise" and report["greedy_tokens"] == 2
-    mem, sizes = report["memory"], _weight_sizes(base)
+    mem, sizes = report["memory"], weight_sizes(base)
     assert sizes["layers"] == 16 and mem["largest_layer_fp32_bytes"] == sizes["largest_layer_fp32"]
     layer, embed = sizes["largest_layer_fp32"], sizes["embeddings"]
     assert mem["max_layers_at_once"] == 1  # never two decoder layers' tensors alive together
@@ -759,12 +762,12 @@ def test_streaming_refuses_what_it_cannot_merge(sharded_base, tmp_path):
 
 @pytest.mark.slow
 def test_a_merge_failing_at_the_end_leaves_no_target_and_no_temp_dir(run, monkeypatch):
-    import rustcoder.merge as m
+    import rustcoder.merge.api as api
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(m, "_write_report", boom)
+    monkeypatch.setattr(api, "write_report", boom)
     with pytest.raises(OSError, match="disk full"):
         merge(run, verify=False, **QUIET)
     assert not (run / "merged").exists()
@@ -775,9 +778,9 @@ def test_a_merge_failing_at_the_end_leaves_no_target_and_no_temp_dir(run, monkey
 def test_a_killed_merge_leaves_no_target_and_its_temp_dir_is_cleaned_next_time(run):
     script = textwrap.dedent("""
         import os, signal, sys
-        import rustcoder.merge as m
-        m._install = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-        m.merge(sys.argv[1], verify=False, log=lambda *_: None)
+        import rustcoder.merge.api as api
+        api.install = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        api.merge(sys.argv[1], verify=False, log=lambda *_: None)
     """)
     proc = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,0 +1,276 @@
+"""merge(): resolve, plan, merge, verify and install a merged model atomically and idempotently; and
+finding the newest merge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import artifacts
+from ..artifacts import MANIFEST, atomic_write_json, atomic_write_text, read_json
+from ..errors import RustcoderError, UsageError
+from .checks import DEFAULT_MAX_EFFECT_LOST
+from .plan import check_fit, load_adapter_tensors, plan_merge
+from .sources import (MERGED_DIR, MERGE_DTYPES, MERGE_FORMAT, REPORT, Source, adapter_dir_of, adapter_fingerprint,
+                      base_identity, check_not_quantized, merge_key, resolve_source, save_dtype_of,
+                      tie_word_embeddings, tied_keys)
+from .tensors import tensor_shapes, weight_files
+from .verify import refusal_message, render_report, verify_merge
+from .writing import (copy_tokenizer, edited_config, generation_config, merge_in_memory, merge_streaming, model_card,
+                      untie_needed)
+
+@dataclass
+class MergeResult:
+    """Where the merged model is, its merge report, and whether this call did anything."""
+
+    merged_dir: Path
+    report: dict[str, Any]
+    already_merged: bool = False
+    pushed_to: str | None = None
+
+    @property
+    def verified(self) -> bool | None:
+        """True/False when verification ran, None when it was skipped."""
+        v = self.report.get("verification") or {}
+        return None if v.get("skipped") else bool(v.get("passed"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp_dirs(target: Path, log: Callable = print) -> list[Path]:
+    """Remove temporary siblings of target left by merges that were killed (their process is gone)."""
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        m = re.match(rf"\.{re.escape(target.name)}\.(merging|replaced)-(\d+)-", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log(f"removed {len(removed)} half-written merge(s) left by a killed run: {', '.join(p.name for p in removed)}")
+    return removed
+
+
+def _looks_replaceable(target: Path) -> bool:
+    return (target / REPORT).is_file() or (target / "config.json").is_file() or not any(target.iterdir())
+
+
+def install(tmp: Path, target: Path, force: bool) -> None:
+    """Rename the finished temporary directory into place (swapping out an old merge with force)."""
+    if target.exists():
+        if not force:
+            raise RustcoderError(f"{target} appeared while merging; pass --force to replace it.")
+        old = target.parent / f".{target.name}.replaced-{os.getpid()}-{int(time.time())}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def write_report(out: Path, report: dict) -> None:
+    atomic_write_json(out / REPORT, report)
+
+
+def default_output_dir(run_dir: str | Path) -> Path:
+    """RUN_DIR/merged for a run directory; ADAPTER_DIR-merged beside a bare adapter directory."""
+    adapter_dir, real_run = adapter_dir_of(Path(run_dir))
+    return real_run / MERGED_DIR if real_run else adapter_dir.parent / f"{adapter_dir.name}-merged"
+
+
+def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str | None = None, force: bool = False,
+          verify: bool = True, streaming: bool = False, push_to_hub: str | None = None, dtype: str = "auto",
+          max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, log: Callable = print) -> MergeResult:
+    """Merge a run's LoRA adapter into its base model and save a standalone, verified model directory.
+
+    run_dir is a training run directory (or an adapter directory); output_dir defaults to RUN_DIR/merged.
+    base overrides the base model the run recorded (hub id or directory). The merge is computed in
+    float32 and saved in dtype ("auto": the base's; or one of MERGE_DTYPES); with streaming=True it runs
+    shard by shard with memory of about one tensor. Merging the same adapter into the same base in the
+    same dtype again is a no-op. Raises RustcoderError (with what to do) for a quantized or mismatched
+    base, missing files, an existing target without force, or a failed verification (the target is then
+    left untouched): a merge that is not exact is a bug; one whose dtype loses more than max_effect_lost
+    of the adapter's effect is refused with the fix (float32, or serving the adapter).
+    """
+    if dtype != "auto" and dtype not in MERGE_DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(MERGE_DTYPES)}")
+    if not 0 <= max_effect_lost <= 1:
+        raise UsageError(f"--max-effect-lost {max_effect_lost} must be a share between 0 and 1 (e.g. 0.1 for 10%)")
+    started = time.time()
+    src = resolve_source(run_dir, base, streaming)
+    target = Path(output_dir) if output_dir else default_output_dir(run_dir)
+    target = target.expanduser().resolve()
+    for forbidden in (src.adapter_dir, src.base_dir, src.run_dir):
+        if forbidden is not None and target == Path(forbidden).resolve():
+            raise UsageError(f"--output-dir {target} is the {'base model' if forbidden == src.base_dir else 'run'} "
+                             "directory itself; choose a new directory.")
+
+    base_config = read_json(src.base_dir / "config.json")
+    check_not_quantized(base_config, src.base_name, src.trained_base)
+    base_dtype = save_dtype_of(base_config, src.base_dir)
+    dtype = base_dtype if dtype == "auto" else dtype
+    adapter_sha = adapter_fingerprint(src.adapter_dir)
+    identity = base_identity(src.base_dir)
+    key = merge_key(adapter_sha, identity["sha256"], dtype)
+
+    clean_stale_temp_dirs(target, log)
+    if target.exists():
+        previous = read_json(target / REPORT) if (target / REPORT).is_file() else None
+        if previous and previous.get("merge_key") == key:
+            return _pushed(_already_merged(src, target, previous, verify, max_effect_lost, log), push_to_hub, log)
+        if not force:
+            why = ("it holds a merge of a different adapter or base" if previous
+                   else "it is not a rustcoder merge")
+            raise RustcoderError(f"{target} already exists and {why}. Pass --force to replace it, or choose "
+                                 "another --output-dir.")
+        if not target.is_dir() or not _looks_replaceable(target):
+            raise RustcoderError(f"{target} exists and is not a model directory; refusing to replace it even with "
+                                 "--force. Choose another --output-dir.")
+
+    from transformers import AutoTokenizer
+
+    log(f"merging {src.adapter_dir} into {src.base_name} ({'streaming' if streaming else 'in memory'}, float32 -> "
+        f"{dtype})")
+    if src.base_overridden:
+        log(f"note: --base {src.base_name!r} replaces the base the adapter was trained on ({src.trained_base!r})")
+    plan = plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config)
+    trained_cfg_path = Path(src.manifest.get("base_model_path") or "") / "config.json"
+    trained_config = read_json(trained_cfg_path) if src.base_overridden and trained_cfg_path.is_file() else None
+    tied = tied_keys(base_config)
+    tie = tie_word_embeddings(src.base_dir)
+    if weight_files(src.base_dir):
+        shapes = tensor_shapes(src.base_dir)
+        if tie and tied[0] not in shapes and tied[1] in shapes:  # a tied checkpoint stores the matrix once
+            shapes[tied[0]] = shapes[tied[1]]
+        check_fit(plan, shapes, src.base_name, src.trained_base, base_config, trained_config)
+    elif streaming:
+        raise RustcoderError(f"--streaming needs safetensors weights; {src.base_dir} has none.")
+    untie = untie_needed(tie, plan, tied)
+    if untie:
+        log("the adapter changes a tied embedding matrix: saving lm_head and embed_tokens separately "
+            "(tie_word_embeddings=false), as base + adapter computes them")
+    tokenizer = AutoTokenizer.from_pretrained(src.adapter_dir)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.merging-{os.getpid()}-", dir=target.parent))
+    try:
+        reference = None
+        if streaming:
+            merge_streaming(src, plan, tmp, dtype, untie, tied, log)
+        else:
+            reference = merge_in_memory(src, plan, tmp, dtype, untie, tokenizer, verify, log)
+        config = edited_config(src.base_dir, dtype, untie)
+        atomic_write_json(tmp / "config.json", config)
+        atomic_write_json(tmp / "generation_config.json", generation_config(src.base_dir, config, tokenizer))
+        copy_tokenizer(src.adapter_dir, tmp)
+        shards = weight_files(tmp)
+        report = {
+            "kind": "rustcoder-merge",
+            "merge_format": MERGE_FORMAT,
+            "created_at": time.time(),
+            "merged_dir": str(target),
+            "mode": "streaming" if streaming else "in-memory",
+            "merge_key": key,
+            "run_dir": str(src.run_dir) if src.run_dir else None,
+            "run_name": src.manifest.get("run_name"),
+            "adapter": {"dir": str(src.adapter_dir), "sha256": adapter_sha, "tensors": plan.adapter_keys},
+            "base": {"name": src.base_name, "dir": str(src.base_dir), "revision": src.base_revision,
+                     "trained_on": src.trained_base, "overridden": src.base_overridden, "identity": identity},
+            "dtype": dtype,
+            "base_dtype": base_dtype,
+            "compute_dtype": "float32",
+            "lora": {"r": src.adapter_config.get("r"), "alpha": src.adapter_config.get("lora_alpha"),
+                     "rslora": bool(src.adapter_config.get("use_rslora")),
+                     "dora": bool(src.adapter_config.get("use_dora")),
+                     "merged_tensors": len(plan.updates), "replaced_tensors": sorted(plan.replacements)},
+            "tie_word_embeddings": tie and not untie,
+            "untied_embeddings": untie,
+            "files": {"shards": len(shards), "bytes": sum(f.stat().st_size for f in shards)},
+            "versions": artifacts.package_versions(),
+        }
+        if verify:
+            report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference,
+                                                  mode="layerwise" if streaming else "full", plan=plan,
+                                                  max_effect_lost=max_effect_lost, log=log)
+        else:
+            report["verification"] = {"skipped": True, "passed": None}
+        report["wall_time_s"] = time.time() - started
+        atomic_write_text(tmp / "README.md", model_card(src, report))
+        if verify and not report["verification"]["passed"]:
+            raise RustcoderError(refusal_message(report, src.run_dir or src.adapter_dir))
+        write_report(tmp, report)
+        install(tmp, target, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if src.run_dir is not None:
+        artifacts.update_manifest(src.run_dir, merged_dir=str(target), merged_at=time.time())
+    return _pushed(MergeResult(merged_dir=target, report=report), push_to_hub, log)
+
+
+def _pushed(result: MergeResult, repo: str | None, log: Callable) -> MergeResult:
+    if repo:
+        result.pushed_to = push_merged(result.merged_dir, repo)
+        log(f"pushed merged model to {result.pushed_to}")
+    return result
+
+
+def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max_effect_lost: float,
+                    log: Callable) -> MergeResult:
+    log(f"{target} already holds this adapter merged into this base in {previous.get('dtype')} (same adapter weights, "
+        "base and dtype): nothing to do.")
+    if verify and (previous.get("verification") or {}).get("skipped"):
+        log("it was merged with --no-verify: verifying it now")
+        mode = "layerwise" if previous.get("mode") == "streaming" else "full"
+        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode,
+                                                max_effect_lost=max_effect_lost, log=log)
+        write_report(target, previous)
+        if not previous["verification"]["passed"]:
+            raise RustcoderError(f"{target} failed verification.\n" + refusal_message(previous, src.run_dir or
+                                                                                      src.adapter_dir)
+                                 + "\nRe-merge with --force once fixed.\n" + render_report(previous))
+    return MergeResult(merged_dir=target, report=previous, already_merged=True)
+
+
+def push_merged(merged_dir: str | Path, repo: str) -> str:
+    """Upload a merged model directory (with its model card and merge report) to a hub model repo."""
+    return artifacts.push_folder(merged_dir, repo, "merged model")
+
+
+def newest_merged(runs_dir: str | Path = "runs") -> Path:
+    """The most recently merged model among the runs under runs_dir (what `rustcoder serve` serves).
+
+    Looks at RUN_DIR/merged and wherever a run's manifest says it was merged to; only complete merges
+    (with merge_report.json) whose verification passed or was skipped count.
+    """
+    found: list[tuple[float, Path]] = []
+    for run in artifacts.list_runs(runs_dir):
+        manifest = read_json(run / MANIFEST)
+        candidates = {run / MERGED_DIR}
+        if manifest.get("merged_dir"):
+            candidates.add(Path(manifest["merged_dir"]))
+        for c in candidates:
+            if (c / REPORT).is_file() and (c / "config.json").is_file():
+                report = read_json(c / REPORT)
+                if (report.get("verification") or {}).get("passed") is not False:
+                    found.append((report.get("created_at", 0), c.resolve()))
+    if not found:
+        raise UsageError(f"no merged model under {str(runs_dir)!r}. Merge a run first: `rustcoder merge` "
+                         "(merges the newest finished run).")
+    return max(found, key=lambda x: x[0])[1]
