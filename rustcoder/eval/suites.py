@@ -1,4 +1,4 @@
-"""Evaluation suites (data files in ``evals/``) and the items they yield.
+"""Evaluation suites (data files in ``rustcoder/evals/``) and the items they yield.
 
 A suite is a YAML file: a Strandset split (hub id + pinned revision, a local file, or the built-in
 sample) or a benchmark file in the HumanEval-Rust format (``prompt``, ``canonical_solution``,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -26,9 +27,10 @@ HUMANEVAL_FIELDS = ("prompt", "canonical_solution", "test", "entry_point")
 
 
 def evals_dir() -> Path:
-    """Where suite definitions live: $RUSTCODER_EVALS_DIR, else ``evals/`` at the repository root."""
+    """Where suite definitions live: $RUSTCODER_EVALS_DIR, else the package's own ``rustcoder/evals/``
+    (shipped as package data, with the benchmark files the suites use)."""
     env = os.environ.get("RUSTCODER_EVALS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "evals"
+    return Path(env) if env else Path(str(resources.files("rustcoder") / "evals"))
 
 
 @dataclass
@@ -107,7 +109,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _builtin(name: str, kind: str, **kw) -> Suite:
-    """A suite file's content when the file is not available (installed without the repo's evals/)."""
+    """A suite file's content (or these defaults when $RUSTCODER_EVALS_DIR points where it is not)."""
     files = suite_files()
     if name in files:
         return load_suite_file(files[name])
