@@ -214,10 +214,12 @@ def test_qwen3_trains_with_thinking_off(rows_file, tiny_qwen3, tmp_path):
     assert "<think>" in (result.adapter_dir / "chat_template.jinja").read_text()
 
 
-def test_metrics_logged_to_trackio(rows_file, tiny_qwen2, tmp_path):
+def test_metrics_logged_to_trackio(rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTCODER_PEAK_TFLOPS", "1")  # a CPU has no known peak: give one so MFU is estimated
     cfg = _cfg(rows_file, tmp_path, num_examples=40, report_to="trackio", project="rc-test", logging_steps=1,
                max_steps=4, eval_steps=2, run_name="tracked")
-    train(cfg, progress=False, log=lambda *_: None)
+    result = train(cfg, progress=False, log=lambda *_: None)
+    assert result.metrics["tokens_per_second"] > 0 and 0 < result.metrics["mfu"] < 1
     import os
     from pathlib import Path
 
@@ -227,7 +229,8 @@ def test_metrics_logged_to_trackio(rows_file, tiny_qwen2, tmp_path):
     for run_name, blob in rows:
         assert run_name == "tracked"
         keys |= set(json.loads(blob))
-    assert {"train/loss", "eval/loss", "eval/mean_token_accuracy", "train/mean_token_accuracy"} <= keys
+    assert {"train/loss", "eval/loss", "eval/mean_token_accuracy", "train/mean_token_accuracy",
+            "train/tokens_per_second", "train/mfu"} <= keys
 
 
 def test_run_names_are_unique(rows_file, tiny_qwen2, tmp_path):
