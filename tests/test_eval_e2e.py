@@ -5,6 +5,7 @@ invocations; teacher forcing that matches a naive forward pass and keeps memory 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -50,6 +51,7 @@ def test_eval_by_task_after_train_then_compare_base(trained_run, monkeypatch):
         assert cat in res.output
     m = json.loads((eval_dir / "metrics.json").read_text())
     assert list(m["models"]) == ["adapter"] and len(m["models"]["adapter"]["categories"]) == 15
+    assert Path(m["plot"]).resolve() == (eval_dir / "scores.png").resolve()  # the file carries the report's plot
     assert m["data"]["overlap"]["excluded"] == 0 and m["data"]["overlap"]["checked_against"].endswith("train_ids.txt")
     assert m["models"]["adapter"]["overall"]["tf_loss"] > 0
     samples = [json.loads(l) for l in (eval_dir / "samples.jsonl").read_text().splitlines()]

@@ -890,8 +890,8 @@ def evaluate(cfg: EvalConfig, *, log=print, backend_factory: BackendFactory | No
     judgments = stage_judge(plan, samples, log)
     tf = JsonlStore(plan.eval_dir / TEACHER_FORCED).load()
     result_metrics = build_metrics(plan, samples, executions, scores, tf, judgments)
-    artifacts.atomic_write_json(plan.eval_dir / METRICS, result_metrics)
     plot_path = plot_scores(result_metrics, plan.eval_dir / PLOT)
     result_metrics["plot"] = str(plot_path) if plot_path else None
+    artifacts.atomic_write_json(plan.eval_dir / METRICS, result_metrics)  # with its plot key
     artifacts.atomic_write_text(plan.eval_dir / REPORT, render_report(result_metrics))
     return EvalResult(plan.eval_dir, result_metrics, plan.eval_dir / REPORT, plot_path, plan)
