@@ -379,7 +379,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def grad_accum_per_process(cfg: TrainConfig) -> int:
     """Accumulation steps each process runs: the preset's, divided by the processes when keeping the
-    effective batch (batch x accum) and it divides evenly; at least 1."""
+    effective batch (batch x accum), rounded to the nearest whole number and at least 1 (so the effective
+    batch is exact only when the processes divide the accumulation: 4 over 3 processes runs 1 each)."""
     if cfg.num_processes > 1 and cfg.keep_effective_batch:
         return max(1, round(cfg.grad_accum / cfg.num_processes))
     return cfg.grad_accum
