@@ -271,9 +271,11 @@ def _resume_target(overrides: dict):
         if not unfinished:
             raise UsageError(f"no unfinished run under {output_dir!r} to resume; pass --run-name NAME.")
         run_dir = unfinished[0]
+    from .config import coerce_field
+
     cfg = load_run_config(run_dir)
-    changed = [k for k, v in overrides.items()
-               if v is not None and k not in ("output_dir", "run_name") and getattr(cfg, k) != v]
+    changed = [k for k, v in overrides.items()  # compared as the config stores them ("a,b" is a list)
+               if v is not None and k not in ("output_dir", "run_name") and getattr(cfg, k) != coerce_field(k, v)]
     if changed:
         raise UsageError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} when resuming "
                          f"{run_dir.name}: a resumed run keeps its config. Start a new run instead.")

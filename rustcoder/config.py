@@ -286,6 +286,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
+def coerce_field(name: str, value: Any, source: str = "flag") -> Any:
+    """A flag's or YAML value converted to the TrainConfig field's type (``"a,b"`` -> ``["a", "b"]``)."""
+    return _coerce(name, value, source)
+
+
 # ---- presets ------------------------------------------------------------------------------------
 
 def preset_names() -> list[str]:
