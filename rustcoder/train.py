@@ -403,6 +403,8 @@ def _trainer_class():
             stats = torch.zeros(3, device=device, dtype=torch.float64)  # correct, valid, non-pad tokens
             for i, batch in enumerate(forwards):
                 last = i == len(forwards) - 1
+                # DeepSpeed steps its optimizer inside backward when gradients sync: only after the last forward
+                acc.gradient_state._set_sync_gradients(last)
                 with contextlib.nullcontext() if last else acc.no_sync(model):
                     nll, n_valid, n_correct = self._answer_forward(model, batch)
                     loss = nll / denom * world  # DDP averages gradients over processes
