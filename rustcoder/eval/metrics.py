@@ -1,8 +1,7 @@
 """Scoring functions: pass@k, chrF, edit similarity, name/code normalisation, paired bootstrap.
 
-Standard library (plus numpy for the bootstrap only): no torch, no sacrebleu. ``chrf`` reproduces
-sacreBLEU 2.x ``CHRF()`` defaults (character n-grams 1..6, no word n-grams, beta 2, whitespace
-removed, precision and recall averaged over the orders both sides have, F-beta x 100).
+Standard library plus numpy (the bootstrap) and sacreBLEU (chrF, its ``CHRF()`` defaults: character
+n-grams 1..6, no word n-grams, beta 2); no torch.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 CHRF_CHAR_ORDER = 6
@@ -46,54 +46,25 @@ def ks_for(n: int, ks: Iterable[int] = (1, 5, 10)) -> list[int]:
 
 # ---- chrF ---------------------------------------------------------------------------------------
 
-def _char_ngrams(text: str, order: int) -> list[Counter]:
-    s = "".join(text.split())
-    return [Counter(s[i:i + n] for i in range(len(s) - n + 1)) for n in range(1, order + 1)]
+@lru_cache(maxsize=4)
+def _chrf_metric(order: int, beta: float):
+    from sacrebleu.metrics import CHRF  # imported when scoring: keeps `rustcoder --help` light
 
-
-def chrf_statistics(hypothesis: str, reference: str, order: int = CHRF_CHAR_ORDER) -> list[int]:
-    """[hyp n-grams, ref n-grams, matching n-grams] for each order 1..order, flattened."""
-    stats: list[int] = []
-    for h, r in zip(_char_ngrams(hypothesis, order), _char_ngrams(reference, order)):
-        stats += [sum(h.values()), sum(r.values()), sum((h & r).values())]
-    return stats
-
-
-def chrf_from_statistics(stats: Sequence[int], beta: float = CHRF_BETA) -> float:
-    """chrF (0-100) from flattened statistics, as sacreBLEU 2.x computes it (eps_smoothing=False)."""
-    prec = rec = 0.0
-    effective = 0
-    for i in range(len(stats) // 3):
-        n_hyp, n_ref, n_match = stats[3 * i: 3 * i + 3]
-        if n_hyp > 0 and n_ref > 0:
-            prec += n_match / n_hyp
-            rec += n_match / n_ref
-            effective += 1
-    if effective == 0:
-        return 0.0
-    prec /= effective
-    rec /= effective
-    if prec + rec == 0:
-        return 0.0
-    b2 = beta ** 2
-    return 100.0 * (1 + b2) * prec * rec / (b2 * prec + rec)
+    return CHRF(char_order=order, word_order=0, beta=beta)
 
 
 def chrf(hypothesis: str, reference: str, order: int = CHRF_CHAR_ORDER, beta: float = CHRF_BETA) -> float:
-    """Sentence-level chrF (0-100) of a hypothesis against one reference (sacreBLEU sentence_score)."""
-    return chrf_from_statistics(chrf_statistics(hypothesis, reference, order), beta)
+    """Sentence-level chrF (0-100) of a hypothesis against one reference: sacreBLEU's ``CHRF`` (character
+    n-grams 1..order, no word n-grams, F-beta, whitespace removed)."""
+    return float(_chrf_metric(order, beta).sentence_score(hypothesis, [reference]).score)
 
 
 def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str], order: int = CHRF_CHAR_ORDER,
                 beta: float = CHRF_BETA) -> float:
-    """Corpus-level chrF (0-100): n-gram statistics summed over all pairs first (sacreBLEU corpus_score)."""
+    """Corpus-level chrF (0-100): sacreBLEU's corpus score (n-gram statistics summed over all pairs first)."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    total = [0] * (3 * order)
-    for h, r in zip(hypotheses, references):
-        for i, v in enumerate(chrf_statistics(h, r, order)):
-            total[i] += v
-    return chrf_from_statistics(total, beta)
+    return float(_chrf_metric(order, beta).corpus_score(list(hypotheses), [list(references)]).score)
 
 
 # ---- edit similarity, normalisation -------------------------------------------------------------
