@@ -438,6 +438,22 @@ def build_playground(endpoint: str, compare: str | None = None, *, api_key: str 
     return app
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C / kill -INT stop a blocking playground even when started with SIGINT ignored
+    (`nohup ... &`); SIGTERM too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def launch_playground(endpoint: str, compare: str | None = None, *, api_key: str | None = None,
                       compare_api_key: str | None = None, models: list[str] | None = None,
                       compare_models: list[str] | None = None, model: str | None = None,
@@ -457,24 +473,19 @@ def launch_playground(endpoint: str, compare: str | None = None, *, api_key: str
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_playground(endpoint, compare, api_key=api_key, compare_api_key=compare_api_key, models=models,
                            compare_models=compare_models, model=model, compare_model=compare_model)
+    if block:
+        _stop_on_signals()  # before the port opens: a signal sent once it answers must stop it
     try:
         app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=True,
                    quiet=True, show_error=True, inbrowser=False, footer_links=[])
     except OSError as e:
         raise RustcoderError(f"playground: cannot listen on {host}:{port} ({e}). Pick another with --port.") from None
+    except KeyboardInterrupt:  # Ctrl-C while it was still starting
+        app.close()
+        return app, f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     if not block:
         return app, url
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C / kill -INT stop it even when started with SIGINT ignored (`nohup ... &`); SIGTERM too.
-        def _stop(signum, frame):
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(0.5)

@@ -323,3 +323,34 @@ def test_playground_in_chromium(tiny_qwen2):
         engine.stop()
         scripted.close()
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_playground_started_with_sigint_ignored_stops_on_sigint():
+    """`nohup rustcoder playground &` starts it with SIGINT ignored; Ctrl-C / kill -INT must still stop it."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "rustcoder.cli", "playground", "--endpoint", "http://127.0.0.1:9/v1",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
