@@ -92,22 +92,28 @@ def choose_template(model_type: str, stock_template: str | None) -> str:
     return "chatml"
 
 
-def _load_error(what: str, name: str, e: Exception) -> RustcoderError:
+def hub_hint(name: str, instead: str) -> str:
+    """What to do when ``name`` could not be fetched from the hub, for the actual reason: HF_HUB_OFFLINE set,
+    the hub unreachable, or (reachable) a wrong id or a gated repo. ``instead`` is the local alternative,
+    e.g. "pass a local model directory"."""
     from .artifacts import hub_offline
 
+    if hub_offline():
+        return (f"HF_HUB_OFFLINE=1 is set: only what is already in the hub cache loads, and {name!r} is not (fully) "
+                f"there. Unset HF_HUB_OFFLINE to download it, or {instead}.")
+    if not hub_reachable():
+        return (f"{_hub_host()[0]} cannot be reached from here and {name!r} is not in the hub cache. Connect (or set "
+                f"HTTPS_PROXY), or {instead}.")
+    return (f"Check the hub id; for a gated or private repo log in with `hf auth login` (or export HF_TOKEN=...). "
+            f"Or {instead}.")
+
+
+def _load_error(what: str, name: str, e: Exception) -> RustcoderError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if Path(name).expanduser().exists():
         fix = "Is the directory a complete model (config.json, tokenizer, weights)?"
-    elif hub_offline():
-        fix = (f"HF_HUB_OFFLINE=1 is set: only models already in the hub cache load, and {name!r} is not (fully) "
-               "there. Unset HF_HUB_OFFLINE to download it, pass a local model directory, or try --model tiny-qwen2.")
-    elif not hub_reachable():
-        host = _hub_host()[0]
-        fix = (f"{host} cannot be reached from here and {name!r} is not in the hub cache. Connect (or set "
-               "HTTPS_PROXY), pass a local model directory, or try --model tiny-qwen2.")
     else:
-        fix = ("Check the hub id; for a gated or private model log in with `hf auth login` (or export HF_TOKEN=...). "
-               "Or pass a local model directory.")
+        fix = hub_hint(name, "pass a local model directory, or try --model tiny-qwen2")
     return RustcoderError(f"could not load the {what} of {name!r}: {first}\n{fix}")
 
 

@@ -260,3 +260,19 @@ def test_train_picks_a_run_name_new_to_the_trackio_project(tmp_path, monkeypatch
     assert seen["cfg"].run_name == "exp-small-batch-all-2"
     r = _run(["train", "--model", "tiny-qwen2", "--dataset", "sample", "--project", "other"], tmp_path)
     assert seen["cfg"].run_name == "exp-small-batch-all"
+
+
+def test_hub_failures_of_datasets_and_merge_bases_name_the_real_cause_and_the_current_login(tmp_path, monkeypatch):
+    """The dataset loader and the merge's base download say why the hub failed (here: HF_HUB_OFFLINE), like
+    model loading does, not "check your network and huggingface-cli login"."""
+    from rustcoder.errors import RustcoderError
+    from rustcoder.merge.sources import local_base_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = _run(["train", "--model", "tiny-qwen2", "--dataset", "nobody-here/no-data", "--dry-run"], tmp_path)
+    assert r.exit_code == 1 and "HF_HUB_OFFLINE=1 is set" in r.output and "--dataset" in r.output, r.output
+    assert "huggingface-cli" not in r.output and "network" not in r.output and "Traceback" not in r.output
+    with pytest.raises(RustcoderError) as e:
+        local_base_dir("nobody-here/no-model", None)
+    assert "HF_HUB_OFFLINE=1 is set" in str(e.value) and "--base" in str(e.value)
+    assert "huggingface-cli" not in str(e.value)

@@ -295,10 +295,12 @@ def _iter_hub(source: str, split: str, revision: str | None) -> Iterator[dict]:
     try:
         ds = datasets.load_dataset(source, split=split, revision=revision)
     except Exception as e:  # network, auth, missing split: all become one clear message
+        from ..modeling import hub_hint
+
         raise DataError(f"could not load {source!r} (split {split!r}, revision {revision}) from the hub: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-                        "Check your network and `huggingface-cli login`, or download the parquet files and "
-                        "pass their path with --dataset.") from None
+                        + hub_hint(source, "download the parquet files and pass their path with --dataset (or "
+                                           "--dataset sample)")) from None
     yield from ds
 
 

@@ -90,7 +90,7 @@ def _missing_base_files(base_dir: Path, streaming: bool) -> list[str]:
     return missing
 
 
-def _local_base_dir(name: str, revision: str | None) -> Path:
+def local_base_dir(name: str, revision: str | None) -> Path:
     """A local directory with the base's files: the directory itself, a tiny model, or a hub snapshot."""
     from ..modeling import resolve_model
 
@@ -102,9 +102,11 @@ def _local_base_dir(name: str, revision: str | None) -> Path:
 
         return Path(snapshot_download(repo_id=path, revision=revision, allow_patterns=_HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated, ...
+        from ..modeling import hub_hint
+
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RustcoderError(f"could not get the base model {name!r}: {first}\nPass a local model directory with "
-                             "--base, or check the hub id, your network and `huggingface-cli login`.") from None
+        raise RustcoderError(f"could not get the base model {name!r}: {first}\n"
+                             + hub_hint(path, "pass a local model directory with --base")) from None
 
 
 def resolve_source(run_dir: str | Path, base: str | None, streaming: bool) -> Source:
@@ -134,7 +136,7 @@ def resolve_source(run_dir: str | Path, base: str | None, streaming: bool) -> So
     else:
         raise UsageError(f"{adapter_dir} does not say which base model it was trained on; pass --base ID_OR_DIR.")
     display = base or manifest.get("base_model") or name
-    base_dir = _local_base_dir(name, revision)
+    base_dir = local_base_dir(name, revision)
     missing = _missing_base_files(base_dir, streaming)
     if missing:
         raise RustcoderError(f"the base model {display!r} ({base_dir}) is incomplete: missing {len(missing)} file(s):\n"
