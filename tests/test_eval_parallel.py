@@ -67,6 +67,9 @@ def test_batch_plan_and_shard_units():
     assert shard_units("transformers", reqs, greedy, 3) == 3
     assert shard_units("transformers", reqs, sampled, 3) == 3 + 2  # n=2: one prompt (2 samples) per batch
     assert shard_units("vllm", reqs, greedy, 3) == 7
+    # under a token budget the count is the fewest batches the budget can make (empty prompts)
+    # (under a token budget: prompt lengths estimated at 4 characters a token; these messages are empty)
+    assert shard_units("transformers", reqs, GenParams(max_new_tokens=10), 3, batch_tokens=40) == 1 + 2  # n=1: 4 rows; n=2: 2 + 1
 
 
 def test_transformers_shards_are_the_single_process_batches(tiny_qwen2, request):
@@ -185,11 +188,11 @@ def _workers_of(work_dir: Path) -> list[int]:
 def test_two_workers_match_one_process(trained_run):
     workdir, run_dir = trained_run
     single_process = workdir / "dp1"
-    evaluate(EvalConfig(model=str(run_dir), output_dir=str(single_process), batch_size=4, **COMMON),
+    evaluate(EvalConfig(model=str(run_dir), output_dir=str(single_process), batch_tokens=1500, **COMMON),
              log=lambda *_: None)
     out = workdir / "dp2"
     logs: list[str] = []
-    evaluate(EvalConfig(model=str(run_dir), output_dir=str(out), batch_size=4, data_parallel=2, **COMMON),
+    evaluate(EvalConfig(model=str(run_dir), output_dir=str(out), batch_tokens=1500, data_parallel=2, **COMMON),
              log=logs.append)
     text = "\n".join(logs)
     assert "with 2 worker process(es) (CPU, " in text or "with 2 worker process(es) (GPU" in text
@@ -220,7 +223,7 @@ def test_killed_parallel_run_resumes_without_orphans(trained_run):
     out = workdir / "killed"
     work = out / parallel.WORK_DIR
     args = [sys.executable, "-m", "rustcoder", "eval", str(run_dir), "--compare-base", "--limit", "1",
-            "--max-new-tokens", "96", "--workers", "2", "--batch-size", "1", "--no-teacher-forced",
+            "--max-new-tokens", "96", "--workers", "2", "--batch-size", "1", "--batch-tokens", "0", "--no-teacher-forced",
             "--data-parallel", "2", "--output-dir", str(out)]
     parent = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -259,7 +262,7 @@ def test_killed_parallel_run_resumes_without_orphans(trained_run):
     assert 2 <= len(finished) < 30
 
     logs: list[str] = []
-    evaluate(EvalConfig(model=str(run_dir), output_dir=str(out), batch_size=1, teacher_forced=False,
+    evaluate(EvalConfig(model=str(run_dir), output_dir=str(out), batch_size=1, batch_tokens=0, teacher_forced=False,
                         data_parallel=2, **dict(COMMON, max_new_tokens=96)), log=logs.append)
     text = "\n".join(logs)
     assert f"generate: {len(finished)} sample(s) from the workers' shard files merged" in text
@@ -282,7 +285,7 @@ def test_failing_worker_is_reported_with_its_log(trained_run, tmp_path):
     out = tmp_path / "eval"
     with pytest.raises(RustcoderError) as err:
         evaluate(EvalConfig(model=str(broken), output_dir=str(out), teacher_forced=False, data_parallel=2,
-                            **COMMON), log=lambda *_: None)
+                            batch_tokens=0, **COMMON), log=lambda *_: None)
     msg = str(err.value)
     assert "generation worker " in msg and " of 2" in msg and "exited with code 1" in msg
     assert "End of " in msg and "worker-" in msg and "header too large" in msg  # the end of the worker's log

@@ -384,17 +384,17 @@ def test_endpoint_errors_become_generation_error_samples_and_are_retried(tmp_pat
     from rustcoder.eval import backends
 
     calls = []
-    orig = backends.http_json
+    orig = backends.EndpointBackend.complete
 
-    def refused(url, payload=None, **kw):
-        calls.append(url)
-        raise backends.RustcoderError("connection refused")
+    def counted(self, *args, **kw):  # port 9 refuses the connection: the OpenAI SDK's own error path
+        calls.append(args)
+        return orig(self, *args, **kw)
 
-    backends.http_json = refused
+    backends.EndpointBackend.complete = counted
     try:
         result = evaluate(cfg, log=lambda *_: None)
     finally:
-        backends.http_json = orig
+        backends.EndpointBackend.complete = orig
     cat = result.metrics["models"]["model"]["categories"]["function_naming"]
     assert cat["statuses"] == {"generation_error": 2} and cat["primary"] is None and cat["excluded"] == 2
     assert len(calls) == 2

@@ -1,5 +1,6 @@
-"""Generation backends: transformers (+PEFT) on CPU or one GPU, vLLM for GPU jobs, and any
-OpenAI-compatible endpoint over plain HTTP; plus the reference ("oracle") backend.
+"""Generation backends: transformers (+PEFT) on CPU or one GPU, vLLM in-process, and any
+OpenAI-compatible endpoint through the OpenAI SDK; plus the reference ("oracle") backend. (The
+served backend, which starts an engine and evaluates through it, is in ``served``.)
 
 Every backend takes ``GenRequest``s (an item's prompt messages and how many samples it still
 needs) and yields ``(request, [Generation, ...])`` as results arrive, so the generate stage can
@@ -12,10 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import random
 import time
-import urllib.error
-import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,13 +141,20 @@ class ReferenceBackend(Backend):
 
 # ---- transformers (+PEFT) -----------------------------------------------------------------------
 
-def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenParams, batch_size: int
-                 ) -> list[tuple[int, int, list[int]]]:
+GEN_MAX_ROWS = 256  # rows per generation batch under a token budget, however short the prompts
+
+
+def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenParams, batch_size: int,
+                 batch_tokens: int | None = None) -> list[tuple[int, int, list[int]]]:
     """The transformers backend's batches: ``(n, offset, request indices)`` in the order they run.
 
     Longest prompts first (stable sort, so the order is a function of the list); one batch holds
-    requests with the same ``n`` (num_return_sequences is per call); when sampling, a batch holds
-    ``batch_size // n`` prompts. ``offset`` (the batch's start within its group) seeds sampling.
+    requests with the same ``n`` (num_return_sequences is per call). With ``batch_tokens`` a batch
+    takes the next prompts while its rows (prompts x n) times (its longest prompt + max_new_tokens),
+    the KV cache it can reach, stay within the budget (at least one prompt, at most GEN_MAX_ROWS
+    rows): short prompts share big batches, long ones small. Without it (None or 0): ``batch_size``
+    prompts per batch, ``batch_size // n`` when sampling. ``offset`` (the batch's start within its
+    group) seeds sampling. ``lengths`` are prompt lengths in tokens.
     """
     order = sorted(range(len(requests)), key=lambda i: -lengths[i])
     groups: dict[int, list[int]] = {}
@@ -157,6 +162,15 @@ def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenPara
         groups.setdefault(requests[i].n, []).append(i)
     out = []
     for n, idxs in groups.items():
+        if batch_tokens:
+            b = 0
+            while b < len(idxs):
+                longest = lengths[idxs[b]]  # sorted: the first prompt of a batch is its longest
+                fit = batch_tokens // max(1, n * (longest + params.max_new_tokens))
+                take = max(1, min(fit, GEN_MAX_ROWS // n))
+                out.append((n, b, idxs[b:b + take]))
+                b += take
+            continue
         per_batch = max(1, batch_size // n) if params.temperature > 0 else batch_size
         out.extend((n, b, idxs[b:b + per_batch]) for b in range(0, len(idxs), per_batch))
     return out
@@ -175,25 +189,37 @@ def _no_padding(tok) -> None:
         backend.no_padding()
 
 
-def shard_units(backend: str, requests: list[GenRequest], params: GenParams, batch_size: int) -> int:
+def shard_units(backend: str, requests: list[GenRequest], params: GenParams, batch_size: int,
+                batch_tokens: int | None = None) -> int:
     """How many parts ``generate_shard`` can split ``requests`` into (batches for transformers,
-    requests otherwise): more workers than this would have nothing to do."""
+    requests otherwise): more workers than this would have nothing to do. Under a token budget the
+    prompt lengths are estimated at 4 characters a token (no tokenizer is loaded here): an estimate
+    only decides how many workers start."""
     if backend == "transformers":
-        return len(plan_batches(requests, [0] * len(requests), params, batch_size))  # the count ignores lengths
+        lengths = [sum(len(str(m.get("content", ""))) for m in (r.messages or [])) // 4 if batch_tokens else 0
+                   for r in requests]
+        return len(plan_batches(requests, lengths, params, batch_size, batch_tokens))
     return len(requests)
+
+
+KV_CACHES = ("dynamic", "static")
 
 
 class TransformersBackend(Backend):
     """Batched generation with transformers: left padding, greedy by default, stops at <|im_end|>.
 
-    One loaded model serves both the adapter and, with the adapter disabled, its base.
+    One loaded model serves both the adapter and, with the adapter disabled, its base. Batches are
+    planned by ``plan_batches`` (a token budget with ``batch_tokens``). ``kv_cache``: "dynamic"
+    (``decoding.decode``: a finished answer leaves the batch at once) or "static" (``generate``
+    with transformers' static cache, which it compiles on CUDA; finished rows stay in the batch).
     """
 
     name = "transformers"
     supports_teacher_forcing = True
 
     def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
-                 chat_template: str | None = None, dtype: str = "auto", batch_size: int = 8, log=print):
+                 chat_template: str | None = None, dtype: str = "auto", batch_size: int = 8,
+                 batch_tokens: int | None = None, kv_cache: str = "dynamic", log=print):
         import torch
         from transformers import GenerationConfig
 
@@ -203,8 +229,13 @@ class TransformersBackend(Backend):
 
         from transformers.utils import logging as hf_logging
 
+        if kv_cache not in KV_CACHES:
+            raise UsageError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.kv_cache = kv_cache
         self.log = log
+        self.decode_stats = None  # decoding.DecodeStats of the dynamic path, for tests and benchmarks
         started = time.time()
         hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the eval's own progress
         config = load_config(path, revision)
@@ -245,6 +276,17 @@ class TransformersBackend(Backend):
         """The rendered prompt (chat template, generation header, thinking off for Qwen3)."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _left_padded(self, prompts: list[list[int]]):
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
     def generate(self, requests, params, target):
         """Yield each request with its generations (see Backend.generate)."""
         return self.generate_shard(requests, params, target, 0, 1)
@@ -254,40 +296,49 @@ class TransformersBackend(Backend):
         of the whole list: every batch (and its sampling seed) is the one a single process would run,
         so the answers do not depend on the number of workers."""
         import torch
-        from transformers import GenerationConfig
+
+        from .decoding import DecodeStats, decode
 
         tok = self.tokenizer
-        texts = [self.prompt_text(r.messages) for r in requests]
+        encoded = tok([self.prompt_text(r.messages) for r in requests], add_special_tokens=False)["input_ids"]
+        _no_padding(tok)
         sampling = params.temperature > 0
-        for number, (n, b, batch) in enumerate(plan_batches(requests, [len(t) for t in texts], params,
-                                                            self.batch_size)):
+        self.decode_stats = DecodeStats()
+        for number, (n, b, batch) in enumerate(plan_batches(requests, [len(e) for e in encoded], params,
+                                                            self.batch_size, self.batch_tokens)):
             if number % shards != shard:
                 continue
-            tok.padding_side = "left"
-            try:
-                enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tok.padding_side = "right"
-                _no_padding(tok)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            gc = GenerationConfig(
-                max_new_tokens=params.max_new_tokens, do_sample=sampling, num_return_sequences=n,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                temperature=params.temperature if sampling else None,
-                top_p=params.top_p if sampling else None, top_k=None, repetition_penalty=1.0)
+            ids, mask = self._left_padded([encoded[i] for i in batch for _ in range(n)])
             if sampling:
                 torch.manual_seed(params.seed + requests[batch[0]].start + b)
             with torch.inference_mode(), self._adapter_context(target.adapter_enabled):
-                out = self.model.generate(**enc, generation_config=gc)
-            new = out[:, enc["input_ids"].shape[1]:].tolist()
+                if self.kv_cache == "static":
+                    new = self._generate_static(ids, mask, params)
+                else:
+                    new = decode(self.model, ids, mask, max_new_tokens=params.max_new_tokens,
+                                 stop_ids=self.stop_ids, temperature=params.temperature,
+                                 top_p=params.top_p if sampling else 1.0, stats=self.decode_stats)
             for j, i in enumerate(batch):
                 gens = []
-                for ids in new[j * n:(j + 1) * n]:
-                    stopped = next((p for p, t in enumerate(ids) if t in self.stop_ids), None)
-                    kept = ids[:stopped] if stopped is not None else [t for t in ids if t != self.pad_id]
+                for row in new[j * n:(j + 1) * n]:
+                    stopped = next((p for p, t in enumerate(row) if t in self.stop_ids), None)
+                    kept = row[:stopped] if stopped is not None else [t for t in row if t != self.pad_id]
                     text = tok.decode(kept, skip_special_tokens=True)
                     gens.append(Generation(text, "stop" if stopped is not None else "length", len(kept)))
                 yield requests[i], gens
+
+    def _generate_static(self, ids, mask, params) -> list[list[int]]:
+        """``model.generate`` with a static KV cache (compiled decode on CUDA); every row runs to the end."""
+        from transformers import GenerationConfig
+
+        sampling = params.temperature > 0
+        gc = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=sampling, eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id, use_cache=True, cache_implementation="static",
+            temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
+            top_k=None, repetition_penalty=1.0)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)
+        return out[:, ids.shape[1]:].tolist()
 
     def token_stats(self, conversations: list[list[dict]], *, batch_size: int, max_length: int,
                     adapter_enabled: bool = True) -> list:
@@ -378,6 +429,9 @@ class VLLMBackend(Backend):
 
 # ---- OpenAI-compatible endpoint -----------------------------------------------------------------
 
+OPENAI_INSTALL = "pip install 'rustcoder[serve]'   # or: pip install openai"
+
+
 def chat_url(endpoint: str) -> str:
     """.../v1/chat/completions for a base URL given with or without /v1 (or the full path)."""
     url = endpoint.rstrip("/")
@@ -388,43 +442,34 @@ def chat_url(endpoint: str) -> str:
     return url + "/chat/completions"
 
 
-def _models_url(endpoint: str) -> str:
-    return chat_url(endpoint)[: -len("/chat/completions")] + "/models"
+def base_url(endpoint: str) -> str:
+    """The OpenAI base URL (``.../v1``) of an endpoint given with or without /v1 (or the full path)."""
+    return chat_url(endpoint)[: -len("/chat/completions")]
 
 
-def http_json(url: str, payload: dict | None = None, *, api_key: str | None = None, timeout: float = 300,
-              retries: int = 3) -> dict:
-    """POST (or GET without payload) JSON with retries on connection errors, 429 and 5xx."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    last = ""
-    for attempt in range(retries + 1):
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            body = e.read().decode("utf-8", "replace")[:300]
-            last = f"HTTP {e.code}: {body}"
-            if e.code not in (408, 429) and e.code < 500:
-                break
-        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
-            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-        if attempt < retries:
-            time.sleep(min(8.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
-    raise RustcoderError(f"request to {url} failed: {last}")
+def openai_client(endpoint: str, *, api_key: str | None = None, timeout: float = 300, retries: int = 3):
+    """The OpenAI SDK client for an endpoint; it retries connection errors, 408, 409, 429 and 5xx with
+    backoff (``retries`` times). MissingExtraError with the install command when the SDK is missing."""
+    try:
+        from openai import OpenAI
+    except ImportError:
+        raise MissingExtraError("the OpenAI client (the endpoint and served backends)", OPENAI_INSTALL) from None
+    return OpenAI(base_url=base_url(endpoint), api_key=api_key or "none", timeout=timeout, max_retries=retries)
 
 
 def served_models(endpoint: str, api_key: str | None = None) -> list[str]:
-    """Model names an OpenAI-compatible server lists at /v1/models."""
-    data = http_json(_models_url(endpoint), api_key=api_key, timeout=30, retries=1)
-    return [m.get("id") for m in data.get("data", []) if m.get("id")]
+    """Model names an OpenAI-compatible server lists at /v1/models (RustcoderError when it cannot say)."""
+    import openai
+
+    try:
+        return [m.id for m in openai_client(endpoint, api_key=api_key, timeout=30, retries=1).models.list()
+                if getattr(m, "id", None)]
+    except openai.OpenAIError as e:
+        raise RustcoderError(f"cannot list the models at {base_url(endpoint)}: {e}") from None
 
 
 class EndpointBackend(Backend):
-    """/v1/chat/completions over HTTP (urllib), ``concurrency`` requests in flight, one per sample."""
+    """/v1/chat/completions through the OpenAI SDK, ``concurrency`` requests in flight, one per sample."""
 
     name = "endpoint"
 
@@ -434,30 +479,29 @@ class EndpointBackend(Backend):
         self.url = chat_url(endpoint)
         self.api_key = api_key
         self.concurrency = max(1, concurrency)
-        self.timeout = timeout
-        self.retries = retries
+        self.client = openai_client(endpoint, api_key=api_key, timeout=timeout, retries=retries)
 
     def complete(self, messages: list[dict], params: GenParams, model: str | None, seed: int | None = None
                  ) -> Generation:
-        """One chat completion; failures after retries come back as finish_reason "error"."""
-        payload: dict[str, Any] = {"messages": messages, "max_tokens": params.max_new_tokens,
-                                   "temperature": params.temperature, "stop": [END_OF_TURN]}
-        if model:
-            payload["model"] = model
+        """One chat completion; failures after the SDK's retries come back as finish_reason "error"."""
+        import openai
+
+        kwargs: dict[str, Any] = {"messages": messages, "max_tokens": params.max_new_tokens,
+                                  "temperature": params.temperature, "stop": [END_OF_TURN],
+                                  "model": model or openai.omit}  # no name: the server's default model
         if params.temperature > 0:
-            payload["top_p"] = params.top_p
+            kwargs["top_p"] = params.top_p
         if seed is not None:
-            payload["seed"] = seed
+            kwargs["seed"] = seed
         try:
-            data = http_json(self.url, payload, api_key=self.api_key, timeout=self.timeout, retries=self.retries)
-            choice = data["choices"][0]
-            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
-            usage = data.get("usage") or {}
+            data = self.client.chat.completions.create(**kwargs)
+            choice = data.choices[0]
+            text = (choice.message.content if choice.message is not None else None) or ""
             text, _ = _truncate_at_end_of_turn(text)
-            return Generation(text, "length" if choice.get("finish_reason") == "length" else "stop",
-                              usage.get("completion_tokens"))
-        except (RustcoderError, KeyError, IndexError, TypeError) as e:
-            return Generation("", "error", error=str(e)[:500])
+            tokens = data.usage.completion_tokens if data.usage is not None else None
+            return Generation(text, "length" if choice.finish_reason == "length" else "stop", tokens)
+        except (openai.OpenAIError, KeyError, IndexError, TypeError, AttributeError) as e:
+            return Generation("", "error", error=f"{type(e).__name__}: {e}"[:500])
 
     def default_model(self) -> str | None:
         """The first model the server lists (None when it lists none or has no /v1/models)."""
@@ -482,6 +526,10 @@ class EndpointBackend(Backend):
                 got[j] = fut.result()
                 if len(got) == r.n:
                     yield r, [got[k] for k in range(r.n)]
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.client.close()
 
 
 def api_key_from_env(name: str | None) -> str | None:

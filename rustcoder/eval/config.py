@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from ..config import config_field as _f
 from ..errors import ConfigError, did_you_mean
 
-BACKENDS = ("auto", "transformers", "vllm", "endpoint")
+BACKENDS = ("auto", "transformers", "vllm", "endpoint", "served")
+ENGINES = ("vllm", "transformers")  # --backend served: the engines `rustcoder serve` starts
 STAGES = ("generate", "execute", "score", "report")
 
 
@@ -40,7 +41,13 @@ class EvalConfig:
     endpoint: str | None = _f(None, "OpenAI-compatible server URL (e.g. what `rustcoder serve` starts); MODEL is "
                               "then the served model name.")
     backend: str = _f("auto", "Generation backend: auto (endpoint with --endpoint, else transformers), "
-                      "transformers, vllm (GPU) or endpoint.", choices=BACKENDS)
+                      "transformers, vllm (vLLM in this environment), endpoint, or served (start the serving "
+                      "engine as `rustcoder serve` does, evaluate through it, stop it).", choices=BACKENDS)
+    engine: str | None = _f(None, "--backend served: vllm or transformers (default: vllm when installed here or "
+                            "at --vllm-python / $RUSTCODER_VLLM_PYTHON).", choices=ENGINES)
+    vllm_python: str | None = _f(None, "--backend served: the Python of the environment that has vLLM (default: "
+                                 "$RUSTCODER_VLLM_PYTHON).")
+    engine_args: str | None = _f(None, "--backend served: extra engine flags, e.g. '--config serve/vllm-cpu.yaml'.")
     tensor_parallel_size: int | None = _f(None, "vLLM backend: shard the model over this many GPUs.")
     data_parallel: int | None = _f(None, "Generation processes, one per GPU (CUDA_VISIBLE_DEVICES=i each); CPU: "
                                    "processes share the cores. Local backends (transformers, vllm); "
@@ -51,7 +58,14 @@ class EvalConfig:
     limit: int | None = _f(None, "At most N items per category (benchmarks: per benchmark category).")
     categories: list[str] | None = _f(None, "Only these categories (comma-separated).")
     max_new_tokens: int | None = _f(None, "Generation length cap (default: the suite's, 512).")
-    batch_size: int = _f(8, "Prompts per generation batch and examples per teacher-forced batch.")
+    batch_size: int = _f(8, "Examples per teacher-forced batch; prompts per generation batch only with "
+                         "--batch-tokens 0.")
+    batch_tokens: int = _f(16384, "transformers backend: token budget of a generation batch, rows x (longest "
+                           "prompt + --max-new-tokens), over length-sorted prompts (short prompts share big "
+                           "batches); 0: a fixed --batch-size prompts per batch.")
+    kv_cache: str = _f("dynamic", "transformers backend: dynamic (a finished answer leaves the batch at once) or "
+                       "static (transformers' static cache, its decode step compiled on CUDA).",
+                       choices=("dynamic", "static"))
     samples: int | None = _f(None, "Samples per item (pass@k needs k <= samples; > 1 needs --temperature > 0).")
     temperature: float | None = _f(None, "Sampling temperature (default: the suite's, 0 = greedy).")
     top_p: float = _f(0.95, "Nucleus sampling when temperature > 0.")
@@ -85,6 +99,13 @@ class EvalConfig:
             value = getattr(self, f_.name)
             if choices and value is not None and value not in choices:
                 bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
+        if self.batch_tokens < 0:
+            bad("batch_tokens", f"must be >= 0 (0: fixed --batch-size batches), got {self.batch_tokens}")
+        if self.backend != "served" and (self.engine or self.vllm_python or self.engine_args):
+            given = next(n for n in ("engine", "vllm_python", "engine_args") if getattr(self, n))
+            bad(given, "chooses how --backend served starts its engine; add --backend served")
+        if self.backend == "served" and self.endpoint:
+            bad("backend", "'served' starts its own engine; drop --endpoint (or use --backend endpoint)")
         for name in ("limit", "batch_size", "samples", "max_new_tokens", "concurrency", "workers", "max_length",
                      "tensor_parallel_size", "data_parallel"):
             v = getattr(self, name)
@@ -114,7 +135,7 @@ class EvalConfig:
         if self.endpoint and self.backend in ("transformers", "vllm"):
             bad("backend", f"{self.backend!r} generates locally; drop it with --endpoint")
         if (self.data_parallel or 1) > 1 and (self.oracle or self.predictions or self.endpoint
-                                              or self.backend == "endpoint"):
+                                              or self.backend in ("endpoint", "served")):
             bad("data_parallel", "splits generation with local models over processes; not with --oracle, "
                                  "--predictions or --endpoint (use --concurrency for an endpoint)")
         if self.no_exec and self.oracle:

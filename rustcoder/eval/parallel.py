@@ -233,18 +233,20 @@ def _count_lines(files: list[Path]) -> int:
     return total
 
 
-def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRequest]]], log=print) -> None:
+def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRequest]]], log=print) -> int:
     """Generate ``jobs`` ((target, pending requests), local targets) with ``plan.cfg.data_parallel``
-    worker processes, then merge their samples into samples.jsonl. Raises RustcoderError naming the
-    worker (and the end of its log) when one fails; the others are stopped, finished samples kept."""
+    worker processes, then merge their samples into samples.jsonl; returns how many workers ran.
+    Raises RustcoderError naming the worker (and the end of its log) when one fails; the others are
+    stopped, finished samples kept."""
     from .pipeline import SAMPLES
 
     jobs = [(t, reqs) for t, reqs in jobs if reqs]
     if not jobs:
-        return
+        return 0
     cfg = plan.cfg
     per_gpu = (cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
-    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size) for _, reqs in jobs)
+    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size, cfg.batch_tokens or None)
+                for _, reqs in jobs)
     workers = max(1, min(cfg.data_parallel or 1, units))
     gpus = visible_gpus()
     devices = assign_devices(cfg.data_parallel or 1, gpus, per_gpu)[:workers]
@@ -314,6 +316,7 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
     if ok:
         log(f"  {_count_lines(shards)}/{total} samples, {time.time() - started:.0f} s")
         merge_shards(plan, log, clean=True)  # the logs, the spec and the shard files go
+    return workers
 
 
 # ---- the worker ---------------------------------------------------------------------------------

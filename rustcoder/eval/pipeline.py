@@ -21,7 +21,7 @@ import yaml
 
 from .. import artifacts
 from ..errors import ConfigError, DataError, RustcoderError, UsageError
-from . import extract, metrics, tasks
+from . import extract, metrics, tasks, throughput
 from .backends import (Backend, EndpointBackend, GenParams, GenRequest, ModelTarget, ReferenceBackend,
                        api_key_from_env)
 from .config import EvalConfig
@@ -39,7 +39,7 @@ METRICS = "metrics.json"
 REPORT = "report.md"
 PLOT = "scores.png"
 STAGE_FILES = {
-    "generate": [SAMPLES, TEACHER_FORCED, JUDGMENTS],
+    "generate": [SAMPLES, TEACHER_FORCED, JUDGMENTS, throughput.STATS_FILE],
     "execute": [EXECUTIONS],
     "score": [SCORES],
     "report": [METRICS, REPORT, PLOT],
@@ -123,6 +123,7 @@ class EvalPlan:
     backend: str
     notes: list[str] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)  # key -> record (predictions mode)
+    log: Callable = print  # where backends report (engine start and stop)
 
     @property
     def by_id(self) -> dict[str, EvalItem]:
@@ -313,7 +314,7 @@ def plan_eval(cfg: EvalConfig, log=print) -> EvalPlan:
     return EvalPlan(cfg=cfg, mode=mode, suite=suite, items=items, resolved=resolved, targets=targets,
                     eval_dir=eval_dir, params=params, samples=samples,
                     ks=metrics.ks_for(samples, suite.k), teacher_forced=teacher_forced, backend=backend,
-                    notes=notes, predictions=predictions)
+                    notes=notes, predictions=predictions, log=log)
 
 
 # ---- eval directory bookkeeping -----------------------------------------------------------------
@@ -389,6 +390,10 @@ def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
     if target.kind == "endpoint":
         return EndpointBackend(target.endpoint, api_key=api_key_from_env(cfg.api_key_env),
                                concurrency=cfg.concurrency)
+    if plan.backend == "served":
+        from .served import ServedBackend
+
+        return ServedBackend(target, cfg, log=getattr(plan, "log", print))
     if plan.backend == "vllm":
         from .backends import VLLMBackend
 
@@ -398,7 +403,8 @@ def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
     from .backends import TransformersBackend
 
     return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
-                               chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size)
+                               chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                               batch_tokens=cfg.batch_tokens or None, kv_cache=cfg.kv_cache)
 
 
 class _Backends:
@@ -501,6 +507,7 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
 
     parallel.merge_shards(plan, log, clean=True)  # samples a killed data-parallel run finished
     done = {k: v for k, v in store.load().items() if v.get("finish_reason") != "error"}  # retry errors
+    speed = JsonlStore(plan.eval_dir / throughput.STATS_FILE)
     workers = _data_parallel(plan, backends, log)
     if workers > 1:
         per_gpu = (plan.cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
@@ -523,8 +530,10 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
             log(f"generate {target.describe()}: {total} sample(s)"
                 + (f" ({before} done before)" if before else ""))
             started, made, last_log = time.time(), 0, time.time()
+            timer = throughput.GenerationTimer([target.tag], backend.name)
             for req, gens in backend.generate(requests, plan.params, target):
                 recs = [sample_record(target.tag, req, j, g, backend.name) for j, g in zip(req.sample_indices, gens)]
+                timer.add(gens)
                 for rec in recs:
                     done[rec["key"]] = rec
                 store.append(recs)
@@ -532,11 +541,18 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
                 if made == total or time.time() - last_log >= 15:
                     log(f"  {target.tag}: {made}/{total} samples, {time.time() - started:.0f} s")
                     last_log = time.time()
+            speed.append([timer.record()])
+            log(f"  speed {timer.summary()}")
         backends.release_unneeded(plan.targets[n + 1:])
     if jobs:
         backends.close()  # the workers load their own copies; free this process's (GPU) memory first
-        parallel.generate_parallel(plan, jobs, log)
+        before_keys = set(store.load())
+        timer = throughput.GenerationTimer([t.tag for t, _ in jobs], plan.backend, workers=workers)
+        timer.workers = parallel.generate_parallel(plan, jobs, log)  # timed with worker start and model load
         samples = store.load()
+        timer.add(v for k, v in samples.items() if k not in before_keys)
+        speed.append([timer.record()])
+        log(f"  speed {timer.summary()} (worker start and model load included)")
         missing = [sample_key(t.tag, r.item.id, j) for t, reqs in jobs for r in reqs for j in r.sample_indices
                    if sample_key(t.tag, r.item.id, j) not in samples]
         if missing:
@@ -890,8 +906,11 @@ def evaluate(cfg: EvalConfig, *, log=print, backend_factory: BackendFactory | No
     judgments = stage_judge(plan, samples, log)
     tf = JsonlStore(plan.eval_dir / TEACHER_FORCED).load()
     result_metrics = build_metrics(plan, samples, executions, scores, tf, judgments)
+    result_metrics["generation_speed"] = throughput.speed_table(JsonlStore(plan.eval_dir / throughput.STATS_FILE).load())
     plot_path = plot_scores(result_metrics, plan.eval_dir / PLOT)
     result_metrics["plot"] = str(plot_path) if plot_path else None
     artifacts.atomic_write_json(plan.eval_dir / METRICS, result_metrics)  # with its plot key
-    artifacts.atomic_write_text(plan.eval_dir / REPORT, render_report(result_metrics))
+    report = render_report(result_metrics).rstrip("\n") + "\n"
+    speed_section = throughput.render_markdown(result_metrics["generation_speed"])
+    artifacts.atomic_write_text(plan.eval_dir / REPORT, report + ("\n" + speed_section if speed_section else ""))
     return EvalResult(plan.eval_dir, result_metrics, plan.eval_dir / REPORT, plot_path, plan)

@@ -1,0 +1,146 @@
+"""The transformers backend where it is the only choice: batches by token budget over length-sorted
+prompts, finished answers leaving the batch (same greedy answers as ``generate``, fewer rows
+computed), the static-cache path, and generated tokens/s per backend in metrics.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rustcoder.eval.backends import GEN_MAX_ROWS, GenParams, GenRequest, ModelTarget, plan_batches
+
+
+class _Item:
+    def __init__(self, i):
+        self.id, self.category, self.messages = f"i{i}", "c", []
+
+
+def test_token_budget_batches():
+    lengths = [10, 400, 12, 30, 900, 11, 50, 13, 10, 20]
+    reqs = [GenRequest(_Item(i)) for i in range(len(lengths))]
+    params = GenParams(max_new_tokens=100)
+    batches = plan_batches(reqs, lengths, params, 2, batch_tokens=1200)
+    order = [i for _, _, b in batches for i in b]
+    assert sorted(order) == list(range(len(lengths)))  # every request once
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)  # longest first
+    for _, offset, b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * (longest + 100) <= 1200  # within the budget (one prompt always fits)
+    sizes = [len(b) for _, _, b in batches]
+    assert sizes[0] == 1 and sizes[-1] > 2  # the 900-token prompt alone; short prompts share a bigger batch
+    # without a budget: the fixed count, as before
+    assert [len(b) for _, _, b in plan_batches(reqs, lengths, params, 2)] == [2] * 5
+    # sampling n=4 per prompt: rows are prompts x n, capped at GEN_MAX_ROWS
+    many = [GenRequest(_Item(i), n=4) for i in range(200)]
+    sampled = plan_batches(many, [1] * 200, GenParams(max_new_tokens=1, temperature=0.8), 8, batch_tokens=10**9)
+    assert max(len(b) for _, _, b in sampled) * 4 == GEN_MAX_ROWS
+
+
+@pytest.fixture(scope="module")
+def lively_model(tmp_path_factory, _isolated_cache):
+    """A tiny Qwen2 whose random weights are large enough that greedy answers vary (the default
+    initialisation repeats one token), plus a token that ends answers at different lengths."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.tiny import build_tiny_model
+
+    d = build_tiny_model(tmp_path_factory.mktemp("lively") / "m", hidden_size=128, heads=4, kv_heads=2)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(d)
+    return d, 510  # 510: first generated at steps 0..46 across the sample prompts with these weights
+
+
+def _backend(model_dir, **kw):
+    from rustcoder.eval.backends import TransformersBackend
+
+    return TransformersBackend(str(model_dir), log=lambda *_: None, **kw)
+
+
+def _reference_generate(backend, requests, max_new_tokens):
+    """What transformers' own generate answers for the same prompts (one left-padded batch)."""
+    import torch
+    from transformers import GenerationConfig
+
+    tok = backend.tokenizer
+    enc = [tok(backend.prompt_text(r.messages), add_special_tokens=False)["input_ids"] for r in requests]
+    ids, mask = backend._left_padded(enc)
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=backend.stop_ids,
+                          pad_token_id=backend.pad_id)
+    with torch.inference_mode():
+        out = backend.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)
+    answers = []
+    for row in out[:, ids.shape[1]:].tolist():
+        stopped = next((p for p, t in enumerate(row) if t in backend.stop_ids), None)
+        kept = row[:stopped] if stopped is not None else row
+        answers.append(tok.decode(kept, skip_special_tokens=True))
+    return answers
+
+
+def test_finished_answers_leave_the_batch_with_generates_answers(lively_model):
+    from rustcoder.eval.suites import dataset_suite, load_items
+
+    model_dir, stop_token = lively_model
+    items = load_items(dataset_suite("sample")).items
+    requests = [GenRequest(i) for i in items]
+    target = ModelTarget("model", "local", "m", path=str(model_dir))
+    params = GenParams(max_new_tokens=24)
+    backend = _backend(model_dir, batch_size=len(items))  # one batch of all 30 prompts
+    backend.stop_ids = backend.stop_ids + [stop_token]
+    got = {r.item.id: gens[0] for r, gens in backend.generate(requests, params, target)}
+    stats = backend.decode_stats
+    expected = _reference_generate(backend, requests, 24)
+    assert [got[r.item.id].text for r in requests] == expected
+    reasons = [got[r.item.id].finish_reason for r in requests]
+    assert "stop" in reasons and "length" in reasons  # answers of different lengths in one batch
+    # the rows computed follow the answers still being written, not rows x steps
+    assert stats.steps == 23
+    assert stats.row_steps == sum(min(g.tokens, 23) for g in got.values())
+    assert stats.row_steps < len(items) * stats.steps
+    backend.close()
+
+
+def test_static_cache_gives_the_same_greedy_answers(lively_model):
+    from rustcoder.eval.suites import dataset_suite, load_items
+
+    model_dir, _ = lively_model
+    items = load_items(dataset_suite("sample"), limit=1).items[:6]
+    requests = [GenRequest(i) for i in items]
+    target = ModelTarget("model", "local", "m", path=str(model_dir))
+    params = GenParams(max_new_tokens=8)
+    answers = {}
+    for kv in ("dynamic", "static"):
+        backend = _backend(model_dir, batch_tokens=4096, kv_cache=kv)
+        answers[kv] = {r.item.id: [(g.text, g.finish_reason, g.tokens) for g in gens]
+                       for r, gens in backend.generate(requests, params, target)}
+        backend.close()
+    assert answers["static"] == answers["dynamic"] and len(answers["static"]) == len(items)
+
+
+def test_tokens_per_second_in_metrics_and_report(tiny_qwen2, tmp_path):
+    from rustcoder.eval import EvalConfig, evaluate
+
+    out = tmp_path / "ev"
+    result = evaluate(EvalConfig(model=str(tiny_qwen2), dataset="sample", limit=1, max_new_tokens=6, no_exec=True,
+                                 teacher_forced=False, output_dir=str(out)), log=lambda *_: None)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    speed = result.metrics["generation_speed"]
+    assert list(speed) == ["model"]
+    rec = speed["model"]
+    assert rec["backend"] == "transformers" and rec["samples"] == len(samples) == 15
+    assert rec["tokens"] == sum(s["tokens"] for s in samples) > 0
+    assert rec["tokens_per_s"] == pytest.approx(rec["tokens"] / rec["seconds"], rel=0.01)
+    assert json.loads((out / "metrics.json").read_text())["generation_speed"] == speed
+    report = (out / "report.md").read_text()
+    assert "## Generation speed" in report and f"| model | transformers | 1 | 15 | {rec['tokens']:,} |" in report
+    # a rerun generates nothing: the figure of the run that made the samples stays
+    again = evaluate(EvalConfig(model=str(tiny_qwen2), dataset="sample", limit=1, max_new_tokens=6, no_exec=True,
+                                teacher_forced=False, output_dir=str(out)), log=lambda *_: None)
+    assert again.metrics["generation_speed"] == speed
