@@ -18,16 +18,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
-
-MANIFEST = "manifest.json"
-CONFIG = "config.yaml"
-METRICS = "metrics.json"
-ADAPTER_DIR = "adapter"
-CHECKPOINTS_DIR = "checkpoints"
-DATA_SUMMARY = "data_summary.json"
-TRAIN_IDS = "train_ids.txt"
-EVAL_SPLIT = "eval_split.jsonl"
+from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG, DATA_SUMMARY, EVAL_SPLIT, MANIFEST,  # noqa: F401
+                     METRICS, TRAIN_IDS, list_runs, newest_run)  # the run-directory contract lives in rundir
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -173,25 +165,6 @@ def unique_run_dir(output_dir: str | Path, name: str) -> Path:
         candidate = root / f"{name}-{n}"
         n += 1
     return candidate
-
-
-def list_runs(output_dir: str | Path) -> list[Path]:
-    """Run directories (those with a manifest) under output_dir, newest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if (p / MANIFEST).is_file()]
-    return sorted(runs, key=lambda p: read_json(p / MANIFEST).get("created_at", 0), reverse=True)
-
-
-def newest_run(output_dir: str | Path = "runs", status: str | None = "finished") -> Path:
-    """The newest run directory (with the given status); a clear error when there is none."""
-    for run in list_runs(output_dir):
-        if status is None or read_json(run / MANIFEST).get("status") == status:
-            return run
-    what = f"{status} training run" if status else "training run"
-    raise UsageError(f"no {what} found under {str(output_dir)!r}. Train one first "
-                     "(`rustcoder train --preset small-batch`), or pass a run directory.")
 
 
 def new_manifest(cfg, run_dir: Path, data_summary: dict, template: str, base_resolved: str) -> dict:

@@ -254,9 +254,9 @@ def _config_argument(arg: str, preset, config_file):
 
 def _resume_target(overrides: dict):
     """(config, run_dir) of the run to resume; typed changes to its config are refused."""
-    from . import artifacts
+    from . import rundir
     from .errors import UsageError
-    from .train import load_run_config
+    from .rundir import load_run_config
 
     output_dir = overrides.get("output_dir") or "runs"
     name = overrides.get("run_name")
@@ -264,10 +264,10 @@ def _resume_target(overrides: dict):
         run_dir = Path(output_dir) / name
         if not run_dir.is_dir():
             raise UsageError(f"no run {name!r} under {output_dir!r} to resume. "
-                             f"Existing runs: {', '.join(p.name for p in artifacts.list_runs(output_dir)) or 'none'}.")
+                             f"Existing runs: {', '.join(p.name for p in rundir.list_runs(output_dir)) or 'none'}.")
     else:
-        unfinished = [p for p in artifacts.list_runs(output_dir)
-                      if artifacts.read_json(p / artifacts.MANIFEST).get("status") != "finished"]
+        unfinished = [p for p in rundir.list_runs(output_dir)
+                      if rundir.read_manifest(p).get("status") != "finished"]
         if not unfinished:
             raise UsageError(f"no unfinished run under {output_dir!r} to resume; pass --run-name NAME.")
         run_dir = unfinished[0]
@@ -436,8 +436,9 @@ def demo(output_dir, max_new_tokens, no_serve):
 def runs(output_dir, dashboard, project, as_json):
     """List training runs (newest first) and how to watch them in Trackio."""
     from . import artifacts
+    from . import rundir
 
-    found = artifacts.list_runs(output_dir)
+    found = rundir.list_runs(output_dir)
     projects = [artifacts.run_project(run) for run in found]
     project = project or next((p for p in projects if p), None) or "rustcoder"
     if as_json:
@@ -445,7 +446,7 @@ def runs(output_dir, dashboard, project, as_json):
 
         rows = []
         for run, run_project in zip(found, projects):
-            m = artifacts.read_json(run / artifacts.MANIFEST)
+            m = rundir.read_manifest(run)
             rows.append({"name": run.name, "path": str(run.resolve()), "status": m.get("status"),
                          "preset": m.get("preset"), "project": run_project, "created_at": m.get("created_at"),
                          "metrics": m.get("metrics") or {}})
@@ -454,7 +455,7 @@ def runs(output_dir, dashboard, project, as_json):
         if not found:
             click.echo(f"no runs under {output_dir!r} yet. Start one: rustcoder train --preset small-batch")
         for run in found:
-            m = artifacts.read_json(run / artifacts.MANIFEST)
+            m = rundir.read_manifest(run)
             metrics = m.get("metrics") or {}
             loss = f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else ""
             click.echo(f"{run.name:<32} {m.get('status', '?'):<12} {m.get('preset') or '':<16} {loss}")
@@ -505,12 +506,12 @@ def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, d
       rustcoder merge runs/exp-small-batch-10k --dtype float32    a short run's adapter, kept whole
       rustcoder merge runs/exp-small-batch-10k --base ./Qwen2.5-7B-Instruct --output-dir out/merged
     """
-    from . import artifacts
+    from . import rundir
     from .merge import merge as run_merge
     from .merge import render_report
 
     if run_dir is None:
-        run_dir = artifacts.newest_run(runs_dir)
+        run_dir = rundir.newest_run(runs_dir)
         click.echo(f"merging the newest finished run: {run_dir}")
     result = run_merge(run_dir, output_dir=output_dir, base=base, force=force, verify=not no_verify,
                        streaming=streaming, push_to_hub=push_to_hub, dtype=dtype, max_effect_lost=max_effect_lost,

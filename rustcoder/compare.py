@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
+from . import artifacts, rundir
 from .errors import UsageError
 
 # shared/reference/research-notes.md, "Final Metrics" (Qwen2-7B-Instruct, 10k rows, A100).
@@ -90,12 +90,8 @@ def load_run(run_dir: str | Path, sweep_entry: dict | None = None) -> RunRow:
     if not manifest_path.exists():
         return RunRow(name=name, run_dir=str(run_dir), status=(sweep_entry or {}).get("status", "missing"),
                       preset=(sweep_entry or {}).get("preset"), error=(sweep_entry or {}).get("error"))
-    manifest = artifacts.read_json(manifest_path)
-    config = {}
-    if (run_dir / artifacts.CONFIG).exists():
-        import yaml
-
-        config = yaml.safe_load((run_dir / artifacts.CONFIG).read_text()) or {}
+    manifest = rundir.read_manifest(run_dir)
+    config = rundir.read_run_config(run_dir)
     metrics = manifest.get("metrics") or {}
     if (run_dir / artifacts.METRICS).exists():
         metrics = artifacts.read_json(run_dir / artifacts.METRICS)

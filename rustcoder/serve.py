@@ -91,6 +91,7 @@ class EngineSpec:
     dtype: str | None = None
     device: str | None = None  # transformers engine: auto, cpu, cuda, cuda:1 ...
     engine_args: tuple[str, ...] = ()
+    revision: str | None = None  # hub revision of model (an adapter's base at the revision its run trained on)
 
     @property
     def model_names(self) -> list[str]:
@@ -114,6 +115,7 @@ class AdapterInfo:
     base_model: str
     rank: int
     name: str
+    base_revision: str | None = None  # the hub revision the run trained on (rundir.base_of)
 
 
 def _url_host(host: str) -> str:
@@ -141,17 +143,9 @@ def has_weights(path: Path) -> bool:
 
 
 def _newest_merged(runs_dir: str | Path) -> Path:
-    try:
-        from .merge import newest_merged
-    except ImportError:  # merge.py predates newest_merged: same rule, kept minimal
-        newest_merged = None
-    if newest_merged is not None:
-        return Path(newest_merged(runs_dir))
-    found = sorted((p.parent for p in Path(runs_dir).glob("*/merged/merge_report.json")),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        raise UsageError(f"no merged model under {str(runs_dir)!r}. Merge a run first: `rustcoder merge`.")
-    return found[0].resolve()
+    from .rundir import newest_merged
+
+    return Path(newest_merged(runs_dir))
 
 
 def check_model_dir(model: str | Path) -> str:
@@ -223,9 +217,15 @@ def read_adapter(adapter: str | Path) -> AdapterInfo:
     if cfg.get("peft_type", "LORA") != "LORA":
         raise UsageError(f"{cfg_file} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be served.")
     ranks = [int(cfg.get("r") or 8)] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
-    base = cfg.get("base_model_name_or_path") or ""
+    from .rundir import base_of
+
+    try:  # the run's own record first: its base at the revision it trained on (not only adapter_config.json's)
+        ref = base_of(path)
+        base, revision = ref.name, ref.revision
+    except UsageError:
+        base, revision = "", None
     name = path.parent.name if path.name == "adapter" else path.name
-    return AdapterInfo(adapter_dir=path.resolve(), base_model=base, rank=max(ranks), name=name)
+    return AdapterInfo(adapter_dir=path.resolve(), base_model=base, rank=max(ranks), name=name, base_revision=revision)
 
 
 def default_model_name(model: str) -> str:
@@ -354,6 +354,8 @@ def build_spec(model_dir: str | Path | None = None, *, engine: str | None = None
                       gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, device=device,
                       engine_args=tuple(engine_args))
     if info is not None:
+        if model_dir is None and not Path(model).exists():  # the hub base, at the revision the run trained on
+            spec.revision = info.base_revision
         spec.adapter_dir = str(info.adapter_dir)
         spec.served_model_name = served_model_name or info.name
         spec.base_model_name = default_model_name(model)
@@ -406,6 +408,8 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
             argv += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
         if spec.dtype:
             argv += ["--dtype", spec.dtype]
+        if spec.revision:
+            argv += ["--revision", spec.revision, "--tokenizer-revision", spec.revision]
         if spec.api_key:
             env["VLLM_API_KEY"] = spec.api_key
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -418,7 +422,8 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
         if spec.chat_template:
             argv += ["--chat-template", spec.chat_template]
         # What follows "--" is a plain `transformers serve` command line.
-        argv += ["--", "serve", spec.model, "--host", spec.host, "--port", str(spec.port),
+        model = f"{spec.model}@{spec.revision}" if spec.revision else spec.model  # transformers serve's id@revision
+        argv += ["--", "serve", model, "--host", spec.host, "--port", str(spec.port),
                  "--device", spec.device or "auto", "--dtype", spec.dtype or "auto", "--log-level", "warning"]
         if spec.api_key:
             env[API_KEY_ENV] = spec.api_key

@@ -181,11 +181,11 @@ def test_cli_bad_input_clear_message_no_traceback(args, code, needle):
 
 def test_resume_accepts_the_categories_the_run_was_started_with(tmp_path, monkeypatch):
     """`train --resume --categories a,b` names the run's own categories: not a change (was always refused)."""
-    import rustcoder.train as train_mod
+    import rustcoder.rundir as rundir
 
     (tmp_path / "runs" / "r").mkdir(parents=True)
     cfg = resolve_config("small-batch", overrides=dict(categories="bug_detection,code_review", run_name="r"))
-    monkeypatch.setattr(train_mod, "load_run_config", lambda run_dir: cfg)
+    monkeypatch.setattr(rundir, "load_run_config", lambda run_dir: cfg)
     from rustcoder.cli import _resume_target
 
     got, run_dir = _resume_target({"output_dir": str(tmp_path / "runs"), "run_name": "r",

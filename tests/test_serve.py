@@ -202,6 +202,30 @@ def test_vllm_command_for_an_adapter_sets_lora_rank_from_r(tmp_path):
     assert spec.model_names == ["exp-high-capacity", "Qwen2.5-Coder-7B-Instruct"]
 
 
+@pytest.mark.parametrize("engine", ["vllm", "transformers"])
+def test_serve_adapter_uses_the_base_revision_the_run_trained_on(tmp_path, monkeypatch, engine):
+    """A run trained on a pinned hub revision is served on that revision (the manifest's), not on whatever
+    adapter_config.json's bare hub id resolves to today."""
+    run = tmp_path / "runs" / "exp-pinned"
+    make_adapter_dir(run / "adapter", tmp_path / "unused")
+    cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-Coder-7B-Instruct"
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    (run / "manifest.json").write_text(json.dumps({"status": "finished", "base_model": "Qwen/Qwen2.5-Coder-7B-Instruct",
+                                                   "base_model_revision": "abc123"}))
+    monkeypatch.setattr(srv, "check_model_dir", lambda m: str(m))  # no hub cache needed to build the command
+    kw = {"vllm_python": "py"} if engine == "vllm" else {}
+    argv, _ = srv.engine_command(spec_for(None, adapter=run, engine=engine, **kw))
+    if engine == "vllm":
+        assert argv[argv.index("--model") + 1] == "Qwen/Qwen2.5-Coder-7B-Instruct"
+        assert argv[argv.index("--revision") + 1] == "abc123" and argv[argv.index("--tokenizer-revision") + 1] == "abc123"
+    else:
+        assert argv[argv.index("serve") + 1] == "Qwen/Qwen2.5-Coder-7B-Instruct@abc123"
+    # a base given explicitly is served as given
+    argv, _ = srv.engine_command(spec_for("Qwen/Qwen2.5-Coder-7B-Instruct", adapter=run, engine=engine, **kw))
+    assert "--revision" not in argv and "Qwen/Qwen2.5-Coder-7B-Instruct@abc123" not in argv
+
+
 @pytest.mark.parametrize("r,pattern,expected", [(8, {}, 8), (16, {}, 16), (20, {}, 32), (32, {}, 32),
                                                  (16, {"q_proj": 64}, 64), (300, {}, 320)])
 def test_max_lora_rank_fits_the_adapter(tmp_path, r, pattern, expected):

@@ -28,12 +28,14 @@ files), ``probes`` (probe prompts and whole-model outputs), ``checks`` (exactnes
 (merge(), atomic install, newest merge).
 """
 
-from .api import MergeResult, clean_stale_temp_dirs, default_output_dir, merge, newest_merged, push_merged
+from ..rundir import MERGE_REPORT as REPORT
+from ..rundir import MERGED_DIR, newest_merged
+from .api import MergeResult, clean_stale_temp_dirs, default_output_dir, merge, push_merged
 from .checks import DEFAULT_MAX_EFFECT_LOST
 from .layerwise import layerwise_probe_outputs
 from .plan import MergePlan, check_fit, load_adapter_tensors, plan_merge
 from .probes import PROBES, probe_messages, reference_outputs
-from .sources import MERGE_DTYPES, MERGED_DIR, REPORT, adapter_fingerprint, base_identity
+from .sources import MERGE_DTYPES, adapter_fingerprint, base_identity
 from .tensors import iter_tensors, read_safetensors_header, tensor_shapes, weight_files
 from .verify import refusal_message, render_report, verify_merge
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import artifacts
-from ..artifacts import MANIFEST, atomic_write_json, atomic_write_text, read_json
+from ..artifacts import atomic_write_json, atomic_write_text, read_json
 from ..errors import RustcoderError, UsageError
+from ..rundir import MERGE_REPORT as REPORT
+from ..rundir import MERGED_DIR
 from .checks import DEFAULT_MAX_EFFECT_LOST
 from .plan import check_fit, load_adapter_tensors, plan_merge
-from .sources import (MERGED_DIR, MERGE_DTYPES, MERGE_FORMAT, REPORT, Source, adapter_dir_of, adapter_fingerprint,
-                      base_identity, check_not_quantized, merge_key, resolve_source, save_dtype_of,
-                      tie_word_embeddings, tied_keys)
+from .sources import (MERGE_DTYPES, MERGE_FORMAT, Source, adapter_dir_of, adapter_fingerprint, base_identity,
+                      check_not_quantized, merge_key, resolve_source, save_dtype_of, tie_word_embeddings, tied_keys)
 from .tensors import tensor_shapes, weight_files
 from .verify import refusal_message, render_report, verify_merge
 from .writing import (copy_tokenizer, edited_config, generation_config, merge_in_memory, merge_streaming, model_card,
@@ -251,26 +252,3 @@ def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max
 def push_merged(merged_dir: str | Path, repo: str) -> str:
     """Upload a merged model directory (with its model card and merge report) to a hub model repo."""
     return artifacts.push_folder(merged_dir, repo, "merged model")
-
-
-def newest_merged(runs_dir: str | Path = "runs") -> Path:
-    """The most recently merged model among the runs under runs_dir (what `rustcoder serve` serves).
-
-    Looks at RUN_DIR/merged and wherever a run's manifest says it was merged to; only complete merges
-    (with merge_report.json) whose verification passed or was skipped count.
-    """
-    found: list[tuple[float, Path]] = []
-    for run in artifacts.list_runs(runs_dir):
-        manifest = read_json(run / MANIFEST)
-        candidates = {run / MERGED_DIR}
-        if manifest.get("merged_dir"):
-            candidates.add(Path(manifest["merged_dir"]))
-        for c in candidates:
-            if (c / REPORT).is_file() and (c / "config.json").is_file():
-                report = read_json(c / REPORT)
-                if (report.get("verification") or {}).get("passed") is not False:
-                    found.append((report.get("created_at", 0), c.resolve()))
-    if not found:
-        raise UsageError(f"no merged model under {str(runs_dir)!r}. Merge a run first: `rustcoder merge` "
-                         "(merges the newest finished run).")
-    return max(found, key=lambda x: x[0])[1]

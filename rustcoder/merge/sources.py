@@ -11,15 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import ADAPTER_DIR, MANIFEST, read_json
+from ..artifacts import read_json
 from ..errors import RustcoderError, UsageError
+from ..rundir import adapter_dir_of, base_of, read_manifest
 from .tensors import ST_DTYPES, tensor_shapes, weight_files
-
-MERGED_DIR = "merged"
-
-
-REPORT = "merge_report.json"
-
 
 MERGE_FORMAT = 1  # bump when the merge arithmetic or output layout changes (invalidates no-op detection)
 
@@ -47,14 +42,6 @@ class Source:
     base_revision: str | None
     trained_base: str     # what the adapter was trained on (for messages)
     base_overridden: bool
-
-
-def adapter_dir_of(run_dir: Path) -> tuple[Path, Path | None]:
-    """(adapter_dir, run_dir or None) for a run directory or an adapter directory."""
-    if (run_dir / "adapter_config.json").is_file():
-        parent = run_dir.parent
-        return run_dir, parent if (parent / MANIFEST).is_file() and run_dir.name == ADAPTER_DIR else None
-    return run_dir / ADAPTER_DIR, run_dir
 
 
 def _missing_adapter_files(adapter_dir: Path) -> list[str]:
@@ -114,7 +101,7 @@ def resolve_source(run_dir: str | Path, base: str | None, streaming: bool) -> So
     if not run_dir.is_dir():
         raise UsageError(f"run directory {str(run_dir)!r} does not exist. List runs with `rustcoder runs`.")
     adapter_dir, real_run = adapter_dir_of(run_dir)
-    manifest = read_json(real_run / MANIFEST) if real_run and (real_run / MANIFEST).is_file() else {}
+    manifest = read_manifest(real_run) if real_run else {}
     missing = _missing_adapter_files(adapter_dir)
     if missing:
         status = manifest.get("status")
@@ -123,18 +110,9 @@ def resolve_source(run_dir: str | Path, base: str | None, streaming: bool) -> So
         raise RustcoderError(f"cannot merge {run_dir}: missing {len(missing)} file(s):\n"
                              + "\n".join(f"  - {m}" for m in missing) + f"\n{hint.strip() or 'Train the run again, or pass a complete run directory.'}")
     adapter_config = read_json(adapter_dir / "adapter_config.json")
-    recorded_path = manifest.get("base_model_path")
+    ref = base_of(run_dir, override=base)  # the one precedence rule (rustcoder.rundir)
     trained_base = manifest.get("base_model") or adapter_config.get("base_model_name_or_path") or "?"
-    if base:
-        name, revision, overridden = base, None, True
-    elif recorded_path and Path(recorded_path).is_dir():
-        name, revision, overridden = recorded_path, None, False
-    elif manifest.get("base_model"):
-        name, revision, overridden = manifest["base_model"], manifest.get("base_model_revision"), False
-    elif adapter_config.get("base_model_name_or_path"):
-        name, revision, overridden = adapter_config["base_model_name_or_path"], adapter_config.get("revision"), False
-    else:
-        raise UsageError(f"{adapter_dir} does not say which base model it was trained on; pass --base ID_OR_DIR.")
+    name, revision, overridden = ref.name, ref.revision, ref.source == "override"
     display = base or manifest.get("base_model") or name
     base_dir = local_base_dir(name, revision)
     missing = _missing_base_files(base_dir, streaming)

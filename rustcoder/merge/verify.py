@@ -9,12 +9,13 @@ from typing import Any, Callable
 
 from ..artifacts import read_json
 from ..errors import RustcoderError
+from ..rundir import MERGE_REPORT as REPORT
 from .checks import (DEFAULT_MAX_EFFECT_LOST, check, exactness_checks, forward_noise_rtol, loaded_tie_check,
                      output_checks, peft_scale_problems, tokenizer_checks, verification_summary)
 from .layerwise import LAYERWISE_GREEDY_TOKENS, layerwise_probe_outputs, layerwise_unsupported, weight_sizes
 from .plan import MergePlan, load_adapter_tensors, plan_merge
 from .probes import GREEDY_TOKENS, probe_outputs, reference_outputs
-from .sources import REPORT, save_dtype_of, skeleton, tie_word_embeddings, tied_keys
+from .sources import save_dtype_of, skeleton, tie_word_embeddings, tied_keys
 from .tensors import Meter
 
 def verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: MergePlan, tie: bool,

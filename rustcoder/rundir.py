@@ -1,0 +1,187 @@
+"""The run-directory contract: what a run, an adapter and a merged directory hold, how to tell them apart,
+which base model (and revision) an adapter belongs to, the newest finished run and the newest merged model.
+
+train writes this contract; merge, eval, serve, compare and the CLI read it only through this module, so
+its names and precedence rules exist once. Light: standard library and PyYAML.
+
+    runs/NAME/                   a run: manifest.json, config.yaml, adapter/, metrics.json, checkpoints/, ...
+    runs/NAME/adapter/           a PEFT adapter: adapter_config.json, weights, tokenizer, chat_template.jinja
+    runs/NAME/merged/            a merged model: config.json, weights, tokenizer, merge_report.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+DATA_SUMMARY = "data_summary.json"
+TRAIN_IDS = "train_ids.txt"
+EVAL_SPLIT = "eval_split.jsonl"
+MERGED_DIR = "merged"
+MERGE_REPORT = "merge_report.json"
+ADAPTER_CONFIG = "adapter_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+MODEL_CONFIG = "config.json"
+
+KINDS = ("run", "adapter", "merged", "model")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def kind_of(path: str | Path) -> str | None:
+    """"run" (a manifest, no model config), "adapter" (adapter_config.json, no model config), "merged" (a model
+    with merge_report.json), "model" (any other model directory with config.json), or None."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / MODEL_CONFIG).is_file():
+        return "merged" if (p / MERGE_REPORT).is_file() else "model"
+    if (p / MANIFEST).is_file():
+        return "run"
+    if (p / ADAPTER_CONFIG).is_file():
+        return "adapter"
+    return None
+
+
+def adapter_dir_of(path: str | Path) -> tuple[Path, Path | None]:
+    """(adapter directory, run directory or None) for a run directory or an adapter directory."""
+    p = Path(path)
+    if (p / ADAPTER_CONFIG).is_file():
+        parent = p.parent
+        return p, parent if (parent / MANIFEST).is_file() and p.name == ADAPTER_DIR else None
+    return p / ADAPTER_DIR, p
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """A run's manifest ({} when there is none or it cannot be read)."""
+    return _read_json(Path(run_dir) / MANIFEST)
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """An adapter's adapter_config.json ({} when there is none or it cannot be read)."""
+    return _read_json(Path(adapter_dir) / ADAPTER_CONFIG)
+
+
+def read_merge_report(merged_dir: str | Path) -> dict | None:
+    """A merged model's merge_report.json, or None when it is not a complete rustcoder merge."""
+    p = Path(merged_dir) / MERGE_REPORT
+    return _read_json(p) if p.is_file() else None
+
+
+@dataclass
+class BaseRef:
+    """The base model an adapter belongs to.
+
+    name: what to load (a local directory or a hub id); revision: the hub revision to load it at (None for
+    a local directory, or when unknown); recorded: the name as the run recorded it (for messages and model
+    cards); source: which rule chose it ("override", "manifest path", "manifest", "adapter config")."""
+
+    name: str
+    revision: str | None
+    recorded: str
+    source: str
+
+
+def base_of(path: str | Path, override: str | None = None) -> BaseRef:
+    """The base model of a run or adapter directory, by one precedence: an explicit override (--base), the
+    local directory the run loaded (manifest ``base_model_path``, when it still exists), the run's
+    ``base_model`` at ``base_model_revision``, then adapter_config.json's ``base_model_name_or_path`` at its
+    ``revision``. Raises UsageError when none says."""
+    adapter_dir, run_dir = adapter_dir_of(path)
+    manifest = read_manifest(run_dir) if run_dir is not None else {}
+    adapter_cfg = read_adapter_config(adapter_dir)
+    recorded = manifest.get("base_model") or adapter_cfg.get("base_model_name_or_path") or ""
+    if override:
+        return BaseRef(str(override), None, recorded or str(override), "override")
+    local = manifest.get("base_model_path")
+    if local and Path(local).is_dir():
+        return BaseRef(str(local), None, recorded or str(local), "manifest path")
+    if manifest.get("base_model"):
+        return BaseRef(manifest["base_model"], manifest.get("base_model_revision"), recorded, "manifest")
+    if adapter_cfg.get("base_model_name_or_path"):
+        return BaseRef(adapter_cfg["base_model_name_or_path"], adapter_cfg.get("revision"), recorded,
+                       "adapter config")
+    raise UsageError(f"{adapter_dir} does not say which base model it was trained on; pass the base explicitly "
+                     "(--base / --base-model ID_OR_DIR).")
+
+
+def list_runs(output_dir: str | Path) -> list[Path]:
+    """Run directories (those with a manifest) under output_dir, newest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / MANIFEST).is_file()]
+    return sorted(runs, key=lambda p: read_manifest(p).get("created_at", 0), reverse=True)
+
+
+def newest_run(output_dir: str | Path = "runs", status: str | None = "finished") -> Path:
+    """The newest run directory (with the given status); a clear error when there is none."""
+    for run in list_runs(output_dir):
+        if status is None or read_manifest(run).get("status") == status:
+            return run
+    what = f"{status} training run" if status else "training run"
+    raise UsageError(f"no {what} found under {str(output_dir)!r}. Train one first "
+                     "(`rustcoder train --preset small-batch`), or pass a run directory.")
+
+
+def merged_dirs_of(run_dir: str | Path) -> list[Path]:
+    """Where a run's merged models may be: RUN/merged and wherever its manifest says it was merged to."""
+    run_dir = Path(run_dir)
+    found = [run_dir / MERGED_DIR]
+    recorded = read_manifest(run_dir).get("merged_dir")
+    if recorded and Path(recorded) != found[0]:
+        found.append(Path(recorded))
+    return found
+
+
+def newest_merged(runs_dir: str | Path = "runs") -> Path:
+    """The most recently merged model among the runs under runs_dir (what `rustcoder serve` serves).
+
+    Looks at RUN/merged and wherever a run's manifest says it was merged to; only complete merges (with
+    merge_report.json and config.json) whose verification passed or was skipped count."""
+    found: list[tuple[float, Path]] = []
+    for run in list_runs(runs_dir):
+        for c in merged_dirs_of(run):
+            report = read_merge_report(c)
+            if report is not None and (c / MODEL_CONFIG).is_file():
+                if (report.get("verification") or {}).get("passed") is not False:
+                    found.append((report.get("created_at", 0), c.resolve()))
+    if not found:
+        raise UsageError(f"no merged model under {str(runs_dir)!r}. Merge a run first: `rustcoder merge` "
+                         "(merges the newest finished run).")
+    return max(found, key=lambda x: x[0])[1]
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A run's saved config.yaml as a plain dict ({} when absent); see load_run_config for the typed one."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def load_run_config(run_dir: str | Path):
+    """The resolved TrainConfig a run was started with (validated like any config)."""
+    from .config import config_from_dict
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise UsageError(f"{run_dir} is not a rustcoder run directory (no {CONFIG}).")
+    return config_from_dict(read_run_config(run_dir))
