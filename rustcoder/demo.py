@@ -8,13 +8,10 @@ the mechanics, not quality.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import socket
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,22 +68,16 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ask(base_url: str, model: str, question: str, max_tokens: int = 64) -> str:
     from .data.categories import CATEGORIES
+    from .openai_client import ChatClient
 
-    body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "system", "content": CATEGORIES["code_generation"].system},
-                         {"role": "user", "content": question}]}
-    req = urllib.request.Request(base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        return json.loads(resp.read())["choices"][0]["message"]["content"]
+    client = ChatClient(base_url, timeout=300)
+    try:
+        return client.chat([{"role": "system", "content": CATEGORIES["code_generation"].system},
+                            {"role": "user", "content": question}], model, max_tokens=max_tokens, temperature=0)
+    finally:
+        client.close()
 
 
 class _Stages:
@@ -209,10 +200,11 @@ def _show_rustc_checks(result: DemoResult, echo: Callable[[str], None]) -> None:
 
 def _serve_and_ask(result: DemoResult, max_new_tokens: int, echo: Callable[[str], None]) -> None:
     from .errors import MissingExtraError
+    from .net import free_port
     from .serve import build_spec, start_server
 
     try:
-        spec = build_spec(result.merged_dir, engine="transformers", port=_free_port())
+        spec = build_spec(result.merged_dir, engine="transformers", port=free_port())
     except MissingExtraError as e:
         result.skipped["serve"] = str(e)
         echo(f"  serving skipped: {e}")

@@ -1,8 +1,8 @@
 """The playground: chat with a served model, check its Rust with rustc, compare two models side by side.
 
 A Gradio app that talks to any OpenAI-compatible endpoint (``rustcoder serve``, vLLM, transformers
-serve) only through the HTTP API, with a small plain client (``OpenAIHTTPClient``) that streams
-server-sent events. The task picker applies the same per-category system prompt training used
+serve) only through the HTTP API, with rustcoder's one OpenAI client (``rustcoder.openai_client``, the
+``openai`` SDK), streamed. The task picker applies the same per-category system prompt training used
 (``rustcoder.data.categories``); "Check with rustc" compiles the answer's Rust in the evaluation
 sandbox (``rustcoder.sandbox``) and shows the diagnostics.
 
@@ -12,17 +12,17 @@ public share link unless asked to (and then only with a password).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .data.categories import CATEGORIES, CATEGORY_NAMES
 from .errors import MissingExtraError, RustcoderError, UsageError
+from .openai_client import ChatClient, EndpointError, normalize_endpoint  # noqa: F401 - EndpointError: API
 
 PLAYGROUND_INSTALL = "pip install 'rustcoder[playground]'"
 PASSWORD_ENV = "RUSTCODER_PLAYGROUND_PASSWORD"
@@ -51,134 +51,14 @@ def require_gradio():
     return gradio
 
 
-def _httpx():
-    try:
-        import httpx
-    except ImportError:
-        raise MissingExtraError("httpx (the playground's HTTP client)", PLAYGROUND_INSTALL) from None
-    return httpx
-
-
 def check_bind(host: str, auth: tuple[str, str] | None) -> None:
     """Refuse to expose the playground beyond this machine without a username and password."""
-    from .serve import is_loopback
+    from .net import is_loopback
 
     if not is_loopback(host) and not auth:
         raise UsageError(f"--host {host} makes the playground (which compiles and runs code) reachable from the "
                          f"network: pass --username and --password (or set {PASSWORD_ENV}), or keep the default "
                          "--host 127.0.0.1.")
-
-
-def normalize_endpoint(url: str) -> str:
-    """An OpenAI base URL ending in /v1 (accepts http://host:port, host:port or .../v1)."""
-    url = url.strip().rstrip("/")
-    if not re.match(r"^https?://", url):
-        url = "http://" + url
-    if not re.search(r"/v\d+$", url):
-        url += "/v1"
-    return url
-
-
-# ---- a plain OpenAI HTTP client -----------------------------------------------------------------
-
-class EndpointError(RustcoderError):
-    """The endpoint could not be reached or answered with an error."""
-
-
-class OpenAIHTTPClient:
-    """A minimal OpenAI-compatible chat client over plain HTTP, with server-sent-event streaming."""
-
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0):
-        self.base_url = normalize_endpoint(base_url)
-        self.api_key = api_key
-        self.timeout = timeout
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def _client(self):
-        httpx = _httpx()
-        # Local endpoints must not go through a proxy from the environment.
-        return httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10.0), trust_env=False)
-
-    def _raise_for(self, status: int, body: bytes | str) -> None:
-        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        try:
-            detail = json.loads(text)
-            detail = (detail.get("error") or {}).get("message") if isinstance(detail.get("error"), dict) \
-                else detail.get("error") or detail.get("detail") or detail.get("message") or text
-        except (ValueError, AttributeError):
-            detail = text
-        hint = " (check --api-key)" if status == 401 else ""
-        raise EndpointError(f"{self.base_url} answered HTTP {status}: {str(detail)[:500]}{hint}")
-
-    def _unreachable(self, e: Exception) -> EndpointError:
-        return EndpointError(f"cannot reach {self.base_url} ({type(e).__name__}: {e}). Is the server running? "
-                             "Start one with `rustcoder serve`.")
-
-    def models(self) -> list[str]:
-        """The model ids the endpoint serves (GET /models)."""
-        httpx = _httpx()
-        try:
-            with self._client() as c:
-                r = c.get(f"{self.base_url}/models", headers=self._headers())
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from None
-        if r.status_code != 200:
-            self._raise_for(r.status_code, r.content)
-        return [m["id"] for m in r.json().get("data", [])]
-
-    @staticmethod
-    def _payload(messages: list[dict], model: str | None, stream: bool, params: dict) -> dict:
-        body = {"messages": messages, "stream": stream}
-        if model:
-            body["model"] = model
-        body.update({k: v for k, v in params.items() if v is not None})
-        return body
-
-    def chat(self, messages: list[dict], model: str | None = None, **params) -> str:
-        """One chat completion; returns the answer text."""
-        httpx = _httpx()
-        try:
-            with self._client() as c:
-                r = c.post(f"{self.base_url}/chat/completions", headers=self._headers(),
-                           json=self._payload(messages, model, False, params))
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from None
-        if r.status_code != 200:
-            self._raise_for(r.status_code, r.content)
-        return r.json()["choices"][0]["message"].get("content") or ""
-
-    def stream_chat(self, messages: list[dict], model: str | None = None, **params) -> Iterator[str]:
-        """Stream a chat completion: yields text deltas as the server sends them.
-
-        Closing the generator closes the connection, which makes the engine stop generating.
-        """
-        httpx = _httpx()
-        try:
-            with self._client() as c, c.stream("POST", f"{self.base_url}/chat/completions", headers=self._headers(),
-                                               json=self._payload(messages, model, True, params)) as r:
-                if r.status_code != 200:
-                    self._raise_for(r.status_code, r.read())
-                for line in r.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    event = json.loads(data)
-                    if event.get("error"):
-                        err = event["error"]
-                        raise EndpointError(f"{self.base_url}: {err.get('message', err) if isinstance(err, dict) else err}")
-                    for choice in event.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from None
 
 
 # ---- Rust in answers ----------------------------------------------------------------------------
@@ -277,13 +157,13 @@ def _sampling(temperature, top_p, max_tokens, seed) -> dict:
 class Side:
     """One endpoint + model shown in the playground (side A, and side B when comparing)."""
 
-    client: OpenAIHTTPClient
+    client: ChatClient
     models: list[str]
     label: str
 
 
-def _discover(endpoint: str, api_key: str | None, models: list[str] | None) -> tuple[OpenAIHTTPClient, list[str], str]:
-    client = OpenAIHTTPClient(endpoint, api_key)
+def _discover(endpoint: str, api_key: str | None, models: list[str] | None) -> tuple[ChatClient, list[str], str]:
+    client = ChatClient(endpoint, api_key)
     note = ""
     if not models:
         try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, MissingExtraError, RustcoderError, UsageError
+from .net import connect_host, is_loopback, url_host  # noqa: F401 - is_loopback is part of serve's API
 from .modeling import VLLM_LORA_RANKS, vllm_lora_rank  # noqa: F401 - part of serve's API
 
 ENGINES = ("vllm", "transformers")
@@ -104,7 +104,7 @@ class EngineSpec:
     @property
     def base_url(self) -> str:
         """The OpenAI base URL clients use (``http://HOST:PORT/v1``)."""
-        return f"http://{_url_host(connect_host(self.host))}:{self.port}/v1"
+        return f"http://{url_host(connect_host(self.host))}:{self.port}/v1"
 
 
 @dataclasses.dataclass
@@ -116,25 +116,6 @@ class AdapterInfo:
     rank: int
     name: str
     base_revision: str | None = None  # the hub revision the run trained on (rundir.base_of)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def connect_host(host: str) -> str:
-    """The address a local client connects to for a bind address (0.0.0.0 -> 127.0.0.1)."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def has_weights(path: Path) -> bool:
@@ -604,7 +585,7 @@ def wait_until_healthy(spec: EngineSpec, process: EngineProcess, timeout: float 
 
     Raises RustcoderError (with the engine's last output) if the engine exits or times out.
     """
-    url = f"http://{_url_host(connect_host(spec.host))}:{spec.port}{HEALTH_PATH}"
+    url = f"http://{url_host(connect_host(spec.host))}:{spec.port}{HEALTH_PATH}"
     start = time.monotonic()
     while True:
         if not process.running():

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from rustcoder import playground as pg
+from rustcoder.openai_client import ChatClient, EndpointError, normalize_endpoint
 from rustcoder.data.categories import CATEGORIES, CATEGORY_NAMES
 from rustcoder.errors import MissingExtraError, UsageError
 
@@ -129,7 +130,7 @@ def needs_rustc():
 # ---- the HTTP client ----------------------------------------------------------------------------
 
 def test_client_lists_models_answers_and_streams(scripted):
-    client = pg.OpenAIHTTPClient(scripted.url)
+    client = ChatClient(scripted.url)
     assert client.models() == ["scripted-rust"]
     messages = [{"role": "user", "content": "add"}]
     assert client.chat(messages, "scripted-rust", temperature=0.0) == BAD_RUST_ANSWER
@@ -143,15 +144,15 @@ def test_client_lists_models_answers_and_streams(scripted):
 def test_client_errors_say_what_to_do():
     locked = ScriptedEndpoint("x", api_key="right-key-123")
     try:
-        with pytest.raises(pg.EndpointError, match="HTTP 401: Incorrect API key provided.*--api-key"):
-            pg.OpenAIHTTPClient(locked.url, api_key="wrong").models()
-        with pytest.raises(pg.EndpointError, match="HTTP 401"):
-            list(pg.OpenAIHTTPClient(locked.url).stream_chat([{"role": "user", "content": "x"}]))
-        assert pg.OpenAIHTTPClient(locked.url, api_key="right-key-123").models() == ["scripted-rust"]
+        with pytest.raises(EndpointError, match="HTTP 401: Incorrect API key provided.*--api-key"):
+            ChatClient(locked.url, api_key="wrong").models()
+        with pytest.raises(EndpointError, match="HTTP 401"):
+            list(ChatClient(locked.url).stream_chat([{"role": "user", "content": "x"}]))
+        assert ChatClient(locked.url, api_key="right-key-123").models() == ["scripted-rust"]
     finally:
         locked.close()
-    with pytest.raises(pg.EndpointError, match="cannot reach .*rustcoder serve"):
-        pg.OpenAIHTTPClient(f"http://127.0.0.1:{free_port()}/v1").models()
+    with pytest.raises(EndpointError, match="cannot reach .*rustcoder serve"):
+        ChatClient(f"http://127.0.0.1:{free_port()}/v1").models()
 
 
 @pytest.mark.parametrize("given,expected", [("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
@@ -159,7 +160,7 @@ def test_client_errors_say_what_to_do():
                                             ("localhost:8001", "http://localhost:8001/v1"),
                                             ("https://host.example/v1/", "https://host.example/v1")])
 def test_endpoint_urls_are_normalized(given, expected):
-    assert pg.normalize_endpoint(given) == expected
+    assert normalize_endpoint(given) == expected
 
 
 # ---- Rust in answers ----------------------------------------------------------------------------
