@@ -75,14 +75,14 @@ class TrainConfig:
                                   "comma-separated list (q_proj,k_proj,...).")
 
     # Data path and precision
-    data_path: str = _f("auto", "How a step's examples are laid out in forwards: 'auto' (padding-free on a GPU, "
-                        "grouped on CPU), 'grouped' (length-grouped steps, padded forwards of similar lengths), "
+    data_path: str = _f("auto", "How a step's examples are laid out in forwards: 'auto' (padding-free), "
+                        "'grouped' (length-grouped steps, padded forwards of similar lengths), "
                         "'padding-free' (flattened forwards, no padding) or 'padded' (the preset's micro-batches "
                         "as they are, TRL's default).",
                         choices=("auto", "grouped", "padding-free", "padded"))
     tokens_per_forward: int | None = _f(None, "Token budget of one forward pass: a step's examples are packed into "
                                         "as few forwards as it allows (default: from the device's free memory and "
-                                        "the model's size on a GPU, 4096 on CPU). Never changes the step's math.")
+                                        "the model's size on a GPU, 1024 on CPU). Never changes the step's math.")
     fast_paths: bool | None = _f(None, "Fast LoRA dropout (16-bit slices of 48-bit random draws; default: on on "
                                  "CPU, where torch's Bernoulli is slow). The LM head runs on answer tokens only "
                                  "on every device.")

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 GIB = 1024 ** 3
 SAFETY = 1.3            # measured peaks ran about this far above the per-token count (allocator, temporaries)
 USABLE_SHARE = 0.85     # of the free memory, for weights + activations; the rest for fragmentation and spikes
-CPU_TOKENS_PER_FORWARD = 4096  # CPU compute is linear in tokens: bigger forwards only amortise Python overhead
+# On CPU a flattened forward's block-diagonal SDPA computes attention over the whole forward (quadratic in its
+# length) and bigger forwards only amortise Python overhead: one --max-length's worth (1024) keeps both small.
+CPU_TOKENS_PER_FORWARD = 1024
 TOKEN_ROUNDING = 256
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for the MFU estimate.

@@ -24,17 +24,34 @@ IGNORE = -100
 LAYOUTS = ("padded", "grouped", "padding-free")
 
 
+MEGABATCH_STEPS = 50  # grouped order: steps are formed from sorted windows of this many steps' examples
+
+
 def step_order(lengths: list[int], examples_per_step: int, seed: int, epoch: int, grouped: bool) -> list[int]:
-    """The example order of one epoch: a seeded permutation, or length-grouped by step (transformers' grouping)."""
+    """The example order of one epoch: a seeded permutation, or length-grouped steps in random order.
+
+    Grouped: a random permutation cut into windows of MEGABATCH_STEPS steps, each sorted by length
+    and cut into steps (examples of similar length share a step, as transformers' length grouping
+    does), then the steps of the whole epoch shuffled. transformers keeps each window long-first,
+    which makes a short run train on long examples first and evaluate worse; shuffled steps do not.
+    """
     import torch
 
     g = torch.Generator()
     g.manual_seed(seed + epoch)
-    if grouped:
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        return [int(i) for i in get_length_grouped_indices(lengths, examples_per_step, generator=g)]
-    return torch.randperm(len(lengths), generator=g).tolist()
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    if not grouped:
+        return perm
+    window = MEGABATCH_STEPS * examples_per_step
+    steps: list[list[int]] = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start:start + window], key=lambda i: lengths[i], reverse=True)
+        steps.extend(chunk[k:k + examples_per_step] for k in range(0, len(chunk), examples_per_step))
+    # the partial step (if any) stays last, so every other step keeps exactly examples_per_step examples
+    full = [st for st in steps if len(st) == examples_per_step]
+    partial = [st for st in steps if len(st) < examples_per_step]
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    return [i for st in shuffled + partial for i in st]
 
 
 class StepSampler:
