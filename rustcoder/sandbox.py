@@ -35,6 +35,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
+from . import procs
+
 __all__ = [
     "STATUSES",
     "MODES",
@@ -1088,30 +1090,11 @@ def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int],
     return argv + cmd, kwargs
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _leader_exited(proc: subprocess.Popen) -> bool:
-    """Has the leader exited? Leaves it unreaped (a zombie) where the OS allows it."""
-    if hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
-        try:
-            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-    return proc.poll() is not None
-
-
 def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeout: float,
              cap: int, kill_on_cap: bool, use_pidfd: bool) -> _Outcome:
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=cwd, env=env, start_new_session=True, close_fds=True, **popen_kwargs,
-    )
+    proc = procs.start_group(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=cwd, env=env, close_fds=True, **popen_kwargs)
     pgid = proc.pid  # leader of its own session and process group
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     totals = dict.fromkeys(bufs, 0)
@@ -1132,12 +1115,12 @@ def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeou
     try:
         while True:
             now = time.monotonic()
-            if exited_at is None and pidfd is None and _leader_exited(proc):
+            if exited_at is None and pidfd is None and procs.exit_status(proc) is not None:
                 exited_at = now
             if exited_at is not None and not group_killed:
                 # The leader is a zombie (not reaped yet), so its pgid cannot have been reused:
                 # safe to kill whatever it left running in its group.
-                _killpg(pgid)
+                procs.signal_group(pgid, signal.SIGKILL)
                 group_killed = True
             if exited_at is not None and (open_pipes == 0 or now >= exited_at + _EXIT_GRACE_SECONDS):
                 break
@@ -1169,7 +1152,7 @@ def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeou
             if output_limited:
                 break
     finally:
-        _killpg(pgid)
+        procs.signal_group(pgid, signal.SIGKILL)
         sel.close()
         try:
             returncode = proc.wait(timeout=10)

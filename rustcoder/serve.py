@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, MissingExtraError, RustcoderError, UsageError
+from . import procs
 from .net import connect_host, is_loopback, url_host  # noqa: F401 - is_loopback is part of serve's API
 from .modeling import VLLM_LORA_RANKS, vllm_lora_rank  # noqa: F401 - part of serve's API
 
@@ -435,15 +436,6 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: Ctrl-C/SIGTERM handling in serve() still stops the engine
-        pass
-
-
 class EngineProcess:
     """One engine started in its own process group: output captured, stopped as a whole group.
 
@@ -469,9 +461,8 @@ class EngineProcess:
     def start(self) -> "EngineProcess":
         """Start the engine; its output goes to the tail buffer, echo and log file."""
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None)
+        self.proc = procs.start_group(self.argv, die_with_parent=True, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, name=f"engine-{self.proc.pid}-output", daemon=True)
         self._reader.start()
         return self
@@ -493,54 +484,22 @@ class EngineProcess:
 
     def running(self) -> bool:
         """True while the engine's main process has not exited."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and procs.exit_status(self.proc) is None  # never reaps: see procs
+
+    @property
+    def exit_code(self) -> int | None:
+        """The engine's exit code once it ended (its group stays signalable until stop())."""
+        return None if self.proc is None else procs.exit_status(self.proc)
 
     def tail_text(self, n: int = 25) -> str:
         """The engine's last n output lines."""
         return "\n".join(list(self.tail)[-n:])
 
-    def _group_alive(self) -> bool:
-        if os.path.isdir("/proc/self"):
-            # Zombies count as gone: where PID 1 does not reap orphans, killpg(pgid, 0) would
-            # keep "finding" exited workers until the timeout.
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                        fields = fh.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) == self.proc.pid and fields[0] != b"Z":
-                    return True
-            return False
-        try:
-            os.killpg(self.proc.pid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the whole process group, SIGKILL what is left after ``timeout``; return the exit code."""
         if self.proc is None:
             return None
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None and not self._group_alive():
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        procs.stop_group(self.proc, timeout=timeout)
         if self._reader:
             self._reader.join(timeout=2)
         return self.proc.returncode
@@ -589,7 +548,7 @@ def wait_until_healthy(spec: EngineSpec, process: EngineProcess, timeout: float 
     start = time.monotonic()
     while True:
         if not process.running():
-            raise _engine_failure(spec, process, f"exited with code {process.proc.returncode} before it was ready")
+            raise _engine_failure(spec, process, f"exited with code {process.exit_code} before it was ready")
         try:
             status, _ = _http_get(url, timeout=2.0)
             if status == 200 and process.running():
@@ -793,7 +752,7 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
             return result
         while result.server.process.running():
             time.sleep(0.25)
-        code = result.server.process.proc.returncode
+        code = result.server.process.exit_code
         raise _engine_failure(spec, result.server.process, f"stopped unexpectedly (exit code {code})")
     except (KeyboardInterrupt, _Stop):
         log("\nstopping the engine" + (" and the playground" if result.playground is not None else "") + " ...")
