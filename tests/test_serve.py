@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from rustcoder import serve as srv
+import rustcoder.serve.spec as serve_spec
 from rustcoder.errors import ConfigError, MissingExtraError, RustcoderError, UsageError
 
 FAKE_ENGINE = textwrap.dedent('''\
@@ -213,7 +214,7 @@ def test_serve_adapter_uses_the_base_revision_the_run_trained_on(tmp_path, monke
     (run / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
     (run / "manifest.json").write_text(json.dumps({"status": "finished", "base_model": "Qwen/Qwen2.5-Coder-7B-Instruct",
                                                    "base_model_revision": "abc123"}))
-    monkeypatch.setattr(srv, "check_model_dir", lambda m: str(m))  # no hub cache needed to build the command
+    monkeypatch.setattr(serve_spec, "check_model_dir", lambda m: str(m))  # no hub cache needed to build the command
     kw = {"vllm_python": "py"} if engine == "vllm" else {}
     argv, _ = srv.engine_command(spec_for(None, adapter=run, engine=engine, **kw))
     if engine == "vllm":
@@ -342,7 +343,7 @@ def test_missing_engines_name_the_install_command(model_dir, monkeypatch, fake_v
     assert "serve/setup_vllm_cpu.sh" in str(e.value) and "pip install vllm" in str(e.value)
     with pytest.raises(MissingExtraError, match="no Python interpreter"):
         srv.build_spec(model_dir, engine="vllm", vllm_python="/no/such/python")
-    monkeypatch.setattr(srv, "transformers_serving_missing", lambda: ["fastapi", "uvicorn"])
+    monkeypatch.setattr(serve_spec, "transformers_serving_missing", lambda: ["fastapi", "uvicorn"])
     with pytest.raises(MissingExtraError, match=r"pip install 'rustcoder\[serve\]'"):
         srv.build_spec(model_dir, engine="transformers")
 
