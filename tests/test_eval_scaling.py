@@ -91,3 +91,19 @@ def test_vllm_parses_the_command_rustcoder_builds(adapter):
     assert res.returncode == 0, res.stderr[-2000:]
     parsed = json.loads(res.stdout.strip().splitlines()[-1])
     assert parsed == {"dp": 4, "dp_local": 2, "lora": ["run"], "names": ["base"], "rank": 32, "model": str(base)}
+
+
+def test_served_and_batching_options_are_checked():
+    assert EvalConfig(backend="served", engine="vllm", vllm_python="/x/python", engine_args="--foo 1").problems() == []
+    probs = EvalConfig(engine="vllm", engine_args="--foo 1").problems()
+    assert any(p.startswith("--engine:") and "--backend served" in p for p in probs)
+    assert any("drop --endpoint" in p for p in EvalConfig(backend="served", endpoint="http://x").problems())
+    assert any(p.startswith("--batch-tokens:") for p in EvalConfig(batch_tokens=-1).problems())
+    assert any(p.startswith("--kv-cache:") for p in EvalConfig(kv_cache="paged").problems())
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+
+    out = CliRunner().invoke(main, ["eval", "--help"]).output
+    for flag in ("served", "--engine", "--vllm-python", "--engine-args", "--batch-tokens", "--kv-cache"):
+        assert flag in out, flag
