@@ -373,12 +373,12 @@ def main() -> None:
                     torch.cuda.empty_cache()
             print(f"\n{preset if preset != 'cpu' else 'CPU'}: {batch} x {accum} = {batch * accum} examples per "
                   f"optimizer step, {a.steps} steps ({a.warmup_steps} warm-up steps not timed)")
-            print(f"{'':<16} {'layout':<44} {'non-pad tok/s':>13} {'s/step':>7} {'peak GiB':>8} {'MFU':>6} "
+            print(f"{'':<16} {'layout':<52} {'non-pad tok/s':>13} {'s/step':>7} {'peak GiB':>8} {'MFU':>6} "
                   f"{'eval loss':>9}")
             for label, r in results.items():
                 mfu = f"{r['tps'] * fpt / peak:.1%}" if peak else "n/a"
                 gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-                print(f"{label:<16} {r['data_path']:<44} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
+                print(f"{label:<16} {r['data_path']:<52} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
                       f"{mfu:>6} {r['eval_loss']:>9.4f}")
             ratio = results["rustcoder"]["tps"] / results["TRL defaults"]["tps"]
             print(f"throughput ratio rustcoder / TRL defaults: {ratio:.2f}x; attention: "

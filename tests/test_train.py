@@ -150,7 +150,8 @@ def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, b
     order = list(StepSampler([f["length"] for f in feats], 6, cfg.seed, grouped=data_path == "grouped"))
     step = [feats[i] for i in order[6:12]]
     lengths = sorted(f["length"] for f in step)
-    assert lengths[-1] > 2 * lengths[0]  # mixed lengths
+    if data_path != "grouped":  # grouped steps hold examples of similar length by design
+        assert lengths[-1] > 2 * lengths[0]  # mixed lengths
 
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
     ref = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
