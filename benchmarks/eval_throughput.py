@@ -91,7 +91,7 @@ def run_local(name: str, model_dir: Path, items: list, max_new_tokens: int, batc
         cfg = SimpleNamespace(engine="vllm", vllm_python=vllm_python, dtype=dtype, concurrency=concurrency,
                               engine_args="--max-model-len 4096")
         backend = ServedBackend(target, cfg, log=lambda *_: None)
-        backend._server(target)  # start the engine before the clock
+        backend.prepare(target)  # start the engine before the clock
     else:
         from rustcoder.eval.backends import TransformersBackend
 

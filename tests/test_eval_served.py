@@ -101,6 +101,8 @@ def test_served_transformers_engine_answers_as_the_local_backend_and_stops(adapt
     assert any(served[k] != served[k.replace("adapter:", "base:")] for k in served if k.startswith("adapter:"))
     speed = result.metrics["generation_speed"]
     assert {r["backend"] for r in speed.values()} == {"served"} and set(speed) == {"adapter", "base"}
+    ready = [float(m.group(1)) for line in logs for m in [re.search(r"ready in ([\d.]+) s", line)] if m]
+    assert speed["adapter"]["seconds"] < ready[0]  # the engine start is not part of the generation speed
     pids = _engine_pids(logs)
     assert len(pids) == 2  # transformers serves one model per engine: the adapter's, then the base's
     assert all(_gone(pid) for pid in pids)

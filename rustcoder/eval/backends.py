@@ -114,6 +114,9 @@ class Backend:
         """
         return self.generate(requests[shard::shards], params, target)
 
+    def prepare(self, target: ModelTarget) -> None:
+        """Get ready to generate for ``target`` (e.g. start an engine); called before generation is timed."""
+
     def close(self) -> None:
         """Release the model (called when no later target shares it)."""
 

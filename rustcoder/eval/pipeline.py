@@ -529,6 +529,7 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
             backend = backends.get(target)
             log(f"generate {target.describe()}: {total} sample(s)"
                 + (f" ({before} done before)" if before else ""))
+            backend.prepare(target)  # e.g. the served backend's engine start: not part of the generation speed
             started, made, last_log = time.time(), 0, time.time()
             timer = throughput.GenerationTimer([target.tag], backend.name)
             for req, gens in backend.generate(requests, plan.params, target):

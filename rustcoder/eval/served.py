@@ -105,6 +105,10 @@ class ServedBackend(Backend):
 
         return choose_engine(None, self.cfg.vllm_python or os.environ.get(VLLM_PYTHON_ENV) or None)
 
+    def prepare(self, target: ModelTarget) -> None:
+        """Start the engine that serves ``target`` (if none does yet)."""
+        self._server(target)
+
     def generate(self, requests, params, target):
         """Yield each request with its generations, through the engine serving ``target``."""
         server, name = self._server(target)
