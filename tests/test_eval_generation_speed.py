@@ -84,6 +84,7 @@ def _reference_generate(backend, requests, max_new_tokens):
     return answers
 
 
+@pytest.mark.slow
 def test_finished_answers_leave_the_batch_with_generates_answers(lively_model):
     from rustcoder.eval.suites import dataset_suite, load_items
 
@@ -107,6 +108,7 @@ def test_finished_answers_leave_the_batch_with_generates_answers(lively_model):
     backend.close()
 
 
+@pytest.mark.slow
 def test_static_cache_gives_the_same_greedy_answers(lively_model):
     from rustcoder.eval.suites import dataset_suite, load_items
 
@@ -124,6 +126,7 @@ def test_static_cache_gives_the_same_greedy_answers(lively_model):
     assert answers["static"] == answers["dynamic"] and len(answers["static"]) == len(items)
 
 
+@pytest.mark.slow
 def test_tokens_per_second_in_metrics_and_report(tiny_qwen2, tmp_path):
     from rustcoder.eval import EvalConfig, evaluate
 
