@@ -18,6 +18,7 @@ Padded layouts (one example per row) need no such care: plain SDPA with the padd
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -106,9 +107,15 @@ def torch_varlen_attention(module, query, key, value, attention_mask, dropout: f
     if dropout:
         raise ValueError("torch-varlen attention has no attention dropout; Qwen models use none in training")
     q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in (query, key, value))  # [B*T, heads, d]
+    params = inspect.signature(varlen.varlen_attn).parameters  # the API grew between torch releases
+    extra = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            extra["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     out = varlen.varlen_attn(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(kwargs["max_length_q"]),
-                             int(kwargs["max_length_k"]), scale=scaling, window_size=(-1, 0),
-                             enable_gqa=k.shape[1] != q.shape[1])
+                             int(kwargs["max_length_k"]), scale=scaling, **extra)
     return out.reshape(batch, length, out.shape[1], out.shape[2]), None  # [B, T, heads, head_dim] as transformers wants
 
 

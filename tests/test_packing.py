@@ -121,7 +121,8 @@ def test_flex_attention_packed_examples_do_not_attend_to_each_other(tiny_qwen2):
     _assert_isolated(_model(tiny_qwen2, "flex_attention"), _features(), "padding-free")
 
 
-def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypatch):
+@pytest.mark.parametrize("api", ["window_size+gqa", "is_causal"])
+def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypatch, api):
     """torch's varlen_attn runs on CUDA only; on CPU a per-segment SDPA stands in for the kernel, so the wrapper's
     layout, GQA and cu_seq_lens plumbing are checked here (the real kernel: tests/test_gpu_training.py)."""
     import torch.nn.functional as F
@@ -141,7 +142,11 @@ def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypa
             out[s:e] = o.transpose(0, 1)
         return out
 
-    monkeypatch.setattr(varlen, "varlen_attn", reference)
+    def older(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, scale=None):  # no window_size, no GQA
+        assert is_causal and k.shape[1] == q.shape[1]
+        return reference(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0))
+
+    monkeypatch.setattr(varlen, "varlen_attn", reference if api == "window_size+gqa" else older)
     register_torch_varlen()
     model = _model(tiny_qwen2, "sdpa")
     model.set_attn_implementation(TORCH_VARLEN)
