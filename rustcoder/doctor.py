@@ -138,8 +138,8 @@ def check_extras() -> list[Check]:
                      "`serve --playground` cannot start", "playground",
                      "" if v else "pip install 'rustcoder[playground]'"))
     fa = _version("flash-attn") or _version("flash_attn")
-    out.append(Check("flash-attn", OK if fa else WARN, fa or "not installed (GPU training uses length-grouped "
-                     "batches instead of padding-free)", "train on GPU (speed)",
+    out.append(Check("flash-attn", OK if fa else WARN, fa or "not installed (GPU training packs examples with "
+                     "torch's varlen or SDPA attention instead)", "train on GPU (speed)",
                      "" if fa else "pip install flash-attn --no-build-isolation (CUDA only)"))
     return out
 
