@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +114,88 @@ def test_two_process_cpu_training_matches_single_process(rows_file, tiny_qwen2, 
         "select distinct run_name from metrics").fetchall()
     assert runs == [("dp",), ("single",)] or sorted(runs) == [("dp",), ("single",)]
     assert two.stdout.count("done:") == 1
+
+
+CAPTURE_SCRIPT = '''
+import json, os, sys
+import torch
+from transformers import TrainerCallback
+from rustcoder.config import resolve_config
+from rustcoder.train import train
+
+
+class Capture(TrainerCallback):
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == 1:
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        if state.global_step == 1:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+cap = Capture()
+result = train(resolve_config("baseline", overrides=json.loads(sys.argv[1])), progress=False, callbacks=[cap],
+               log=lambda *_: None)
+if int(os.environ.get("RANK", "0")) == 0:
+    torch.save({"weights": cap.weights, "grads": cap.grads, "forwards": result.metrics["forwards_per_step_max"]},
+               sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_two_process_packed_step_gradients_equal_the_unpacked_step(tiny_qwen2, tmp_path):
+    """Two gloo processes, each packing its half of a step (mixed lengths) into several flattened forwards: after
+    DDP's all-reduce the LoRA gradients equal those of the whole step run as the preset's padded micro-batches
+    through transformers' own loss, normalised over the step's answer tokens."""
+    from conftest import make_rows, write_jsonl
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.data.tokenize import pad_batch, tokenize_examples
+    from rustcoder.modeling import load_tokenizer
+    from rustcoder.packing import StepSampler
+    from rustcoder.train import plan_training
+
+    rows = write_jsonl(tmp_path / "mixed.jsonl", make_rows(4, answer_words=lambda i: 1 + (i * 17) % 60))
+    overrides = dict(model="tiny-qwen2", dataset=str(rows), num_examples=60, batch_size=3, grad_accum=2,
+                     num_processes=2, max_steps=2, warmup_ratio=0.0, lr=5e-3, lora_dropout=0.0, max_grad_norm=0.0,
+                     eval_steps=100, save_steps=1000, report_to="none", data_path="padding-free",
+                     tokens_per_forward=96, output_dir=str(tmp_path / "runs"), run_name="dp-grads", dtype="float32")
+    script = tmp_path / "capture.py"
+    script.write_text(CAPTURE_SCRIPT)
+    out = tmp_path / "captured.pt"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2", str(script),
+           json.dumps(overrides), str(out)]
+    env = {**os.environ, "RUSTCODER_LAUNCHED": "1", "RUSTCODER_RUN_DIR": str(tmp_path / "runs" / "dp-grads"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    captured = torch.load(out)
+    assert captured["forwards"] > 1  # each process split its 3 examples into several forwards
+
+    cfg = resolve_config("baseline", overrides={**overrides, "num_processes": 1})
+    plan = plan_training(cfg, device="cpu", count_forwards=False)
+    tok, _ = load_tokenizer("tiny-qwen2", model_type="qwen2")
+    feats = tokenize_examples(tok, [e.messages for e in plan.data.train], cfg.max_length)
+    order = list(StepSampler([f["length"] for f in feats], 6, cfg.seed, grouped=False))
+    step = [feats[i] for i in order[6:12]]
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
+    ref = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                          target_modules="all-linear", task_type="CAUSAL_LM"))
+    params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for n, w in captured["weights"].items():
+            params[n].copy_(w)
+    micro = [pad_batch(step[i:i + 3], tok.pad_token_id) for i in (0, 3)]
+    items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    for b in micro:
+        ref(**b, num_items_in_batch=items, use_cache=False).loss.backward()
+    # float32 as in tests/test_train.py (rtol 1e-4, atol 1e-5 of each tensor's largest entry); gloo's all-reduce
+    # adds one more summation order. A per-process or per-forward normalisation would be off by >1%.
+    for n, g in captured["grads"].items():
+        expected = params[n].grad
+        assert expected.abs().max() > 0, n
+        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item(), msg=n)
