@@ -167,7 +167,7 @@ def _token_lengths(cfg: TrainConfig, data: PreparedData) -> tuple[list[int] | No
     try:
         tokenizer, _ = load_tokenizer(cfg.model, cfg.model_revision, _model_type(cfg))
     except Exception as e:  # offline hub model: the dry run still reports the data and steps
-        return None, None, f"the tokenizer of {cfg.model!r} is not available here: {str(e).splitlines()[0]}"
+        return None, None, str(e).splitlines()[0] or f"no tokenizer for {cfg.model!r} here"
     train = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.train], cfg.max_length)]
     evals = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.eval], cfg.max_length)]
     return train, evals, ""
