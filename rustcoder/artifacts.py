@@ -122,11 +122,6 @@ def missing_path_message(name: str, what: str = "path") -> str | None:
     return f"{what} {name!r} does not exist.{where}"
 
 
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE asks for the local hub cache only."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def trackio_run_names(project: str) -> set[str]:
     """Run names already logged to a local Trackio project (empty when Trackio or the project is absent)."""
     try:

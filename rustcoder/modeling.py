@@ -7,11 +7,11 @@ starts with an empty think block (thinking off), in training, evaluation and ser
 
 from __future__ import annotations
 
-import os
 import warnings
 from importlib import resources
 from pathlib import Path
 
+from . import hub
 from .errors import RustcoderError, UsageError
 from .tiny import TINY_MODELS, tiny_model_dir
 
@@ -47,35 +47,9 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def _hub_host() -> tuple[str, int]:
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-
-
-_HUB_REACHABLE: dict[tuple[str, int], bool] = {}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub answers a TCP connect (checked once per process, in at most ``timeout`` s)."""
-    import socket
-
-    host = _hub_host()
-    if host not in _HUB_REACHABLE:
-        try:
-            socket.create_connection(host, timeout=timeout).close()
-            _HUB_REACHABLE[host] = True
-        except OSError:
-            _HUB_REACHABLE[host] = False
-    return _HUB_REACHABLE[host]
-
-
 def _hub_kwargs(path: str) -> dict:
     """Offline without HF_HUB_OFFLINE: read the hub cache only, instead of five retries per file."""
-    from .artifacts import hub_offline
-
-    if Path(path).exists() or hub_offline() or hub_reachable():
+    if Path(path).exists() or hub.hub_offline() or hub.hub_reachable():
         return {}
     return {"local_files_only": True}
 
@@ -92,28 +66,12 @@ def choose_template(model_type: str, stock_template: str | None) -> str:
     return "chatml"
 
 
-def hub_hint(name: str, instead: str) -> str:
-    """What to do when ``name`` could not be fetched from the hub, for the actual reason: HF_HUB_OFFLINE set,
-    the hub unreachable, or (reachable) a wrong id or a gated repo. ``instead`` is the local alternative,
-    e.g. "pass a local model directory"."""
-    from .artifacts import hub_offline
-
-    if hub_offline():
-        return (f"HF_HUB_OFFLINE=1 is set: only what is already in the hub cache loads, and {name!r} is not (fully) "
-                f"there. Unset HF_HUB_OFFLINE to download it, or {instead}.")
-    if not hub_reachable():
-        return (f"{_hub_host()[0]} cannot be reached from here and {name!r} is not in the hub cache. Connect (or set "
-                f"HTTPS_PROXY), or {instead}.")
-    return (f"Check the hub id; for a gated or private repo log in with `hf auth login` (or export HF_TOKEN=...). "
-            f"Or {instead}.")
-
-
 def _load_error(what: str, name: str, e: Exception) -> RustcoderError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if Path(name).expanduser().exists():
         fix = "Is the directory a complete model (config.json, tokenizer, weights)?"
     else:
-        fix = hub_hint(name, "pass a local model directory, or try --model tiny-qwen2")
+        fix = hub.hub_hint(name, "pass a local model directory, or try --model tiny-qwen2")
     return RustcoderError(f"could not load the {what} of {name!r}: {first}\n{fix}")
 
 

@@ -43,11 +43,11 @@ def test_hub_id_with_hf_hub_offline_says_so_not_check_your_network(monkeypatch):
 
 
 def test_unreachable_hub_fails_at_once_without_retries(monkeypatch):
-    from rustcoder import modeling
+    from rustcoder import hub, modeling
     from rustcoder.errors import RustcoderError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(modeling, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     t = time.monotonic()
     with pytest.raises(RustcoderError, match="cannot be reached from here"):
         modeling.load_config("nobody-here/not-a-model")

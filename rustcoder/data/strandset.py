@@ -295,7 +295,7 @@ def _iter_hub(source: str, split: str, revision: str | None) -> Iterator[dict]:
     try:
         ds = datasets.load_dataset(source, split=split, revision=revision)
     except Exception as e:  # network, auth, missing split: all become one clear message
-        from ..modeling import hub_hint
+        from ..hub import hub_hint
 
         raise DataError(f"could not load {source!r} (split {split!r}, revision {revision}) from the hub: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"

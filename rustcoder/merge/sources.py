@@ -89,7 +89,7 @@ def local_base_dir(name: str, revision: str | None) -> Path:
 
         return Path(snapshot_download(repo_id=path, revision=revision, allow_patterns=_HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated, ...
-        from ..modeling import hub_hint
+        from ..hub import hub_hint
 
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RustcoderError(f"could not get the base model {name!r}: {first}\n"

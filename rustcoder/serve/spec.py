@@ -124,7 +124,8 @@ def check_model_dir(model: str | Path) -> str:
     Accepts a model directory (config.json + weights), a run directory that has been merged
     (serves RUN/merged), or a hub id such as ``Qwen/Qwen2.5-Coder-7B-Instruct``.
     """
-    from ..artifacts import hub_offline, missing_path_message
+    from ..artifacts import missing_path_message
+    from ..hub import hub_offline
 
     name = str(model)
     path = Path(name).expanduser()
