@@ -147,3 +147,20 @@ def test_tokens_per_second_in_metrics_and_report(tiny_qwen2, tmp_path):
     again = evaluate(EvalConfig(model=str(tiny_qwen2), dataset="sample", limit=1, max_new_tokens=6, no_exec=True,
                                 teacher_forced=False, output_dir=str(out)), log=lambda *_: None)
     assert again.metrics["generation_speed"] == speed
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_runs_side_by_side(capsys):
+    """benchmarks/eval_throughput.py (smaller): both transformers paths on the same prompts, one table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
+    spec = importlib.util.spec_from_file_location("eval_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--backends", "hf-generate,transformers", "--prompts", "6", "--max-new-tokens", "4",
+                       "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| hf-generate") or line.startswith("| transformers")]
+    assert len(rows) == 2 and all("| 6 | 0 | 24 |" in r for r in rows)  # 6 answers x 4 tokens each, same limits
+    assert "| 1.00x |" in rows[0]

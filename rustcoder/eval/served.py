@@ -67,7 +67,6 @@ class ServedBackend(Backend):
         self.log = log
         self.path, self.adapter_dir = target.path, target.adapter_dir
         self.servers: dict[bool, Any] = {}  # with adapter? -> serve.RunningServer
-        self.engine: str | None = None
 
     def _spec(self, with_adapter: bool):
         return engine_spec(self.path, self.adapter_dir if with_adapter else None, self.cfg)
@@ -89,7 +88,6 @@ class ServedBackend(Backend):
             server.stop()
         self.servers.clear()
         spec = self._spec(wants_adapter)
-        self.engine = spec.engine
         what = spec.model + (f" + LoRA {spec.adapter_dir}" if spec.adapter_dir else "")
         self.log(f"starting the {spec.engine} engine on {spec.host}:{spec.port} for {what}")
         server = start_server(spec, health_timeout=ENGINE_START_TIMEOUT)
