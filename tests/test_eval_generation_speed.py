@@ -164,3 +164,16 @@ def test_throughput_benchmark_runs_side_by_side(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| hf-generate") or line.startswith("| transformers")]
     assert len(rows) == 2 and all("| 6 | 0 | 24 |" in r for r in rows)  # 6 answers x 4 tokens each, same limits
     assert "| 1.00x |" in rows[0]
+
+
+@pytest.mark.slow
+def test_the_oracle_reports_no_generation_speed(tmp_path):
+    from rustcoder.eval import EvalConfig, evaluate
+    from rustcoder.sandbox import rustc_available
+
+    if not rustc_available():
+        pytest.skip("rustc not installed")
+    result = evaluate(EvalConfig(oracle=True, dataset="sample", categories=["function_naming"],
+                                 output_dir=str(tmp_path / "ev")), log=lambda *_: None)
+    assert result.metrics["generation_speed"] == {}
+    assert "## Generation speed" not in (tmp_path / "ev" / "report.md").read_text()

@@ -542,8 +542,9 @@ def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
                 if made == total or time.time() - last_log >= 15:
                     log(f"  {target.tag}: {made}/{total} samples, {time.time() - started:.0f} s")
                     last_log = time.time()
-            speed.append([timer.record()])
-            log(f"  speed {timer.summary()}")
+            if backend.name != "reference":  # the oracle generates nothing
+                speed.append([timer.record()])
+                log(f"  speed {timer.summary()}")
         backends.release_unneeded(plan.targets[n + 1:])
     if jobs:
         backends.close()  # the workers load their own copies; free this process's (GPU) memory first
