@@ -14,6 +14,7 @@ load a model.
 """
 
 from .config import EvalConfig
-from .pipeline import EvalPlan, EvalResult, evaluate, plan_eval
+from .pipeline import EvalResult, evaluate, plan_eval
+from .plan import EvalPlan
 
 __all__ = ["EvalConfig", "EvalPlan", "EvalResult", "evaluate", "plan_eval"]

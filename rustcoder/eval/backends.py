@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..errors import MissingExtraError, RustcoderError, UsageError
-from ..modeling import vllm_lora_rank
+from ..modeling import END_OF_TURN, vllm_lora_rank
 
-END_OF_TURN = "<|im_end|>"
 
 
 @dataclass

@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artifacts
+from .. import artifacts, rundir
 from ..errors import UsageError
 from .backends import ModelTarget
 
-MERGE_REPORT = "merge_report.json"
 
 
 @dataclass
@@ -60,25 +59,6 @@ def _adapter_identity(adapter_dir: Path) -> dict:
     return {"adapter_dir": str(adapter_dir.resolve()), "adapter_fingerprint": h.hexdigest()[:16]}
 
 
-def _base_of_run(manifest: dict, adapter_dir: Path, override: str | None) -> tuple[str, str | None]:
-    """(loadable base path or id, revision): --base-model, else the manifest's, else adapter_config's."""
-    from ..modeling import resolve_model
-
-    if override:
-        return resolve_model(override), None
-    recorded = manifest.get("base_model_path")
-    if recorded and Path(recorded).is_dir():
-        return recorded, manifest.get("base_model_revision")
-    if manifest.get("base_model"):
-        return resolve_model(manifest["base_model"]), manifest.get("base_model_revision")
-    cfg_path = adapter_dir / "adapter_config.json"
-    if cfg_path.is_file():
-        base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
-        if base:
-            return resolve_model(base), None
-    raise UsageError(f"cannot tell the base model of {adapter_dir}: pass --base-model ID_OR_DIR.")
-
-
 def _template(adapter_or_model: Path) -> str | None:
     p = adapter_or_model / "chat_template.jinja"
     return p.read_text() if p.is_file() else None
@@ -95,13 +75,9 @@ def _run_facts(res: ResolvedModel, run_dir: Path) -> None:
         res.eval_split_ids = {json.loads(line)["id"] for line in split_path.read_text().splitlines() if line.strip()}
     ds = res.manifest.get("dataset") or {}
     res.trained_dataset, res.trained_dataset_revision = ds.get("source"), ds.get("revision")
-    cfg_path = run_dir / artifacts.CONFIG
-    if cfg_path.is_file():
-        import yaml
-
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        res.max_length = cfg.get("max_length")
-        res.trained_dataset = res.trained_dataset or cfg.get("dataset")
+    cfg = rundir.read_run_config(run_dir)
+    res.max_length = cfg.get("max_length")
+    res.trained_dataset = res.trained_dataset or cfg.get("dataset")
 
 
 def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str | None = None,
@@ -121,7 +97,7 @@ def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str 
 
     picked = model is None
     if picked:
-        model = str(artifacts.newest_run(runs_dir))
+        model = str(rundir.newest_run(runs_dir))
     missing = artifacts.missing_path_message(model, "MODEL")
     if missing:
         raise UsageError(missing + " Pass a run directory (runs/NAME), a merged or adapter directory, or a hub id; "
@@ -146,7 +122,9 @@ def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str 
                             picked_newest=picked)
         if run_dir:
             _run_facts(res, run_dir)
-        base_path, revision = _base_of_run(res.manifest, adapter_dir, base_model)
+        ref = rundir.base_of(adapter_dir, override=base_model)  # the one precedence rule
+        base_path = ref.name if ref.source == "manifest path" else resolve_path(ref.name)  # hub id / tiny name
+        revision = ref.revision
         template = _template(adapter_dir)
         ident = _adapter_identity(adapter_dir) | {"base": base_path}
         res.target = ModelTarget("adapter", "local", base_path, path=base_path, revision=revision,
@@ -166,7 +144,7 @@ def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str 
         name = f"{Path(resolved).parent.name}-{name}"
     res = ResolvedModel("model", model, None, picked_newest=picked, slug=slug(name))
     tag = "model"
-    report_path = Path(resolved) / MERGE_REPORT if is_dir else None
+    report_path = Path(resolved) / rundir.MERGE_REPORT if is_dir else None
     if report_path is not None and report_path.is_file():
         report = artifacts.read_json(report_path)
         res.kind, tag = "merged", "merged"

@@ -36,10 +36,11 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from ..errors import RustcoderError, UsageError
+from ..procs import exit_status, set_parent_death_signal, start_group, stop_groups
 from .backends import GenParams, GenRequest, ModelTarget, shard_units
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import EvalPlan
+    from .plan import EvalPlan
 
 WORK_DIR = "generate-workers"  # in the eval directory: spec.json, shard-I.jsonl, worker-I.log
 SPEC = "spec.json"
@@ -109,7 +110,7 @@ def merge_shards(plan: "EvalPlan", log=print, *, clean: bool = False) -> int:
     Samples made with other settings (their target's fingerprint changed) are dropped. ``clean``:
     remove the whole directory afterwards (the old workers' logs and spec too).
     """
-    from .pipeline import SAMPLES, JsonlStore
+    from .store import SAMPLES, JsonlStore
 
     work = plan.eval_dir / WORK_DIR
     files = sorted(work.glob("shard-*.jsonl")) if work.is_dir() else []
@@ -161,52 +162,6 @@ def _request_dict(r: GenRequest) -> dict:
             "n": r.n, "start": r.start, "indices": r.sample_indices}
 
 
-def _exited(proc: subprocess.Popen) -> int | None:
-    """The exit code if the process ended, without reaping it (its pid, and so its process group
-    id, stay reserved until ``_reap``); None while it runs."""
-    if proc.returncode is not None:
-        return proc.returncode
-    if hasattr(os, "waitid"):
-        try:
-            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return proc.poll()
-        if info is None:
-            return None
-        return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
-    return proc.poll()  # pragma: no cover - not POSIX
-
-
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
-    if proc.returncode is not None:  # reaped: its group id may belong to someone else now
-        return
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, sig)
-        else:  # pragma: no cover
-            proc.send_signal(sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of an ended worker's process group (e.g. engine processes), then reap it."""
-    _kill_group(proc, signal.SIGKILL)
-    proc.wait()
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every running worker's group, SIGKILL after a grace period, reap them all."""
-    for p in procs:
-        if _exited(p) is None:
-            _kill_group(p, signal.SIGTERM)
-    deadline = time.time() + _STOP_GRACE
-    for p in procs:
-        while _exited(p) is None and time.time() < deadline:
-            time.sleep(0.05)
-        _reap(p)
-
-
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -238,7 +193,7 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
     worker processes, then merge their samples into samples.jsonl; returns how many workers ran.
     Raises RustcoderError naming the worker (and the end of its log) when one fails; the others are
     stopped, finished samples kept."""
-    from .pipeline import SAMPLES
+    from .store import SAMPLES
 
     jobs = [(t, reqs) for t, reqs in jobs if reqs]
     if not jobs:
@@ -284,16 +239,15 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
                 cmd += ["--threads", str(threads)]
             fh = log_path(work, i).open("w", encoding="utf-8")
             logs.append(fh)
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=os.name == "posix"))
+            procs.append(start_group(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env))
         started = last_log = time.time()
         shards = [shard_path(work, i) for i in range(workers)]
         while True:
-            codes = [_exited(p) for p in procs]
+            codes = [exit_status(p) for p in procs]
             failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
             if failed is not None:
                 code = codes[failed]
-                _stop(procs)
+                stop_groups(procs, timeout=_STOP_GRACE)
                 merge_shards(plan, log)  # keep what every worker finished
                 how = (f"was killed by {_signal_name(-code)}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
                        if code < 0 else f"exited with code {code}")
@@ -310,7 +264,7 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
             time.sleep(0.2)
         ok = True
     finally:
-        _stop(procs)
+        stop_groups(procs, timeout=_STOP_GRACE)
         for fh in logs:
             fh.close()
     if ok:
@@ -338,13 +292,7 @@ def _die_with_parent(parent: int) -> None:
         _exit_with_group(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover
-            pass
+    set_parent_death_signal(signal.SIGTERM)  # Linux; elsewhere the watch thread below
 
     def watch() -> None:
         while True:
@@ -360,12 +308,13 @@ def _die_with_parent(parent: int) -> None:
 def run_worker(spec: dict, shard: int, shards: int, out: Path, log=print) -> int:
     """Generate this worker's part of every job in ``spec``; append samples to ``out``. Returns how many."""
     from .config import EvalConfig
-    from .pipeline import JsonlStore, _Backends, default_backend_factory, sample_record
+    from .loading import Backends, default_backend_factory
+    from .store import JsonlStore, sample_record
 
     cfg = EvalConfig(**spec["cfg"])
     params = GenParams(**spec["params"])
     plan_like = SimpleNamespace(cfg=cfg, backend=spec["backend"])
-    backends = _Backends(plan_like, default_backend_factory, log)
+    backends = Backends(plan_like, default_backend_factory, log)
     store = JsonlStore(out)
     made = 0
     targets = [ModelTarget(**job["target"]) for job in spec["jobs"]]

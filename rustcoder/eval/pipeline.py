@@ -8,137 +8,29 @@ Models are loaded only when something is left to generate or teacher-force.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import yaml
 
 from .. import artifacts
 from ..errors import ConfigError, DataError, RustcoderError, UsageError
 from . import extract, metrics, tasks, throughput
-from .backends import (Backend, EndpointBackend, GenParams, GenRequest, ModelTarget, ReferenceBackend,
-                       api_key_from_env)
+from .backends import EndpointBackend, GenParams, GenRequest, ModelTarget, api_key_from_env
 from .config import EvalConfig
+from .loading import BackendFactory, Backends, default_backend_factory  # noqa: F401 - part of the pipeline's API
 from .models import ResolvedModel, reference_model, resolve_model, slug
-from .suites import EvalItem, ItemSet, Suite, benchmark_suite, dataset_suite, load_items
-
-EVAL_FORMAT = 1  # bump when sample keys or prompt rendering change (old eval dirs are then refused)
-CONFIG_FILE = "eval_config.yaml"
-SAMPLES = "samples.jsonl"
-EXECUTIONS = "executions.jsonl"
-SCORES = "scores.jsonl"
-TEACHER_FORCED = "teacher_forced.jsonl"
-JUDGMENTS = "judgments.jsonl"
-METRICS = "metrics.json"
-REPORT = "report.md"
-PLOT = "scores.png"
-STAGE_FILES = {
-    "generate": [SAMPLES, TEACHER_FORCED, JUDGMENTS, throughput.STATS_FILE],
-    "execute": [EXECUTIONS],
-    "score": [SCORES],
-    "report": [METRICS, REPORT, PLOT],
-}
-_STAGE_ORDER = ["generate", "execute", "score", "report"]
-
-
-# ---- JSONL stores -------------------------------------------------------------------------------
-
-class JsonlStore:
-    """An append-only JSONL file of records with a "key"; a torn last line (kill mid-write) is ignored."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def load(self) -> dict[str, dict]:
-        """{key: record}; the last record of a key wins."""
-        out: dict[str, dict] = {}
-        if not self.path.is_file():
-            return out
-        with self.path.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and "key" in rec:
-                    out[rec["key"]] = rec
-        return out
-
-    def append(self, records: Iterable[dict]) -> None:
-        """Append records and flush them to disk."""
-        records = list(records)
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            if fh.tell() > 0:  # a kill may have left a line without its newline
-                with self.path.open("rb") as rfh:
-                    rfh.seek(-1, os.SEEK_END)
-                    if rfh.read(1) != b"\n":
-                        fh.write("\n")
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def sample_key(tag: str, item_id: str, index: int) -> str:
-    """The id of one sample: MODEL:ITEM_ID:SAMPLE_INDEX."""
-    return f"{tag}:{item_id}:{index}"
-
-
-def sample_record(tag: str, req: GenRequest, index: int, gen, backend: str) -> dict:
-    """The samples.jsonl line of generation ``gen`` (sample ``index`` of ``req``'s item) of target ``tag``."""
-    rec = {"key": sample_key(tag, req.item.id, index), "model": tag, "id": req.item.id,
-           "category": req.item.category, "sample_index": index, "answer": gen.text,
-           "finish_reason": gen.finish_reason, "tokens": gen.tokens, "backend": backend}
-    if gen.error:
-        rec["error"] = gen.error
-    return rec
+from .plan import EvalPlan
+from .store import (CONFIG_FILE, EVAL_FORMAT, EXECUTIONS, JUDGMENTS, METRICS, PLOT,  # noqa: F401 - re-exported
+                    REPORT, SAMPLES, SCORES, STAGE_FILES, STAGE_ORDER, TEACHER_FORCED, JsonlStore, sample_key,
+                    sample_record)
+from .suites import EvalItem, Suite, benchmark_suite, dataset_suite, load_items
 
 
 # ---- the plan -----------------------------------------------------------------------------------
-
-@dataclass
-class EvalPlan:
-    """Everything resolved before any model is loaded."""
-
-    cfg: EvalConfig
-    mode: str  # model, oracle, predictions
-    suite: Suite
-    items: ItemSet
-    resolved: ResolvedModel
-    targets: list[ModelTarget]
-    eval_dir: Path
-    params: GenParams
-    samples: int
-    ks: list[int]
-    teacher_forced: bool
-    backend: str
-    notes: list[str] = field(default_factory=list)
-    predictions: dict[str, dict] = field(default_factory=dict)  # key -> record (predictions mode)
-    log: Callable = print  # where backends report (engine start and stop)
-
-    @property
-    def by_id(self) -> dict[str, EvalItem]:
-        """The items by id."""
-        return {i.id: i for i in self.items.items}
-
-    def fingerprint(self, target: ModelTarget) -> str:
-        """What a target's samples depend on: model identity, decoding, suite, prompt format."""
-        data = {"format": EVAL_FORMAT, "target": target.identity, "tag": target.tag,
-                "params": self.params.__dict__ if self.params.temperature > 0 else
-                {"max_new_tokens": self.params.max_new_tokens, "temperature": 0.0},
-                "samples": self.samples, "suite": self.suite.name, "revision": self.suite.revision,
-                "prompt": self.suite.prompt}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
 
 def _default_suite(resolved: ResolvedModel, log) -> Suite:
     from ..config import STRANDSET_ID
@@ -337,10 +229,10 @@ def prepare_eval_dir(plan: EvalPlan, log=print) -> None:
     cfg_path = d / CONFIG_FILE
     fingerprints = {t.tag: plan.fingerprint(t) for t in plan.targets}
     if plan.cfg.overwrite:
-        _discard(d, _STAGE_ORDER)
+        _discard(d, STAGE_ORDER)
     elif plan.cfg.redo:
-        _discard(d, _STAGE_ORDER[_STAGE_ORDER.index(plan.cfg.redo):] if plan.cfg.redo != "generate"
-                 else _STAGE_ORDER)
+        _discard(d, STAGE_ORDER[STAGE_ORDER.index(plan.cfg.redo):] if plan.cfg.redo != "generate"
+                 else STAGE_ORDER)
     elif cfg_path.is_file() and (d / SAMPLES).is_file():
         old = (yaml.safe_load(cfg_path.read_text()) or {}).get("fingerprints") or {}
         changed = [tag for tag, fp in fingerprints.items() if tag in old and old[tag] != fp]
@@ -350,7 +242,7 @@ def prepare_eval_dir(plan: EvalPlan, log=print) -> None:
                 "samples or suite changed). Pass --overwrite to start over, or --output-dir for a new directory.")
         fingerprints = {**old, **fingerprints}
     if plan.mode == "predictions":
-        _discard(d, _STAGE_ORDER)  # the file is the source of truth; re-import it every time
+        _discard(d, STAGE_ORDER)  # the file is the source of truth; re-import it every time
     record = {
         "rustcoder_eval": EVAL_FORMAT,
         "created_at": time.time(),
@@ -375,70 +267,11 @@ def prepare_eval_dir(plan: EvalPlan, log=print) -> None:
 
 # ---- stage: teacher-forced + generate -----------------------------------------------------------
 
-BackendFactory = Callable[[ModelTarget, EvalPlan], Backend]
-
-
-def _backend_key(target: ModelTarget) -> tuple:
-    return (target.kind, target.path, target.revision, target.adapter_dir, target.endpoint)
-
-
-def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
-    """The backend a target needs under the plan's settings (loads the model)."""
-    cfg = plan.cfg
-    if target.kind == "reference":
-        return ReferenceBackend()
-    if target.kind == "endpoint":
-        return EndpointBackend(target.endpoint, api_key=api_key_from_env(cfg.api_key_env),
-                               concurrency=cfg.concurrency)
-    if plan.backend == "served":
-        from .served import ServedBackend
-
-        return ServedBackend(target, cfg, log=getattr(plan, "log", print))
-    if plan.backend == "vllm":
-        from .backends import VLLMBackend
-
-        return VLLMBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
-                           chat_template=target.chat_template, dtype=cfg.dtype, seed=cfg.seed,
-                           tensor_parallel_size=cfg.tensor_parallel_size)
-    from .backends import TransformersBackend
-
-    return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
-                               chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                               batch_tokens=cfg.batch_tokens or None, kv_cache=cfg.kv_cache)
-
-
-class _Backends:
-    """Loads each backend once, shares it between targets with the same weights, frees it when done."""
-
-    def __init__(self, plan: EvalPlan, factory: BackendFactory, log):
-        self.plan, self.factory, self.log = plan, factory, log
-        self.cache: dict[tuple, Backend] = {}
-
-    def get(self, target: ModelTarget) -> Backend:
-        """The backend for a target, loaded on first use."""
-        key = _backend_key(target)
-        if key not in self.cache:
-            self.cache[key] = self.factory(target, self.plan)
-        return self.cache[key]
-
-    def release_unneeded(self, remaining: list[ModelTarget]) -> None:
-        """Close backends that no remaining target shares."""
-        needed = {_backend_key(t) for t in remaining}
-        for key in [k for k in self.cache if k not in needed]:
-            self.cache.pop(key).close()
-
-    def close(self) -> None:
-        """Close every loaded backend."""
-        for b in self.cache.values():
-            b.close()
-        self.cache.clear()
-
-
 def _tf_max_length(plan: EvalPlan) -> int:
     return plan.cfg.max_length or plan.resolved.max_length or 2048
 
 
-def stage_teacher_forced(plan: EvalPlan, target: ModelTarget, backends: _Backends, log) -> None:
+def stage_teacher_forced(plan: EvalPlan, target: ModelTarget, backends: Backends, log) -> None:
     """Teacher-forced loss/accuracy of the reference answers for one target (skips done items)."""
     store = JsonlStore(plan.eval_dir / TEACHER_FORCED)
     done = store.load()
@@ -466,7 +299,7 @@ def _pending(plan: EvalPlan, target: ModelTarget, done: dict[str, dict]) -> list
     return requests
 
 
-def _data_parallel(plan: EvalPlan, backends: _Backends, log) -> int:
+def _data_parallel(plan: EvalPlan, backends: Backends, log) -> int:
     """How many generation processes: --data-parallel for local models loaded the default way, else 1."""
     n = plan.cfg.data_parallel or 1
     if n <= 1 or plan.mode != "model" or plan.backend not in ("transformers", "vllm"):
@@ -477,7 +310,7 @@ def _data_parallel(plan: EvalPlan, backends: _Backends, log) -> int:
     return n
 
 
-def stage_generate(plan: EvalPlan, backends: _Backends, log) -> dict[str, dict]:
+def stage_generate(plan: EvalPlan, backends: Backends, log) -> dict[str, dict]:
     """Generate every missing sample of every target; returns all samples {key: record}.
 
     With ``--data-parallel N`` (local models) the teacher-forced stage runs here first, the model is
@@ -898,7 +731,7 @@ def evaluate(cfg: EvalConfig, *, log=print, backend_factory: BackendFactory | No
         f"models: {', '.join(t.tag for t in plan.targets)}")
     for note in plan.notes:
         log(f"note: {note}")
-    backends = _Backends(plan, backend_factory or default_backend_factory, log)
+    backends = Backends(plan, backend_factory or default_backend_factory, log)
     try:
         samples = stage_generate(plan, backends, log)
     finally:

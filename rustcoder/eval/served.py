@@ -18,19 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import socket
 from typing import Any
 
 from .backends import Backend, EndpointBackend, ModelTarget
 
 ENGINE_START_TIMEOUT = 900.0  # seconds; vLLM on CPU starts in about a minute, a 7B on a GPU in a few
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def engine_spec(model_path: str, adapter_dir: str | None, cfg: Any, *, port: int | None = None,
@@ -42,6 +34,7 @@ def engine_spec(model_path: str, adapter_dir: str | None, cfg: Any, *, port: int
     no data parallelism: UsageError.
     """
     from ..errors import UsageError
+    from ..net import free_port
     from ..serve import build_spec
 
     extra = shlex.split(cfg.engine_args or "")
