@@ -151,17 +151,6 @@ def run_project(run_dir: str | Path) -> str | None:
         return None
 
 
-def unique_run_dir(output_dir: str | Path, name: str) -> Path:
-    """``output_dir/name``, or name-2, name-3... when taken (Trackio appends to a reused run name)."""
-    root = Path(output_dir)
-    candidate = root / name
-    n = 2
-    while candidate.exists():
-        candidate = root / f"{name}-{n}"
-        n += 1
-    return candidate
-
-
 def new_manifest(cfg, run_dir: Path, data_summary: dict, template: str, base_resolved: str) -> dict:
     """The manifest written when a run starts; updated as it progresses."""
     return {

@@ -198,7 +198,7 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
             click.echo(plan.render())
             click.echo("dry run: nothing trained.")
         return
-    from .launch import is_launched, process_rank
+    from .ranks import is_launched, process_rank
 
     if not resume and not is_launched() and cfg.report_to == "trackio":
         from .artifacts import unique_run_name

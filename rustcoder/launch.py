@@ -16,9 +16,8 @@ from pathlib import Path
 from . import artifacts
 from .config import TrainConfig
 from .errors import RustcoderError, UsageError, did_you_mean
+from .ranks import LAUNCHED_ENV, RUN_DIR_ENV, is_launched, process_rank  # noqa: F401 - re-exported
 
-LAUNCHED_ENV = "RUSTCODER_LAUNCHED"
-RUN_DIR_ENV = "RUSTCODER_RUN_DIR"
 LAUNCH_CONFIG_FILE = "launch_config.yaml"
 
 
@@ -40,16 +39,6 @@ def launch_config_path(name_or_file: str) -> Path:
                      f"{', '.join(names)} or a path to an Accelerate YAML file.")
 
 
-def is_launched() -> bool:
-    """True inside a process started by rustcoder's launcher (or any torchrun/accelerate launch)."""
-    return os.environ.get(LAUNCHED_ENV) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) of this process, from the launcher's environment."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def accelerate_command(cfg: TrainConfig, train_args: list[str], machine: dict | None = None) -> list[str]:
     """The `accelerate launch` command line that runs `rustcoder train` with cfg.num_processes processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -68,10 +57,10 @@ def accelerate_command(cfg: TrainConfig, train_args: list[str], machine: dict | 
 def launch_training(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False,
                     machine: dict | None = None, log=print) -> Path:
     """Start cfg.num_processes training processes and wait; returns the run directory."""
-    from .train import prepare_run_dir
+    from .rundir import new_run_dir
 
     if run_dir is None:
-        run_dir = prepare_run_dir(cfg)
+        run_dir = new_run_dir(cfg)
         run_dir.mkdir(parents=True)
     config_file = run_dir / LAUNCH_CONFIG_FILE
     artifacts.atomic_write_yaml(config_file, {**cfg.to_dict(), "run_name": run_dir.name,

@@ -185,3 +185,22 @@ def load_run_config(run_dir: str | Path):
     if not (run_dir / CONFIG).is_file():
         raise UsageError(f"{run_dir} is not a rustcoder run directory (no {CONFIG}).")
     return config_from_dict(read_run_config(run_dir))
+
+
+def new_run_dir(cfg) -> Path:
+    """A new, unique run directory for a TrainConfig (OUTPUT_DIR/RUN_NAME, exp-PRESET-SIZE by default, with a
+    -2, -3 ... suffix when taken)."""
+    from .config import default_run_name
+
+    return unique_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg))
+
+
+def unique_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``output_dir/name``, or name-2, name-3... when taken (Trackio appends to a reused run name)."""
+    root = Path(output_dir)
+    candidate = root / name
+    n = 2
+    while candidate.exists():
+        candidate = root / f"{name}-{n}"
+        n += 1
+    return candidate

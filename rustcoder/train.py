@@ -18,9 +18,9 @@ from typing import Any
 from . import artifacts
 from .artifacts import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG, DATA_SUMMARY, EVAL_SPLIT, METRICS, TRAIN_IDS,
                         atomic_write_json, atomic_write_text, atomic_write_yaml)
-from .config import TrainConfig, config_from_dict, default_run_name, grad_accum_per_process, steps_for
+from .config import TrainConfig, default_run_name, grad_accum_per_process, steps_for
 from .data.strandset import PreparedData, prepare_data
-from .errors import RustcoderError, UsageError
+from .errors import RustcoderError
 
 
 EVAL_SHARE = 0.2  # evaluation may cost at most this share of a run's training compute (forward = 1/3 of a step)
@@ -519,18 +519,10 @@ def push_adapter(adapter_dir: Path, repo: str) -> str:
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """A new, unique run directory for cfg (exp-PRESET-SIZE style by default)."""
-    return artifacts.unique_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg))
+    """A new, unique run directory for cfg (rustcoder.rundir.new_run_dir)."""
+    from .rundir import new_run_dir
 
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The resolved config a run was started with."""
-    import yaml
-
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a rustcoder run directory (no {CONFIG}).")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return new_run_dir(cfg)
 
 
 def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
@@ -540,7 +532,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     from peft import LoraConfig
 
     from .fast_paths import add_answer_head, use_fast_dropout
-    from .launch import RUN_DIR_ENV, process_rank
+    from .ranks import RUN_DIR_ENV, process_rank
     from .memory import ModelShape, peak_flops, train_flops_per_token
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
     from .packing import StepCollator
