@@ -70,3 +70,18 @@ def tiny_qwen3(_isolated_cache) -> Path:
     from rustcoder.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, _isolated_cache) -> tuple[Path, Path]:
+    """(workdir, run_dir): one tiny-qwen2 run trained for 3 steps (lr 5e-3, so the adapter matters) on the
+    built-in sample, in WORKDIR/runs/rust-run, shared by the whole session. Tests that change a run copy it
+    first; evaluations write beside it (RUN/eval/...)."""
+    from rustcoder.config import resolve_config
+    from rustcoder.train import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    cfg = resolve_config("small-batch", overrides=dict(model="tiny-qwen2", dataset="sample", num_examples=40,
+                                                       max_steps=3, output_dir=str(workdir / "runs"),
+                                                       report_to="none", lr=5e-3, run_name="rust-run"))
+    return workdir, train(cfg, progress=False, log=lambda *_: None).run_dir

@@ -21,20 +21,6 @@ STAGE_FILES = ("eval_config.yaml", "samples.jsonl", "executions.jsonl", "scores.
                "metrics.json", "report.md", "scores.png")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, _isolated_cache):
-    """A tiny run trained on the built-in sample (3 steps), in WORKDIR/runs."""
-    from rustcoder.config import resolve_config
-    from rustcoder.train import train
-
-    workdir = tmp_path_factory.mktemp("evalwork")
-    cfg = resolve_config("small-batch", overrides=dict(model="tiny-qwen2", dataset="sample", num_examples=40,
-                                                       max_steps=3, output_dir=str(workdir / "runs"),
-                                                       report_to="none", lr=5e-3))
-    result = train(cfg, progress=False, log=lambda *_: None)
-    return workdir, result.run_dir
-
-
 @needs_rustc
 def test_eval_by_task_after_train_then_compare_base(trained_run, monkeypatch):
     workdir, run_dir = trained_run

@@ -143,20 +143,6 @@ def test_merge_shards_once_each_in_a_fixed_order(tiny_qwen2, tmp_path):
 
 # ---- end to end, with worker processes ----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, _isolated_cache):
-    """A tiny run trained on the built-in sample (3 steps)."""
-    from rustcoder.config import resolve_config
-    from rustcoder.train import train
-
-    workdir = tmp_path_factory.mktemp("dpwork")
-    cfg = resolve_config("small-batch", overrides=dict(model="tiny-qwen2", dataset="sample", num_examples=40,
-                                                       max_steps=3, output_dir=str(workdir / "runs"),
-                                                       report_to="none", lr=5e-3))
-    result = train(cfg, progress=False, log=lambda *_: None)
-    return workdir, result.run_dir
-
-
 COMMON = dict(compare_base=True, limit=1, max_new_tokens=16, workers=2)
 
 

@@ -25,34 +25,22 @@ QUIET = dict(log=lambda *_: None)
 
 # ---- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def trained_run(rows_file, tiny_qwen2, tmp_path_factory) -> Path:
-    """A finished tiny-qwen2 training run (3 steps): the real input of `rustcoder merge`."""
-    from rustcoder.train import train
-
-    out = tmp_path_factory.mktemp("trained")
-    cfg = resolve_config("small-batch", overrides=dict(
-        model="tiny-qwen2", dataset=str(rows_file), num_examples=40, max_steps=3, output_dir=str(out / "runs"),
-        report_to="none", lr=5e-3, run_name="rust-run"))
-    return train(cfg, progress=False, **QUIET).run_dir
-
-
 def _copy_run(run: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "runs" / run.name
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "merged"))
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "merged", "eval"))
     return dest
 
 
 @pytest.fixture
 def run(trained_run, tmp_path) -> Path:
     """A private copy of the trained run (tests may break it)."""
-    return _copy_run(trained_run, tmp_path)
+    return _copy_run(trained_run[1], tmp_path)
 
 
 @pytest.fixture(scope="session")
 def merged_run(trained_run, tmp_path_factory) -> Path:
     """A copy of the trained run, merged once in memory with verification (tests only read it)."""
-    run = _copy_run(trained_run, tmp_path_factory.mktemp("merged"))
+    run = _copy_run(trained_run[1], tmp_path_factory.mktemp("merged"))
     merge(run, **QUIET)
     return run
 
@@ -125,7 +113,7 @@ def test_cli_merges_newest_run_into_a_model_equal_to_base_plus_adapter(trained_r
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    run = _copy_run(trained_run, tmp_path)
+    run = _copy_run(trained_run[1], tmp_path)
     r = CliRunner().invoke(main, ["merge", "--runs-dir", str(tmp_path / "runs")])
     assert r.exit_code == 0, r.output
     assert f"merging the newest finished run: {run}" in r.output
