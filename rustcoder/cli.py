@@ -532,46 +532,34 @@ def _playground_auth(username, password):
     return (username, password) if username else None
 
 
+def _serve_options(func):
+    """One flag per ServeOptions field (rustcoder.serve.options): the options are described once, there."""
+    from .serve.options import option_fields
+
+    for f in reversed(option_fields()):
+        meta, flag, t = f.metadata, "--" + f.name.replace("_", "-"), str(f.type)
+        kw = {"help": meta.get("help", ""), "default": f.default, "show_default": bool(meta.get("show_default"))}
+        if meta.get("envvar"):
+            kw.update(envvar=meta["envvar"], show_envvar=True)
+        if t == "bool":
+            func = click.option(flag, f.name, is_flag=True, **kw)(func)
+            continue
+        if meta.get("choices"):
+            kw["type"] = click.Choice(meta["choices"])
+        elif t.startswith("int"):
+            kw["type"] = int
+        elif t.startswith("float"):
+            kw["type"] = float
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        func = click.option(flag, f.name, **kw)(func)
+    return func
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("model_dir", required=False)
-@click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None,
-              help="Inference engine. Default: vllm when installed (here or at --vllm-python), else transformers.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. Anything but loopback requires --api-key.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the OpenAI-compatible API.")
-@click.option("--adapter", default=None, metavar="DIR",
-              help="Serve a LoRA adapter (run dir or its adapter/) on its base model instead of a merged model.")
-@click.option("--api-key", default=None, metavar="KEY", envvar="RUSTCODER_API_KEY", show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every API call (prefer the env var: flags show in ps).")
-@click.option("--served-model-name", default=None, metavar="NAME",
-              help="Model name clients use. Default: the run name (or the directory name).")
-@click.option("--tensor-parallel-size", default=None, type=int, metavar="N", help="vLLM: GPUs to shard the model over.")
-@click.option("--max-model-len", default=None, type=int, metavar="TOKENS", help="vLLM: context length (prompt + answer).")
-@click.option("--gpu-memory-utilization", default=None, type=float, metavar="FRACTION",
-              help="vLLM: share of GPU memory to use (CPU build: share of RAM for the KV cache; default 0.2 there).")
-@click.option("--chat-template", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Chat template. Default: the adapter's or model directory's chat_template.jinja.")
-@click.option("--vllm-python", default=None, metavar="PATH", envvar="RUSTCODER_VLLM_PYTHON", show_envvar=True,
-              help="Python of the environment vLLM is installed in (it pins its own torch and transformers).")
-@click.option("--dtype", default=None, help="Weights dtype for the engine (auto, bfloat16, float16, float32).")
-@click.option("--device", default=None, help="transformers engine: auto, cpu, cuda, cuda:1 ...")
-@click.option("--engine-args", default=None, metavar="'ARGS'",
-              help="More options passed to the engine as is, e.g. --engine-args '--enforce-eager --max-num-seqs 8'.")
-@click.option("--playground", is_flag=True, help="Also open the playground on the served model.")
-@click.option("--playground-port", default=7860, show_default=True, type=int, help="Port of the playground.")
-@click.option("--username", default=None, help="Playground login (with --password).")
-@click.option("--password", default=None, envvar="RUSTCODER_PLAYGROUND_PASSWORD", show_envvar=True,
-              help="Playground password.")
-@click.option("--runs-dir", default="runs", show_default=True,
-              help="Where to find the newest merged model when MODEL_DIR is omitted.")
-@click.option("--health-timeout", default=600.0, show_default=True, type=float, metavar="SECONDS",
-              help="How long to wait for the engine to become ready.")
-@click.option("--engine-log", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also write the engine's output to FILE.")
-@click.option("--quiet-engine", is_flag=True, help="Do not echo the engine's output.")
-def serve(model_dir, engine, host, port, adapter, api_key, served_model_name, tensor_parallel_size, max_model_len,
-          gpu_memory_utilization, chat_template, vllm_python, dtype, device, engine_args, playground,
-          playground_port, username, password, runs_dir, health_timeout, engine_log, quiet_engine):
+@_serve_options
+def serve(model_dir, **options):
     """Serve the fine-tuned model behind an OpenAI-compatible API (vLLM or transformers).
 
     MODEL_DIR is a merged model (default: the newest RUN/merged under --runs-dir), a merged run
@@ -588,15 +576,9 @@ def serve(model_dir, engine, host, port, adapter, api_key, served_model_name, te
       RUSTCODER_API_KEY=... rustcoder serve --host 0.0.0.0
     """
     from .serve import serve as run_serve
+    from .serve.options import ServeOptions
 
-    result = run_serve(model_dir, engine=engine, host=host, port=port, adapter=adapter, api_key=api_key,
-                       served_model_name=served_model_name, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                       chat_template=chat_template, vllm_python=vllm_python, dtype=dtype, device=device,
-                       engine_args=engine_args or (), playground=playground, playground_port=playground_port,
-                       playground_auth=_playground_auth(username, password), runs_dir=runs_dir,
-                       health_timeout=health_timeout, log=click.echo, engine_log=engine_log,
-                       quiet_engine=quiet_engine)
+    result = run_serve(model_dir, **ServeOptions(**options).serve_kwargs(), log=click.echo)
     if result.stopped_by == "signal":
         sys.exit(0)
 

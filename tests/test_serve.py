@@ -615,3 +615,24 @@ def test_an_echoed_engine_failure_is_not_printed_twice(model_dir, fake_vllm, mon
     assert "RuntimeError: CUDA out of memory (fake)" in str(e.value) and "fake vllm starting" not in str(e.value)
     rec = json.loads(record.read_text())
     assert wait_gone([rec["pid"], rec["worker"]]) == []
+
+
+def test_serve_options_are_described_once_and_become_the_cli_and_the_call():
+    """ServeOptions is the one description: every field is a `rustcoder serve` flag with its help, and what it
+    stands for is exactly a set of `serve()` keyword arguments."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+    from rustcoder.serve.options import ServeOptions, option_fields
+
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"]).output.split())
+    for f in option_fields():
+        assert "--" + f.name.replace("_", "-") in help_text, f.name
+        assert " ".join(f.metadata["help"].split())[:30] in help_text, f.name
+    params = set(inspect.signature(srv.serve).parameters)
+    assert set(ServeOptions().serve_kwargs()) <= params
+    assert ServeOptions(username="u", password="p").serve_kwargs()["playground_auth"] == ("u", "p")
+    with pytest.raises(UsageError, match="go together"):
+        ServeOptions(username="u").serve_kwargs()
