@@ -130,7 +130,8 @@ def test_help_imports_no_torch():
         import sys
         from click.testing import CliRunner
         from rustcoder.cli import main
-        for args in (["--help"], ["train", "--help"], ["presets"], ["presets", "show", "baseline"]):
+        for args in (["--help"], ["train", "--help"], ["serve", "--help"], ["merge", "--help"], ["eval", "--help"],
+                     ["presets"], ["presets", "show", "baseline"]):
             r = CliRunner().invoke(main, args)
             assert r.exit_code == 0, (args, r.output)
         heavy = [m for m in ("torch", "transformers", "peft", "trl", "datasets") if m in sys.modules]
