@@ -57,6 +57,7 @@ def test_doctor_does_not_say_all_is_here_when_serve_cannot_start(monkeypatch):
     import rustcoder.serve as serve
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RUSTCODER_VLLM_PYTHON", raising=False)  # no vLLM to fall back on (CI sets one)
     monkeypatch.setattr(serve, "transformers_serving_missing", lambda: ["fastapi", "uvicorn"])
     checks = run_checks(hub_timeout=0.1)
     extra = {c.name: c for c in checks}["serve extra"]
