@@ -1,5 +1,5 @@
 """The package's shape: no import cycles, function-level imports included (they hide cycles from Python, not
-from a reader)."""
+from a reader); imports under `if TYPE_CHECKING:` (annotations only, never run) do not count."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, f in mods.items():
         package = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        annotations_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                            and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in annotations_only:  # `if TYPE_CHECKING:` imports never run
+                continue
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))

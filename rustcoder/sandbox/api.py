@@ -1,0 +1,303 @@
+"""The sandbox's entry points: compile and run (or test) one Rust source, many in parallel, the self-check and
+the capabilities report.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import subprocess
+import sys
+from typing import Iterable
+
+from .diagnostics import _classify_compile_errors, _codes, _parse_diagnostics, _render
+from .execute import _Outcome, _execute, _rlimit_values, _sandbox_argv, _signal_of, _text
+from .policy import (EDITIONS, ExecutionResult, ISOLATION_TAGS, Limits, MODES, RustcNotFound, _COMPILE_OUTPUT_CAP,
+                     _TEST_LINE, _TEST_RUNNING, _TEST_SUMMARY, log)
+from .setup import (_crash_reason, _get_setup, _job_env, _new_job, _remove_workdir, _reset_setup, _resolve_toolchain,
+                    _sandbox_failed)
+from .state import _Job, _Setup
+from .uids import _UidPool
+
+
+def rustc_available() -> bool:
+    """True when a rustc is found and answers ``rustc -vV``."""
+    try:
+        _resolve_toolchain()
+    except RustcNotFound:
+        return False
+    return True
+
+
+def sandbox_capabilities(refresh: bool = False) -> dict:
+    """Which protections this machine provides, the compiler used, and any degradations.
+
+    Raises RustcNotFound when there is no rustc. ``refresh=True`` re-probes the machine.
+    """
+    if refresh:
+        _reset_setup()
+    setup = _get_setup()
+    return {
+        "platform": sys.platform,
+        "euid": setup.euid,
+        "rustc": setup.toolchain.launcher,
+        "rustc_version": setup.toolchain.version,
+        "host": setup.toolchain.host,
+        "sysroot": setup.toolchain.sysroot,
+        "compiler": setup.compiler,
+        "sysroot_mirror": setup.sysroot_mirror,
+        "linker": setup.linker,
+        "privilege_drop": setup.drop,
+        "sandbox_uid": setup.sandbox_uid,
+        "namespaces": list(setup.namespaces),
+        "mount_namespace": setup.mounts,
+        "sysroot_bind": setup.sysroot_bind,
+        "job_uids": ([setup.uid_pool.base, setup.uid_pool.base + setup.uid_pool.slots - 1]
+                     if setup.uid_pool else None),
+        "rlimits": setup.rlimits,
+        "rlimits_unsupported": list(setup.rlimits_unsupported),
+        "default_limits": dataclasses.asdict(Limits()),
+        "pidfd": setup.pidfd,
+        "isolation": list(setup.isolation),
+        "missing": [t for t in ISOLATION_TAGS
+                    if t not in setup.isolation and t not in ("invoking-user", "root-user")],
+        "warnings": list(setup.warnings),
+        "usable": setup.error is None,
+        "error": setup.error,
+        "setup_seconds": setup.setup_seconds,
+    }
+
+
+SELF_CHECK_SOURCE = """
+pub fn double(x: i32) -> i32 { x * 2 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn doubles() { assert_eq!(super::double(21), 42); }
+}
+"""
+
+
+def sandbox_self_check(compile_timeout: float = 60, run_timeout: float = 30) -> ExecutionResult:
+    """Compile and test a known-good program in the sandbox; ``status == "pass"`` proves it works.
+
+    Run before a batch of model-written programs, so that a ``sandbox_error`` (or a compile failure
+    of every answer) is never silently blamed on the sandbox or on the model. A result other than
+    "pass" (with exactly one passed test) means the sandbox is broken here: ``detail`` says how.
+    """
+    result = run_rust(SELF_CHECK_SOURCE, mode="test", compile_timeout=compile_timeout,
+                      run_timeout=run_timeout, edition="2021")
+    if result.status == "pass" and result.tests_passed != 1:
+        result.status = "sandbox_error"
+        result.detail = f"self-check ran {result.tests_passed} tests instead of 1"
+    elif result.status != "pass":
+        result.detail = (f"sandbox self-check failed ({result.status}): {result.detail}\n"
+                         + (result.diagnostics or result.stderr)[-1000:]).strip()
+        result.status = "sandbox_error"
+    return result
+
+
+def run_rust(
+    source: str,
+    *,
+    mode: str = "test",
+    compile_timeout: float = 30,
+    run_timeout: float = 10,
+    edition: str = "2021",
+    max_output_bytes: int = 64_000,
+    limits: Limits | None = None,
+) -> ExecutionResult:
+    """Compile (and, for modes "test"/"run", execute) one Rust source file in the sandbox.
+
+    mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
+    the tests; "run" builds a binary and runs ``main``. Never raises for anything the program
+    does; raises ValueError for bad arguments and RustcNotFound when rustc is missing.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {EDITIONS}, got {edition!r}")
+    if compile_timeout <= 0 or run_timeout <= 0:
+        raise ValueError("compile_timeout and run_timeout must be positive (seconds)")
+    if max_output_bytes < 1:
+        raise ValueError("max_output_bytes must be at least 1")
+    if not isinstance(source, str):
+        raise TypeError(f"source must be str, got {type(source).__name__}")
+    limits = limits or Limits()
+    if not source.strip():
+        return ExecutionResult(status="empty_source", mode=mode, detail="source is empty")
+    setup = _get_setup()
+    isolation = list(setup.isolation)
+    if setup.error:
+        return ExecutionResult(status="sandbox_error", mode=mode, detail=setup.error,
+                               isolation=isolation)
+    try:
+        job = _new_job(setup)
+    except OSError as exc:
+        log.exception("sandbox failure")
+        return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
+                               detail=f"could not create the job: {type(exc).__name__}: {exc}")
+    try:
+        result = _compile_and_run(setup, job, source, mode, compile_timeout, run_timeout,
+                                  edition, max_output_bytes, limits, isolation)
+        result.job_uid = job.uid
+        return result
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.exception("sandbox failure")
+        return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
+                               detail=f"{type(exc).__name__}: {exc}", job_uid=job.uid)
+    finally:
+        _remove_workdir(job.workdir)
+        if job.slot:
+            _UidPool.release(job.slot)
+
+
+def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
+                     compile_timeout: float, run_timeout: float, edition: str,
+                     max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
+    workdir = job.workdir
+    src_path = os.path.join(workdir, "main.rs")
+    with open(src_path, "w", encoding="utf-8") as fh:
+        fh.write(source)
+    os.chmod(src_path, 0o644)
+    binary = os.path.join(workdir, "main")
+    cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
+           "--crate-name", "main", "-C", "debuginfo=0"]
+    if mode == "check":
+        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(setup, workdir)]
+    elif mode == "test":
+        cmd += ["--test", "-o", job.inside(setup, binary)]
+    else:
+        cmd += ["--crate-type", "bin", "-o", job.inside(setup, binary)]
+    cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
+    wrapped = "pid-namespace" in setup.namespaces
+    argv, kwargs = _sandbox_argv(setup, cmd, _rlimit_values(setup, "compile", compile_timeout, limits,
+                                                            job.uid), job)
+    compiled = _execute(argv, popen_kwargs=kwargs, env=_job_env(setup, job), cwd=workdir,
+                        timeout=compile_timeout, cap=_COMPILE_OUTPUT_CAP, kill_on_cap=False,
+                        use_pidfd=setup.pidfd)
+    result = ExecutionResult(status="pass", mode=mode, isolation=isolation,
+                             compile_seconds=round(compiled.seconds, 4))
+    errors, raw = _parse_diagnostics(compiled.stderr)
+    result.error_codes = _codes(errors)
+    result.diagnostics = _render(errors)
+    if compiled.timed_out:
+        result.status = "timeout"
+        result.detail = f"compilation exceeded {compile_timeout:g}s"
+        return result
+    if compiled.returncode != 0:
+        linker_missing = any("linker `" in str(d.get("message", "")) and "not found" in
+                             str(d.get("message", "")) for d in errors)
+        if linker_missing:
+            result.status = "sandbox_error"
+            result.detail = "no C linker (`cc`) found: install gcc (Debian: build-essential)"
+        elif errors:
+            result.status, result.missing_crates = _classify_compile_errors(errors)
+            result.detail = (f"needs crate(s): {', '.join(result.missing_crates)}"
+                             if result.status == "needs_crate" else "rustc rejected the program")
+        else:
+            sig = _signal_of(compiled.returncode, wrapped)
+            result.exit_code = compiled.returncode
+            result.signal = sig
+            raw_bytes = "\n".join(raw).encode()
+            result.stderr = _text(raw_bytes[:max_output_bytes], len(raw_bytes))
+            if _sandbox_failed(compiled.returncode, raw):
+                result.status = "sandbox_error"
+                result.detail = ("the sandbox could not start rustc: "
+                                 + (raw[-1] if raw else f"exit code {compiled.returncode}"))
+            else:
+                # rustc crashed or ran out of a resource on this source (stack overflow on deep
+                # nesting, a macro blow-up hitting the memory limit, an ICE): the answer's fault.
+                result.status = "compile_error"
+                result.detail = f"rustc crashed ({_crash_reason(sig, compiled.returncode, raw)})"
+        return result
+    if mode == "check":
+        result.detail = "type-checked"
+        return result
+
+    run_env = _job_env(setup, job, {
+        "RUST_BACKTRACE": "0",
+        "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
+        "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
+    })
+    argv, kwargs = _sandbox_argv(setup, [job.inside(setup, binary)],
+                                 _rlimit_values(setup, "run", run_timeout, limits, job.uid), job)
+    ran = _execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
+                   cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
+    result.run_seconds = round(ran.seconds, 4)
+    result.stdout = _text(ran.stdout, ran.stdout_total)
+    result.stderr = _text(ran.stderr, ran.stderr_total)
+    sig = _signal_of(ran.returncode, wrapped)
+    result.exit_code = None if ran.returncode < 0 else ran.returncode
+    result.signal = sig
+    if mode == "test":
+        _count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
+    if ran.timed_out:
+        result.status, result.signal = "timeout", None
+        result.detail = f"run exceeded {run_timeout:g}s"
+    elif ran.output_limited:
+        result.status, result.signal = "output_limit", None
+        result.detail = f"output exceeded {max_output_bytes} bytes; program stopped"
+    elif mode == "run":
+        if ran.returncode == 0:
+            result.detail = "exit code 0"
+        else:
+            result.status = "runtime_error"
+            result.detail = f"killed by {sig}" if sig else f"exit code {ran.returncode}"
+    else:
+        result.status, result.detail = _test_status(result, ran, sig)
+    return result
+
+
+def _count_tests(result: ExecutionResult, stdout: str) -> None:
+    summaries = _TEST_SUMMARY.findall(stdout)
+    if summaries:
+        _, passed, failed, ignored, _measured = summaries[-1]
+        result.tests_passed, result.tests_failed = int(passed), int(failed)
+        result.tests_ignored = int(ignored)
+    else:  # crashed before the summary: count what was reported
+        lines = _TEST_LINE.findall(stdout)
+        result.tests_passed = lines.count("ok")
+        result.tests_failed = lines.count("FAILED")
+        result.tests_ignored = lines.count("ignored")
+
+
+def _test_status(result: ExecutionResult, ran: _Outcome, sig: str | None) -> tuple[str, str]:
+    stdout = ran.stdout.decode("utf-8", errors="replace")
+    summaries = _TEST_SUMMARY.findall(stdout)
+    running = _TEST_RUNNING.findall(stdout)
+    if sig:
+        return "runtime_error", f"test binary killed by {sig}"
+    if not summaries:
+        return "runtime_error", (f"test binary exited with code {ran.returncode} before "
+                                 "libtest printed its summary (process::exit or crash)")
+    verdict, passed, failed, ignored, measured = summaries[-1]
+    counted = int(passed) + int(failed) + int(ignored) + int(measured)
+    if running and int(running[0]) != counted:
+        return "runtime_error", (f"libtest summary counts {counted} tests but {running[0]} were "
+                                 "started: output is inconsistent")
+    if verdict == "FAILED" or int(failed) > 0:
+        return "test_fail", f"{failed} of {counted} tests failed"
+    if ran.returncode != 0:
+        return "runtime_error", f"tests passed but the binary exited with code {ran.returncode}"
+    return "pass", f"{passed} passed, {ignored} ignored"
+
+
+def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> list[ExecutionResult]:
+    """Run ``run_rust`` on each source in parallel threads; results come back in input order.
+
+    ``workers`` defaults to ``os.cpu_count()``; other keyword arguments go to ``run_rust``.
+    """
+    sources = list(sources)
+    if not sources:
+        return []
+    if any(s.strip() for s in sources if isinstance(s, str)):
+        _get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
+    if workers == 1:
+        return [run_rust(s, **kwargs) for s in sources]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="rustcoder-sandbox") as pool:
+        return list(pool.map(lambda s: run_rust(s, **kwargs), sources))

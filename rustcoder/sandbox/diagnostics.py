@@ -1,0 +1,87 @@
+"""rustc's JSON diagnostics read into statuses: compile errors, missing crates, error codes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .policy import (MAX_DIAGNOSTIC_CHARS, TRUNCATION_MARKER, _BUILTIN_CRATES, _MISSING_CRATE_PATTERNS,
+                     _RESOLUTION_CODES)
+
+def _parse_diagnostics(stderr: bytes) -> tuple[list[dict], list[str]]:
+    """rustc --error-format=json output -> (error diagnostics, non-JSON lines)."""
+    errors, raw = [], []
+    for line in stderr.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            if line.strip():
+                raw.append(line)
+            continue
+        try:
+            diag = json.loads(line)
+        except ValueError:
+            raw.append(line)
+            continue
+        if not isinstance(diag, dict) or not str(diag.get("level", "")).startswith("error"):
+            continue
+        if str(diag.get("message", "")).startswith("aborting due to"):
+            continue
+        errors.append(diag)
+    return errors, raw
+
+
+def _missing_crate(diag: dict) -> str | None:
+    """The external crate an E0432/E0433/E0463 error is about, or None."""
+    code = (diag.get("code") or {}).get("code")
+    if code not in ("E0432", "E0433", "E0463"):
+        return None
+    texts = [diag.get("message", "")]
+    texts += [s.get("label") or "" for s in diag.get("spans", [])]
+    texts += [c.get("message", "") for c in diag.get("children", [])]
+    for text in texts:
+        for pattern in _MISSING_CRATE_PATTERNS:
+            match = pattern.search(text)
+            if match:
+                crate = match.group(1).split("::")[0].strip()
+                if crate and crate not in _BUILTIN_CRATES:
+                    return crate
+                return None
+    return None
+
+
+def _classify_compile_errors(errors: list[dict]) -> tuple[str, list[str]]:
+    """("needs_crate" | "compile_error", missing crate names)."""
+    missing: list[str] = []
+    other_real_error = False
+    for diag in errors:
+        crate = _missing_crate(diag)
+        if crate:
+            if crate not in missing:
+                missing.append(crate)
+            continue
+        code = (diag.get("code") or {}).get("code")
+        message = str(diag.get("message", ""))
+        # Follow-on resolution errors (a type from the missing crate, a derive macro, ...) do
+        # not make it the model's fault; any other error (E0308, syntax, ...) does.
+        if code in _RESOLUTION_CODES or (code is None and message.startswith("cannot find")):
+            continue
+        other_real_error = True
+    if missing and not other_real_error:
+        return "needs_crate", missing
+    return "compile_error", missing
+
+
+def _render(errors: list[dict]) -> str:
+    parts = [str(d.get("rendered") or d.get("message") or "").rstrip() for d in errors]
+    text = "\n".join(p for p in parts if p)
+    if len(text) > MAX_DIAGNOSTIC_CHARS:
+        text = text[:MAX_DIAGNOSTIC_CHARS] + TRUNCATION_MARKER
+    return text
+
+
+def _codes(errors: list[dict]) -> list[str]:
+    codes: list[str] = []
+    for diag in errors:
+        code = (diag.get("code") or {}).get("code")
+        if code and code not in codes:
+            codes.append(code)
+    return codes

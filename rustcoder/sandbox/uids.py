@@ -1,0 +1,95 @@
+"""A distinct unprivileged uid for every concurrent job (held by file locks across processes), so no job
+can touch another's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import sys
+import threading
+from pathlib import Path
+
+from .policy import SANDBOX_UID_BASE, SANDBOX_UID_SLOTS
+from .state import _cache_bases, _disabled, _safe_dir, _uid_task_count
+
+def _uid_range_mapped(first: int, count: int) -> bool:
+    """Is every uid in [first, first+count) usable here (inside this process's user namespace)?"""
+    try:
+        with open("/proc/self/uid_map") as fh:
+            ranges = [tuple(int(x) for x in line.split()) for line in fh if line.strip()]
+    except OSError:
+        return sys.platform.startswith("linux") is False
+    return any(inside <= first and first + count <= inside + length for inside, _out, length in ranges)
+
+
+@dataclasses.dataclass
+class _UidSlot:
+    uid: int
+    fd: int
+
+
+class _UidPool:
+    """Hands out uids SANDBOX_UID_BASE + 0..SANDBOX_UID_SLOTS-1, one per running job.
+
+    A slot is held with an exclusive ``flock`` on a lock file in a root-owned directory, so jobs of
+    other rustcoder processes on the machine get other uids too; a uid that still owns a process
+    (a job of a killed evaluation) is skipped. The lock dies with its holder, so nothing goes stale.
+    """
+
+    def __init__(self, base: int, slots: int, lock_dir: Path):
+        self.base, self.slots, self.lock_dir = base, slots, lock_dir
+        self._next: int | None = None
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _UidSlot:
+        import fcntl
+
+        with self._lock:
+            if self._next is None:  # processes start at different slots: fewer lock collisions
+                self._next = int.from_bytes(os.urandom(2), "little") % self.slots
+            start = self._next
+            self._next = (self._next + 1) % self.slots
+        for i in range(self.slots):
+            slot = (start + i) % self.slots
+            uid = self.base + slot
+            fd = os.open(self.lock_dir / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            if _uid_task_count(uid):
+                os.close(fd)
+                continue
+            return _UidSlot(uid, fd)
+        raise OSError(f"all {self.slots} sandbox uids ({self.base}..{self.base + self.slots - 1}) are busy")
+
+    @staticmethod
+    def release(slot: _UidSlot) -> None:
+        os.close(slot.fd)  # closing drops the flock
+
+
+def _uid_pool(notes: list[str]) -> _UidPool | None:
+    if "per-job-uid" in _disabled():
+        return None
+    if not _uid_range_mapped(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS):
+        notes.append(f"uids {SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1} are not "
+                     "usable here (user namespace mapping): all jobs share uid 65534; set "
+                     "RUSTCODER_SANDBOX_UID_BASE to a free mapped range")
+        return None
+    errors = []
+    for base in _cache_bases():
+        lock_dir = base / "uid-locks"
+        try:
+            _safe_dir(base)
+            lock_dir.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(lock_dir)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise PermissionError(f"{lock_dir} is not a 0700 directory owned by uid {os.geteuid()}")
+            return _UidPool(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS, lock_dir)
+        except OSError as exc:
+            errors.append(f"{lock_dir}: {exc}")
+    notes.append("no directory for per-job uid locks (" + "; ".join(errors) + "): all jobs share uid 65534")
+    return None
