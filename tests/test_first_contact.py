@@ -223,7 +223,7 @@ def test_scores_plot_has_95_percent_intervals_and_n_per_category(tmp_path, monke
                                             "code_summarization": {"items": 3, "primary": 40.0}}}},
          "suite": {"name": "s"}, "model": {"label": "m"}}
     (tmp_path / "scores.jsonl").write_text("\n".join(json.dumps(
-        {"model": "base", "category": "code_summarization", "id": str(i), "primary": v})
+        {"key": f"base:{i}:0", "model": "base", "category": "code_summarization", "id": str(i), "primary": v})
         for i, v in enumerate([30.0, 40.0, 50.0])))
     drawn = {}
     original_barh, original_labels = Axes.barh, Axes.set_yticklabels

@@ -8,7 +8,6 @@ Standard library only: nothing is loaded here.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +71,9 @@ def _run_facts(res: ResolvedModel, run_dir: Path) -> None:
         res.train_ids, res.train_ids_source = read_ids(ids_path), str(ids_path)
     split_path = run_dir / artifacts.EVAL_SPLIT
     if split_path.is_file():
-        res.eval_split_ids = {json.loads(line)["id"] for line in split_path.read_text().splitlines() if line.strip()}
+        from ..data.strandset import iter_records
+
+        res.eval_split_ids = {row.get("id") for _, row in iter_records(split_path, "one held-out row with its id")}
     ds = res.manifest.get("dataset") or {}
     res.trained_dataset, res.trained_dataset_revision = ds.get("source"), ds.get("revision")
     cfg = rundir.read_run_config(run_dir)

@@ -483,18 +483,13 @@ def render_report(m: dict) -> str:
 
 def _item_scores(scores_path: Path) -> dict[tuple[str, str], list[float]]:
     """(model, category) -> per-item mean primary score, from scores.jsonl (empty when absent)."""
-    import json
+    from .store import JsonlStore
 
     per_item: dict[tuple[str, str, str], list[float]] = {}
-    try:
-        with open(scores_path, encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line) if line.strip() else None
-                if row and isinstance(row.get("primary"), (int, float)):
-                    per_item.setdefault((row.get("model"), row.get("category"), row.get("id")), []).append(
-                        float(row["primary"]))
-    except (OSError, ValueError):
-        return {}
+    for row in JsonlStore(scores_path).load().values():  # the stages' own reader: one record per sample key
+        if isinstance(row.get("primary"), (int, float)):
+            per_item.setdefault((row.get("model"), row.get("category"), row.get("id")), []).append(
+                float(row["primary"]))
     out: dict[tuple[str, str], list[float]] = {}
     for (model, cat, _), values in per_item.items():
         out.setdefault((model, cat), []).append(sum(values) / len(values))
