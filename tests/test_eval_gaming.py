@@ -227,3 +227,32 @@ def test_too_many_sandbox_errors_stop_the_eval_and_are_retried(sample_items, tmp
     statuses = result.metrics["models"]["predictions"]["overall"]["statuses"]
     assert "sandbox_error" not in statuses and statuses["pass"] == len(
         sample_items["code_generation"] + sample_items["code_review"])
+
+
+def test_a_sandbox_that_breaks_mid_run_is_caught_by_the_batchs_own_self_check(sample_items, tmp_path, monkeypatch):
+    """Every batch runs the self-check beside its programs: when the sandbox breaks after the first check, the
+    batch's results are not recorded (nothing is blamed on the model) and the evaluation stops; a rerun with a
+    working sandbox finishes them."""
+    from rustcoder.eval import pipeline
+
+    real = sandbox.sandbox_self_check
+    calls = []
+
+    def breaks_after_first(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(*a, **kw)
+        return sandbox.ExecutionResult(status="sandbox_error", detail="sandbox self-check failed (simulated)")
+
+    monkeypatch.setattr(sandbox, "sandbox_self_check", breaks_after_first)
+    cfg = dict(predictions=str(_code_preds(sample_items, tmp_path)), dataset="sample",
+               categories=["code_generation", "code_review"], output_dir=str(tmp_path / "e"), workers=2)
+    with pytest.raises(RustcoderError, match="the sandbox does not work here \\(alongside this batch\\)"):
+        evaluate(EvalConfig(**cfg), **QUIET)
+    assert len(calls) == 2  # before the first batch, then alongside it
+    executions = tmp_path / "e" / pipeline.EXECUTIONS
+    assert not executions.exists() or not executions.read_text().strip()  # the unproven batch was not kept
+    monkeypatch.setattr(sandbox, "sandbox_self_check", real)
+    result = evaluate(EvalConfig(**cfg), **QUIET)
+    assert result.metrics["models"]["predictions"]["overall"]["statuses"]["pass"] == len(
+        sample_items["code_generation"] + sample_items["code_review"])

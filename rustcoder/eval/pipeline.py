@@ -416,11 +416,11 @@ def _sandbox_error_limit(executed: int) -> int:
     return max(SANDBOX_ERROR_LIMIT, executed // 100)
 
 
-def _check_sandbox(log, why: str) -> None:
-    """Run the sandbox's self-check; raise when the sandbox itself is broken."""
+def _check_sandbox(log, why: str, check=None) -> None:
+    """Run the sandbox's self-check (or take its result); raise when the sandbox itself is broken."""
     from ..sandbox import sandbox_self_check
 
-    check = sandbox_self_check()
+    check = check or sandbox_self_check()
     if check.status != "pass":
         raise RustcoderError(
             f"the sandbox does not work here ({why}): {check.detail}\nNothing was blamed on the model. "
@@ -432,12 +432,16 @@ def _check_sandbox(log, why: str) -> None:
 def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, dict]:
     """Compile/run the code of every code-task sample not yet executed; returns {key: execution}.
 
-    A self-check program proves the sandbox works before the first batch and after any sandbox
-    error; past a small number of sandbox errors the stage stops with an error instead of leaving
-    those samples out of the rates. test_generation answers pass only when at least one test ran,
+    A self-check program proves the sandbox works before the first batch, alongside every batch (one more
+    job run next to the batch's programs: a batch whose self-check fails is not recorded, nothing is blamed
+    on the model) and after any sandbox error; past a small number of sandbox errors the stage stops with
+    an error instead of leaving those samples out of the rates. test_generation answers pass only when at least one test ran,
     all passed, and at least one fails against the code under test with its function bodies broken.
     """
-    from ..sandbox import rustc_available, run_many
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .. import sandbox
+    from ..sandbox import rustc_available
 
     store = JsonlStore(plan.eval_dir / EXECUTIONS)
     # sandbox errors are the sandbox's, not the model's: never kept as a final verdict
@@ -478,80 +482,94 @@ def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, di
         for mode in ("check", "test"):
             for edition in sorted({k[2] for k in todo if k[1] == mode}):
                 group = [k for k in todo if k[1] == mode and k[2] == edition]
-                for k, r in zip(group, run_many([k[0] for k in group], workers=workers, mode=mode,
-                                                edition=edition, **kwargs)):
+                for k, r in zip(group, sandbox.run_many([k[0] for k in group], workers=workers, mode=mode,
+                                                        edition=edition, **kwargs)):
                     cache[k] = r.to_dict()
         return [cache[k] for k in keys]
 
     _check_sandbox(log, "before the first batch")
     started = last_log = time.time()
-    chunk = max(8, 4 * workers)
+    chunk = max(16, 8 * workers)  # the self-check riding along costs about one job in chunk + 1
     sandbox_errors, executed = 0, 0
     log(f"execute: {len(queue)} program(s) in the sandbox, {workers} at a time")
-    for c in range(0, len(queue), chunk):
-        part = queue[c:c + chunk]
-        chosen = [(pp.programs[0], r) for (_, pp), r in zip(part, run_programs([pp.programs[0] for _, pp in part]))]
-        # the answer restated the context (defined twice): try the fallback program without it
-        retry = [i for i, ((_, pp), (_, r)) in enumerate(zip(part, chosen))
-                 if r["status"] == "compile_error" and len(pp.programs) > 1 and r["error_codes"]
-                 and set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES]
-        if retry:
-            again = run_programs([part[i][1].programs[1] for i in retry])
-            for i, r in zip(retry, again):
-                if r["status"] != "compile_error" or not set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES:
-                    chosen[i] = (part[i][1].programs[1], r)
-        # generated tests must test something: run them against the code under test, broken
-        broken: dict[int, tuple[tasks.Program, int]] = {}
-        for i, ((s, _pp), (prog, r)) in enumerate(zip(part, chosen)):
-            if r["status"] == "pass" and r["tests_passed"] > 0 and \
-                    tasks.task_of(by_id[s["id"]].task).program == "tests_for_code":
-                made = tasks.broken_program(prog)
-                if made:
-                    broken[i] = made
-        broken_runs = dict(zip(broken, run_programs([b[0] for b in broken.values()]))) if broken else {}
-        recs = []
-        for i, ((s, pp), (prog, r)) in enumerate(zip(part, chosen)):
-            status, detail = r["status"], r["detail"]
-            rec = {"key": s["key"], "label": prog.label, "mode": prog.mode, "has_tests": prog.has_tests}
-            if prog.has_tests and status == "pass" and r["tests_passed"] == 0:
-                status, detail = "no_tests", "no test ran (0 tests): nothing was checked"
-            if i in broken_runs:
-                b = broken_runs[i]
-                rec.update(broken_status=b["status"], tests_failed_broken=b["tests_failed"],
-                           tests_passed_broken=b["tests_passed"], broken_bodies=broken[i][1])
-                if b["status"] == "pass":
-                    status = "weak_tests"
-                    detail = (f"all {r['tests_passed']} test(s) also pass with the {broken[i][1]} function body(ies) "
-                              "of the code under test replaced by a panic: they do not test it")
-                elif b["status"] in tasks.DISCRIMINATING_STATUSES:
-                    detail += f"; {b['tests_failed']} test(s) fail against the broken code"
-                else:
-                    detail += f"; broken-code check inconclusive ({b['status']})"
-            rec.update({
-                "status": status, "compiled": _compiled(r["status"], r),
-                "error_codes": r["error_codes"], "missing_crates": r["missing_crates"],
-                "tests_passed": r["tests_passed"], "tests_failed": r["tests_failed"],
-                "compile_seconds": round(r["compile_seconds"], 3), "run_seconds": round(r["run_seconds"], 3),
-                "detail": detail, "diagnostics": (r["diagnostics"] or "")[:2000],
-                "stdout_tail": (r["stdout"] or "")[-1000:], "program": prog.source, "code": pp.code})
-            recs.append(rec)
-        store.append(recs)
-        executed += len(recs)
-        errors = [rec for rec in recs if rec["status"] == "sandbox_error"]
-        if errors:
-            sandbox_errors += len(errors)
-            log(f"  {len(errors)} sandbox error(s): {errors[0]['detail']}")
-            _check_sandbox(log, f"after {sandbox_errors} sandbox error(s)")
-            if sandbox_errors > _sandbox_error_limit(executed):
-                raise RustcoderError(
-                    f"{sandbox_errors} of {executed} programs failed in the sandbox itself (e.g. "
-                    f"{errors[0]['detail']!r}), more than {_sandbox_error_limit(executed)}: the scores would "
-                    "silently leave them out. Fix the sandbox (docs/sandbox.md) and rerun: other results are kept "
-                    "and sandbox errors are retried.")
-        if c + chunk >= len(queue) or time.time() - last_log >= 15:
-            log(f"  executed {min(c + chunk, len(queue))}/{len(queue)}, {time.time() - started:.0f} s")
-            last_log = time.time()
+    checker = ThreadPoolExecutor(1, thread_name_prefix="rustcoder-self-check")
+    try:
+        for c in range(0, len(queue), chunk):
+            proof = checker.submit(sandbox.sandbox_self_check)
+            executed, sandbox_errors, last_log = _execute_chunk(
+                queue[c:c + chunk], c, chunk, len(queue), proof, run_programs, store, by_id, executed,
+                sandbox_errors, started, last_log, log)
+    finally:
+        checker.shutdown(wait=True)
     return store.load()
+
+
+def _execute_chunk(part, c, chunk, total, proof, run_programs, store, by_id, executed, sandbox_errors, started,
+                   last_log, log):
+    """One batch of the execute stage: run, judge the generated tests, check the batch's self-check, record."""
+    chosen = [(pp.programs[0], r) for (_, pp), r in zip(part, run_programs([pp.programs[0] for _, pp in part]))]
+    # the answer restated the context (defined twice): try the fallback program without it
+    retry = [i for i, ((_, pp), (_, r)) in enumerate(zip(part, chosen))
+             if r["status"] == "compile_error" and len(pp.programs) > 1 and r["error_codes"]
+             and set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES]
+    if retry:
+        again = run_programs([part[i][1].programs[1] for i in retry])
+        for i, r in zip(retry, again):
+            if r["status"] != "compile_error" or not set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES:
+                chosen[i] = (part[i][1].programs[1], r)
+    # generated tests must test something: run them against the code under test, broken
+    broken: dict[int, tuple[tasks.Program, int]] = {}
+    for i, ((s, _pp), (prog, r)) in enumerate(zip(part, chosen)):
+        if r["status"] == "pass" and r["tests_passed"] > 0 and \
+                tasks.task_of(by_id[s["id"]].task).program == "tests_for_code":
+            made = tasks.broken_program(prog)
+            if made:
+                broken[i] = made
+    broken_runs = dict(zip(broken, run_programs([b[0] for b in broken.values()]))) if broken else {}
+    recs = []
+    for i, ((s, pp), (prog, r)) in enumerate(zip(part, chosen)):
+        status, detail = r["status"], r["detail"]
+        rec = {"key": s["key"], "label": prog.label, "mode": prog.mode, "has_tests": prog.has_tests}
+        if prog.has_tests and status == "pass" and r["tests_passed"] == 0:
+            status, detail = "no_tests", "no test ran (0 tests): nothing was checked"
+        if i in broken_runs:
+            b = broken_runs[i]
+            rec.update(broken_status=b["status"], tests_failed_broken=b["tests_failed"],
+                       tests_passed_broken=b["tests_passed"], broken_bodies=broken[i][1])
+            if b["status"] == "pass":
+                status = "weak_tests"
+                detail = (f"all {r['tests_passed']} test(s) also pass with the {broken[i][1]} function body(ies) "
+                          "of the code under test replaced by a panic: they do not test it")
+            elif b["status"] in tasks.DISCRIMINATING_STATUSES:
+                detail += f"; {b['tests_failed']} test(s) fail against the broken code"
+            else:
+                detail += f"; broken-code check inconclusive ({b['status']})"
+        rec.update({
+            "status": status, "compiled": _compiled(r["status"], r),
+            "error_codes": r["error_codes"], "missing_crates": r["missing_crates"],
+            "tests_passed": r["tests_passed"], "tests_failed": r["tests_failed"],
+            "compile_seconds": round(r["compile_seconds"], 3), "run_seconds": round(r["run_seconds"], 3),
+            "detail": detail, "diagnostics": (r["diagnostics"] or "")[:2000],
+            "stdout_tail": (r["stdout"] or "")[-1000:], "program": prog.source, "code": pp.code})
+        recs.append(rec)
+    _check_sandbox(log, "alongside this batch", proof.result())  # before recording: nothing blamed on it
+    store.append(recs)
+    executed += len(recs)
+    errors = [rec for rec in recs if rec["status"] == "sandbox_error"]
+    if errors:
+        sandbox_errors += len(errors)
+        log(f"  {len(errors)} sandbox error(s): {errors[0]['detail']}")
+        _check_sandbox(log, f"after {sandbox_errors} sandbox error(s)")
+        if sandbox_errors > _sandbox_error_limit(executed):
+            raise RustcoderError(
+                f"{sandbox_errors} of {executed} programs failed in the sandbox itself (e.g. "
+                f"{errors[0]['detail']!r}), more than {_sandbox_error_limit(executed)}: the scores would "
+                "silently leave them out. Fix the sandbox (docs/sandbox.md) and rerun: other results are kept "
+                "and sandbox errors are retried.")
+    if c + chunk >= total or time.time() - last_log >= 15:
+        log(f"  executed {min(c + chunk, total)}/{total}, {time.time() - started:.0f} s")
+        last_log = time.time()
+    return executed, sandbox_errors, last_log
 
 
 # ---- stage: score -------------------------------------------------------------------------------
