@@ -35,7 +35,7 @@ class AttentionPath:
     varlen_kwargs: bool
 
 
-def _has(module: str) -> bool:
+def has_module(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -54,7 +54,7 @@ def _kernel_cached(repo: str) -> bool:
 
 def torch_varlen_available() -> bool:
     """torch.nn.attention.varlen.varlen_attn exists in the installed torch (it runs on CUDA only)."""
-    return _has("torch.nn.attention.varlen")
+    return has_module("torch.nn.attention.varlen")
 
 
 def choose_attention(device: str, layout: str, requested: str = "auto") -> AttentionPath:
@@ -63,19 +63,19 @@ def choose_attention(device: str, layout: str, requested: str = "auto") -> Atten
     if layout != "padding-free":
         return AttentionPath("sdpa (padded rows)", "sdpa", False)
     if requested != "auto":
-        return _named(requested)
+        return attention_function(requested)
     if device == "cuda":
-        if _has("flash_attn"):
-            return _named("flash_attention_2")
-        if _has("kernels") and _kernel_cached(KERNEL_REPO):
-            return _named(KERNEL_REPO)
+        if has_module("flash_attn"):
+            return attention_function("flash_attention_2")
+        if has_module("kernels") and _kernel_cached(KERNEL_REPO):
+            return attention_function(KERNEL_REPO)
         if torch_varlen_available():
-            return _named(TORCH_VARLEN)
-        return _named("flex_attention")
-    return _named("sdpa")
+            return attention_function(TORCH_VARLEN)
+        return attention_function("flex_attention")
+    return attention_function("sdpa")
 
 
-def _named(name: str) -> AttentionPath:
+def attention_function(name: str) -> AttentionPath:
     if name == "flash_attention_2":
         return AttentionPath("flash-attn varlen", "flash_attention_2", True)
     if name == KERNEL_REPO:

@@ -49,7 +49,7 @@ def _plain_when_piped() -> None:
             setattr(sys, name, _PlainText(stream))
 
 
-def _compact_training_logs() -> None:
+def compact_training_logs() -> None:
     """Training's log events as one readable line each beside the progress bar, not raw Python dicts."""
     from transformers.trainer_callback import ProgressCallback
 
@@ -183,7 +183,7 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
     if config_arg is not None:
         preset, config_file = _config_argument(config_arg, preset, config_file)
     if resume:
-        cfg, run_dir = _resume_target(overrides)
+        cfg, run_dir = resume_target(overrides)
     else:
         cfg, run_dir = resolve_config(preset, config_file, overrides), None
     if dry_run:
@@ -220,7 +220,7 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         return
     from .train import train as run_training
 
-    _compact_training_logs()
+    compact_training_logs()
     result = run_training(cfg, run_dir=run_dir, resume=resume, log=click.echo)
     if process_rank()[0] != 0 or os.environ.get("RUSTCODER_LAUNCHED") == "1":
         return  # the launcher prints the summary
@@ -252,7 +252,7 @@ def _config_argument(arg: str, preset, config_file):
     return preset, arg
 
 
-def _resume_target(overrides: dict):
+def resume_target(overrides: dict):
     """(config, run_dir) of the run to resume; typed changes to its config are refused."""
     from . import rundir
     from .errors import UsageError
@@ -421,7 +421,7 @@ def demo(output_dir, max_new_tokens, no_serve):
     """
     from .demo import run_demo
 
-    _compact_training_logs()
+    compact_training_logs()
     run_demo(output_dir, max_new_tokens=max_new_tokens, serve=not no_serve, echo=click.echo)
 
 

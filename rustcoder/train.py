@@ -272,7 +272,7 @@ def _datasets(tokenizer, cfg: TrainConfig, data: PreparedData):
     return Dataset(train), Dataset(evals), stats
 
 
-def _sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
+def sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
     import torch
     from trl import SFTConfig
 
@@ -593,7 +593,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
-    args = _sft_args(plan, run_dir, progress)
+    args = sft_args(plan, run_dir, progress)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
     collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

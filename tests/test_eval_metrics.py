@@ -244,7 +244,7 @@ def test_eval_config_reports_every_problem_at_once():
 
 
 def test_deltas_get_an_interval_only_with_enough_paired_items():
-    from rustcoder.eval.report import MIN_PAIRS_FOR_CI, _compare
+    from rustcoder.eval.report import MIN_PAIRS_FOR_CI, compare_models
 
     def recs(model, n, value):
         return {f"{model}:{i}:0": {"key": f"{model}:{i}:0", "model": model, "id": str(i), "category": "c",
@@ -253,7 +253,7 @@ def test_deltas_get_an_interval_only_with_enough_paired_items():
     for n, expect_ci in ((MIN_PAIRS_FOR_CI - 1, False), (10, True)):
         scores = recs("adapter", n, 100.0) | recs("base", n, 0.0)
         models = {t: {"overall": {"score": v}, "categories": {"c": {}}} for t, v in (("adapter", 100.0), ("base", 0.0))}
-        comp = _compare(scores, {}, "adapter", "base", ["c"], {str(i) for i in range(n)}, models)
+        comp = compare_models(scores, {}, "adapter", "base", ["c"], {str(i) for i in range(n)}, models)
         e = comp["categories"]["c"]
         assert e["delta"] == 100.0 and e["n_pairs"] == n
         assert (e["ci"] is not None) is expect_ci and e["significant"] is expect_ci

@@ -53,13 +53,13 @@ def test_served_data_parallel_is_vllms_own(adapter):
 
 def test_served_data_parallel_starts_no_worker_processes(adapter):
     from rustcoder.eval.loading import Backends, default_backend_factory
-    from rustcoder.eval.pipeline import _data_parallel, plan_eval
+    from rustcoder.eval.pipeline import data_parallel_workers, plan_eval
 
     _, adapter_dir = adapter
     plan = plan_eval(EvalConfig(model=str(adapter_dir), backend="served", engine="vllm", data_parallel=4,
                                 dataset="sample", compare_base=True), log=lambda *_: None)
     assert plan.backend == "served" and [t.tag for t in plan.targets] == ["adapter", "base"]
-    assert _data_parallel(plan, Backends(plan, default_backend_factory, print), print) == 1
+    assert data_parallel_workers(plan, Backends(plan, default_backend_factory, print), print) == 1
 
 
 def test_transformers_engine_has_no_data_parallelism(adapter):

@@ -185,11 +185,11 @@ def test_training_logs_are_one_line_each_not_raw_dicts():
 
     from transformers.trainer_callback import ProgressCallback
 
-    from rustcoder.cli import _compact_training_logs
+    from rustcoder.cli import compact_training_logs
 
     original = ProgressCallback.on_log
     try:
-        _compact_training_logs()
+        compact_training_logs()
         written = []
         cb = ProgressCallback()
         cb.training_bar = SimpleNamespace(write=lambda text, file=None: written.append(text))

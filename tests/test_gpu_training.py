@@ -13,12 +13,12 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _cuda_paths() -> list[str]:
-    from rustcoder.attention import TORCH_VARLEN, _has, torch_varlen_available
+    from rustcoder.attention import TORCH_VARLEN, has_module, torch_varlen_available
 
     paths = ["sdpa", "flex_attention"]
     if torch_varlen_available():
         paths.append(TORCH_VARLEN)
-    if _has("flash_attn"):
+    if has_module("flash_attn"):
         paths.append("flash_attention_2")
     return paths
 
@@ -27,10 +27,10 @@ def _cuda_paths() -> list[str]:
 def test_packed_examples_do_not_attend_to_each_other_on_cuda(tiny_qwen2, impl):
     from transformers import AutoModelForCausalLM
 
-    from rustcoder.attention import _named
+    from rustcoder.attention import attention_function
     from rustcoder.packing import collate_forward
 
-    path = _named(impl)
+    path = attention_function(impl)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.set_attn_implementation(path.attn_implementation)
     model = model.cuda().eval()

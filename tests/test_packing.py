@@ -159,12 +159,12 @@ def test_attention_choice_per_device(monkeypatch):
 
     assert attention.choose_attention("cpu", "grouped").attn_implementation == "sdpa"
     assert attention.choose_attention("cpu", "padding-free").name == "SDPA block-diagonal mask"
-    monkeypatch.setattr(attention, "_has", lambda m: m in ("flash_attn", "torch.nn.attention.varlen"))
+    monkeypatch.setattr(attention, "has_module", lambda m: m in ("flash_attn", "torch.nn.attention.varlen"))
     assert attention.choose_attention("cuda", "padding-free").attn_implementation == "flash_attention_2"
-    monkeypatch.setattr(attention, "_has", lambda m: m == "torch.nn.attention.varlen")
+    monkeypatch.setattr(attention, "has_module", lambda m: m == "torch.nn.attention.varlen")
     chosen = attention.choose_attention("cuda", "padding-free")
     assert chosen.attn_implementation == attention.TORCH_VARLEN and chosen.varlen_kwargs
-    monkeypatch.setattr(attention, "_has", lambda m: False)
+    monkeypatch.setattr(attention, "has_module", lambda m: False)
     assert attention.choose_attention("cuda", "padding-free").attn_implementation == "flex_attention"
 
 
@@ -199,7 +199,7 @@ def test_plan_decides_checkpointing_from_mocked_free_memory(rows_file, tiny_qwen
     from rustcoder import memory
     from rustcoder.config import resolve_config
     from rustcoder.memory import ModelShape
-    from rustcoder.train import _sft_args, plan_training
+    from rustcoder.train import sft_args, plan_training
 
     cfg = resolve_config("baseline", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40))
     shape = ModelShape(**QWEN2_7B)
@@ -209,7 +209,7 @@ def test_plan_decides_checkpointing_from_mocked_free_memory(rows_file, tiny_qwen
         assert plan.gradient_checkpointing is expect
         assert plan.checkpointing_reason.startswith(f"gradient checkpointing {'on' if expect else 'off'}")
         assert plan.checkpointing_reason in plan.render()
-        assert _sft_args(plan, tmp_path, progress=False).activation_checkpointing is expect
+        assert sft_args(plan, tmp_path, progress=False).activation_checkpointing is expect
 
 
 def test_evaluation_never_dominates_a_short_run():

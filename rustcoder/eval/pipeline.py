@@ -299,7 +299,7 @@ def _pending(plan: EvalPlan, target: ModelTarget, done: dict[str, dict]) -> list
     return requests
 
 
-def _data_parallel(plan: EvalPlan, backends: Backends, log) -> int:
+def data_parallel_workers(plan: EvalPlan, backends: Backends, log) -> int:
     """How many generation processes: --data-parallel for local models loaded the default way, else 1."""
     n = plan.cfg.data_parallel or 1
     if n <= 1 or plan.mode != "model" or plan.backend not in ("transformers", "vllm"):
@@ -341,7 +341,7 @@ def stage_generate(plan: EvalPlan, backends: Backends, log) -> dict[str, dict]:
     parallel.merge_shards(plan, log, clean=True)  # samples a killed data-parallel run finished
     done = {k: v for k, v in store.load().items() if v.get("finish_reason") != "error"}  # retry errors
     speed = JsonlStore(plan.eval_dir / throughput.STATS_FILE)
-    workers = _data_parallel(plan, backends, log)
+    workers = data_parallel_workers(plan, backends, log)
     if workers > 1:
         per_gpu = (plan.cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
         parallel.assign_devices(workers, parallel.visible_gpus(), per_gpu)  # enough GPUs? (before any load)

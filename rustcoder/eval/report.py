@@ -138,7 +138,7 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
     tags = [t.tag for t in plan.targets]
     if "base" in tags and len(tags) > 1:
         mine = next(t for t in tags if t != "base")
-        comparison = _compare(scores, tf, mine, "base", categories, ids, models)
+        comparison = compare_models(scores, tf, mine, "base", categories, ids, models)
 
     sandbox = None
     if executions and not plan.cfg.no_exec:
@@ -176,7 +176,7 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
     return out
 
 
-def _compare(scores: dict, tf: dict, mine: str, base: str, categories: list[str], ids: set, models: dict) -> dict:
+def compare_models(scores: dict, tf: dict, mine: str, base: str, categories: list[str], ids: set, models: dict) -> dict:
     cats = {}
     all_deltas = []
     for cat in categories:
