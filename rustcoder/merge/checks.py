@@ -122,6 +122,8 @@ def output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_tok
       must not exceed max_effect_lost.
     - greedy: a continuation may differ from the reference's only where the reference's top-two margin is
       within what the logits differ by (a near-tie rounding can flip)."""
+    import torch
+
     max_diff = rounded_diff = floor_max = effect_max = max_ref = 0.0
     floor_sq = effect_sq = diff_sq = effect_sq_compared = 0.0
     positions = skipped = 0
@@ -139,7 +141,7 @@ def output_checks(reference: list[dict], got: list[dict], dtype: str, greedy_tok
             delta = ref["logits"][:n] - g["logits"][:n]
             d = finite_max(delta.abs())
             dr = finite_max((ref["rounded_logits"][:n] - g["logits"][:n]).abs())
-            sq = float(delta.double().pow(2).sum())
+            sq = float(torch.linalg.vector_norm(delta).double() ** 2)  # no float64 copy of the logits
         per_probe.append(d)
         skipped += missed
         positions += n

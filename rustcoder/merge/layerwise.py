@@ -329,7 +329,7 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                         if k > 0:
                             delta = x[:k] - ref[seen[p]:seen[p] + k]
                             diff[p] = max(diff[p], finite_max(delta.abs()))
-                            sq[p] += float(delta.double().pow(2).sum())
+                            sq[p] += float(torch.linalg.vector_norm(delta).double() ** 2)
                             rdiff[p] = max(rdiff[p], finite_max((x[:k] - rounded[seen[p]:seen[p] + k]).abs()))
                             compared[p] += k
                     seen[p] += n

@@ -78,20 +78,25 @@ def probe_outputs(model, tokenizer, base_logits: bool = False) -> list[dict]:
 
 def effect_stats(ref, base):
     """Per position: (squared sum, max) over the vocabulary of the adapter's effect reference - base."""
+    import torch
+
     effect = ref - base
-    return effect.double().pow(2).sum(-1), effect.abs().amax(-1)
+    # norms in float32 (no float64 copy of positions x vocabulary), squared in float64
+    return torch.linalg.vector_norm(effect, dim=-1).double() ** 2, effect.abs().amax(-1)
 
 
 def finish_reference(item: dict, rounded) -> None:
     """Per-position numbers of one reference probe: the adapter's effect (reference - base, from
     base_logits or already in effect_sq/effect_max) and the dtype's floor (correctly rounded merge -
     reference), as squared sums and maxima over the vocabulary."""
+    import torch
+
     ref = item["logits"]
     if "base_logits" in item:
         item["effect_sq"], item["effect_max"] = effect_stats(ref, item.pop("base_logits"))
     floor = rounded - ref
     item["rounded_logits"] = rounded
-    item["floor_sq"] = floor.double().pow(2).sum(-1)
+    item["floor_sq"] = torch.linalg.vector_norm(floor, dim=-1).double() ** 2
     item["floor_max"] = floor.abs().amax(-1)
 
 
