@@ -70,6 +70,25 @@ def _dora_weight_norm(weight, u: Update):
                       for r0 in range(0, weight.shape[0], step)])
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc malloc_trim). A layer's float32 copies are freed when it
+    goes back to meta, but glibc keeps the blocks under its mmap threshold in its heap, fragmented by what
+    lives on (KV caches, logits): measured on a 2.5 GB model, RSS grew by 1.5 GB over one pass without this."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 @dataclass
 class _Stream:
     """One probe sequence going through the layers: its hidden states, KV cache, mask and positions.
@@ -242,6 +261,7 @@ class _Layerwise:
                     h.remove()
                 swaps.clear()
                 layer.to("meta")
+                release_freed_memory()
 
     def head(self, hidden, mode: str):
         """Final norm and lm_head: float32 logits [positions, vocab] of one sequence's hidden states."""
