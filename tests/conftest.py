@@ -85,3 +85,71 @@ def trained_run(tmp_path_factory, _isolated_cache) -> tuple[Path, Path]:
                                                        max_steps=3, output_dir=str(workdir / "runs"),
                                                        report_to="none", lr=5e-3, run_name="rust-run"))
     return workdir, train(cfg, progress=False, log=lambda *_: None).run_dir
+
+
+# ---- helpers shared by the engine tests (serve, eval through engines) ----------------------------
+
+def pid_gone(pid: int, timeout: float = 15.0) -> bool:
+    """True once pid has exited (a zombie counts as gone) within timeout seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def vllm_python_or_skip() -> str:
+    """$RUSTCODER_VLLM_PYTHON, or skip the test saying how to build the vLLM CPU environment."""
+    python = os.environ.get("RUSTCODER_VLLM_PYTHON")
+    if not python:
+        pytest.skip("RUSTCODER_VLLM_PYTHON is not set: build the vLLM CPU environment with "
+                    "`bash serve/setup_vllm_cpu.sh` and export RUSTCODER_VLLM_PYTHON=.venv-vllm/bin/python")
+    return python
+
+
+def build_lora_run(root: Path, run: str = "run") -> tuple[Path, Path]:
+    """(model_dir, ROOT/RUN/adapter): a tiny Qwen2 with head_dim 32 (vLLM's CPU attention needs >= 32), its
+    ChatML template, and a random rank-16 LoRA adapter on every linear layer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rustcoder.modeling import template_text
+    from rustcoder.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(root / "tiny-rust", hidden_size=128, heads=4, kv_heads=2)
+    (model_dir / "chat_template.jinja").write_text(template_text("chatml"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    adapter = root / run / "adapter"
+    get_peft_model(model, lora).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(adapter)
+    (adapter / "chat_template.jinja").write_text(template_text("chatml"))
+    return model_dir, adapter
+
+
+def read_until_ready(proc, timeout: float, marker: str = "Ctrl-C stops the server") -> str:
+    """The output of a starting `rustcoder serve` up to its ready line; kills it and fails the test if it
+    ends or times out first."""
+    import time
+
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    proc.kill()
+    raise AssertionError("serve did not get ready:\n" + "".join(lines))

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build_lora_run, vllm_python_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -21,10 +22,7 @@ CATEGORIES = "code_generation,function_naming,code_explanation,api_usage_predict
 
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    python = os.environ.get("RUSTCODER_VLLM_PYTHON")
-    if not python:
-        pytest.skip("RUSTCODER_VLLM_PYTHON is not set: build the vLLM CPU environment with "
-                    "`bash serve/setup_vllm_cpu.sh` and export RUSTCODER_VLLM_PYTHON=.venv-vllm/bin/python")
+    python = vllm_python_or_skip()
     found = subprocess.run([python, "-c", "import rustcoder.eval.backends, vllm"], capture_output=True, text=True)
     if found.returncode != 0:
         pytest.skip(f"rustcoder or vLLM is not importable by {python} (rerun serve/setup_vllm_cpu.sh): "
@@ -35,25 +33,7 @@ def vllm_python() -> str:
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, _isolated_cache) -> Path:
     """A tiny Qwen2 with head_dim 32 (vLLM's CPU attention needs >= 32) and a random rank-16 LoRA adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rustcoder.modeling import template_text
-    from rustcoder.tiny import build_tiny_model
-
-    root = tmp_path_factory.mktemp("vllm-eval")
-    model_dir = build_tiny_model(root / "tiny-rust", hidden_size=128, heads=4, kv_heads=2)
-    (model_dir / "chat_template.jinja").write_text(template_text("chatml"))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    adapter = root / "run" / "adapter"
-    get_peft_model(model, lora).save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(adapter)
-    (adapter / "chat_template.jinja").write_text(template_text("chatml"))
-    return adapter
+    return build_lora_run(tmp_path_factory.mktemp("vllm-eval"))[1]
 
 
 def _args(adapter: Path, out: Path, *extra: str) -> list[str]:

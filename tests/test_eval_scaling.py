@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import vllm_python_or_skip
 
 from rustcoder.errors import ConfigError, UsageError
 from rustcoder.eval import EvalConfig
@@ -74,10 +75,7 @@ def test_transformers_engine_has_no_data_parallelism(adapter):
 
 @pytest.mark.vllm
 def test_vllm_parses_the_command_rustcoder_builds(adapter):
-    python = os.environ.get("RUSTCODER_VLLM_PYTHON")
-    if not python:
-        pytest.skip("RUSTCODER_VLLM_PYTHON is not set: build the vLLM CPU environment with "
-                    "`bash serve/setup_vllm_cpu.sh` and export RUSTCODER_VLLM_PYTHON=.venv-vllm/bin/python")
+    python = vllm_python_or_skip()
     base, adapter_dir = adapter
     argv = _served_argv(base, adapter_dir, data_parallel=4, engine_args="--data-parallel-size-local 2")
     code = ("import json, sys\n"

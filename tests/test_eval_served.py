@@ -9,31 +9,17 @@ evaluation through its OpenAI API, the engine stopped however the evaluation end
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from pathlib import Path
 
 import pytest
+from conftest import build_lora_run, pid_gone, vllm_python_or_skip
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("openai", reason="the OpenAI client is not installed: pip install 'rustcoder[serve]'")
 
 SERVE_DIR = Path(__file__).resolve().parent.parent / "serve"
 CATEGORIES = ["code_generation", "function_naming", "code_explanation", "api_usage_prediction"]
-
-
-def _gone(pid: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _engine_pids(logs: list[str]) -> list[int]:
@@ -43,25 +29,7 @@ def _engine_pids(logs: list[str]) -> list[int]:
 @pytest.fixture(scope="module")
 def adapter_run(tmp_path_factory, _isolated_cache):
     """A tiny Qwen2 (head_dim 32, as vLLM's CPU attention needs) and a random rank-16 LoRA adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rustcoder.modeling import template_text
-    from rustcoder.tiny import build_tiny_model
-
-    root = tmp_path_factory.mktemp("served-eval")
-    model_dir = build_tiny_model(root / "tiny-rust", hidden_size=128, heads=4, kv_heads=2)
-    (model_dir / "chat_template.jinja").write_text(template_text("chatml"))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    adapter_dir = root / "adapter-run" / "adapter"
-    get_peft_model(model, lora).save_pretrained(adapter_dir)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(adapter_dir)
-    (adapter_dir / "chat_template.jinja").write_text(template_text("chatml"))
-    return model_dir, adapter_dir
+    return build_lora_run(tmp_path_factory.mktemp("served-eval"), "adapter-run")
 
 
 def _eval(adapter_dir, out, log, **kw):
@@ -105,7 +73,7 @@ def test_served_transformers_engine_answers_as_the_local_backend_and_stops(adapt
     assert speed["adapter"]["seconds"] < ready[0]  # the engine start is not part of the generation speed
     pids = _engine_pids(logs)
     assert len(pids) == 2  # transformers serves one model per engine: the adapter's, then the base's
-    assert all(_gone(pid) for pid in pids)
+    assert all(pid_gone(pid, 30.0) for pid in pids)
 
 
 def test_served_engine_is_stopped_when_the_evaluation_fails(adapter_run, tmp_path, monkeypatch):
@@ -126,22 +94,19 @@ def test_served_engine_is_stopped_when_the_evaluation_fails(adapter_run, tmp_pat
         _eval(adapter_dir, tmp_path / "ev", logs.append, backend="served", engine="transformers",
               compare_base=False)
     pids = _engine_pids(logs)
-    assert len(pids) == 1 and _gone(pids[0])
+    assert len(pids) == 1 and pid_gone(pids[0], 30.0)
 
 
 @pytest.mark.vllm
 def test_served_vllm_engine_serves_adapter_and_base_from_one_engine(adapter_run, local_answers, tmp_path):
-    python = os.environ.get("RUSTCODER_VLLM_PYTHON")
-    if not python:
-        pytest.skip("RUSTCODER_VLLM_PYTHON is not set: build the vLLM CPU environment with "
-                    "`bash serve/setup_vllm_cpu.sh` and export RUSTCODER_VLLM_PYTHON=.venv-vllm/bin/python")
+    python = vllm_python_or_skip()
     _, adapter_dir = adapter_run
     logs: list[str] = []
     result = _eval(adapter_dir, tmp_path / "ev", logs.append, backend="served", engine="vllm", vllm_python=python,
                    dtype="float32", engine_args=f"--config {SERVE_DIR / 'vllm-cpu.yaml'} --max-model-len 2048")
     served = _answers(tmp_path / "ev")
     pids = _engine_pids(logs)
-    assert len(pids) == 1 and _gone(pids[0])  # one engine for the adapter and the base, stopped
+    assert len(pids) == 1 and pid_gone(pids[0], 30.0)  # one engine for the adapter and the base, stopped
     assert set(served) == set(local_answers)
     adapter_keys = [k for k in served if k.startswith("adapter:")]
     assert any(served[k] != served[k.replace("adapter:", "base:")] for k in adapter_keys)  # the LoRA applies

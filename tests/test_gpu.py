@@ -14,10 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import read_until_ready
 
 torch = pytest.importorskip("torch")
 
@@ -93,16 +93,7 @@ def test_train_merge_eval_serve_chat_on_a_bf16_model(base_0p5b, tmp_path):
                              "transformers", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=ROOT)
     try:
-        lines, deadline = [], time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops the server" in line:
-                break
-        else:
-            raise AssertionError("serve did not get ready:\n" + "".join(lines))
+        read_until_ready(proc, 300)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         name = client.models.list().data[0].id
         reply = client.chat.completions.create(model=name, max_tokens=16, temperature=0, messages=[

