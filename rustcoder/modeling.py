@@ -136,6 +136,12 @@ def saved_dtype(name: str | Path) -> str | None:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return config_dtype(cfg)
+
+
+def config_dtype(cfg: dict) -> str | None:
+    """The weights dtype a config dict names (dtype / torch_dtype, or its text_config's): bfloat16, float16,
+    float32, or None."""
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
     for d in (cfg.get("dtype"), cfg.get("torch_dtype"), text.get("dtype"), text.get("torch_dtype")):
         if d in ("bfloat16", "float16", "float32"):

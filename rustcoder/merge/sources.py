@@ -187,10 +187,11 @@ def check_not_quantized(config: dict, base_name: str, trained_base: str | None =
 
 def save_dtype_of(config: dict, base_dir: Path) -> str:
     """The dtype the merged model is saved in: the base config's dtype, else its stored weights' dtype."""
-    tc = text_config(config)
-    for d in (config.get("dtype"), config.get("torch_dtype"), tc.get("dtype"), tc.get("torch_dtype")):
-        if isinstance(d, str) and d in MERGE_DTYPES:
-            return d
+    from ..modeling import config_dtype
+
+    named = config_dtype(config)
+    if named:
+        return named
     for _, (shape, code) in tensor_shapes(base_dir).items():
         if ST_DTYPES.get(code) in MERGE_DTYPES:
             return ST_DTYPES[code]
