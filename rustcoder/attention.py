@@ -109,13 +109,17 @@ def torch_varlen_attention(module, query, key, value, attention_mask, dropout: f
     q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in (query, key, value))  # [B*T, heads, d]
     params = inspect.signature(varlen.varlen_attn).parameters  # the API grew between torch releases
     extra = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "scale" in params:
+        extra["scale"] = scaling
+    elif scaling is not None and scaling != q.shape[-1] ** -0.5:  # torch 2.9's has no scale: fold it into q
+        q = q * (scaling * q.shape[-1] ** 0.5)
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in params:
             extra["enable_gqa"] = True
         else:
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     out = varlen.varlen_attn(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(kwargs["max_length_q"]),
-                             int(kwargs["max_length_k"]), scale=scaling, **extra)
+                             int(kwargs["max_length_k"]), **extra)
     return out.reshape(batch, length, out.shape[1], out.shape[2]), None  # [B, T, heads, head_dim] as transformers wants
 
 

@@ -121,10 +121,13 @@ def test_flex_attention_packed_examples_do_not_attend_to_each_other(tiny_qwen2):
     _assert_isolated(_model(tiny_qwen2, "flex_attention"), _features(), "padding-free")
 
 
-@pytest.mark.parametrize("api", ["window_size+gqa", "is_causal"])
-def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypatch, api):
+@pytest.mark.parametrize("api", ["torch-2.13", "torch-2.11", "torch-2.9"])
+@pytest.mark.parametrize("scaling", [None, 0.2])
+def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypatch, api, scaling):
     """torch's varlen_attn runs on CUDA only; on CPU a per-segment SDPA stands in for the kernel, so the wrapper's
-    layout, GQA and cu_seq_lens plumbing are checked here (the real kernel: tests/test_gpu_training.py)."""
+    layout, GQA, scale and cu_seq_lens plumbing are checked here, against each signature torch has shipped
+    (2.9: positional is_causal and no scale; 2.11: scale and window_size, no GQA; 2.13: enable_gqa). The real
+    kernel: tests/test_gpu_training.py."""
     import torch.nn.functional as F
     from torch.nn.attention import varlen
 
@@ -142,16 +145,33 @@ def test_torch_varlen_wrapper_passes_segments_to_the_kernel(tiny_qwen2, monkeypa
             out[s:e] = o.transpose(0, 1)
         return out
 
-    def older(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, scale=None):  # no window_size, no GQA
-        assert is_causal and k.shape[1] == q.shape[1]
-        return reference(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0))
+    def torch_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+        assert k.shape[1] == q.shape[1]  # no enable_gqa: the wrapper must repeat the kv heads
+        return reference(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
 
-    monkeypatch.setattr(varlen, "varlen_attn", reference if api == "window_size+gqa" else older)
+    def torch_2_9(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):  # no scale, no GQA
+        assert is_causal and k.shape[1] == q.shape[1]
+        return reference(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, 0))
+
+    kernel = {"torch-2.13": reference, "torch-2.11": torch_2_11, "torch-2.9": torch_2_9}[api]
+    monkeypatch.setattr(varlen, "varlen_attn", kernel)
     register_torch_varlen()
+    sdpa = _model(tiny_qwen2, "sdpa")
     model = _model(tiny_qwen2, "sdpa")
     model.set_attn_implementation(TORCH_VARLEN)
+    if scaling is not None:  # a non-default softmax scale (Qwen's is head_dim ** -0.5) must reach the kernel
+        for m in (sdpa, model):
+            for layer in m.model.layers:
+                layer.self_attn.scaling = scaling
     _assert_isolated(model, _features(), "padding-free", varlen_kwargs=True)
     assert calls and calls[0] == [0, 9, 13, 26, 32]
+    batch = collate_forward(_features(), "padding-free", pad_id=0, varlen_kwargs=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = sdpa(**{k: v for k, v in inputs.items() if not k.startswith(("cu_seq", "max_length"))},
+                    use_cache=False).logits
+        got = model(**inputs, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_attention_choice_per_device(monkeypatch):
