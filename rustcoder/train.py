@@ -272,6 +272,16 @@ def _datasets(tokenizer, cfg: TrainConfig, data: PreparedData):
     return Dataset(train), Dataset(evals), stats
 
 
+def train_dtype(requested: str) -> str:
+    """The dtype the base is trained in, whatever dtype its checkpoint was saved in: the one ``sft_args``' mixed
+    precision and the memory plan assume ('auto': bf16 on a GPU that has it, fp16 on one without, float32 on CPU).
+    A float32 base under bf16 autocast would give attention float32 queries and keys but bf16 values, which the
+    flash and varlen kernels refuse."""
+    from .modeling import pick_dtype
+
+    return str(pick_dtype(requested)).removeprefix("torch.")
+
+
 def sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
     import torch
     from trl import SFTConfig
@@ -579,7 +589,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         artifacts.update_manifest(run_dir, status="running", updated_at=time.time())
 
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.model, cfg.model_revision, cfg.dtype)
+    model = load_model(cfg.model, cfg.model_revision, train_dtype(cfg.dtype))
     model.config.use_cache = False
     if plan.attn_implementation != "sdpa":
         try:

@@ -302,6 +302,33 @@ def test_empty_loss_mask_fails_fast():
         check_loss_mask([[-100, 5, 6], [-100, -100, -100]])
 
 
+def test_on_a_gpu_a_float32_base_is_trained_in_bf16_like_its_autocast(rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    """tiny-qwen2 is saved in float32. On a GPU 'auto' trains under bf16 autocast (sft_args) and plans 2-byte
+    weights, so the base must be loaded in bf16 too: float32 weights under bf16 autocast hand attention float32
+    queries and keys with bf16 values, which torch's varlen (flash) kernel refuses. CUDA is mocked up to the load."""
+    import rustcoder.modeling as modeling
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 2**30, 80 * 2**30))
+    real_load, loaded = modeling.load_model, []
+
+    class Loaded(Exception):
+        pass
+
+    def load_then_stop(*a, **k):
+        loaded.append(real_load(*a, **k).dtype)
+        raise Loaded
+
+    monkeypatch.setattr(modeling, "load_model", load_then_stop)
+    cfg = _cfg(rows_file, tmp_path, max_steps=1)
+    with pytest.raises(Loaded):
+        train(cfg, progress=False, log=lambda *_: None)
+    assert modeling.saved_dtype(modeling.resolve_model("tiny-qwen2")) == "float32"
+    assert loaded == [torch.bfloat16]
+    assert modeling.pick_dtype(cfg.dtype) == torch.bfloat16  # what sft_args turns into bf16 autocast
+
+
 def test_tiny_max_length_still_trains_on_answers(rows_file, tiny_qwen2, tmp_path):
     """Truncation keeps half the budget for the answer, so a tight --max-length never empties the mask."""
     cfg = _cfg(rows_file, tmp_path, max_length=16, num_examples=20, max_steps=2)
