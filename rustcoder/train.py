@@ -221,7 +221,8 @@ def plan_training(cfg: TrainConfig, device: str | None = None, *, data: Prepared
         eval_steps, eval_note = auto_eval_steps(total, train_tokens, eval_tokens)
     from .attention import choose_attention
 
-    attention = choose_attention(device, layout)
+    # flash-attn and torch's varlen kernel take bf16/fp16 only: float32 training on a GPU packs with SDPA's mask
+    attention = choose_attention(device, layout, "sdpa" if device == "cuda" and dtype_bytes == 4 else "auto")
     forwards = None
     if lengths:
         forwards = schedule(lengths, batch_size=cfg.batch_size, accum_per_process=grad_accum_per_process(cfg),

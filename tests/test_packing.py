@@ -232,6 +232,25 @@ def test_plan_decides_checkpointing_from_mocked_free_memory(rows_file, tiny_qwen
         assert sft_args(plan, tmp_path, progress=False).activation_checkpointing is expect
 
 
+def test_float32_training_on_a_gpu_never_gets_a_bf16_only_kernel(rows_file, tiny_qwen2):
+    """flash-attn and torch's varlen_attn refuse float32 inputs: --dtype float32 on a GPU packs with SDPA's mask."""
+    from rustcoder import attention
+    from rustcoder.config import resolve_config
+    from rustcoder.memory import GIB, ModelShape
+    from rustcoder.train import plan_training
+
+    def plan(dtype):
+        cfg = resolve_config("baseline", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40,
+                                                        dtype=dtype))
+        return plan_training(cfg, device="cuda", shape=ModelShape(**QWEN2_7B), free_bytes=79 * GIB,
+                             count_forwards=False)
+
+    assert plan("float32").attn_implementation == "sdpa"
+    if attention.torch_varlen_available():
+        assert plan("auto").attn_implementation == attention.TORCH_VARLEN
+        assert plan("bfloat16").attn_implementation == attention.TORCH_VARLEN
+
+
 def test_evaluation_never_dominates_a_short_run():
     from rustcoder.train import auto_eval_steps
 
