@@ -6,6 +6,7 @@ Importing this module imports no torch, so ``rustcoder --help`` is instant.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -200,6 +201,11 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         return
     from .ranks import is_launched, process_rank
 
+    if cfg.report_to == "trackio" and importlib.util.find_spec("trackio") is None:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("Trackio (live metrics, --report-to trackio, the default)",
+                                "pip install trackio   (or train without metrics: --report-to none)")
     if not resume and not is_launched() and cfg.report_to == "trackio":
         from .artifacts import unique_run_name
         from .config import default_run_name

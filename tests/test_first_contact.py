@@ -276,3 +276,18 @@ def test_hub_failures_of_datasets_and_merge_bases_name_the_real_cause_and_the_cu
         local_base_dir("nobody-here/no-model", None)
     assert "HF_HUB_OFFLINE=1 is set" in str(e.value) and "--base" in str(e.value)
     assert "huggingface-cli" not in str(e.value)
+
+
+def test_train_without_trackio_names_the_install_or_report_to_none(tmp_path, tiny_qwen2, monkeypatch):
+    """trackio missing (a broken install, or a GPU box with only the carried wheels): one message, exit 1, no
+    traceback from inside the trainer; --report-to none trains."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    args = ["train", "--preset", "small-batch", "--model", str(tiny_qwen2), "--dataset", "sample", "--max-steps", "1",
+            "--output-dir", str(tmp_path / "runs")]
+    r = _run(args, tmp_path)
+    assert r.exit_code == 1, r.output
+    assert "Trackio" in r.output and "pip install trackio" in r.output and "--report-to none" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
