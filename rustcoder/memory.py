@@ -93,7 +93,10 @@ def device_free_bytes(device: str) -> int | None:
     if device == "cuda":
         import torch
 
-        return int(torch.cuda.mem_get_info()[0])
+        # a launched rank's own GPU (LOCAL_RANK): the trainer has not selected it yet, and the current device (0)
+        # would be every rank's, each opening a context on GPU 0 and reading what the others left of it
+        local = int(os.environ.get("LOCAL_RANK", "-1"))
+        return int(torch.cuda.mem_get_info(local if 0 <= local < torch.cuda.device_count() else None)[0])
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -251,6 +251,21 @@ def test_float32_training_on_a_gpu_never_gets_a_bf16_only_kernel(rows_file, tiny
         assert plan("bfloat16").attn_implementation == attention.TORCH_VARLEN
 
 
+def test_free_memory_is_read_on_each_launched_ranks_own_gpu(monkeypatch):
+    from rustcoder import memory
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (70 * 2**30, 80 * 2**30))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert memory.device_free_bytes("cuda") == 70 * 2**30
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    memory.device_free_bytes("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "5")  # more ranks than GPUs here (CUDA_VISIBLE_DEVICES per rank): the current one
+    memory.device_free_bytes("cuda")
+    assert asked == [None, 2, None]
+
+
 def test_evaluation_never_dominates_a_short_run():
     from rustcoder.train import auto_eval_steps
 
