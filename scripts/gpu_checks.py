@@ -101,8 +101,8 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
         merge = ["--size-gb", "0.05", "--skip", "peft-fp32", "--skip", "streaming-fullverify"]
     else:
         train = lambda shape: ["--device", "cuda", "--shape", shape, "--presets", "baseline,small-batch",  # noqa: E731
-                               "--steps", "14", "--warmup-steps", "3"]
-        evals = ["--device", "cuda", "--shape", "7b", "--backends", "hf-generate,transformers", "--prompts", "64",
+                               "--steps", "12", "--warmup-steps", "2"]
+        evals = ["--device", "cuda", "--shape", "7b", "--backends", "hf-generate,transformers", "--prompts", "32",
                  "--max-new-tokens", "256", "--repeat", "1"]
         merge = ["--shape", "7b", "--skip", "streaming-noverify", "--skip", "streaming-fullverify"]
     train_keep = [r"^model:", r"^data:", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
@@ -113,10 +113,10 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
                            str(out / "gpu-tests.xml"), *tests], 330, 120,
              [r"passed|failed|skipped|error", r"^(FAILED|ERROR|SKIPPED)"],
              require=None if rehearse else r"\b\d+ passed"),  # all skipped on the box: CUDA not seen
-        Step("train-7b", [py, bench("train_throughput.py"), *train("7b")], 300, 150, train_keep),
-        Step("eval-7b", [py, bench("eval_throughput.py"), *evals, "--json", str(out / "eval-7b.json")], 200, 90,
+        Step("train-7b", [py, bench("train_throughput.py"), *train("7b")], 240, 150, train_keep),
+        Step("eval-7b", [py, bench("eval_throughput.py"), *evals, "--json", str(out / "eval-7b.json")], 150, 90,
              [r"^model|^\| "]),
-        Step("train-1.5b", [py, bench("train_throughput.py"), *train("1.5b")], 200, 100, train_keep),
+        Step("train-1.5b", [py, bench("train_throughput.py"), *train("1.5b")], 150, 100, train_keep),
         Step("merge-7b", [py, bench("merge_memory.py"), *merge, "--json", str(out / "merge-7b.json")], 540, 300,
              [r"^base:", r"peak RSS", r"summary", r"equal|identical"], default=False),
     ]
