@@ -335,7 +335,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     from rustcoder.config import load_preset
-    from rustcoder.memory import ModelShape, peak_flops, train_flops_per_token
+    from rustcoder.memory import ModelShape, data_answer_share, peak_flops, train_flops_per_token
 
     with tempfile.TemporaryDirectory(prefix="rc-bench-") as tmp:
         work = Path(tmp)
@@ -360,8 +360,10 @@ def main() -> None:
         shape = ModelShape.from_config(AutoConfig.from_pretrained(model_dir))
         tok, _ = load_tokenizer(str(model_dir), model_type="qwen2")
         data = prepare_data(str(rows_path), num_examples=a.rows)
-        lengths = sorted(r["length"] for r in tokenize_examples(tok, [e.messages for e in data.train], 1024))
+        tokenized = tokenize_examples(tok, [e.messages for e in data.train], 1024)
+        lengths = sorted(r["length"] for r in tokenized)
         mean_len = statistics.mean(lengths)
+        answer_share = data_answer_share([r["labels"] for r in tokenized])
         where = (torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads")
         print(f"model: Qwen2 hidden {shape.hidden}, {shape.layers} layers, vocab {shape.vocab} "
               f"({shape.parameters / 1e9:.2f}B parameters, random weights); {where}")
@@ -370,7 +372,7 @@ def main() -> None:
         check_no_cross_attention(model_dir, rows_path, a.device)
 
         presets = a.presets.split(",") if a.presets else (["baseline"] if a.device == "cuda" else ["cpu"])
-        fpt = train_flops_per_token(shape, mean_len)
+        fpt = train_flops_per_token(shape, mean_len, answer_share)
         peak = peak_flops(a.device)
         measured: dict[str, dict] = {}
         for preset in presets:

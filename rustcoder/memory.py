@@ -163,11 +163,24 @@ def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None
                 "the weights", per_token[True] * largest)
 
 
-def train_flops_per_token(shape: ModelShape, mean_example_tokens: float) -> float:
-    """Model FLOPs per trained token for LoRA: forward (2N) + backward through activations (2N), plus causal
-    attention (QK^T and AV at half the mean example length, three passes). Recomputation is not counted."""
+def train_flops_per_token(shape: ModelShape, mean_example_tokens: float, answer_share: float = 1.0) -> float:
+    """Model FLOPs per trained (non-pad) token for LoRA, the work the step needs however it is laid out.
+
+    Decoder layers: forward (2 per weight) + backward through activations (2; the frozen weights get no
+    gradient), causal attention (QK^T and AV at half the mean example length, three passes). The LM head
+    (vocab x hidden) only at answer positions, ``answer_share`` of the tokens: the loss needs no logits
+    elsewhere (TRL's defaults compute them anyway; that is their overhead, not model work). The embedding
+    is a lookup, no matmul. Recomputation is not counted.
+    """
+    decoder = shape.parameters - shape.vocab * shape.hidden * (1 if shape.tied else 2)
     attention = 3 * 2 * 2 * shape.layers * shape.hidden * mean_example_tokens / 2
-    return 4 * shape.parameters + attention
+    return 4 * decoder + 4 * shape.vocab * shape.hidden * answer_share + attention
+
+
+def data_answer_share(labels: list[list[int]], ignore: int = -100) -> float:
+    """The share of tokens that are answer tokens (labels not ``ignore``) over the examples."""
+    total = sum(len(lab) for lab in labels)
+    return sum(sum(1 for t in lab if t != ignore) for lab in labels) / total if total else 1.0
 
 
 def peak_flops(device: str) -> float | None:

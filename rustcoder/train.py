@@ -544,7 +544,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
 
     from .fast_paths import add_answer_head, use_fast_dropout
     from .ranks import RUN_DIR_ENV, process_rank
-    from .memory import ModelShape, peak_flops, train_flops_per_token
+    from .memory import ModelShape, data_answer_share, peak_flops, train_flops_per_token
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
     from .packing import StepCollator
 
@@ -615,7 +615,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     add_answer_head(trainer.model.get_base_model())
     shape = ModelShape.from_config(model_config)
     mean_len = (sum(train_ds["length"]) / len(train_ds)) if len(train_ds) else 0
-    trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len)
+    answer_share = data_answer_share(train_ds["labels"]) if len(train_ds) else 1.0
+    trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len, answer_share)
     trainer.rc_peak_flops = peak_flops(plan.device)
     if plan.fast_paths:
         use_fast_dropout(trainer.model)

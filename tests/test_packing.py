@@ -273,3 +273,17 @@ def test_evaluation_never_dominates_a_short_run():
     assert auto_eval_steps(562, 90000 * 136, 1000 * 136) == (56, "")      # plenty of training: about 10
     every, note = auto_eval_steps(20, 80 * 136, 1000 * 136)               # a short run, a large eval split
     assert every == 20 and "1 evaluations" in note
+
+
+def test_mfu_counts_the_decoder_per_token_and_the_lm_head_only_at_answers():
+    """Model FLOPs of a LoRA step: 4 per decoder weight per token (forward + backward through activations), the
+    LM head only at answer positions, no matmul for the embedding lookup; checked by hand on the 7B shape."""
+    from rustcoder.memory import ModelShape, data_answer_share, train_flops_per_token
+
+    s = ModelShape(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064, tied=False)
+    per_layer = 2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944  # q, o; k, v (4 kv heads x 128); gate, up, down
+    attention = 3 * 2 * 2 * 28 * 3584 * 100 / 2
+    assert train_flops_per_token(s, 100, answer_share=0.5) == 4 * 28 * per_layer + 4 * 152064 * 3584 * 0.5 + attention
+    # the embedding never counts; the head counts in full only when every token is an answer token
+    assert train_flops_per_token(s, 100, 1.0) - train_flops_per_token(s, 100, 0.0) == 4 * 152064 * 3584
+    assert data_answer_share([[-100, -100, 5, 6], [-100, 7]]) == 3 / 6
