@@ -160,6 +160,8 @@ QWEN_SHAPES = {
     "0.5b": dict(hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab_size=151936, tied=True),
     "1.5b": dict(hidden_size=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab_size=151936, tied=True),
     "7b": dict(hidden_size=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab_size=152064, tied=False),
+    # the 0.5B's vocabulary and tying on a CPU-sized body: the GPU layer's logic rehearsed on CPU
+    "mini": dict(hidden_size=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab_size=151936, tied=True),
 }
 
 

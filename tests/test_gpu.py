@@ -1,8 +1,10 @@
 """The GPU layer: the real path on a real dtype. train -> merge -> eval -> serve -> chat on a bf16
 Qwen2.5-0.5B-shaped model built on the GPU, and eval generation on CUDA.
 
-Run with `pytest -m gpu` on a CUDA machine (on an offline GPU box: ../shared/gpu/README.md); every test
-here skips cleanly without CUDA. CI has no GPU.
+Run with `pytest -m gpu` on a CUDA machine (on an offline GPU box: docs/gpu.md); every test here skips
+cleanly without CUDA. CI has no GPU. RUSTCODER_GPU_REHEARSAL=1 runs the same steps on CPU with a small
+bf16 shape ("mini", the 0.5B's vocabulary), to check the layer's logic and environment before a GPU visit
+(`scripts/gpu_checks.py --rehearse`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from conftest import read_until_ready
 
 torch = pytest.importorskip("torch")
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+REHEARSAL = os.environ.get("RUSTCODER_GPU_REHEARSAL") == "1" and not torch.cuda.is_available()
+DEVICE = "cpu" if REHEARSAL else "cuda"
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() and not REHEARSAL,
+                                                  reason="needs a CUDA GPU")]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +43,8 @@ def base_0p5b(tmp_path_factory) -> Path:
     """Qwen2.5-0.5B's shape (hidden 896, 24 layers, vocab 151936, tied) with random bf16 weights, built on the GPU."""
     from rustcoder.tiny import build_shaped_model
 
-    return build_shaped_model(tmp_path_factory.mktemp("gpu") / "qwen2.5-0.5b-shape", "0.5b", device="cuda")
+    shape = "mini" if REHEARSAL else "0.5b"
+    return build_shaped_model(tmp_path_factory.mktemp("gpu") / f"qwen2.5-{shape}-shape", shape, device=DEVICE)
 
 
 def _report(merged: Path) -> dict:
@@ -115,7 +121,7 @@ def test_eval_generation_on_cuda_is_batched_left_padded_and_stops_at_the_end_of_
 
     items = load_items(dataset_suite("sample"), limit=1).items[:6]
     backend = TransformersBackend(str(base_0p5b), dtype="float32", batch_size=6, log=lambda *_: None)
-    assert backend.device == "cuda" and next(backend.model.parameters()).is_cuda
+    assert backend.device == DEVICE and next(backend.model.parameters()).device.type == DEVICE
     target = ModelTarget("model", "local", "0.5b", path=str(base_0p5b))
     params = GenParams(max_new_tokens=12)
     reqs = [GenRequest(i) for i in items]
@@ -130,7 +136,7 @@ def test_eval_generation_on_cuda_is_batched_left_padded_and_stops_at_the_end_of_
 
     # stops at the first stop token: make the model's own third greedy token a stop token
     tok = backend.tokenizer
-    ids = tok(backend.prompt_text(reqs[0].messages), return_tensors="pt", add_special_tokens=False).to("cuda")
+    ids = tok(backend.prompt_text(reqs[0].messages), return_tensors="pt", add_special_tokens=False).to(DEVICE)
     with torch.inference_mode():
         raw = backend.model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
     stop = raw[2]

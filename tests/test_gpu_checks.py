@@ -35,6 +35,8 @@ def test_the_plan_covers_the_open_gpu_checks_and_every_script_exists(gpu_checks,
         cuda = {s.name: "--device cuda" in " ".join(s.argv) for s in steps}
         assert cuda["train-7b"] and cuda["eval-7b"] and cuda["train-1.5b"] if not rehearse else not any(cuda.values())
     assert [s.name for s in steps if not s.default] == ["merge-7b"]  # off unless asked for
+    assert steps[1].env == {"RUSTCODER_GPU_REHEARSAL": "1"}  # rehearsed: tests/test_gpu.py runs on CPU
+    assert gpu_checks.plan(sys.executable, tmp_path, False)[1].env == {}
 
 
 def test_unknown_step_names_the_steps_and_exits_2(gpu_checks, tmp_path, capsys):
