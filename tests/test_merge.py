@@ -536,6 +536,27 @@ def test_layerwise_forward_equals_the_transformers_forward(arch, variant, tiny_q
         torch.testing.assert_close(item["logits"], expected, atol=2e-5, rtol=0)
 
 
+def test_the_reference_pass_reads_an_untouched_untied_embedding_as_stored(tiny_qwen2, tmp_path):
+    """The rounded model's input embedding is the stored one when the merge leaves it as stored: rows are looked
+    up in it, not in a float32 copy held for the whole pass (2.2 GB on an untied 7B)."""
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.merge.layerwise import _Layerwise
+    from rustcoder.merge.plan import MergePlan
+    from rustcoder.merge.tensors import Meter
+
+    src = _with_lm_head(tiny_qwen2, tmp_path / "untied32")
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(tmp_path / "untied16")
+    for target, copied in (("bfloat16", False), ("float32", True)):  # float32 output: rounding changes it
+        lw = _Layerwise(tmp_path / "untied16", Meter(), plan=MergePlan(), round_to=target)
+        ids = torch.tensor([[3, 7, 11]])
+        rows = lw.embed_ids(ids, "rounded")
+        held = lw._rounded_matrices[lw.embed_key]
+        assert (held is lw.embed) is (not copied) and lw.embed.dtype == torch.bfloat16
+        torch.testing.assert_close(rows, lw.embed[ids].float(), rtol=0, atol=0)
+        lw.close()
+
+
 @pytest.mark.parametrize("margin, passes", [(1e-6, True), (5.0, False)])
 def test_logits_are_compared_only_where_both_models_saw_the_same_tokens(margin, passes):
     """After greedy outputs part at a near-tie the two models read different tokens: those positions are

@@ -166,13 +166,13 @@ class _Layerwise:
             raise RustcoderError(f"{self.dir} has no tensor {name}{why}")
         return self.reader.read(name, dtype)
 
-    def _rounded(self, key: str, stored, base32):
+    def _rounded(self, key: str, stored, base):
         """The tensor as the merge saves it, in float32: (replacement, then update) rounded to round_to;
-        None when that is base32 itself (an untouched tensor already stored in round_to)."""
+        None when that is base itself (an untouched tensor already stored in round_to)."""
         u, rep = self.plan.updates.get(key), self.plan.replacements.get(key)
         if u is None and rep is None and stored == self.round_to:
             return None
-        w = rep.float() if rep is not None else base32
+        w = rep.float() if rep is not None else base.float()
         if u is not None:
             w = u.apply(w)
         return w.to(self.round_to).float()
@@ -218,17 +218,20 @@ class _Layerwise:
         for k, alt in swaps.items():
             module.get_parameter(k).data = alt.get(mode, alt["base"])
 
-    def _rounded_matrix(self, key: str, stored_key: str, base32):
+    def _rounded_matrix(self, key: str, stored_key: str, source):
+        """The matrix as the merge saves it: ``source`` itself where the merge leaves it as stored (no copy:
+        a float32 copy of an untied 7B's input embedding is 2.2 GB), else the float32 of its rounded merge,
+        computed once."""
         if key not in self._rounded_matrices:
-            r = self._rounded(key, self.reader.dtype(stored_key), base32)
-            self._rounded_matrices[key] = base32 if r is None else r
+            r = self._rounded(key, self.reader.dtype(stored_key), source)
+            self._rounded_matrices[key] = source if r is None else r
         return self._rounded_matrices[key]
 
     def embed_ids(self, ids, mode: str):
         import torch.nn.functional as F
 
         if mode == "rounded":
-            return F.embedding(ids, self._rounded_matrix(self.embed_key, self.embed_key, self.embed.float())).float()
+            return F.embedding(ids, self._rounded_matrix(self.embed_key, self.embed_key, self.embed)).float()
         rep = self.plan.replacements.get(self.embed_key) if mode == "adapter" else None
         h = F.embedding(ids, rep if rep is not None else self.embed).float()
         u = self.plan.updates.get(self.embed_key) if mode == "adapter" else None
