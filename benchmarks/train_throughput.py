@@ -160,14 +160,13 @@ def timed_throughput(history: list[dict], times: dict[int, float], warmup: int) 
 
 def check_no_cross_attention(model_dir: Path, rows_path: Path, device: str) -> str:
     """Each example's logits inside one of rustcoder's forwards equal its logits alone; returns the path's name."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from rustcoder.attention import choose_attention
     from rustcoder.config import resolve_config
     from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
-    from rustcoder.packing import collate_forward
+    from rustcoder.packing import isolation_errors
     from rustcoder.train import plan_training, resolve_data_path
 
     layout = resolve_data_path("auto", device)
@@ -183,21 +182,18 @@ def check_no_cross_attention(model_dir: Path, rows_path: Path, device: str) -> s
     if path.attn_implementation != "sdpa":
         model.set_attn_implementation(path.attn_implementation)
     model.eval()
-    batch = {k: (v.to(model.device) if hasattr(v, "to") else v)
-             for k, v in collate_forward(feats, layout, tok.pad_token_id, path.varlen_kwargs).items()}
-    # float32 on CPU: ~100 ulps; bf16 on a GPU: a few bf16 ulps of logits of size ~1-10 (2**-7 relative)
-    atol = 1e-4 if device == "cpu" else 5e-2
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
-        offset = 0
-        for i, f in enumerate(feats):
-            alone = model(input_ids=torch.tensor([f["input_ids"]], device=model.device), use_cache=False).logits[0]
-            n = len(f["input_ids"])
-            got = logits[0, offset:offset + n] if layout == "padding-free" else logits[i, :n]
-            offset += n
-            assert torch.allclose(got.float(), alone.float(), atol=atol), f"example {i} attends outside itself"
+    report = isolation_errors(model, feats, layout, tok.pad_token_id, path.varlen_kwargs)
     del model
-    print(f"isolation check ({layout}, {path.name}): each example's logits in a forward equal its logits alone")
+    worst = max(report, key=lambda r: r["max_diff"] / r["tolerance"])
+    numbers = (f"max |packed - alone| {worst['max_diff']:.3g} vs tolerance {worst['tolerance']:.3g} "
+               f"(first example's kernel noise x 8, at least 2 ulps of logits up to {worst['scale']:.3g})")
+    if all(r["isolated"] for r in report):
+        print(f"isolation check ({layout}, {path.name}): each example's logits in a forward equal its logits alone; "
+              f"{numbers}")
+    else:  # reported, not fatal: the throughput figures below still come, marked
+        bad = [i for i, r in enumerate(report) if not r["isolated"]]
+        print(f"ISOLATION CHECK FAILED ({layout}, {path.name}): examples {bad} see other examples; {numbers}. "
+              f"rustcoder's figures below are not valid for this path.")
     return path.name
 
 

@@ -225,3 +225,35 @@ def schedule(lengths: list[int], *, batch_size: int, accum_per_process: int, num
             forwards.append(busiest)
         epoch += 1
     return Schedule(forwards, tokens, real, computed)
+
+
+def isolation_errors(model, features: list[dict], layout: str, pad_id: int, varlen_kwargs: bool = False) -> list[dict]:
+    """Whether each example of one packed forward sees only itself: its logits there against its logits alone.
+
+    Per example: ``max_diff`` (max |packed - alone|), ``tolerance`` and ``isolated``. The tolerance comes
+    from the run itself, not from a constant: the first example of a flattened row has nothing before it
+    to attend to, so its difference is pure kernel noise of this model, dtype and path (other shapes, other
+    tilings); every example may differ by 8 times that, and at least by 2 units in the last place of the
+    dtype at its largest logit (a bf16 7B's logits of ~5 differ by a few ulps of 2**-6). A foreign token
+    attended moves logits by a sizeable share of their scale, far above either.
+    """
+    import torch
+
+    batch = collate_forward(features, layout, pad_id, varlen_kwargs)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        packed = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items() if k != "labels"},
+                       use_cache=False).logits.float()
+        out, offset = [], 0
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]], device=device), use_cache=False).logits[0].float()
+            got = packed[0, offset:offset + n] if layout == "padding-free" else packed[i, :n]
+            offset += n
+            out.append({"max_diff": float((got - alone).abs().max()), "scale": float(alone.abs().max())})
+    eps = torch.finfo(next(model.parameters()).dtype).eps
+    floor = out[0]["max_diff"] if layout == "padding-free" else 0.0
+    for r in out:
+        r["tolerance"] = max(8 * floor, 2 * eps * r["scale"], 1e-6)
+        r["isolated"] = r["max_diff"] <= r["tolerance"]
+    return out

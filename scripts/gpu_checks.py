@@ -106,7 +106,7 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
         evals = ["--device", "cuda", "--shape", "7b", "--backends", "hf-generate,transformers", "--prompts", "32",
                  "--max-new-tokens", "256", "--repeat", "1"]
         merge = ["--shape", "7b", "--skip", "streaming-noverify", "--skip", "streaming-fullverify"]
-    train_keep = [r"^model:", r"^data:", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
+    train_keep = [r"^model:", r"^data:", r"(?i)^isolation check", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
                   r"throughput ratio", r"eval loss difference", r"projected", r"^  (TRL|rustcoder)"]
     return [
         Step("env", [py, "-c", ENV_PROBE], 60, 10, [r".*"]),

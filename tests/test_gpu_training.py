@@ -28,7 +28,7 @@ def test_packed_examples_do_not_attend_to_each_other_on_cuda(tiny_qwen2, impl):
     from transformers import AutoModelForCausalLM
 
     from rustcoder.attention import attention_function
-    from rustcoder.packing import collate_forward
+    from rustcoder.packing import isolation_errors
 
     path = attention_function(impl)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.bfloat16, attn_implementation="sdpa")
@@ -37,17 +37,10 @@ def test_packed_examples_do_not_attend_to_each_other_on_cuda(tiny_qwen2, impl):
     g = torch.Generator().manual_seed(0)
     feats = [{"input_ids": torch.randint(3, 900, (n,), generator=g).tolist(), "labels": [1] * n}
              for n in (37, 5, 130, 64)]
-    batch = {k: v.cuda() if torch.is_tensor(v) else v
-             for k, v in collate_forward(feats, "padding-free", 0, path.varlen_kwargs).items() if k != "labels"}
-    with torch.no_grad():
-        packed = model(**batch, use_cache=False).logits[0].float()
-        offset = 0
-        for f in feats:
-            n = len(f["input_ids"])
-            alone = model(input_ids=torch.tensor([f["input_ids"]], device="cuda"), use_cache=False).logits[0].float()
-            # bf16: kernels differ in accumulation order; a few bf16 ulps (2**-8 relative) of logits of size ~1
-            torch.testing.assert_close(packed[offset:offset + n], alone, atol=3e-2, rtol=3e-2)
-            offset += n
+    # bf16 kernels differ in accumulation order: the tolerance is the first example's own noise x 8, at least
+    # 2 bf16 ulps of the logits (rustcoder.packing.isolation_errors; it catches a leak on CPU, test_packing.py)
+    report = isolation_errors(model, feats, "padding-free", 0, path.varlen_kwargs)
+    assert all(r["isolated"] for r in report), report
 
 
 def test_packed_training_on_cuda_runs_the_planned_forwards(rows_file, tiny_qwen2, tmp_path):

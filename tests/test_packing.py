@@ -287,3 +287,22 @@ def test_mfu_counts_the_decoder_per_token_and_the_lm_head_only_at_answers():
     # the embedding never counts; the head counts in full only when every token is an answer token
     assert train_flops_per_token(s, 100, 1.0) - train_flops_per_token(s, 100, 0.0) == 4 * 152064 * 3584
     assert data_answer_share([[-100, -100, 5, 6], [-100, 7]]) == 3 / 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_isolation_check_passes_packed_forwards_and_catches_a_leak(tiny_qwen2, monkeypatch, dtype):
+    """The benchmark's isolation check (tolerance from the first example's kernel noise, at least 2 ulps of the
+    dtype): passes a correct packed forward in float32 and bf16, fails one whose examples see each other."""
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder import packing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, attn_implementation="sdpa", dtype=dtype).eval()
+    feats = _features()
+    good = packing.isolation_errors(model, feats, "padding-free", pad_id=0)
+    assert all(r["isolated"] for r in good), good
+    real = packing.collate_forward
+    monkeypatch.setattr(packing, "collate_forward", lambda *a, **k: {  # no per-example positions: one causal row
+        key: v for key, v in real(*a, **k).items() if key != "position_ids"})
+    leaked = packing.isolation_errors(model, feats, "padding-free", pad_id=0)
+    assert leaked[0]["isolated"] and not any(r["isolated"] for r in leaked[1:]), leaked
