@@ -70,7 +70,7 @@ def _summary(name: str, gens: list, seconds: float, load_seconds: float) -> dict
             "stopped": sum(g.finish_reason == "stop" for g in gens), "load_seconds": round(load_seconds, 1)}
 
 
-def run_local(name: str, model_dir: Path, items: list, max_new_tokens: int, batch_size: int, batch_tokens: int,
+def run_local(name: str, model_dir: Path, items: list, max_new_tokens: int, batch_size: int, batch_tokens,
               dtype: str, concurrency: int, vllm_python: str | None, repeat: int = 1) -> dict:
     """Load one backend, answer every item ``repeat`` times (greedy), return the fastest timing."""
     from types import SimpleNamespace
@@ -103,13 +103,24 @@ def run_local(name: str, model_dir: Path, items: list, max_new_tokens: int, batc
             backend.generate_shard = _hf_generate(backend)
     load = time.perf_counter() - started
     try:
+        import torch
+
+        cuda = torch.cuda.is_available() and name != "served"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         best = None
         for _ in range(max(1, repeat)):  # the fastest of the repeats: the one a shared machine disturbed least
             started = time.perf_counter()
             gens = [g for _, gs in backend.generate(requests, params, target) for g in gs]
             seconds = time.perf_counter() - started
             best = seconds if best is None else min(best, seconds)
-        return _summary(name, gens, best, load)
+        out = _summary(name, gens, best, load)
+        if name in ("transformers", "transformers-static"):
+            out["batch_tokens"] = backend.batch_tokens
+        if cuda:  # the auto budget's estimate against what generation really took
+            out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            out["total_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        return out
     finally:
         backend.close()
 
@@ -163,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=30)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8, help="hf-generate's fixed batch (the old default)")
-    ap.add_argument("--batch-tokens", type=int, default=16384, help="the transformers backend's token budget")
+    ap.add_argument("--batch-tokens", default="auto",
+                    help="the transformers backend's token budget (default: auto, as rustcoder eval: from the GPU's "
+                         "free memory, 16384 on CPU)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--concurrency", type=int, default=16, help="served: requests in flight")
     ap.add_argument("--vllm-python", default=os.environ.get("RUSTCODER_VLLM_PYTHON"),
@@ -173,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.batch_tokens != "auto":
+        args.batch_tokens = int(args.batch_tokens)
 
     if args.worker == "vllm":  # inside the vLLM environment
         print(json.dumps(run_local("vllm", Path(args.model_dir), prompts(args.prompts), args.max_new_tokens,
@@ -209,15 +224,17 @@ def main(argv: list[str] | None = None) -> int:
                 r = {"backend": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         results.append(r)
     base = next((r for r in results if r["backend"] == names[0] and r.get("tokens_per_s")), None)
-    print(f"\n| backend | answers | stopped early | generated tokens | seconds | tokens/s | vs {names[0]} | load s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"\n| backend | answers | stopped early | generated tokens | seconds | tokens/s | vs {names[0]} | load s "
+          f"| batch tokens | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         if "error" in r:
-            print(f"| {r['backend']} | error: {r['error'].splitlines()[-1][:120]} | | | | | | |")
+            print(f"| {r['backend']} | error: {r['error'].splitlines()[-1][:120]} | | | | | | | | |")
             continue
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         print(f"| {r['backend']} | {r['answers']} | {r['stopped']} | {r['tokens']:,} | {r['seconds']:.1f} | "
-              f"{r['tokens_per_s']:,.1f} | {ratio} | {r['load_seconds']:.1f} |")
+              f"{r['tokens_per_s']:,.1f} | {ratio} | {r['load_seconds']:.1f} | {r.get('batch_tokens') or '-'} | "
+              f"{r.get('peak_gib', '-')} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": where, "shape": args.shape, "prompts": len(items),
                                                "max_new_tokens": args.max_new_tokens, "results": results}, indent=2))

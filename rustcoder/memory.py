@@ -1,4 +1,5 @@
-"""Memory and compute budget of a training forward: tokens per forward, checkpointing by need, FLOPs and MFU.
+"""Memory and compute budgets: a training forward's tokens, checkpointing by need, FLOPs and MFU; a generation
+batch's token budget.
 
 Estimates, not measurements: a forward's activation memory is counted from the model's shape (what
 autograd keeps per token and layer for LoRA on every linear layer), with a safety margin. They
@@ -23,6 +24,8 @@ USABLE_SHARE = 0.85     # of the free memory, for weights + activations; the res
 # length) and bigger forwards only amortise Python overhead: one --max-length's worth (1024) keeps both small.
 CPU_TOKENS_PER_FORWARD = 1024
 TOKEN_ROUNDING = 256
+# Generation on CPU: batches past this many KV tokens (rows x (longest prompt + new tokens)) gain nothing here.
+GEN_CPU_BATCH_TOKENS = 16384
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for the MFU estimate.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
@@ -175,6 +178,25 @@ def train_flops_per_token(shape: ModelShape, mean_example_tokens: float, answer_
     decoder = shape.parameters - shape.vocab * shape.hidden * (1 if shape.tied else 2)
     attention = 3 * 2 * 2 * shape.layers * shape.hidden * mean_example_tokens / 2
     return 4 * decoder + 4 * shape.vocab * shape.hidden * answer_share + attention
+
+
+def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:
+    """KV cache of one token over every layer: keys and values of the kv heads."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes
+
+
+def prefill_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:
+    """One decoder layer's transient activations per prompt token while a batch's prompts are read (layers run
+    one after another): the MLP's gate, up and their product, and about six hidden-sized tensors."""
+    return (3 * shape.intermediate + 6 * shape.hidden) * dtype_bytes
+
+
+def generation_batch_tokens(shape: ModelShape, dtype_bytes: int, free_bytes: int) -> int:
+    """The token budget of a generation batch, rows x (longest prompt + max new tokens), that fits ``free_bytes``
+    (the device's free memory with the model loaded): each budget token may hold its KV cache in every layer
+    plus one layer's prefill activations, with the training estimate's margin and usable share."""
+    per_token = (kv_bytes_per_token(shape, dtype_bytes) + prefill_bytes_per_token(shape, dtype_bytes)) * SAFETY
+    return max(TOKEN_ROUNDING, int(free_bytes * USABLE_SHARE / per_token) // TOKEN_ROUNDING * TOKEN_ROUNDING)
 
 
 def data_answer_share(labels: list[list[int]], ignore: int = -100) -> float:

@@ -177,3 +177,52 @@ def test_the_oracle_reports_no_generation_speed(tmp_path):
                                  output_dir=str(tmp_path / "ev")), log=lambda *_: None)
     assert result.metrics["generation_speed"] == {}
     assert "## Generation speed" not in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_generation_budget_from_free_memory_counts_kv_cache_and_prefill():
+    """7B in bf16 on an 80 GB card (about 64 GB free once loaded): each budget token holds its KV cache in all
+    28 layers (2 x 28 x 4 kv heads x 128 x 2 bytes) and one layer's prefill activations, with the training
+    estimate's margin and usable share; the whole Strandset test split at 512 new tokens is then one batch."""
+    from rustcoder.memory import SAFETY, USABLE_SHARE, ModelShape, generation_batch_tokens
+
+    s = ModelShape(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064, tied=False)
+    free = 64 * 2**30
+    per_token = (2 * 28 * 4 * 128 * 2 + (3 * 18944 + 6 * 3584) * 2) * SAFETY
+    budget = generation_batch_tokens(s, 2, free)
+    assert budget == int(free * USABLE_SHARE / per_token) // 256 * 256 and 150_000 < budget < 250_000
+    lengths = [200] * 225
+    reqs = [GenRequest(_Item(i)) for i in range(225)]
+    assert len(plan_batches(reqs, lengths, GenParams(max_new_tokens=512), 8, budget)) == 1
+    assert generation_batch_tokens(s, 2, 0) == 256  # no memory: one prompt per batch still runs
+
+
+def test_auto_budget_reads_the_gpu_free_memory_and_is_fixed_on_cpu(tiny_qwen2, monkeypatch):
+    import torch
+
+    from rustcoder.eval import backends
+    from rustcoder.memory import GEN_CPU_BATCH_TOKENS, ModelShape, generation_batch_tokens
+
+    backend = _backend(tiny_qwen2, batch_tokens="auto")
+    assert backend.device == "cpu" and backend.batch_tokens == GEN_CPU_BATCH_TOKENS
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (10 * 2**30, 80 * 2**30))
+    got = backends.auto_batch_tokens(backend.model, "cuda")
+    assert asked and got == generation_batch_tokens(ModelShape.from_config(backend.model.config), 4, 10 * 2**30)
+    backend.close()
+
+
+@pytest.mark.parametrize("setting, passed", [(None, "auto"), (0, None), (4096, 4096)])
+def test_eval_config_batch_tokens_reach_the_backend(setting, passed, monkeypatch):
+    """None (the default) is the auto budget; 0 is fixed --batch-size batches; a number is that budget."""
+    from types import SimpleNamespace
+
+    from rustcoder.eval import backends, loading
+    from rustcoder.eval.config import EvalConfig
+
+    seen = {}
+    monkeypatch.setattr(backends, "TransformersBackend", lambda *a, **k: seen.update(k))
+    cfg = EvalConfig(batch_tokens=setting)
+    assert not [p for p in cfg.problems() if p.startswith("--batch-tokens")]
+    target = ModelTarget("model", "local", "m", path="/nowhere")
+    loading.default_backend_factory(target, SimpleNamespace(cfg=cfg, backend="transformers"))
+    assert seen["batch_tokens"] == passed

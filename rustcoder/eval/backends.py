@@ -205,13 +205,27 @@ def shard_units(backend: str, requests: list[GenRequest], params: GenParams, bat
 KV_CACHES = ("dynamic", "static")
 
 
+def auto_batch_tokens(model, device: str) -> int:
+    """The generation token budget for a loaded model: on CUDA what the free memory holds (KV cache of every
+    layer plus one layer's prefill per token, ``memory.generation_batch_tokens``), on CPU a fixed 16384."""
+    from ..memory import GEN_CPU_BATCH_TOKENS, ModelShape, generation_batch_tokens
+
+    if device != "cuda":
+        return GEN_CPU_BATCH_TOKENS
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(next(model.parameters()).device)
+    itemsize = next(model.parameters()).element_size()
+    return generation_batch_tokens(ModelShape.from_config(model.config), itemsize, free)
+
+
 class TransformersBackend(Backend):
     """Batched generation with transformers: left padding, greedy by default, stops at <|im_end|>.
 
     One loaded model serves both the adapter and, with the adapter disabled, its base. Batches are
-    planned by ``plan_batches`` (a token budget with ``batch_tokens``). ``kv_cache``: "dynamic"
-    (``decoding.decode``: a finished answer leaves the batch at once) or "static" (``generate``
-    with transformers' static cache, which it compiles on CUDA; finished rows stay in the batch).
+    planned by ``plan_batches`` (a token budget with ``batch_tokens``; "auto": ``auto_batch_tokens``).
+    ``kv_cache``: "dynamic" (``decoding.decode``: a finished answer leaves the batch at once) or "static"
+    (``generate`` with transformers' static cache, which it compiles on CUDA; finished rows stay in the batch).
     """
 
     name = "transformers"
@@ -219,7 +233,7 @@ class TransformersBackend(Backend):
 
     def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
                  chat_template: str | None = None, dtype: str = "auto", batch_size: int = 8,
-                 batch_tokens: int | None = None, kv_cache: str = "dynamic", log=print):
+                 batch_tokens: int | str | None = None, kv_cache: str = "dynamic", log=print):
         import torch
         from transformers import GenerationConfig
 
@@ -254,6 +268,11 @@ class TransformersBackend(Backend):
         self.model = model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
+        if self.batch_tokens == "auto":
+            self.batch_tokens = auto_batch_tokens(self.model, self.device)
+            if self.device == "cuda":
+                log(f"generation batches: up to {self.batch_tokens:,} tokens (rows x (longest prompt + new tokens)), "
+                    f"what the GPU's free memory holds (--batch-tokens sets it)")
         tok = self.tokenizer
         self.end_id = tok.convert_tokens_to_ids(END_OF_TURN)
         self.pad_id = tok.convert_tokens_to_ids(tok.pad_token)

@@ -61,9 +61,10 @@ class EvalConfig:
     max_new_tokens: int | None = _f(None, "Generation length cap (default: the suite's, 512).")
     batch_size: int = _f(8, "Examples per teacher-forced batch; prompts per generation batch only with "
                          "--batch-tokens 0.")
-    batch_tokens: int = _f(16384, "transformers backend: token budget of a generation batch, rows x (longest "
-                           "prompt + --max-new-tokens), over length-sorted prompts (short prompts share big "
-                           "batches); 0: a fixed --batch-size prompts per batch.")
+    batch_tokens: int | None = _f(None, "transformers backend: token budget of a generation batch, rows x (longest "
+                                  "prompt + --max-new-tokens), over length-sorted prompts (short prompts share big "
+                                  "batches). Default: on a GPU what its free memory holds once the model is loaded "
+                                  "(KV cache plus prefill), 16384 on CPU; 0: a fixed --batch-size prompts per batch.")
     kv_cache: str = _f("dynamic", "transformers backend: dynamic (a finished answer leaves the batch at once) or "
                        "static (transformers' static cache, its decode step compiled on CUDA).",
                        choices=("dynamic", "static"))
@@ -100,7 +101,7 @@ class EvalConfig:
             value = getattr(self, f_.name)
             if choices and value is not None and value not in choices:
                 bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
-        if self.batch_tokens < 0:
+        if self.batch_tokens is not None and self.batch_tokens < 0:
             bad("batch_tokens", f"must be >= 0 (0: fixed --batch-size batches), got {self.batch_tokens}")
         if self.backend != "served" and (self.engine or self.vllm_python or self.engine_args):
             given = next(n for n in ("engine", "vllm_python", "engine_args") if getattr(self, n))

@@ -37,7 +37,8 @@ def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
 
     return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
                                chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                               batch_tokens=cfg.batch_tokens or None, kv_cache=cfg.kv_cache)
+                               batch_tokens="auto" if cfg.batch_tokens is None else (cfg.batch_tokens or None),
+                               kv_cache=cfg.kv_cache)
 
 
 class Backends:

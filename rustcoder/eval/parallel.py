@@ -36,6 +36,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from ..errors import RustcoderError, UsageError
+from ..memory import GEN_CPU_BATCH_TOKENS
 from ..procs import exit_status, set_parent_death_signal, start_group, stop_groups
 from .backends import GenParams, GenRequest, ModelTarget, shard_units
 
@@ -200,8 +201,8 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
         return 0
     cfg = plan.cfg
     per_gpu = (cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
-    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size, cfg.batch_tokens or None)
-                for _, reqs in jobs)
+    budget = GEN_CPU_BATCH_TOKENS if cfg.batch_tokens is None else (cfg.batch_tokens or None)  # auto: an estimate
+    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size, budget) for _, reqs in jobs)
     workers = max(1, min(cfg.data_parallel or 1, units))
     gpus = visible_gpus()
     devices = assign_devices(cfg.data_parallel or 1, gpus, per_gpu)[:workers]
