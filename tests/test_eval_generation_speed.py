@@ -117,13 +117,19 @@ def test_static_cache_gives_the_same_greedy_answers(lively_model):
     requests = [GenRequest(i) for i in items]
     target = ModelTarget("model", "local", "m", path=str(model_dir))
     params = GenParams(max_new_tokens=8)
-    answers = {}
-    for kv in ("dynamic", "static"):
-        backend = _backend(model_dir, batch_tokens=4096, kv_cache=kv)
-        answers[kv] = {r.item.id: [(g.text, g.finish_reason, g.tokens) for g in gens]
-                       for r, gens in backend.generate(requests, params, target)}
+    answers, shapes = {}, {}
+    # static batches are padded to few compile shapes (rows to a power of two, prompt width to a multiple of
+    # 128): batches of 3 rows run as 4, the padding rows dropped, the answers unchanged
+    for name, kv, kw in (("dynamic", "dynamic", {"batch_tokens": 4096}), ("static", "static", {"batch_tokens": 4096}),
+                         ("static-3", "static", {"batch_tokens": 0, "batch_size": 3})):
+        backend = _backend(model_dir, kv_cache=kv, **kw)
+        answers[name] = {r.item.id: [(g.text, g.finish_reason, g.tokens) for g in gens]
+                         for r, gens in backend.generate(requests, params, target)}
+        shapes[name] = backend.static_shapes
         backend.close()
-    assert answers["static"] == answers["dynamic"] and len(answers["static"]) == len(items)
+    assert answers["static"] == answers["dynamic"] == answers["static-3"] and len(answers["static"]) == len(items)
+    assert shapes["static-3"] and all(r == 4 and w % 128 == 0 for r, w in shapes["static-3"])
+    assert not shapes["dynamic"]
 
 
 @pytest.mark.slow

@@ -203,6 +203,7 @@ def shard_units(backend: str, requests: list[GenRequest], params: GenParams, bat
 
 
 KV_CACHES = ("dynamic", "static")
+STATIC_WIDTH_BUCKET = 128  # static cache: prompt widths padded to a multiple of this (one compile per bucket)
 
 
 def auto_batch_tokens(model, device: str) -> int:
@@ -250,6 +251,7 @@ class TransformersBackend(Backend):
         self.kv_cache = kv_cache
         self.log = log
         self.decode_stats = None  # decoding.DecodeStats of the dynamic path, for tests and benchmarks
+        self.static_shapes: set[tuple[int, int]] = set()  # (rows, width) the static path generated with
         started = time.time()
         hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the eval's own progress
         config = load_config(path, revision)
@@ -347,9 +349,23 @@ class TransformersBackend(Backend):
                 yield requests[i], gens
 
     def _generate_static(self, ids, mask, params) -> list[list[int]]:
-        """``model.generate`` with a static KV cache (compiled decode on CUDA); every row runs to the end."""
+        """``model.generate`` with a static KV cache (compiled decode on CUDA); every row runs to the end.
+
+        transformers compiles one graph per cache shape, so the batch is padded to a few shapes: rows to the
+        next power of two (copies of the first row, dropped after) and the prompt width to a multiple of
+        STATIC_WIDTH_BUCKET (masked left padding). Without that every batch of a length-sorted eval would
+        compile anew.
+        """
+        import torch
         from transformers import GenerationConfig
 
+        rows, width = ids.shape
+        rows_to = 1 << (rows - 1).bit_length()
+        width_to = -(-width // STATIC_WIDTH_BUCKET) * STATIC_WIDTH_BUCKET
+        ids = torch.cat([ids, ids[:1].expand(rows_to - rows, -1)])
+        mask = torch.cat([mask, mask[:1].expand(rows_to - rows, -1)])
+        ids = torch.nn.functional.pad(ids, (width_to - width, 0), value=self.pad_id)
+        mask = torch.nn.functional.pad(mask, (width_to - width, 0), value=0)
         sampling = params.temperature > 0
         gc = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=sampling, eos_token_id=self.stop_ids,
@@ -357,7 +373,8 @@ class TransformersBackend(Backend):
             temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
             top_k=None, repetition_penalty=1.0)
         out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)
-        return out[:, ids.shape[1]:].tolist()
+        self.static_shapes.add((rows_to, width_to))
+        return out[:rows, width_to:].tolist()
 
     def token_stats(self, conversations: list[list[dict]], *, batch_size: int, max_length: int,
                     adapter_enabled: bool = True) -> list:
