@@ -607,6 +607,44 @@ def test_layerwise_verification_passes_a_correct_streaming_merge(streamed_merge,
                                                                          abs=1e-5)
 
 
+def test_layerwise_merged_pass_reads_the_reference_continuation_in_one_pass(streamed_merge, sharded_base, tmp_path):
+    """The merged model's layerwise pass teacher-forces the reference's tokens: its greedy output is the one it
+    generates itself up to and including the first token where it differs from the reference, with the same
+    margins there, at one pass over the layers instead of one per token."""
+    from transformers import AutoTokenizer
+
+    from rustcoder.merge import layerwise_probe_outputs
+    from rustcoder.merge.checks import common_prefix
+    from rustcoder.merge.tensors import Meter
+
+    merged, _ = streamed_merge
+    other = tmp_path / "other"  # a different model, so that greedy outputs part somewhere
+    shutil.copytree(merged, other)
+    _edit_tensor(other, "model.layers.0.mlp.down_proj.weight", lambda t: t * 3.0)
+    tok = AutoTokenizer.from_pretrained(merged)
+    reference = layerwise_probe_outputs(merged, tok, greedy_tokens=6)
+    for r in reference:  # compared against as if it were a reference pass's rounded merge
+        r["rounded_logits"] = r["logits"]
+    reads = []
+    meter = Meter()
+    real_alloc = meter.alloc
+    meter.alloc = lambda name: reads.append(name) or real_alloc(name)
+    forced = layerwise_probe_outputs(other, tok, reference=reference, greedy_tokens=6, meter=meter)
+    free = layerwise_probe_outputs(other, tok, greedy_tokens=6)
+    layer0 = [n for n in reads if ".layers.0.mlp.down_proj" in n]
+    assert len(layer0) == 1  # one pass over the layers
+    parted = 0
+    for ref, f, g in zip(reference, forced, free):
+        k = common_prefix(ref["greedy"], g["greedy"])
+        assert common_prefix(ref["greedy"], f["greedy"]) == k and len(f["greedy"]) == len(ref["greedy"])
+        upto = min(k + 1, len(g["greedy"]), len(f["greedy"]))
+        assert f["greedy"][:upto] == g["greedy"][:upto]
+        assert f["margins"][:upto] == pytest.approx(g["margins"][:upto], abs=1e-4)
+        assert f["positions"] == len(ref["prompt_ids"]) + len(ref["greedy"]) - 1 and f["not_compared"] == 0
+        parted += k < len(ref["greedy"])
+    assert parted  # the check saw a difference somewhere
+
+
 def _edit_tensor(model_dir: Path, key: str, fn) -> None:
     from safetensors.torch import load_file, save_file
 

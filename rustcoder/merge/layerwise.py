@@ -295,7 +295,12 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     adapter applied on the fly): memory of about one layer plus the embeddings, whatever the model size.
 
     Greedy decoding runs for real, all probes in lockstep with a KV cache per probe: each generated token
-    is one more pass over the layers (re-reading every layer), so greedy_tokens is kept small. Returns,
+    is one more pass over the layers (re-reading every layer), so greedy_tokens is kept small. With
+    reference, the model instead reads the reference's prompt and continuation in one pass (teacher
+    forcing): its argmax at each continuation position is its greedy token given the same prefix, so its
+    greedy output equals the reference's up to their first difference, found at the same token with the
+    same margins; past it the tokens are the argmaxes after the reference's prefix, which the greedy check
+    does not use. One pass instead of one per token, and every position is compared on the same inputs. Returns,
     per probe, prompt_ids, greedy and margins (top-1 minus top-2 logit at each step) and the float32
     logits of every position fed (the prompt and the generated tokens but the last). With base_logits and
     round_to (a reference pass), the adapter-off model and the merge rounded to round_to run alongside on
@@ -321,6 +326,10 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     diff, rdiff, sq = [0.0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     seen, compared, agree = [0] * len(prompts), [0] * len(prompts), [True] * len(prompts)
     feed = {p: list(ids) for p, ids in enumerate(prompts)}
+    if reference is not None:  # teacher forcing (see above): the reference's tokens, all in one pass
+        feed = {p: r["prompt_ids"] + r["greedy"][:-1] for p, r in enumerate(reference)}
+        for p, r in enumerate(reference):
+            out[p]["prompt_ids"] = list(r["prompt_ids"])
     try:
         with torch.no_grad():
             while feed:
@@ -356,6 +365,13 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                             rdiff[p] = max(rdiff[p], finite_max((x[:k] - rounded[seen[p]:seen[p] + k]).abs()))
                             compared[p] += k
                     seen[p] += n
+                    if reference is not None:
+                        cont = x[len(reference[p]["prompt_ids"]) - 1:]
+                        top = cont.topk(2, dim=-1).values
+                        out[p]["margins"] = (top[:, 0] - top[:, 1]).tolist()
+                        out[p]["greedy"] = cont.argmax(-1).tolist()
+                        del feed[p], x
+                        continue
                     top = x[-1].topk(2).values
                     out[p]["margins"].append(float(top[0] - top[1]))
                     token = int(x[-1].argmax())
