@@ -62,11 +62,24 @@ def check_torch() -> list[Check]:
         gpus = [f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
                 for i in range(torch.cuda.device_count())]
         checks.append(Check("GPUs", OK, f"{len(gpus)}: " + ", ".join(gpus), "train at scale, vLLM"))
+        checks.append(check_packed_attention())
     else:
         checks.append(Check("GPUs", WARN, "none visible: training and eval run on CPU (tiny models, minutes; "
                             "a 7B model needs a GPU)", "train at scale, vLLM",
                             "on a GPU machine: pip install torch (CUDA build), check nvidia-smi"))
     return checks
+
+
+def check_packed_attention() -> Check:
+    """The attention path packed training forwards will use on this GPU (rustcoder.attention's choice)."""
+    from .attention import choose_attention
+
+    path = choose_attention("cuda", "padding-free")
+    if path.varlen_kwargs:
+        return Check("packed attention", OK, f"{path.name} (a varlen kernel: packed examples cost no mask)", "train")
+    return Check("packed attention", WARN, f"{path.name}: no varlen kernel here, packed forwards attend through a "
+                 "block mask (exact, slower)", "train",
+                 "pip install flash-attn --no-build-isolation   (or torch >= 2.9, whose varlen_attn rustcoder uses)")
 
 
 def check_rustc() -> list[Check]:

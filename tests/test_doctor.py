@@ -78,3 +78,23 @@ def test_hub_login_hint_is_the_current_cli(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored token
     login = {c.name: c for c in check_hub()}["hub login"]
     assert login.fix.startswith("hf auth login") and "huggingface-cli" not in login.fix
+
+
+def test_doctor_names_the_packed_attention_path_on_a_gpu(monkeypatch):
+    """On a GPU the doctor says which attention packed training forwards will use, and how to get a varlen one."""
+    import torch
+
+    from rustcoder import attention
+    from rustcoder.doctor import WARN, check_packed_attention, check_torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: type("P", (), {"total_memory": 80 * 2**30}))
+    monkeypatch.setattr(attention, "has_module", lambda m: m == "torch.nn.attention.varlen")
+    checks = {c.name: c for c in check_torch()}
+    assert "H100" in checks["GPUs"].detail
+    assert checks["packed attention"].status == OK and "torch varlen_attn" in checks["packed attention"].detail
+    monkeypatch.setattr(attention, "has_module", lambda m: False)
+    c = check_packed_attention()
+    assert c.status == WARN and "FlexAttention" in c.detail and "flash-attn" in c.fix
