@@ -135,7 +135,8 @@ def check_vllm(vllm_python: str | None = None) -> Check:
 
 
 def check_extras() -> list[Check]:
-    """Optional stacks: the serve extra (transformers engine + OpenAI client), Gradio (playground), flash-attn."""
+    """Optional stacks: the serve extra (transformers engine + OpenAI client), Gradio (playground). flash-attn
+    matters only on a GPU: check_packed_attention."""
     from .serve import transformers_serving_missing
 
     out = []
@@ -150,10 +151,6 @@ def check_extras() -> list[Check]:
     out.append(Check("gradio", OK if v else WARN, v or "not installed: `rustcoder playground` and "
                      "`serve --playground` cannot start", "playground",
                      "" if v else "pip install 'rustcoder[playground]'"))
-    fa = _version("flash-attn") or _version("flash_attn")
-    out.append(Check("flash-attn", OK if fa else WARN, fa or "not installed (GPU training packs examples with "
-                     "torch's varlen or SDPA attention instead)", "train on GPU (speed)",
-                     "" if fa else "pip install flash-attn --no-build-isolation (CUDA only)"))
     return out
 
 
