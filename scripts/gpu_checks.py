@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -131,23 +132,26 @@ def run_step(step: Step, out: Path, limit_s: float, env: dict) -> dict:
     with open(log_path, "w") as log:
         log.write(f"$ {json.dumps(step.argv)}\n")
         log.flush()
-        proc = start_group(step.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
+        proc = start_group(step.argv, die_with_parent=True, stdout=log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
     shown = len(log_path.read_text())
     timed_out = False
-    while True:
-        rc = exit_status(proc)
-        text = log_path.read_text(errors="replace")
-        sys.stdout.write("".join(f"[{step.name}] {line}\n" for line in text[shown:].splitlines()) if text[shown:] else "")
-        sys.stdout.flush()
-        shown = len(text)
-        if rc is not None:
-            break
-        if time.monotonic() - t0 > limit_s:
-            timed_out = True
-            rc = stop_group(proc, timeout=10)
-            break
-        time.sleep(1.0)
-    stop_group(proc, timeout=5)  # reap the leader and anything its group left behind
+    try:
+        while True:
+            rc = exit_status(proc)
+            text = log_path.read_text(errors="replace")
+            sys.stdout.write("".join(f"[{step.name}] {line}\n" for line in text[shown:].splitlines()))
+            sys.stdout.flush()
+            shown = len(text)
+            if rc is not None:
+                break
+            if time.monotonic() - t0 > limit_s:
+                timed_out = True
+                rc = stop_group(proc, timeout=10)
+                break
+            time.sleep(1.0)
+    finally:  # also when this script is interrupted: nothing of the step may outlive it (a warm GPU box is reused)
+        stop_group(proc, timeout=5)  # reap the leader and anything its group left behind
     wall = time.monotonic() - t0
     lines = log_path.read_text(errors="replace").splitlines()[1:]
     kept = [ln for ln in lines if any(re.search(k, ln) for k in step.keep)][-40:]
@@ -164,7 +168,7 @@ def write_summary(out: Path, results: list[dict], header: str) -> None:
     md = [f"# GPU checks: {header}", ""]
     for r in results:
         md.append(f"## {r['step']}: {r['status']}" + (f" ({r['wall_s']:.0f} s of {r['limit_s']} s)"
-                                                       if r["status"] != "skipped" else f" ({r.get('why', '')})"))
+                                                       if "wall_s" in r else f" ({r.get('why', '')})"))
         md += ["```", *r.get("lines", []), "```", ""] if r.get("lines") else [""]
     for name, text in (("summary.json", json.dumps(data, indent=1)), ("summary.md", "\n".join(md))):
         tmp = out / f".{name}.tmp"
@@ -207,6 +211,28 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
     deadline = time.monotonic() + a.budget_s
     results: list[dict] = []
+    previous = signal.signal(signal.SIGTERM, _interrupted)  # a stopped visit still writes its summary
+    try:
+        run_steps(steps, out, env, deadline, results, header)
+    except KeyboardInterrupt:
+        left = [s.name for s in steps if s.name not in {r["step"] for r in results}]
+        results += [{"step": name, "status": "interrupted" if i == 0 else "skipped", "why": "interrupted"}
+                    for i, name in enumerate(left)]
+        write_summary(out, results, header + ", interrupted")
+        print("interrupted: summary written", flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print((out / "summary.md").read_text())
+    return 0 if all(r["status"] in ("passed", "skipped") for r in results) else 1
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_steps(steps: list[Step], out: Path, env: dict, deadline: float, results: list[dict], header: str) -> None:
+    """Run the steps in order within the deadline, appending to results and rewriting the summary after each."""
     for step in steps:
         left = deadline - time.monotonic()
         if left < step.need_s:
@@ -218,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_step(step, out, min(step.timeout_s, left), {**env, **step.env}))
             print(f"== {step.name}: {results[-1]['status']} in {results[-1]['wall_s']:.0f} s", flush=True)
         write_summary(out, results, header)
-    print((out / "summary.md").read_text())
-    return 0 if all(r["status"] in ("passed", "skipped") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -86,3 +86,26 @@ def test_extra_packages_are_spelled_as_constraints_pins_them(gpu_checks):
     newest release (pydantic_core then no longer matches pydantic)."""
     pinned = {line.split("==")[0] for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
     assert set(gpu_checks.EXTRA_PKGS.split()) <= pinned
+
+
+def test_a_stopped_visit_stops_its_step_and_still_writes_the_summary(gpu_checks, monkeypatch, tmp_path):
+    """SIGTERM (a device call's limit, Ctrl-C's cousin): the running step's process group is stopped, the summary
+    says which step was interrupted, and the exit code is 130."""
+    import os
+
+    Step = gpu_checks.Step
+    py = sys.executable
+    _fake(gpu_checks, monkeypatch, [
+        Step("first", [py, "-c", "print('ok')"], 30, 1),
+        Step("stopped", [py, "-c", f"import os, signal, subprocess, sys, time; p = subprocess.Popen([sys.executable, "
+                                   f"'-c', 'import time; time.sleep(600)']); print('child', p.pid, flush=True); "
+                                   f"os.kill({os.getpid()}, signal.SIGTERM); time.sleep(600)"], 60, 1, [r"child"]),
+        Step("after", [py, "-c", "print('never')"], 30, 1),
+    ])
+    assert gpu_checks.main(["--out", str(tmp_path), "--only", "first,stopped,after"]) == 130
+    by = {s["step"]: s for s in json.loads((tmp_path / "summary.json").read_text())["steps"]}
+    assert by["first"]["status"] == "passed" and by["stopped"]["status"] == "interrupted"
+    assert by["after"]["status"] == "skipped"
+    child = int(next(ln for ln in (tmp_path / "stopped.log").read_text().splitlines()[1:]
+                     if ln.startswith("child")).split()[1])
+    assert pid_gone(child)
