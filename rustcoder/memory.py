@@ -117,9 +117,22 @@ class MemoryPlan:
     free_gib: float | None = None
 
 
+def dense_mask_tokens(shape: ModelShape) -> int:
+    """The most tokens a flattened forward should hold when its attention runs over the whole forward through a
+    block mask (SDPA without a varlen kernel: T x T scores however short the examples): where that attention,
+    4 x T x hidden FLOPs per token and layer, stays within a quarter of the layer's linear work (2 per weight)."""
+    per_layer = (shape.parameters - shape.vocab * shape.hidden * (1 if shape.tied else 2)) / shape.layers
+    return max(TOKEN_ROUNDING, int(0.25 * 2 * per_layer / (4 * shape.hidden)) // TOKEN_ROUNDING * TOKEN_ROUNDING)
+
+
 def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None, dtype_bytes: int, lora_r: int,
-                max_length: int, tokens_per_forward: int | None, gradient_checkpointing: bool | None) -> MemoryPlan:
+                max_length: int, tokens_per_forward: int | None, gradient_checkpointing: bool | None,
+                dense_mask: bool = False) -> MemoryPlan:
     """Choose tokens per forward (unless given) and gradient checkpointing (unless forced).
+
+    With ``dense_mask`` (packed forwards attend through a block mask over the whole forward), the chosen
+    budget is also capped at ``dense_mask_tokens``: past it the wasted attention outgrows what a bigger
+    forward saves.
 
     Checkpointing is off when the estimated activations of the largest forward fit what is left of
     the device's free memory after the weights; on, with the reason, when they do not. A budget is
@@ -147,6 +160,8 @@ def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None
             tokens = CPU_TOKENS_PER_FORWARD
         else:
             tokens = fit(False) if fit(False) >= max_length else fit(True)
+            if dense_mask:
+                tokens = min(tokens, dense_mask_tokens(shape))
         tokens = max(tokens, max_length)
     else:
         tokens = tokens_per_forward

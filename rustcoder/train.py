@@ -210,19 +210,20 @@ def plan_training(cfg: TrainConfig, device: str | None = None, *, data: Prepared
     if free_bytes is None:
         free_bytes = device_free_bytes(device)
     dtype_bytes = 2 if cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device == "cuda") else 4
+    from .attention import choose_attention
+
+    # flash-attn and torch's varlen kernel take bf16/fp16 only: float32 training on a GPU packs with SDPA's mask
+    attention = choose_attention(device, layout, "sdpa" if device == "cuda" and dtype_bytes == 4 else "auto")
     mem = plan_memory(device=device, shape=shape, free_bytes=free_bytes, dtype_bytes=dtype_bytes,
                       lora_r=cfg.lora_r, max_length=cfg.max_length, tokens_per_forward=cfg.tokens_per_forward,
-                      gradient_checkpointing=cfg.gradient_checkpointing)
+                      gradient_checkpointing=cfg.gradient_checkpointing,
+                      dense_mask=layout == "padding-free" and attention.attn_implementation == "sdpa")
     if cfg.eval_steps:
         eval_steps, eval_note = cfg.eval_steps, ""
     else:
         train_tokens = sum(lengths) * total / per_epoch if lengths else len(data.train) * total / per_epoch
         eval_tokens = sum(eval_lengths) if eval_lengths else len(data.eval)
         eval_steps, eval_note = auto_eval_steps(total, train_tokens, eval_tokens)
-    from .attention import choose_attention
-
-    # flash-attn and torch's varlen kernel take bf16/fp16 only: float32 training on a GPU packs with SDPA's mask
-    attention = choose_attention(device, layout, "sdpa" if device == "cuda" and dtype_bytes == 4 else "auto")
     forwards = None
     if lengths:
         forwards = schedule(lengths, batch_size=cfg.batch_size, accum_per_process=grad_accum_per_process(cfg),
@@ -544,7 +545,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
 
     from .fast_paths import add_answer_head, use_fast_dropout
     from .ranks import RUN_DIR_ENV, process_rank
-    from .memory import ModelShape, data_answer_share, peak_flops, train_flops_per_token
+    from .memory import ModelShape, data_answer_share, dense_mask_tokens, peak_flops, train_flops_per_token
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
     from .packing import StepCollator
 
@@ -598,6 +599,11 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         except Exception as e:  # a kernel that cannot load here: SDPA's block mask is exact too
             log(f"note: attention {plan.attention} unavailable ({str(e).splitlines()[0]}); using SDPA block mask")
             plan.attention, plan.attn_implementation, plan.varlen_kwargs = "SDPA block-diagonal mask", "sdpa", False
+            cap = max(dense_mask_tokens(ModelShape.from_config(model_config)), cfg.max_length)
+            if plan.data_path == "padding-free" and cfg.tokens_per_forward is None and plan.tokens_per_forward > cap:
+                log(f"  tokens per forward {plan.tokens_per_forward} -> {cap}: a block mask attends over the whole "
+                    "forward")
+                plan.tokens_per_forward = cap
             if main_process:
                 artifacts.update_manifest(run_dir, attention=plan.attention)
     targets = "all-linear" if cfg.lora_target_modules == "all-linear" else \

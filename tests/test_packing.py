@@ -236,7 +236,7 @@ def test_float32_training_on_a_gpu_never_gets_a_bf16_only_kernel(rows_file, tiny
     """flash-attn and torch's varlen_attn refuse float32 inputs: --dtype float32 on a GPU packs with SDPA's mask."""
     from rustcoder import attention
     from rustcoder.config import resolve_config
-    from rustcoder.memory import GIB, ModelShape
+    from rustcoder.memory import GIB, ModelShape, dense_mask_tokens
     from rustcoder.train import plan_training
 
     def plan(dtype):
@@ -246,6 +246,19 @@ def test_float32_training_on_a_gpu_never_gets_a_bf16_only_kernel(rows_file, tiny
                              count_forwards=False)
 
     assert plan("float32").attn_implementation == "sdpa"
+    # SDPA's block mask attends over the whole forward: its budget is capped where that waste stays small
+    small = ModelShape(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tied=True)
+
+    def plan_small(dtype):
+        cfg = resolve_config("baseline", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40,
+                                                        dtype=dtype))
+        return plan_training(cfg, device="cuda", shape=small, free_bytes=79 * GIB, count_forwards=False)
+
+    fp32 = plan_small("float32")
+    assert fp32.attn_implementation == "sdpa" and dense_mask_tokens(small) == 2048
+    assert fp32.tokens_per_forward == max(2048, fp32.config.max_length)
+    if attention.torch_varlen_available():  # a varlen kernel: no cap, the budget is what memory holds
+        assert plan_small("bfloat16").tokens_per_forward > 10 * 2048
     if attention.torch_varlen_available():
         assert plan("auto").attn_implementation == attention.TORCH_VARLEN
         assert plan("bfloat16").attn_implementation == attention.TORCH_VARLEN

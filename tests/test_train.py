@@ -378,3 +378,16 @@ def test_offline_hub_dataset_fails_with_a_clear_message():
     assert r.exit_code == 1, r.output
     assert "could not load 'Fortytwo-Network/Strandset-Rust-v1'" in r.output
     assert "Traceback" not in r.output
+
+
+def test_an_attention_kernel_that_cannot_load_falls_back_to_sdpa_and_says_so(rows_file, tiny_qwen2, tmp_path,
+                                                                             monkeypatch):
+    """A planned kernel that fails to load here (flash-attn asked for, not installed) trains with SDPA's exact
+    block mask: the log says why and the manifest names the path used."""
+    monkeypatch.setenv("RUSTCODER_ATTENTION", "flash_attention_2")
+    cfg = resolve_config("small-batch", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40,
+                                                       max_steps=1, report_to="none", output_dir=str(tmp_path)))
+    lines = []
+    result = train(cfg, progress=False, log=lines.append)
+    assert any("flash-attn varlen unavailable" in str(x) and "using SDPA block mask" in str(x) for x in lines), lines
+    assert artifacts.read_json(result.run_dir / "manifest.json")["attention"] == "SDPA block-diagonal mask"
