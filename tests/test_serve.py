@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import read_until_ready
 
 from rustcoder import serve as srv
 import rustcoder.serve.spec as serve_spec
@@ -439,27 +440,13 @@ def _cli(*args, env=None, **kw):
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, **kw)
 
 
-def _wait_for(proc, needle: str, timeout: float = 30.0) -> str:
-    out = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        out.append(line)
-        if needle in line:
-            return "".join(out)
-    proc.kill()
-    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(out)}")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_serve_stops_every_process_on_ctrl_c_and_sigterm(model_dir, fake_vllm, sig):
     script, record = fake_vllm
     port = free_port()
     proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(port))
     try:
-        out = _wait_for(proc, "Ctrl-C stops the server")
+        out = read_until_ready(proc, 30)
         assert f"base URL   http://127.0.0.1:{port}/v1" in out and "model      exp-small" in out
         assert "curl http://127.0.0.1:" in out
         rec = json.loads(record.read_text())
@@ -488,7 +475,7 @@ def test_cli_serve_started_with_sigint_ignored_still_stops_on_sigint(model_dir, 
     proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(free_port()),
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        _wait_for(proc, "Ctrl-C stops the server")
+        read_until_ready(proc, 30)
         rec = json.loads(record.read_text())
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
@@ -519,7 +506,7 @@ def test_engine_dies_with_a_killed_serve_process(model_dir, fake_vllm):
     script, record = fake_vllm
     proc = _cli("serve", str(model_dir), "--engine", "vllm", "--vllm-python", str(script), "--port", str(free_port()))
     try:
-        _wait_for(proc, "Ctrl-C stops the server")
+        read_until_ready(proc, 30)
         rec = json.loads(record.read_text())
         proc.kill()  # SIGKILL: no cleanup code runs in rustcoder
         proc.wait(timeout=10)
