@@ -13,6 +13,7 @@ to another in rustcoder's forwards runs first.
     python benchmarks/train_throughput.py --steps 20            # quicker, noisier
     python benchmarks/train_throughput.py --device cuda --shape 7b            # Qwen2-7B shape, bf16, baseline
     python benchmarks/train_throughput.py --device cuda --shape 1.5b --presets baseline,small-batch
+    python benchmarks/train_throughput.py --device cuda --shape 7b --profile  # + where a step's time goes
 
 On a GPU the model is the real Qwen shape with random weights, built in bf16 on the card (no hub
 needed; throughput and memory are shape-bound, not weight-bound); the tokenizer is the tiny one.
@@ -227,19 +228,20 @@ def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, a
         model=str(model_dir), dataset=str(rows_path), num_examples=a.rows, batch_size=batch, grad_accum=accum,
         max_steps=a.steps, lr=2e-4, warmup_ratio=0.1, eval_steps=10**6, save_steps=10**6, report_to="none",
         output_dir=str(work / "runs"), run_name=f"rustcoder-{preset}-{fast_paths}", logging_steps=1,
-        fast_paths=fast_paths))
+        fast_paths=fast_paths, profile_step=max(1, a.warmup_steps) if a.profile else None))
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg, progress=False, callbacks=[clock], log=lambda *_: None)
     history = artifacts.read_json(result.run_dir / "log_history.json")
     tps, s_per_step, timed = timed_throughput(history, clock.times, a.warmup_steps)
-    plan = artifacts.read_json(result.run_dir / "manifest.json")["plan"]
+    manifest = artifacts.read_json(result.run_dir / "manifest.json")
+    plan = manifest["plan"]
     label = (f"rustcoder {plan['data_path']}, {plan['forwards']['forwards_per_step_mean']:g} fwd/step"
              + (", ckpt" if plan["gradient_checkpointing"] else "")
              + (" + fast dropout" if plan.get("fast_paths") else ""))
     return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": result.metrics["eval_loss"],
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None,
-            "data_path": label, "attention": plan["attention"]}
+            "data_path": label, "attention": plan["attention"], "profile": manifest.get("profile")}
 
 
 def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str) -> dict:
@@ -320,6 +322,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="CPU model depth")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--breakdown", action="store_true", help="also run rustcoder without the CPU fast dropout")
+    ap.add_argument("--profile", action="store_true", help="profile rustcoder's last warm-up step (untimed) and "
+                    "print where its time went: GPU busy share, kernel launches, host syncs, matmul/attention split")
     a = ap.parse_args()
     a.steps = a.steps or (30 if a.device == "cuda" else 60)
     a.warmup_steps = a.warmup_steps if a.warmup_steps is not None else (3 if a.device == "cuda" else 2)
@@ -402,6 +406,10 @@ def main() -> None:
                   f"{results['rustcoder']['attention']}")
             print(f"eval loss difference (rustcoder - TRL): "
                   f"{results['rustcoder']['eval_loss'] - results['TRL defaults']['eval_loss']:+.4f}")
+            if results["rustcoder"].get("profile"):
+                from rustcoder.profiling import render
+
+                print(f"rustcoder {render(results['rustcoder']['profile'])}")
             measured[name] = results
         if a.device == "cuda":
             print("\nprojected five-run study on 10,000 rows (optimizer steps x measured seconds per step):")

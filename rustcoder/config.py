@@ -108,6 +108,9 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps (default: about 10 times per run).")
     save_steps: int = _f(100, "Checkpoint every N optimizer steps (for --resume).")
     save_total_limit: int = _f(2, "Checkpoints to keep.")
+    profile_step: int | None = _f(None, "Profile this optimizer step (1-based) with torch.profiler: a Chrome trace and "
+                                  "a summary of where its time went (GPU busy share, kernel launches, host syncs, "
+                                  "matmul and attention shares) in the run's profile/ directory.")
     push_to_hub: str | None = _f(None, "Push the adapter and a model card to this hub repo at the end.")
 
     # Filled by resolution, not by the user
@@ -158,6 +161,8 @@ class TrainConfig:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.num_processes < 1:
             bad("num_processes", f"must be >= 1, got {self.num_processes}")
+        if self.profile_step is not None and self.profile_step < 1:
+            bad("profile_step", f"must be >= 1 (optimizer steps count from 1), got {self.profile_step}")
         if self.eval_steps is not None and self.eval_steps < 1:
             bad("eval_steps", f"must be >= 1, got {self.eval_steps}")
         for f_ in fields(self):

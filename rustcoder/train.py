@@ -350,7 +350,8 @@ def _trainer_class():
     from .packing import IGNORE, StepSampler, collate_forward, group_forwards
 
     class StepTimer(TrainerCallback):
-        """Wall time of optimizer steps only (no evaluation, no checkpoint saves), for tokens/s and MFU."""
+        """Wall time and non-pad tokens of optimizer steps only (no evaluation, no checkpoint saves, not the
+        profiled step), for tokens/s and MFU."""
 
         def __init__(self, trainer):
             self.trainer = trainer
@@ -360,13 +361,17 @@ def _trainer_class():
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            if self.started is not None:
-                if torch.cuda.is_available() and self.trainer.args.device.type == "cuda":
+            t = self.trainer
+            if self.started is not None and state.global_step != t.rc_profile_step:
+                if torch.cuda.is_available() and t.args.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - self.started
-                self.trainer.rc_window_seconds += dt
-                self.trainer.rc_step_seconds += dt
-                self.started = None
+                t.rc_window_seconds += dt
+                t.rc_step_seconds += dt
+                t.rc_window_tokens += t.rc_last_tokens
+                t.rc_tokens += t.rc_last_tokens
+                t.rc_timed_steps += 1
+            self.started = None
 
     class RustcoderSFTTrainer(SFTTrainer):
         rc_plan: TrainPlan | None = None
@@ -374,12 +379,14 @@ def _trainer_class():
         rc_flops_per_token: float | None = None
         rc_peak_flops: float | None = None
         rc_trl_head = False  # FSDP/DeepSpeed shard the LM head: use TRL's fused head there
+        rc_profile_step: int | None = None  # profiled (slower) step, left out of tokens/s
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self.rc_forwards: list[int] = []
             self.rc_window_tokens = self.rc_window_seconds = 0.0
-            self.rc_tokens = self.rc_step_seconds = 0.0
+            self.rc_tokens = self.rc_step_seconds = self.rc_last_tokens = 0.0
+            self.rc_timed_steps = 0
             self.add_callback(StepTimer(self))
 
         def _get_train_sampler(self, train_dataset=None):
@@ -433,8 +440,7 @@ def _trainer_class():
             self._total_train_tokens += int(tokens)
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             self.rc_forwards.append(len(forwards))
-            self.rc_window_tokens += tokens
-            self.rc_tokens += tokens
+            self.rc_last_tokens = tokens  # counted by the StepTimer with the step's time
             return step_loss
 
         def floating_point_ops(self, inputs):
@@ -626,6 +632,13 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     trainer.rc_peak_flops = peak_flops(plan.device)
     if plan.fast_paths:
         use_fast_dropout(trainer.model)
+    profiler = None
+    if cfg.profile_step:
+        from .profiling import PROFILE_DIR, step_profiler
+
+        profiler = step_profiler(cfg.profile_step, run_dir / PROFILE_DIR, plan.device, log)
+        trainer.add_callback(profiler)
+        trainer.rc_profile_step = cfg.profile_step
     started = time.time()
     try:
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -638,6 +651,9 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         if main_process:
             artifacts.update_manifest(run_dir, status="failed", updated_at=time.time())
         raise
+    if profiler is not None and profiler.summary is None:
+        log(f"note: step {cfg.profile_step} was not profiled: this run's steps were "
+            f"{(checkpoint and int(checkpoint.name.rsplit('-', 1)[1])) or 0} + 1 to {trainer.state.global_step}")
     if trainer.state.max_steps != plan.total_steps:  # the dry run promised this number
         log(f"warning: trainer ran {trainer.state.max_steps} steps, the plan said {plan.total_steps}")
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
@@ -663,6 +679,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "attention": plan.attention,
         "gradient_checkpointing": plan.gradient_checkpointing,
         "tokens_per_second": trainer.rc_tokens / trainer.rc_step_seconds if trainer.rc_step_seconds else None,
+        "timed_steps": trainer.rc_timed_steps,  # the steps tokens/s is over (not a profiled step)
+        "timed_tokens": trainer.rc_tokens,
     }
     if metrics["tokens_per_second"] and trainer.rc_peak_flops:
         metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
@@ -672,7 +690,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
         manifest = artifacts.read_json(manifest_path)
         adapter_dir = _save_adapter(trainer, tokenizer, run_dir, _model_card(manifest, metrics, cfg))
-        artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics)
+        extra = {"profile": profiler.summary} if profiler is not None and profiler.summary else {}
+        artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics, **extra)
         if cfg.push_to_hub:
             url = push_adapter(adapter_dir, cfg.push_to_hub)
             artifacts.update_manifest(run_dir, pushed_to=url)

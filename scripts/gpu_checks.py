@@ -97,18 +97,19 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
     tests = [str(ROOT / "tests" / "test_gpu_training.py"), str(ROOT / "tests" / "test_gpu.py")]
     if rehearse:
         train = lambda shape: ["--device", "cpu", "--steps", "4", "--warmup-steps", "1", "--rows", "200",  # noqa: E731
-                               "--hidden", "64", "--layers", "2"]
+                               "--hidden", "64", "--layers", "2", "--profile"]
         evals = ["--device", "cpu", "--shape", "tiny", "--backends", "hf-generate,transformers", "--prompts", "4",
                  "--max-new-tokens", "8", "--repeat", "1"]
         merge = ["--size-gb", "0.05", "--skip", "peft-fp32", "--skip", "streaming-fullverify"]
     else:
         train = lambda shape: ["--device", "cuda", "--shape", shape, "--presets", "baseline,small-batch",  # noqa: E731
-                               "--steps", "12", "--warmup-steps", "2"]
+                               "--steps", "12", "--warmup-steps", "2", "--profile"]
         evals = ["--device", "cuda", "--shape", "7b", "--backends", "hf-generate,transformers", "--prompts", "32",
                  "--max-new-tokens", "256", "--repeat", "1"]
         merge = ["--shape", "7b", "--skip", "streaming-noverify", "--skip", "streaming-fullverify"]
     train_keep = [r"^model:", r"^data:", r"(?i)^isolation check", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
-                  r"throughput ratio", r"eval loss difference", r"projected", r"^  (TRL|rustcoder)"]
+                  r"throughput ratio", r"eval loss difference", r"projected", r"^  (TRL|rustcoder)",
+                  r"^rustcoder profile of", r"^  largest:"]
     return [
         Step("env", [py, "-c", ENV_PROBE], 60, 10, [r".*"]),
         Step("gpu-tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "--junitxml",

@@ -89,10 +89,11 @@ def test_unknown_config_key_suggests_closest(tmp_path):
 
 def test_impossible_values_reported_all_at_once_naming_flags():
     with pytest.raises(ConfigError) as e:
-        resolve_config("baseline", overrides={"lr": 0.0, "lora_r": 0, "lora_dropout": 1.0, "warmup_ratio": 1.5})
+        resolve_config("baseline", overrides={"lr": 0.0, "lora_r": 0, "lora_dropout": 1.0, "warmup_ratio": 1.5,
+                                              "profile_step": 0})
     problems = e.value.problems
-    assert len(problems) == 4
-    for flag in ("--lr", "--lora-r", "--lora-dropout", "--warmup-ratio"):
+    assert len(problems) == 5
+    for flag in ("--lr", "--lora-r", "--lora-dropout", "--warmup-ratio", "--profile-step"):
         assert any(p.startswith(flag + ":") for p in problems), flag
 
 
