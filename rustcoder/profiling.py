@@ -116,38 +116,54 @@ def step_profiler(step: int, out_dir: Path, device: str, log=print):
     from .artifacts import atomic_write_json
 
     class StepProfiler(TrainerCallback):
+        """A diagnosis, never a cause of failure: a profiler that cannot start or finish is reported and the
+        run goes on."""
+
         def __init__(self):
             self.step = step
             self.summary: dict | None = None
+            self.error: str | None = None
             self._prof = None
             self._t0 = 0.0
 
+        def _failed(self, what: str, e: Exception) -> None:
+            self.error = f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log(f"note: step {self.step} was not profiled ({self.error}); training goes on")
+            self._prof = None
+
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step + 1 != self.step or self._prof is not None:
+            if state.global_step + 1 != self.step or self._prof is not None or self.error:
                 return
             cuda = device == "cuda"
-            if cuda:
-                torch.cuda.synchronize()  # the step starts with the card idle: its time is its own
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            self._prof = profile(activities=activities)
-            self._prof.__enter__()
+            try:
+                if cuda:
+                    torch.cuda.synchronize()  # the step starts with the card idle: its time is its own
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                self._prof = profile(activities=activities)
+                self._prof.__enter__()
+            except Exception as e:  # noqa: BLE001 (no profiler here, e.g. CUPTI missing: say so, keep training)
+                return self._failed("the profiler did not start", e)
             self._t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if self._prof is None or self.summary is not None:
                 return
-            if device == "cuda":
-                torch.cuda.synchronize()
-            wall = time.perf_counter() - self._t0
-            self._prof.__exit__(None, None, None)
-            self.summary = summarize(op_times(self._prof), wall, self.step, device)
-            if args.process_index == 0:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                tmp = out_dir / ".trace.json.tmp"
-                self._prof.export_chrome_trace(str(tmp))
-                tmp.replace(out_dir / "trace.json")
-                atomic_write_json(out_dir / "summary.json", self.summary)
-                log(render(self.summary) + f"\n  trace: {out_dir / 'trace.json'} (open in https://ui.perfetto.dev)")
+            try:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - self._t0
+                self._prof.__exit__(None, None, None)
+                summary = summarize(op_times(self._prof), wall, self.step, device)
+                if args.process_index == 0:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    tmp = out_dir / ".trace.json.tmp"
+                    self._prof.export_chrome_trace(str(tmp))
+                    tmp.replace(out_dir / "trace.json")
+                    atomic_write_json(out_dir / "summary.json", summary)
+                    log(render(summary) + f"\n  trace: {out_dir / 'trace.json'} (open in https://ui.perfetto.dev)")
+            except Exception as e:  # noqa: BLE001 (a diagnosis must not end the run it diagnoses)
+                return self._failed("its profile could not be read or written", e)
+            self.summary = summary
             self._prof = None
 
     return StepProfiler()

@@ -651,7 +651,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         if main_process:
             artifacts.update_manifest(run_dir, status="failed", updated_at=time.time())
         raise
-    if profiler is not None and profiler.summary is None:
+    if profiler is not None and profiler.summary is None and profiler.error is None:
         log(f"note: step {cfg.profile_step} was not profiled: this run's steps were "
             f"{(checkpoint and int(checkpoint.name.rsplit('-', 1)[1])) or 0} + 1 to {trainer.state.global_step}")
     if trainer.state.max_steps != plan.total_steps:  # the dry run promised this number

@@ -114,3 +114,24 @@ def test_a_profile_step_the_run_never_reaches_is_said(rows_file, tiny_qwen2, tmp
     result = train(cfg, progress=False, log=lines.append)
     assert any("step 5 was not profiled: this run's steps were 0 + 1 to 2" in line for line in lines)
     assert not (result.run_dir / "profile").exists()
+
+
+@pytest.mark.slow
+def test_a_profiler_that_fails_is_reported_and_the_run_goes_on(rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    import torch.profiler
+
+    from rustcoder.train import train
+
+    def no_profiler(*a, **k):
+        raise RuntimeError("CUPTI could not be loaded")
+
+    monkeypatch.setattr(torch.profiler, "profile", no_profiler)
+    lines = []
+    cfg = resolve_config("small-batch", overrides=dict(
+        model="tiny-qwen2", dataset=str(rows_file), num_examples=30, output_dir=str(tmp_path / "runs"),
+        report_to="none", max_steps=3, save_steps=1000, profile_step=2))
+    result = train(cfg, progress=False, log=lines.append)
+    assert result.metrics["steps"] == 3 and (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert any("step 2 was not profiled (the profiler did not start: RuntimeError: CUPTI could not be loaded)" in line
+               for line in lines)
+    assert result.metrics["timed_steps"] == 2  # the step that was to be profiled still left out of tokens/s
