@@ -98,6 +98,69 @@ def test_transformers_shards_are_the_single_process_batches(tiny_qwen2, request)
     backend.close()
 
 
+def test_workers_whose_gpus_hold_different_budgets_cut_the_same_batches(tiny_qwen2, tmp_path, monkeypatch):
+    """An automatic budget is measured per worker (its GPU's free memory): workers agree on the smallest, so
+    batch i of N is the same batch everywhere and every request is generated exactly once."""
+    import threading
+    from dataclasses import asdict
+
+    from rustcoder.eval import backends
+
+    budgets = {"worker-0": 300, "worker-1": 2000}  # tokens: about 1 prompt per batch vs several
+    monkeypatch.setattr(backends, "auto_batch_tokens", lambda model, device: budgets[threading.current_thread().name])
+    items = load_items(dataset_suite("sample"), limit=1).items
+    reqs = [GenRequest(i, n=1) for i in items]
+    params = GenParams(max_new_tokens=3)
+    target = ModelTarget("model", "local", "tiny", path=str(tiny_qwen2))
+    spec = {"cfg": EvalConfig(model=str(tiny_qwen2), batch_tokens=None).to_dict(), "backend": "transformers",
+            "params": asdict(params), "jobs": [{"target": asdict(target), "fingerprint": "fp",
+                                                "requests": [parallel._request_dict(r) for r in reqs]}]}
+    work = tmp_path / "generate-workers"
+    work.mkdir()
+    logs: dict[int, list[str]] = {0: [], 1: []}
+    errors = []
+
+    def worker(shard):
+        try:
+            parallel.run_worker(spec, shard, 2, work / f"shard-{shard}.jsonl", log=logs[shard].append)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,), name=f"worker-{s}") for s in range(2)]
+    threads[0].start()  # (processes in real use; threads here must not load models at the same time)
+    deadline = time.time() + 300
+    while not (work / "budget-0-0").exists() and not errors and time.time() < deadline:
+        time.sleep(0.05)  # worker 0 loaded and measured; it waits for worker 1's budget
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not any(t.is_alive() for t in threads)
+    keys = [json.loads(line)["id"] for s in range(2) for line in (work / f"shard-{s}.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted(i.id for i in items)  # each request once: none twice, none lost
+    assert any("generation budget 300 tokens, the smallest any worker's GPU holds (this one: 2,000)" in line
+               for line in logs[1])
+    assert sorted(p.name for p in work.glob("budget-*")) == ["budget-0-0", "budget-0-1"]
+
+
+def test_budget_agreement_waits_for_every_worker(tmp_path):
+    import threading
+
+    got = {}
+
+    def worker(shard, mine):
+        got[shard] = parallel.agree_on_budget(tmp_path, "job", shard, 3, mine, poll_s=0.01)
+
+    threads = [threading.Thread(target=worker, args=(s, b)) for s, b in enumerate((9000, 4096, 12000))]
+    threads[0].start()
+    threads[2].start()
+    time.sleep(0.2)
+    assert not got  # worker 1 has not measured yet: nobody plans
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=10)
+    assert got == {0: 4096, 1: 4096, 2: 4096}
+
+
 # ---- merging shard files ------------------------------------------------------------------------
 
 def _record(tag, item, index, answer, fp):

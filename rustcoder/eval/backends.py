@@ -231,6 +231,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     supports_teacher_forcing = True
+    batch_tokens_auto = False  # True once batch_tokens was measured from free memory ("auto")
 
     def __init__(self, path: str, *, revision: str | None = None, adapter_dir: str | None = None,
                  chat_template: str | None = None, dtype: str = "auto", batch_size: int = 8,
@@ -272,6 +273,7 @@ class TransformersBackend(Backend):
         self.model.to(self.device)
         if self.batch_tokens == "auto":
             self.batch_tokens = auto_batch_tokens(self.model, self.device)
+            self.batch_tokens_auto = True  # measured here: data-parallel workers agree on one (parallel.py)
             if self.device == "cuda":
                 log(f"generation batches: up to {self.batch_tokens:,} tokens (rows x (longest prompt + new tokens)), "
                     f"what the GPU's free memory holds (--batch-tokens sets it)")

@@ -151,6 +151,26 @@ def merge_shards(plan: "EvalPlan", log=print, *, clean: bool = False) -> int:
     return len(new)
 
 
+def agree_on_budget(work: Path, key: str, shard: int, shards: int, mine: int, poll_s: float = 0.05) -> int:
+    """The smallest automatic generation budget among the workers, once all have measured theirs.
+
+    Each worker sizes its budget from its own GPU's free memory after loading the model; GPUs a few MB
+    apart can give different budgets, hence different batch plans, and batch i of N would then be a
+    different batch in each worker (samples made twice, others never). So every worker runs the batches
+    of the one plan they all can hold. Each writes its budget beside the shard files and waits for the
+    others' (files: the workers share nothing else); a failing worker ends the wait, because the parent
+    then stops them all.
+    """
+    from ..artifacts import atomic_write_text
+
+    atomic_write_text(work / f"budget-{key}-{shard}", str(int(mine)))
+    while True:
+        try:
+            return min(int((work / f"budget-{key}-{i}").read_text()) for i in range(shards))
+        except (FileNotFoundError, ValueError):  # not all written yet
+            time.sleep(poll_s)
+
+
 def remove_work_dir(eval_dir: Path) -> None:
     """Delete the workers' directory (``--overwrite`` / ``--redo generate``)."""
     shutil.rmtree(Path(eval_dir) / WORK_DIR, ignore_errors=True)
@@ -214,6 +234,8 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
     spec = {"cfg": cfg.to_dict(), "backend": plan.backend, "params": asdict(plan.params),
             "jobs": [{"target": asdict(t), "fingerprint": plan.fingerprint(t),
                       "requests": [_request_dict(r) for r in reqs]} for t, reqs in jobs]}
+    for stale in work.glob("budget-*"):  # a killed run's budgets are not this run's
+        stale.unlink(missing_ok=True)
     spec_file = work / SPEC
     spec_file.write_text(json.dumps(spec, ensure_ascii=False, default=str))
     total = sum(r.n for _, reqs in jobs for r in reqs)
@@ -324,6 +346,12 @@ def run_worker(spec: dict, shard: int, shards: int, out: Path, log=print) -> int
             requests = [GenRequest(SimpleNamespace(id=r["id"], category=r["category"], messages=r["messages"]),
                                    n=r["n"], start=r["start"], indices=r["indices"]) for r in job["requests"]]
             backend = backends.get(target)
+            if shards > 1 and getattr(backend, "batch_tokens_auto", False):  # one batch plan for every worker
+                measured = backend.batch_tokens
+                backend.batch_tokens = agree_on_budget(out.parent, str(n), shard, shards, measured)
+                if backend.batch_tokens != measured:
+                    log(f"worker {shard}: generation budget {backend.batch_tokens:,} tokens, the smallest any worker's "
+                        f"GPU holds (this one: {measured:,}), so all cut the same batches")
             started, count = time.time(), 0
             for req, gens in backend.generate_shard(requests, params, target, shard, shards):
                 recs = [dict(sample_record(target.tag, req, j, g, backend.name), fingerprint=job["fingerprint"])
