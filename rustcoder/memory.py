@@ -43,15 +43,21 @@ class ModelShape:
     intermediate: int
     vocab: int
     tied: bool
+    head_size: int = 0  # the config's head_dim where it sets one (Qwen3: 128 whatever the width); 0: hidden / heads
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_size or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries (and the attention output): heads x head_dim, the hidden size only for Qwen2."""
+        return self.heads * self.head_dim
 
     @property
     def parameters(self) -> int:
-        h, kv = self.hidden, self.kv_heads * self.head_dim
-        per_layer = h * h * 2 + 2 * h * kv + 3 * h * self.intermediate
+        h, q, kv = self.hidden, self.q_dim, self.kv_heads * self.head_dim
+        per_layer = 2 * h * q + 2 * h * kv + 3 * h * self.intermediate
         return self.layers * per_layer + self.vocab * h * (1 if self.tied else 2)
 
     @classmethod
@@ -60,13 +66,13 @@ class ModelShape:
         return cls(hidden=c.hidden_size, layers=c.num_hidden_layers, heads=c.num_attention_heads,
                    kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
                    intermediate=c.intermediate_size, vocab=c.vocab_size,
-                   tied=bool(getattr(c, "tie_word_embeddings", False)))
+                   tied=bool(getattr(c, "tie_word_embeddings", False)), head_size=getattr(c, "head_dim", None) or 0)
 
 
 def lora_parameters(shape: ModelShape, r: int) -> int:
     """Adapter parameters with LoRA rank r on all seven linear projections of every layer."""
-    h, kv, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate
-    dims = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    dims = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
     return shape.layers * sum(r * (a + b) for a, b in dims)
 
 
@@ -74,11 +80,12 @@ def activation_bytes_per_token(shape: ModelShape, dtype_bytes: int, checkpointin
     """Bytes autograd keeps per token of a forward (LoRA on all linear layers, dropout on the adapter inputs).
 
     Per layer: about 16 hidden-sized tensors (norm inputs/outputs, q/k/v/attention outputs, residuals
-    and each adapter's dropped input) and 5 intermediate-sized ones (gate, up, activation, product,
+    and each adapter's dropped input; the queries, the attention output and the o adapter's input are
+    heads x head_dim wide, which Qwen3 sets apart from the hidden size) and 5 intermediate-sized ones (gate, up, activation, product,
     the down adapter's input). With checkpointing only each layer's input is kept, plus one layer
     recomputed at a time.
     """
-    per_layer = (16 * shape.hidden + 5 * shape.intermediate) * dtype_bytes
+    per_layer = (13 * shape.hidden + 3 * shape.q_dim + 5 * shape.intermediate) * dtype_bytes  # q, attn out, o input
     if checkpointing:
         kept = shape.layers * shape.hidden * dtype_bytes + per_layer
     else:
@@ -120,9 +127,10 @@ class MemoryPlan:
 def dense_mask_tokens(shape: ModelShape) -> int:
     """The most tokens a flattened forward should hold when its attention runs over the whole forward through a
     block mask (SDPA without a varlen kernel: T x T scores however short the examples): where that attention,
-    4 x T x hidden FLOPs per token and layer, stays within a quarter of the layer's linear work (2 per weight)."""
+    4 x T x heads x head_dim FLOPs per token and layer, stays within a quarter of the layer's linear work (2 per
+    weight)."""
     per_layer = (shape.parameters - shape.vocab * shape.hidden * (1 if shape.tied else 2)) / shape.layers
-    return max(TOKEN_ROUNDING, int(0.25 * 2 * per_layer / (4 * shape.hidden)) // TOKEN_ROUNDING * TOKEN_ROUNDING)
+    return max(TOKEN_ROUNDING, int(0.25 * 2 * per_layer / (4 * shape.q_dim)) // TOKEN_ROUNDING * TOKEN_ROUNDING)
 
 
 def plan_memory(*, device: str, shape: ModelShape | None, free_bytes: int | None, dtype_bytes: int, lora_r: int,
@@ -191,7 +199,7 @@ def train_flops_per_token(shape: ModelShape, mean_example_tokens: float, answer_
     is a lookup, no matmul. Recomputation is not counted.
     """
     decoder = shape.parameters - shape.vocab * shape.hidden * (1 if shape.tied else 2)
-    attention = 3 * 2 * 2 * shape.layers * shape.hidden * mean_example_tokens / 2
+    attention = 3 * 2 * 2 * shape.layers * shape.q_dim * mean_example_tokens / 2
     return 4 * decoder + 4 * shape.vocab * shape.hidden * answer_share + attention
 
 

@@ -100,6 +100,8 @@ def op_times(prof) -> list[OpTime]:
     ops = []
     for e in prof.key_averages():
         on_device = e.device_type != DeviceType.CPU
+        if on_device and getattr(e, "is_user_annotation", False):
+            continue  # a record_function range mirrored on the GPU timeline (Optimizer.step...): its kernels count
         self_us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) \
             if on_device else e.self_cpu_time_total
         ops.append(OpTime(e.key, on_device, e.count, float(self_us)))

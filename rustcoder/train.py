@@ -629,7 +629,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     mean_len = (sum(train_ds["length"]) / len(train_ds)) if len(train_ds) else 0
     answer_share = data_answer_share(train_ds["labels"]) if len(train_ds) else 1.0
     trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len, answer_share)
-    trainer.rc_peak_flops = peak_flops(plan.device)
+    peak = peak_flops(plan.device)
+    trainer.rc_peak_flops = peak * world if peak else None  # tokens/s is summed over every process's device
     if plan.fast_paths:
         use_fast_dropout(trainer.model)
     profiler = None
@@ -682,6 +683,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "timed_steps": trainer.rc_timed_steps,  # the steps tokens/s is over (not a profiled step)
         "timed_tokens": trainer.rc_tokens,
     }
+    metrics["flops_per_token"] = trainer.rc_flops_per_token
     if metrics["tokens_per_second"] and trainer.rc_peak_flops:
         metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
     adapter_dir = run_dir / ADAPTER_DIR

@@ -302,6 +302,28 @@ def test_mfu_counts_the_decoder_per_token_and_the_lm_head_only_at_answers():
     assert data_answer_share([[-100, -100, 5, 6], [-100, 7]]) == 3 / 6
 
 
+def test_a_qwen3_shape_counts_its_own_head_dim():
+    """Qwen3 sets head_dim (128) apart from hidden / heads: Qwen3-0.6B (hidden 1024, 16 heads, 8 kv heads) has
+    596M parameters (0.44B outside the embedding, as its model card says) and a KV cache of 2 x 28 x 8 x 128
+    values per token; hidden / heads (64) would halve the cache and miss 88M weights."""
+    from transformers import Qwen3Config
+
+    from rustcoder.memory import ModelShape, kv_bytes_per_token, lora_parameters
+
+    c = Qwen3Config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                    intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True, head_dim=128)
+    s = ModelShape.from_config(c)
+    assert s.head_dim == 128 and s.q_dim == 2048
+    assert s.parameters == 28 * (2 * 1024 * 2048 + 2 * 1024 * 1024 + 3 * 1024 * 3072) + 151936 * 1024
+    assert abs(s.parameters - 596e6) / 596e6 < 0.01
+    assert kv_bytes_per_token(s, 2) == 2 * 28 * 8 * 128 * 2
+    dims = [(1024, 2048), (1024, 1024), (1024, 1024), (2048, 1024), (1024, 3072), (1024, 3072), (3072, 1024)]
+    assert lora_parameters(s, 16) == 28 * sum(16 * (a + b) for a, b in dims)
+    # Qwen2 configs set no head_dim: hidden / heads, as before
+    q2 = ModelShape(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064, tied=False)
+    assert q2.head_dim == 128 and q2.q_dim == 3584
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_isolation_check_passes_packed_forwards_and_catches_a_leak(tiny_qwen2, monkeypatch, dtype):
     """The benchmark's isolation check (tolerance from the first example's kernel noise, at least 2 ulps of the

@@ -59,6 +59,32 @@ def test_a_cpu_step_is_summarised_from_op_self_time():
     assert "op time" in render(s)
 
 
+def test_gpu_copies_of_annotated_ranges_are_not_counted_as_kernels():
+    """record_function ranges (Optimizer.step, DDP's forward) appear on the GPU timeline too; their time is their
+    kernels' time, counted once."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from rustcoder.profiling import op_times
+
+    def ev(key, device, us, annotation=False):
+        return SimpleNamespace(key=key, device_type=device, count=1, self_device_time_total=us,
+                               self_cpu_time_total=0.0 if device != DeviceType.CPU else us,
+                               is_user_annotation=annotation)
+
+    prof = SimpleNamespace(key_averages=lambda: [
+        ev("Optimizer.step#AdamW.step", DeviceType.CUDA, 5_000.0, annotation=True),
+        ev("multi_tensor_apply_kernel<FusedAdamMathFunctor>", DeviceType.CUDA, 5_000.0),
+        ev("Optimizer.step#AdamW.step", DeviceType.CPU, 300.0, annotation=True),  # host side: its own overhead
+    ])
+    ops = op_times(prof)
+    assert [(o.name, o.on_device) for o in ops] == [("multi_tensor_apply_kernel<FusedAdamMathFunctor>", True),
+                                                    ("Optimizer.step#AdamW.step", False)]
+    s = summarize(ops, wall_s=0.01, step=1, device="cuda")
+    assert s["kernels"] == 1 and s["device_busy"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("name, kind", [
     ("aten::addmm", "matmul"), ("aten::matmul", "matmul"), ("ampere_bf16_s16816gemm_bf16_128x64", "matmul"),
     ("cutlass::Kernel2<cutlass_80_wmma>", "matmul"), ("aten::_flash_attention_backward", "attention"),

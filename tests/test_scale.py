@@ -76,7 +76,7 @@ def test_two_process_cpu_training_matches_single_process(rows_file, tiny_qwen2, 
     common = ["--model", "tiny-qwen2", "--dataset", str(rows_file), "-n", "60", "--lr", "5e-3",
               "--lora-dropout", "0", "--eval-steps", "100", "--report-to", "trackio",
               "--project", "scale-test"]
-    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "RUSTCODER_PEAK_TFLOPS": "1"}
     two = subprocess.run([sys.executable, "-m", "rustcoder", "train", "--preset", "baseline", *common,
                           "--batch-size", "2", "--grad-accum", "2", "--num-processes", "2", "--keep-effective-batch",
                           "--data-path", "padding-free", "--tokens-per-forward", "160",
@@ -96,6 +96,9 @@ def test_two_process_cpu_training_matches_single_process(rows_file, tiny_qwen2, 
     assert m_dp["steps"] == m_single["steps"] == artifacts.read_json(dp / "manifest.json")["plan"]["total_steps"]
     # each process packed its share of every step into several forwards; the single process ran the padded batch
     assert m_dp["forwards"] > m_dp["steps"] and m_single["forwards"] == m_single["steps"]
+    # tokens/s is summed over both processes, so MFU is over both devices' peak
+    assert m_dp["mfu"] == pytest.approx(m_dp["tokens_per_second"] * m_dp["flops_per_token"] / (2 * 1e12))
+    assert m_single["mfu"] == pytest.approx(m_single["tokens_per_second"] * m_single["flops_per_token"] / 1e12)
     a = load_file(str(dp / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(single / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
