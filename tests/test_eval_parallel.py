@@ -72,6 +72,26 @@ def test_batch_plan_and_shard_units():
     assert shard_units("transformers", reqs, GenParams(max_new_tokens=10), 3, batch_tokens=40) == 1 + 2  # n=1: 4 rows; n=2: 2 + 1
 
 
+def test_static_cache_batches_fit_the_cache_transformers_keeps():
+    """transformers keeps a static cache as long as the longest it made (the first batch: the longest prompts), so
+    every static batch under a budget is planned at that length: one power-of-two row count whose KV cache fits."""
+    class Item:
+        def __init__(self, i):
+            self.id, self.category, self.messages = f"i{i}", "c", []
+
+    lengths = [700, 40, 35, 30, 300, 25, 20, 15, 12, 10, 9, 8]
+    reqs = [GenRequest(Item(i)) for i in range(len(lengths))]
+    params = GenParams(max_new_tokens=100)
+    dynamic = plan_batches(reqs, lengths, params, 4, batch_tokens=4000)
+    assert len({len(b) for _, _, b in dynamic}) > 1  # short prompts share bigger batches
+    static = plan_batches(reqs, lengths, params, 4, batch_tokens=4000, kv_cache="static")
+    cache_len = 768 + 100  # the longest prompt's 128-token bucket + new tokens, for every batch
+    rows = {len(b) for _, _, b in static[:-1]}
+    assert rows == {4} and len(static[-1][2]) <= 4 and 4 * cache_len <= 4000 < 8 * cache_len
+    assert sorted(i for _, _, b in static for i in b) == list(range(len(lengths)))
+    assert static[0][2][0] == 0  # longest first, as in the dynamic plan
+
+
 def test_transformers_shards_are_the_single_process_batches(tiny_qwen2, request):
     """Shards i of N together give exactly what one process gives, greedy and sampled (same
     batches, same seeds), and never overlap."""

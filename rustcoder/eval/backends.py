@@ -142,10 +142,12 @@ class ReferenceBackend(Backend):
 # ---- transformers (+PEFT) -----------------------------------------------------------------------
 
 GEN_MAX_ROWS = 256  # rows per generation batch under a token budget, however short the prompts
+KV_CACHES = ("dynamic", "static")
+STATIC_WIDTH_BUCKET = 128  # static cache: prompt widths padded to a multiple of this (one compile per bucket)
 
 
 def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenParams, batch_size: int,
-                 batch_tokens: int | None = None) -> list[tuple[int, int, list[int]]]:
+                 batch_tokens: int | None = None, kv_cache: str = "dynamic") -> list[tuple[int, int, list[int]]]:
     """The transformers backend's batches: ``(n, offset, request indices)`` in the order they run.
 
     Longest prompts first (stable sort, so the order is a function of the list); one batch holds
@@ -155,6 +157,11 @@ def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenPara
     rows): short prompts share big batches, long ones small. Without it (None or 0): ``batch_size``
     prompts per batch, ``batch_size // n`` when sampling. ``offset`` (the batch's start within its
     group) seeds sampling. ``lengths`` are prompt lengths in tokens.
+
+    With ``kv_cache="static"`` every batch under a budget has the same number of prompts, a power of two:
+    transformers keeps a static cache as long as the longest it has made (``_prepare_static_cache``), and the
+    first batch holds the longest prompts, so each batch's KV cache is rows x (the longest prompt's width
+    bucket + max_new_tokens) whatever its own prompts; one row count also means one compiled shape.
     """
     order = sorted(range(len(requests)), key=lambda i: -lengths[i])
     groups: dict[int, list[int]] = {}
@@ -162,6 +169,13 @@ def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenPara
         groups.setdefault(requests[i].n, []).append(i)
     out = []
     for n, idxs in groups.items():
+        if batch_tokens and kv_cache == "static":
+            cache_len = -(-max(lengths[i] for i in idxs) // STATIC_WIDTH_BUCKET) * STATIC_WIDTH_BUCKET \
+                + params.max_new_tokens
+            fit = max(1, min(batch_tokens // (n * cache_len), GEN_MAX_ROWS // n))
+            per_batch = 1 << (fit.bit_length() - 1)  # a power of two: _generate_static pads no full batch
+            out.extend((n, b, idxs[b:b + per_batch]) for b in range(0, len(idxs), per_batch))
+            continue
         if batch_tokens:
             b = 0
             while b < len(idxs):
@@ -190,7 +204,7 @@ def _no_padding(tok) -> None:
 
 
 def shard_units(backend: str, requests: list[GenRequest], params: GenParams, batch_size: int,
-                batch_tokens: int | None = None) -> int:
+                batch_tokens: int | None = None, kv_cache: str = "dynamic") -> int:
     """How many parts ``generate_shard`` can split ``requests`` into (batches for transformers,
     requests otherwise): more workers than this would have nothing to do. Under a token budget the
     prompt lengths are estimated at 4 characters a token (no tokenizer is loaded here): an estimate
@@ -198,12 +212,10 @@ def shard_units(backend: str, requests: list[GenRequest], params: GenParams, bat
     if backend == "transformers":
         lengths = [sum(len(str(m.get("content", ""))) for m in (r.messages or [])) // 4 if batch_tokens else 0
                    for r in requests]
-        return len(plan_batches(requests, lengths, params, batch_size, batch_tokens))
+        return len(plan_batches(requests, lengths, params, batch_size, batch_tokens, kv_cache))
     return len(requests)
 
 
-KV_CACHES = ("dynamic", "static")
-STATIC_WIDTH_BUCKET = 128  # static cache: prompt widths padded to a multiple of this (one compile per bucket)
 
 
 def auto_batch_tokens(model, device: str) -> int:
@@ -328,7 +340,7 @@ class TransformersBackend(Backend):
         sampling = params.temperature > 0
         self.decode_stats = DecodeStats()
         for number, (n, b, batch) in enumerate(plan_batches(requests, [len(e) for e in encoded], params,
-                                                            self.batch_size, self.batch_tokens)):
+                                                            self.batch_size, self.batch_tokens, self.kv_cache)):
             if number % shards != shard:
                 continue
             ids, mask = self._left_padded([encoded[i] for i in batch for _ in range(n)])

@@ -222,7 +222,7 @@ def generate_parallel(plan: "EvalPlan", jobs: list[tuple[ModelTarget, list[GenRe
     cfg = plan.cfg
     per_gpu = (cfg.tensor_parallel_size or 1) if plan.backend == "vllm" else 1
     budget = GEN_CPU_BATCH_TOKENS if cfg.batch_tokens is None else (cfg.batch_tokens or None)  # auto: an estimate
-    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size, budget) for _, reqs in jobs)
+    units = max(shard_units(plan.backend, reqs, plan.params, cfg.batch_size, budget, cfg.kv_cache) for _, reqs in jobs)
     workers = max(1, min(cfg.data_parallel or 1, units))
     gpus = visible_gpus()
     devices = assign_devices(cfg.data_parallel or 1, gpus, per_gpu)[:workers]
