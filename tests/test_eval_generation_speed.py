@@ -64,6 +64,38 @@ def _backend(model_dir, **kw):
     return TransformersBackend(str(model_dir), log=lambda *_: None, **kw)
 
 
+class _count_host_waits_in:
+    """Counts the calls that make the host wait for the device (tensor -> Python values, data-dependent shapes)
+    made from one source file, while active."""
+
+    METHODS = ("tolist", "item", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy")
+
+    def __init__(self, path_suffix: str):
+        self.suffix, self.calls, self.saved = path_suffix, 0, {}
+
+    def __enter__(self):
+        import sys
+
+        import torch
+
+        for name in self.METHODS:
+            orig = self.saved[name] = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _orig=orig, **k):
+                if sys._getframe(1).f_code.co_filename.endswith(self.suffix):
+                    self.calls += 1
+                return _orig(t, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, orig in self.saved.items():
+            setattr(torch.Tensor, name, orig)
+
+
 def _reference_generate(backend, requests, max_new_tokens):
     """What transformers' own generate answers for the same prompts (one left-padded batch)."""
     import torch
@@ -95,8 +127,13 @@ def test_finished_answers_leave_the_batch_with_generates_answers(lively_model):
     params = GenParams(max_new_tokens=24)
     backend = _backend(model_dir, batch_size=len(items))  # one batch of all 30 prompts
     backend.stop_ids = backend.stop_ids + [stop_token]
-    got = {r.item.id: gens[0] for r, gens in backend.generate(requests, params, target)}
+    waits = _count_host_waits_in("rustcoder/eval/decoding.py")
+    with waits:
+        got = {r.item.id: gens[0] for r, gens in backend.generate(requests, params, target)}
     stats = backend.decode_stats
+    # the loop waits on the device once per step (the new tokens), however many rows finish: on a GPU each
+    # extra .tolist() / bool() / nonzero() would stall the launch queue
+    assert waits.calls == stats.steps + 1
     expected = _reference_generate(backend, requests, 24)
     assert [got[r.item.id].text for r in requests] == expected
     reasons = [got[r.item.id].finish_reason for r in requests]

@@ -43,10 +43,10 @@ def decode(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: l
         warpers.append(TemperatureLogitsWarper(temperature))
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
-    stop = torch.tensor(stop_ids, device=input_ids.device)
+    stop = set(stop_ids)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=inner.config)
-    alive = torch.arange(rows, device=input_ids.device)  # which original row each batch row is
+    alive = list(range(rows))  # which original row each batch row is
     mask = attention_mask
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
     step_ids = input_ids
@@ -55,22 +55,24 @@ def decode(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: l
                        use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
         if step and stats is not None:
             stats.steps += 1
-            stats.row_steps += int(alive.numel())
+            stats.row_steps += len(alive)
         if temperature > 0:
             scores = warpers(None, logits)
             nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
             nxt = logits.argmax(-1)
-        for r, t in zip(alive.tolist(), nxt.tolist()):
+        tokens = nxt.tolist()  # the step's one wait on the device; the rest is decided on the host
+        for r, t in zip(alive, tokens):
             out[r].append(t)
-        done = torch.isin(nxt, stop)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        keep = [j for j, t in enumerate(tokens) if t not in stop]
+        if step == max_new_tokens - 1 or not keep:
             break
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         position_ids = position_ids[:, -1:] + 1
         step_ids = nxt[:, None]
-        if bool(done.any()):  # finished answers leave the batch: input, mask, positions and cache rows
-            keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            alive, mask, position_ids, step_ids = alive[keep], mask[keep], position_ids[keep], step_ids[keep]
+        if len(keep) < len(alive):  # finished answers leave the batch: input, mask, positions and cache rows
+            idx = torch.tensor(keep, device=input_ids.device)
+            cache.batch_select_indices(idx)
+            mask, position_ids, step_ids = mask[idx], position_ids[idx], step_ids[idx]
+            alive = [alive[j] for j in keep]
     return out
