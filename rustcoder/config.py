@@ -86,8 +86,8 @@ class TrainConfig:
     fast_paths: bool | None = _f(None, "Fast LoRA dropout (16-bit slices of 48-bit random draws; default: on on "
                                  "CPU, where torch's Bernoulli is slow). The LM head runs on answer tokens only "
                                  "on every device.")
-    dtype: str = _f("auto", "Weights dtype: auto (bf16 on a GPU that has it, float16 on one without, float32 on CPU), bfloat16, "
-                    "float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
+    dtype: str = _f("auto", "Weights dtype: auto (bf16 on a GPU that has it, float16 on one without, float32 "
+                    "on CPU), bfloat16, float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
     gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: by need, on only when a "
                                              "forward's estimated activations do not fit the device's memory).")
 

@@ -81,8 +81,8 @@ def activation_bytes_per_token(shape: ModelShape, dtype_bytes: int, checkpointin
 
     Per layer: about 16 hidden-sized tensors (norm inputs/outputs, q/k/v/attention outputs, residuals
     and each adapter's dropped input; the queries, the attention output and the o adapter's input are
-    heads x head_dim wide, which Qwen3 sets apart from the hidden size) and 5 intermediate-sized ones (gate, up, activation, product,
-    the down adapter's input). With checkpointing only each layer's input is kept, plus one layer
+    heads x head_dim wide, which Qwen3 sets apart from the hidden size) and 5 intermediate-sized ones
+    (gate, up, activation, product, the down adapter's input). With checkpointing only each layer's input is kept, plus one layer
     recomputed at a time.
     """
     per_layer = (13 * shape.hidden + 3 * shape.q_dim + 5 * shape.intermediate) * dtype_bytes  # q, attn out, o input

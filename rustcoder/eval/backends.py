@@ -216,8 +216,6 @@ def shard_units(backend: str, requests: list[GenRequest], params: GenParams, bat
     return len(requests)
 
 
-
-
 def auto_batch_tokens(model, device: str) -> int:
     """The generation token budget for a loaded model: on CUDA what the free memory holds (KV cache of every
     layer plus one layer's prefill per token, ``memory.generation_batch_tokens``), on CPU a fixed 16384."""
