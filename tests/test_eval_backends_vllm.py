@@ -93,3 +93,35 @@ def test_vllm_backend_data_parallel_gives_the_single_engines_answers(vllm_python
     assert "with 2 worker process(es) (CPU" in log
     assert _answers(out) == _answers(single_engine[0])
     assert list(json.loads((out / "metrics.json").read_text())["generation_speed"]) == ["adapter+base"]
+
+
+CLOSE_SCRIPT = """
+import sys, time, psutil
+from rustcoder.eval.backends import VLLMBackend
+me = psutil.Process()
+backend = VLLMBackend(sys.argv[1], adapter_dir=sys.argv[2], log=lambda *a: None)
+engine = [p.pid for p in me.children(recursive=True)  # EngineCore and its workers (not Python's resource tracker)
+          if "VLLM" in " ".join(p.cmdline()) or p.name().startswith("VLLM")]
+lingering = backend.llm  # a reference close() does not own (a traceback, a caller): the engine must stop anyway
+backend.close()
+deadline = time.time() + 30
+while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                     for p in engine):
+    time.sleep(0.2)
+alive = [p for p in engine if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+print("engine processes", len(engine), "alive after close", len(alive))
+"""
+
+
+def test_closing_the_vllm_backend_stops_its_engine(vllm_python, adapter_dir):
+    """A closed backend's engine process is gone, even while something else still holds the LLM object, so on a
+    GPU the next target's engine gets the card's memory back (vLLM reserves gpu_memory_utilization of it at
+    start) instead of failing for lack of it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    base = adapter_dir.parent.parent / "tiny-rust"  # build_lora_run's model beside the run
+    res = subprocess.run([vllm_python, "-c", CLOSE_SCRIPT, str(base), str(adapter_dir)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = next(x for x in res.stdout.splitlines() if x.startswith("engine processes"))
+    started, alive = int(line.split()[2]), int(line.split()[-1])
+    assert started >= 1 and alive == 0, line

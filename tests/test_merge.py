@@ -929,3 +929,17 @@ def test_eval_and_serve_load_a_float32_merge_in_float32_and_a_bf16_one_in_bf16(s
         argv, _ = srv.engine_command(srv.build_spec(model, engine="vllm", vllm_python="py", check_engine=False))
         return argv[argv.index("--dtype") + 1] if "--dtype" in argv else None
     assert vllm_dtype(tmp_path / "fp32") == "float32" and vllm_dtype(tmp_path / "bf16") is None
+    # a dtype the user gives vLLM itself wins: as a flag, or in its --config file (which vLLM reads before the
+    # command line, so a --dtype rustcoder added would silently override it)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("dtype: bfloat16\nmax-num-seqs: 8\n")
+    for extra in (["--dtype", "bfloat16"], ["--dtype=bfloat16"], ["--config", str(mine)], [f"--config={mine}"]):
+        argv, _ = srv.engine_command(srv.build_spec(tmp_path / "fp32", engine="vllm", vllm_python="py",
+                                                    check_engine=False, engine_args=extra))
+        assert "float32" not in argv and argv[-len(extra):] == extra, extra  # rustcoder added no dtype of its own
+    # the shipped starting points leave the dtype to rustcoder
+    for shipped in ("vllm-cpu.yaml", "vllm-gpu.yaml"):
+        argv, _ = srv.engine_command(srv.build_spec(tmp_path / "fp32", engine="vllm", vllm_python="py",
+                                                    check_engine=False,
+                                                    engine_args=["--config", str(Path(__file__).resolve().parent.parent / "serve" / shipped)]))
+        assert argv[argv.index("--dtype") + 1] == "float32", shipped

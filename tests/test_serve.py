@@ -623,3 +623,23 @@ def test_serve_options_are_described_once_and_become_the_cli_and_the_call():
     assert ServeOptions(username="u", password="p").serve_kwargs()["playground_auth"] == ("u", "p")
     with pytest.raises(UsageError, match="go together"):
         ServeOptions(username="u").serve_kwargs()
+
+
+def test_eval_served_shards_over_the_gpus_asked_for(tmp_path):
+    """`eval --backend served --tensor-parallel-size N` starts vLLM over N GPUs, as `serve` would; the flag is
+    refused where nothing could shard the model (the transformers engine or backend) instead of ignored."""
+    from rustcoder.eval import EvalConfig
+    from rustcoder.eval.served import engine_spec
+
+    model = make_model_dir(tmp_path / "m")
+    cfg = EvalConfig(model=str(model), backend="served", engine="vllm", tensor_parallel_size=2)
+    spec = engine_spec(str(model), None, cfg, port=8123, check_engine=False)
+    argv, _ = srv.engine_command(spec)
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    with pytest.raises(UsageError, match="--tensor-parallel-size is a vLLM option"):
+        engine_spec(str(model), None, EvalConfig(model=str(model), backend="served", engine="transformers",
+                                                 tensor_parallel_size=2), port=8123, check_engine=False)
+    for backend in ("auto", "transformers"):
+        problems = EvalConfig(model="m", backend=backend, tensor_parallel_size=2).problems()
+        assert any(p.startswith("--tensor-parallel-size: shards a model over GPUs with vLLM") for p in problems)
+    assert EvalConfig(model="m", backend="vllm", tensor_parallel_size=2).problems() == []

@@ -490,8 +490,24 @@ class VLLMBackend(Backend):
                                      len(o.token_ids)) for o in out.outputs]
 
     def close(self) -> None:
-        """Free the engine."""
-        self.llm = None
+        """Stop the engine and hand its memory back: on a GPU the next target's engine (other weights) needs the
+        share of the card this one reserved (gpu_memory_utilization), which dropping the reference alone does
+        not free while the engine's process and references live on."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()  # vLLM v1: the engine-core process (and its workers) end here
+        del llm, core
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        except ImportError:  # pragma: no cover - another vLLM layout
+            import gc
+
+            gc.collect()
+        else:
+            cleanup_dist_env_and_memory()  # process groups, gc, and the CUDA cache off CPU
 
 
 # ---- OpenAI-compatible endpoint -----------------------------------------------------------------

