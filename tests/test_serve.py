@@ -643,3 +643,24 @@ def test_eval_served_shards_over_the_gpus_asked_for(tmp_path):
         problems = EvalConfig(model="m", backend=backend, tensor_parallel_size=2).problems()
         assert any(p.startswith("--tensor-parallel-size: shards a model over GPUs with vLLM") for p in problems)
     assert EvalConfig(model="m", backend="vllm", tensor_parallel_size=2).problems() == []
+
+
+def test_a_taken_address_is_blamed_on_port_only_when_it_is_port(model_dir):
+    """EADDRINUSE from the engine's own internal ports is not answered with "pick another --port"."""
+    from types import SimpleNamespace
+
+    from rustcoder.serve.engine import engine_failure
+
+    spec = srv.build_spec(model_dir, engine="vllm", vllm_python=sys.executable, port=8123, check_engine=False)
+
+    def failed(tail):
+        proc = SimpleNamespace(_reader=None, running=lambda: False, tail_text=lambda: tail, echo=None,
+                               tail=tail.splitlines())
+        return str(engine_failure(spec, proc, "exited with code 1"))
+
+    ours = failed("ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8123): address already "
+                  "in use")
+    assert "port 8123 on 127.0.0.1 is already in use" in ours and "--port" in ours
+    internal = failed("RuntimeError: The server socket has failed to listen on any local network address. port: 29500,"
+                      " useIpv6: 0, code: -98, name: EADDRINUSE, message: address already in use")
+    assert "port 8123" not in internal and "besides --port is taken" in internal and "29500" in internal

@@ -130,11 +130,15 @@ def engine_failure(spec: EngineSpec, process: EngineProcess, what: str) -> Rustc
         process._reader.join(timeout=2)  # an exited engine's last lines are still being read
     tail = process.tail_text()
     low = tail.lower()
-    if "address already in use" in low:
-        return RustcoderError(f"port {spec.port} on {spec.host} is already in use (taken while the engine started). "
-                              "Pick another with --port, or stop the server that holds it.")
     hint = ""
-    if "head_dim" in low or "head size" in low:
+    if "address already in use" in low:
+        if re.search(rf"\b{spec.port}\b", tail):
+            return RustcoderError(f"port {spec.port} on {spec.host} is already in use (taken while the engine "
+                                  "started). Pick another with --port, or stop the server that holds it.")
+        hint = ("\nAn address the engine uses besides --port is taken (vLLM's own ports for its engine processes, "
+                "data or tensor parallelism): stop the other engine on this machine, or give this one other ports "
+                "(VLLM_PORT, --data-parallel-rpc-port).")
+    elif "head_dim" in low or "head size" in low:
         hint = "\nvLLM's CPU attention needs head_dim >= 32 (hidden_size / num_attention_heads)."
     elif "no module named 'vllm" in low:
         hint = f"\nInstall vLLM:\n  {VLLM_INSTALL}"
