@@ -284,6 +284,16 @@ def train_dtype(requested: str) -> str:
     return str(pick_dtype(requested)).removeprefix("torch.")
 
 
+def one_gpu_per_process(args, world: int, log=print) -> None:
+    """A single process (no launcher) on a machine with several GPUs trains on one: Trainer would wrap the model
+    in nn.DataParallel, which TRL's SFTTrainer refuses. transformers does the same for a model split over
+    devices (``args._n_gpu = 1``)."""
+    if world == 1 and args.n_gpu > 1:
+        log(f"note: {args.n_gpu} GPUs are visible to this one process: training on {args.device}; "
+            f"`--num-processes {args.n_gpu}` trains on all of them (data parallel)")
+        args._n_gpu = 1
+
+
 def sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
     import torch
     from trl import SFTConfig
@@ -617,6 +627,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
     args = sft_args(plan, run_dir, progress)
+    one_gpu_per_process(args, world, log)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
     collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -391,3 +391,23 @@ def test_an_attention_kernel_that_cannot_load_falls_back_to_sdpa_and_says_so(row
     result = train(cfg, progress=False, log=lines.append)
     assert any("flash-attn varlen unavailable" in str(x) and "using SDPA block mask" in str(x) for x in lines), lines
     assert artifacts.read_json(result.run_dir / "manifest.json")["attention"] == "SDPA block-diagonal mask"
+
+
+def test_one_process_on_a_machine_with_several_gpus_trains_on_one(rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    """Without a launcher, Trainer puts every visible GPU under nn.DataParallel, which TRL's SFTTrainer refuses
+    (a ValueError at start). rustcoder trains on one GPU and says how to use them all."""
+    import rustcoder.train as tr
+
+    real = tr.sft_args
+
+    def on_four_gpus(*a, **k):  # what TrainingArguments reports on a 4-GPU machine (CPU here)
+        args = real(*a, **k)
+        _ = args.device
+        args._n_gpu = 4
+        return args
+
+    monkeypatch.setattr(tr, "sft_args", on_four_gpus)
+    lines = []
+    result = train(_cfg(rows_file, tmp_path, num_examples=20, max_steps=2), progress=False, log=lines.append)
+    assert result.metrics["steps"] == 2
+    assert any("4 GPUs are visible to this one process" in line and "--num-processes 4" in line for line in lines)
