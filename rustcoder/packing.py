@@ -82,6 +82,18 @@ def forward_cost(lengths: list[int], layout: str) -> int:
     return sum(lengths) if layout == "padding-free" else len(lengths) * max(lengths)
 
 
+def process_forwards(lengths: list[int], rank: int, world: int, layout: str, budget: int,
+                     batch_size: int) -> list[list[int]]:
+    """Indices (into ``lengths``) of the forwards process ``rank`` of ``world`` runs over a whole set (evaluation).
+
+    The rows are dealt out first (``rank::world``), then each process groups its own rows by its own budget:
+    the budget comes from each GPU's free memory and can differ between processes, and every row must still be
+    counted exactly once.
+    """
+    mine = list(range(rank, len(lengths), world))
+    return [[mine[i] for i in g] for g in group_forwards([lengths[i] for i in mine], layout, budget, batch_size)]
+
+
 def group_forwards(lengths: list[int], layout: str, budget: int, batch_size: int) -> list[list[int]]:
     """Indices (into ``lengths``) of each forward of one process's share of a step.
 

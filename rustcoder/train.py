@@ -357,7 +357,7 @@ def _trainer_class():
     from transformers.trainer_utils import EvalLoopOutput
     from trl import SFTTrainer
 
-    from .packing import IGNORE, StepSampler, collate_forward, group_forwards
+    from .packing import IGNORE, StepSampler, collate_forward, process_forwards
 
     class StepTimer(TrainerCallback):
         """Wall time and non-pad tokens of optimizer steps only (no evaluation, no checkpoint saves, not the
@@ -463,13 +463,14 @@ def _trainer_class():
             ds = dataloader.dataset
             plan = self.rc_plan
             layout = "grouped" if plan.data_path == "padded" else plan.data_path
-            groups = group_forwards(list(ds["length"]), layout, plan.tokens_per_forward, plan.config.batch_size)
             acc = self.accelerator
+            groups = process_forwards(list(ds["length"]), acc.process_index, acc.num_processes, layout,
+                                      plan.tokens_per_forward, plan.config.batch_size)
             model = self.model
             model.eval()
             sums = torch.zeros(3, device=self.args.device, dtype=torch.float64)
             with torch.no_grad():
-                for g in groups[acc.process_index::acc.num_processes]:
+                for g in groups:
                     rows = ds[g]
                     feats = [{"input_ids": ids, "labels": lab} for ids, lab in zip(rows["input_ids"], rows["labels"])]
                     batch = self._prepare_input(collate_forward(feats, layout, self.rc_pad_id, plan.varlen_kwargs))

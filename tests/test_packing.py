@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rustcoder.packing import (IGNORE, StepCollator, StepSampler, collate_forward, forward_cost, group_forwards,
-                               schedule)
+                               process_forwards, schedule)
 
 
 def _lengths(n, seed=0):
@@ -26,6 +26,21 @@ def test_grouping_keeps_every_example_once_within_the_budget(layout, budget):
         assert forward_cost([lengths[i] for i in g], layout) <= budget or len(g) == 1
     if budget >= forward_cost(lengths, layout):
         assert len(groups) == 1
+
+
+@pytest.mark.parametrize("layout", ["grouped", "padding-free"])
+def test_evaluation_counts_every_row_once_when_processes_have_different_budgets(layout):
+    """The token budget comes from each GPU's free memory, so processes can differ; grouping the whole set with
+    one's own budget and taking every world-th forward would count some rows twice and others never."""
+    lengths = _lengths(40, seed=3)
+    for budgets in ([300, 300], [300, 900], [128, 4096, 700]):
+        world = len(budgets)
+        seen = [i for rank, budget in enumerate(budgets)
+                for g in process_forwards(lengths, rank, world, layout, budget, batch_size=4) for i in g]
+        assert sorted(seen) == list(range(40)), budgets
+        for rank, budget in enumerate(budgets):
+            for g in process_forwards(lengths, rank, world, layout, budget, batch_size=4):
+                assert forward_cost([lengths[i] for i in g], layout) <= budget or len(g) == 1
 
 
 def test_padded_layout_is_the_presets_micro_batches():
