@@ -396,7 +396,7 @@ def _trainer_class():
             self.rc_forwards: list[int] = []
             self.rc_window_tokens = self.rc_window_seconds = 0.0
             self.rc_tokens = self.rc_step_seconds = self.rc_last_tokens = 0.0
-            self.rc_timed_steps = 0
+            self.rc_timed_steps = self.rc_padding_forwards = 0
             self.add_callback(StepTimer(self))
 
         def _get_train_sampler(self, train_dataset=None):
@@ -425,19 +425,29 @@ def _trainer_class():
             device = forwards[0]["input_ids"].device
             world = acc.num_processes
             items = torch.stack([(f["labels"][:, 1:] != IGNORE).sum() for f in forwards]).sum()
-            if world > 1:
-                items = acc.gather(items.reshape(1)).sum()
+            runs = len(forwards)
+            if world > 1:  # answer tokens of the whole step, and the most forwards any process packed it into
+                both = acc.gather(torch.stack([items, torch.tensor(runs, device=device)]).reshape(1, 2))
+                items, runs = both[:, 0].sum(), int(both[:, 1].max())
             denom = items.clamp(min=1).float()
             step_loss = torch.zeros((), device=device)
             stats = torch.zeros(3, device=device, dtype=torch.float64)  # correct, valid, non-pad tokens
-            for i, batch in enumerate(forwards):
-                last = i == len(forwards) - 1
+            # Every process runs as many forwards as the one with most: FSDP gathers weights in each forward and
+            # ZeRO-2/3 reduce in each backward, so unequal counts would hang; a padding forward repeats this
+            # process's last one with its loss times zero (no gradient, no metric).
+            for i in range(runs):
+                padding = i >= len(forwards)
+                batch = forwards[-1] if padding else forwards[i]
+                last = i == runs - 1
                 # DeepSpeed steps its optimizer inside backward when gradients sync: only after the last forward
                 acc.gradient_state._set_sync_gradients(last)
                 with contextlib.nullcontext() if last else acc.no_sync(model):
                     nll, n_valid, n_correct = self._answer_forward(model, batch)
                     loss = nll / denom * world  # DDP averages gradients over processes
-                    acc.backward(loss)
+                    acc.backward(loss * 0.0 if padding else loss)
+                if padding:
+                    self.rc_padding_forwards += 1
+                    continue
                 step_loss += loss.detach()
                 tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
                 stats += torch.stack([torch.as_tensor(n_correct, device=device).double(),
@@ -469,12 +479,18 @@ def _trainer_class():
             model = self.model
             model.eval()
             sums = torch.zeros(3, device=self.args.device, dtype=torch.float64)
+            runs = len(groups)
+            if acc.num_processes > 1:  # equal forward counts on every process, as in training (sharded weights)
+                runs = int(acc.gather(torch.tensor([runs], device=self.args.device)).max())
             with torch.no_grad():
-                for g in groups:
+                for i in range(runs):
+                    g = groups[i] if i < len(groups) else (groups[-1] if groups else [0])  # padding: discarded
                     rows = ds[g]
                     feats = [{"input_ids": ids, "labels": lab} for ids, lab in zip(rows["input_ids"], rows["labels"])]
                     batch = self._prepare_input(collate_forward(feats, layout, self.rc_pad_id, plan.varlen_kwargs))
                     nll, n_valid, n_correct = self._answer_forward(model, batch)
+                    if i >= len(groups):
+                        continue
                     sums += torch.stack([nll.double(), torch.as_tensor(n_valid).double().to(sums.device),
                                          torch.as_tensor(n_correct).double().to(sums.device)])
             if acc.num_processes > 1:
@@ -635,7 +651,9 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
                                processing_class=tokenizer, peft_config=lora, data_collator=collator,
                                callbacks=callbacks or [])
     trainer.rc_plan, trainer.rc_pad_id = plan, pad_id
-    trainer.rc_trl_head = bool(cfg.launch_config and ("fsdp" in cfg.launch_config or "deepspeed" in cfg.launch_config))
+    # sharded engines (whatever the launch config file is called) shard the LM head: TRL's fused head there
+    trainer.rc_trl_head = bool(getattr(trainer, "is_fsdp_enabled", False)
+                               or getattr(trainer, "is_deepspeed_enabled", False))
     add_answer_head(trainer.model.get_base_model())
     shape = ModelShape.from_config(model_config)
     mean_len = (sum(train_ds["length"]) / len(train_ds)) if len(train_ds) else 0
@@ -687,6 +705,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "train_tokens": stats.prompt_tokens + stats.answer_tokens,
         "forwards": sum(trainer.rc_forwards),
         "forwards_per_step_max": max(trainer.rc_forwards, default=0),
+        "padding_forwards": trainer.rc_padding_forwards,  # run to match another process's count (zero loss)
         "planned_forwards": (plan.forwards or {}).get("forwards"),
         "tokens_per_forward": plan.tokens_per_forward,
         "attention": plan.attention,

@@ -143,6 +143,9 @@ result = train(resolve_config("baseline", overrides=json.loads(sys.argv[1])), pr
 if int(os.environ.get("RANK", "0")) == 0:
     torch.save({"weights": cap.weights, "grads": cap.grads, "forwards": result.metrics["forwards_per_step_max"]},
                sys.argv[2])
+m = result.metrics  # every process: the forwards it packed, and the zero-loss ones it ran to match the others
+json.dump({"forwards": m["forwards"], "padding": m["padding_forwards"]},
+          open(sys.argv[2] + "." + os.environ.get("RANK", "0"), "w"))
 '''
 
 
@@ -164,7 +167,7 @@ def test_two_process_packed_step_gradients_equal_the_unpacked_step(tiny_qwen2, t
     overrides = dict(model="tiny-qwen2", dataset=str(rows), num_examples=60, batch_size=3, grad_accum=2,
                      num_processes=2, max_steps=2, warmup_ratio=0.0, lr=5e-3, lora_dropout=0.0, max_grad_norm=0.0,
                      eval_steps=100, save_steps=1000, report_to="none", data_path="padding-free",
-                     tokens_per_forward=96, output_dir=str(tmp_path / "runs"), run_name="dp-grads", dtype="float32")
+                     tokens_per_forward=400, output_dir=str(tmp_path / "runs"), run_name="dp-grads", dtype="float32")
     script = tmp_path / "capture.py"
     script.write_text(CAPTURE_SCRIPT)
     out = tmp_path / "captured.pt"
@@ -178,6 +181,11 @@ def test_two_process_packed_step_gradients_equal_the_unpacked_step(tiny_qwen2, t
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     captured = torch.load(out)
     assert captured["forwards"] > 1  # each process split its 3 examples into several forwards
+    # the processes packed different numbers of forwards, yet ran the same number (FSDP/ZeRO would hang otherwise);
+    # the padding forwards (zero loss) leave the gradients below as they are
+    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["forwards"] != ranks[1]["forwards"], ranks
+    assert ranks[0]["forwards"] + ranks[0]["padding"] == ranks[1]["forwards"] + ranks[1]["padding"], ranks
 
     cfg = resolve_config("baseline", overrides={**overrides, "num_processes": 1})
     plan = plan_training(cfg, device="cpu", count_forwards=False)
