@@ -206,7 +206,20 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
 
         raise MissingExtraError("Trackio (live metrics, --report-to trackio, the default)",
                                 "pip install trackio   (or train without metrics: --report-to none)")
-    if not resume and not is_launched() and cfg.report_to == "trackio":
+    machines = 1
+    if cfg.num_processes > 1 and not is_launched():
+        from .launch import machine_count
+
+        machines = machine_count(cfg, num_machines)
+    if machines > 1 and not resume:  # every machine must write the one run directory: no per-machine renaming
+        from .errors import UsageError
+
+        if not cfg.run_name:
+            raise UsageError(f"a run over {machines} machines needs --run-name, the same on every machine, so that "
+                             "all of them write one run directory (e.g. --run-name exp-high-capacity-full).")
+        run_dir = Path(cfg.output_dir) / cfg.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and not is_launched() and cfg.report_to == "trackio" and machines == 1:
         from .artifacts import unique_run_name
         from .config import default_run_name
 
@@ -219,6 +232,9 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         machine = {"num_machines": num_machines, "machine_rank": machine_rank,
                    "main_process_ip": main_process_ip, "main_process_port": main_process_port}
         run_dir = launch_training(cfg, run_dir=run_dir, resume=resume, machine=machine, log=click.echo)
+        if machine_rank:  # machine 0 holds global rank 0, which writes the run and its metrics
+            click.echo(f"\ndone: machine {machine_rank}'s processes finished; machine 0 writes {run_dir}")
+            return
         m = artifacts.read_json(run_dir / artifacts.METRICS)
         click.echo(f"\ndone: {run_dir} ({cfg.num_processes} processes)")
         click.echo(f"  eval loss {m['eval_loss']:.4f}, token accuracy {m['eval_mean_token_accuracy']:.1%}, "

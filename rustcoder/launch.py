@@ -39,6 +39,21 @@ def launch_config_path(name_or_file: str) -> Path:
                      f"{', '.join(names)} or a path to an Accelerate YAML file.")
 
 
+def machine_count(cfg: TrainConfig, num_machines: int | None = None) -> int:
+    """Machines the run spans: --num-machines, else the launch config file's num_machines, else 1."""
+    if num_machines:
+        return num_machines
+    if cfg.launch_config:
+        import yaml
+
+        try:
+            data = yaml.safe_load(launch_config_path(cfg.launch_config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return 1
+        return int(data.get("num_machines") or 1) if isinstance(data, dict) else 1
+    return 1
+
+
 def accelerate_command(cfg: TrainConfig, train_args: list[str], machine: dict | None = None) -> list[str]:
     """The `accelerate launch` command line that runs `rustcoder train` with cfg.num_processes processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]

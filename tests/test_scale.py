@@ -62,6 +62,42 @@ def test_shipped_launch_configs_are_accepted_by_accelerate(name):
     assert args.module and args.training_script == "rustcoder"
 
 
+def test_every_machine_of_a_multi_node_run_writes_the_one_run_directory(rows_file, tmp_path, monkeypatch):
+    """Each machine runs the same command with its own --machine-rank: all launch into OUTPUT_DIR/RUN_NAME (no
+    per-machine -2 suffix, even where the first machine already made it), only machine 0 reads the metrics, and a
+    run without --run-name is refused before anything starts."""
+    from click.testing import CliRunner
+
+    from rustcoder import artifacts, launch
+    from rustcoder.cli import main
+
+    launched = []
+
+    def fake_launch(cfg, *, run_dir=None, resume=False, machine=None, log=print):  # the real one, minus accelerate
+        if run_dir is None:
+            from rustcoder.rundir import new_run_dir
+
+            run_dir = new_run_dir(cfg)
+            run_dir.mkdir(parents=True)
+        launched.append((run_dir, machine["machine_rank"]))
+        if not machine["machine_rank"]:
+            artifacts.atomic_write_json(run_dir / artifacts.METRICS, {"eval_loss": 1.0, "eval_mean_token_accuracy": 0.5,
+                                                                      "steps": 3, "wall_time_s": 9.0})
+        return run_dir
+
+    monkeypatch.setattr(launch, "launch_training", fake_launch)
+    common = ["train", "--preset", "high-capacity", "--dataset", str(rows_file), "--num-processes", "16",
+              "--launch-config", "ddp-multinode", "--output-dir", str(tmp_path / "runs"), "--report-to", "trackio"]
+    for rank in (0, 1):
+        r = CliRunner().invoke(main, [*common, "--run-name", "shared", "--machine-rank", str(rank)])
+        assert r.exit_code == 0, r.output
+    assert launched == [(tmp_path / "runs" / "shared", 0), (tmp_path / "runs" / "shared", 1)]
+    assert "machine 1's processes finished" in r.output
+    r = CliRunner().invoke(main, [*common, "--machine-rank", "0"])
+    assert r.exit_code == 2 and "a run over 2 machines needs --run-name" in r.output
+    assert len(launched) == 2
+
+
 def test_unknown_launch_config_named():
     from rustcoder.errors import UsageError
 
