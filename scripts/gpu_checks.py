@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-checks"), help="logs and summary (default: $OUT)")
     ap.add_argument("--budget-s", type=float, default=540, help="device seconds this call may use (default 540)")
-    ap.add_argument("--only", default=None, help="comma-separated steps to run (default: all but merge-7b)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated steps to run, in that order (default: all but merge-7b, in plan order)")
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out")
     ap.add_argument("--rehearse", action="store_true", help="CPU-sized settings: check the plan here, no GPU needed")
     ap.add_argument("--list", action="store_true", help="print the steps and their commands, run nothing")
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown step(s) {', '.join(unknown)}; the steps are: {', '.join(names)}", file=sys.stderr)
         return 2
-    steps = [s for s in steps if s.name in chosen and s.name not in a.skip.split(",")]
+    by_name = {s.name: s for s in steps}  # --only runs its steps in the order it names them
+    steps = [by_name[n] for n in dict.fromkeys(chosen) if n not in a.skip.split(",")]
     if a.list:
         for s in steps:
             cmd = "python -c ENV_PROBE" if s.name == "env" else shlex.join(s.argv)

@@ -44,6 +44,13 @@ def test_unknown_step_names_the_steps_and_exits_2(gpu_checks, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_only_runs_the_named_steps_in_the_order_named(gpu_checks, tmp_path, capsys):
+    assert gpu_checks.main(["--only", "train-1.5b,env,train-7b", "--skip", "train-7b", "--list",
+                            "--out", str(tmp_path)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ["train-1.5b", "env"]
+
+
 def _fake(gpu_checks, monkeypatch, steps):
     monkeypatch.setattr(gpu_checks, "plan", lambda py, out, rehearse: steps)
 
