@@ -12,7 +12,10 @@ non-zero B), then merges it in separate processes:
   streaming-noverify  rustcoder.merge.merge(..., streaming=True, verify=False)
   streaming           rustcoder.merge.merge(..., streaming=True): the streaming merge followed by its
                       default, layerwise verification (tensor checks + both models run one decoder
-                      layer at a time) -- what `rustcoder merge --streaming` does
+                      layer at a time) -- what `rustcoder merge --streaming` does; on a machine with a
+                      CUDA GPU the verification's forwards run there (--verify-device auto)
+  streaming-cpuverify the same with --verify-device cpu (only with --compare-cpu-verify: on a GPU machine,
+                      the CPU verification side by side with the GPU's)
   streaming-fullverify  the streaming merge, then verify_merge(mode="full"): whole models in float32,
                       which is what --streaming verification did before it became layerwise
 
@@ -38,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WORKERS = ("imports", "peft-fp32", "peft-native", "streaming-noverify", "streaming", "streaming-fullverify")
+WORKERS = ("imports", "peft-fp32", "peft-native", "streaming-noverify", "streaming", "streaming-cpuverify",
+           "streaming-fullverify")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -174,7 +178,7 @@ def run_worker(kind: str, base: Path, adapter: Path, out: Path) -> dict:
         from rustcoder.merge import merge
 
         merge(adapter, output_dir=out, streaming=True, verify=False, log=lambda *_: None)
-    elif kind in ("streaming", "streaming-fullverify"):
+    elif kind in ("streaming", "streaming-cpuverify", "streaming-fullverify"):
         from rustcoder.merge import merge, verify_merge
 
         marks = {}
@@ -184,15 +188,17 @@ def run_worker(kind: str, base: Path, adapter: Path, out: Path) -> dict:
                                                      or msg.startswith("computing reference")):
                 marks["merge_peak_rss_mb"], marks["merge_s"] = peak_rss_mb(), time.time() - t0
 
-        if kind == "streaming":
-            report = merge(adapter, output_dir=out, streaming=True, max_effect_lost=1.0, log=log).report["verification"]
+        if kind != "streaming-fullverify":
+            report = merge(adapter, output_dir=out, streaming=True, max_effect_lost=1.0, log=log,
+                           verify_device="cpu" if kind == "streaming-cpuverify" else "auto").report["verification"]
         else:
             merge(adapter, output_dir=out, streaming=True, verify=False, log=lambda *_: None)
             marks["merge_peak_rss_mb"], marks["merge_s"] = peak_rss_mb(), time.time() - t0
             report = verify_merge(out, adapter_base(adapter), adapter, mode="full", max_effect_lost=1.0,
                                   log=lambda *_: None)
         logits = report["checks"]["logits"]
-        extra = {"verification": {"mode": report["mode"], "passed": report["passed"],
+        extra = {"verification": {"mode": report["mode"], "device": report.get("device", "cpu"),
+                                  "passed": report["passed"],
                                   "max_abs_diff": logits["max_abs_diff"], "tolerance": logits["tolerance"],
                                   "exact": report.get("exact"), "dtype_floor": report.get("dtype_floor"),
                                   "effect_kept": report.get("effect_kept"), "rounded_diff": logits["rounded_diff"],
@@ -283,6 +289,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where to build (default: a fresh temp dir, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--skip", action="append", default=[], choices=WORKERS, help="skip a worker")
+    p.add_argument("--compare-cpu-verify", action="store_true",
+                   help="also run streaming-cpuverify (the verification on the CPU, to compare with a GPU's)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results to this file")
     p.add_argument("--worker", nargs=4, metavar=("KIND", "BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -308,7 +316,7 @@ def main() -> None:
               f"{time.time() - t0:.0f} s")
         results = {}
         for kind in WORKERS:
-            if kind in args.skip:
+            if kind in args.skip or (kind == "streaming-cpuverify" and not args.compare_cpu_verify):
                 continue
             out = work / f"out-{kind}"
             shutil.rmtree(out, ignore_errors=True)
@@ -318,7 +326,9 @@ def main() -> None:
             if "merge_peak_rss_mb" in r:
                 v = r["verification"]
                 line += (f"   (merge done at {r['merge_peak_rss_mb']:.0f} MB / {r['merge_s']:.0f} s; {v['mode']} "
-                         f"verification {'passed' if v['passed'] else 'FAILED'}: exact {v['exact']}, logits max diff "
+                         f"verification on {v['device']}, "
+                         f"{'passed' if v['passed'] else 'FAILED'} in {r['wall_s'] - r['merge_s']:.0f} s: exact "
+                         f"{v['exact']}, logits max diff "
                          f"{v['max_abs_diff']:.2e} vs dtype floor {v['dtype_floor']:.2e}, |merged - rounded merge| "
                          f"{v['rounded_diff']:.1e} (tolerance {v['tolerance']:.1e}), effect kept "
                          f"{v['effect_kept']:.1%}, greedy {v['greedy_identical']}/4 identical over "
@@ -350,6 +360,11 @@ def main() -> None:
                 if kind in results:
                     print(f"  {kind} above the import floor ({floor:.0f} MB for torch + transformers + peft): "
                           f"{results[kind]['peak_rss_mb'] - floor:.0f} MB; largest base shard {largest / 1e6:.0f} MB")
+        if "streaming" in results and "streaming-cpuverify" in results:
+            g, c = results["streaming"], results["streaming-cpuverify"]
+            gv, cv = g["wall_s"] - g["merge_s"], c["wall_s"] - c["merge_s"]
+            print(f"  verification on {g['verification']['device']} vs cpu: {gv:.0f} vs {cv:.0f} s ({cv / gv:.1f}x); "
+                  f"logits max diff {g['verification']['max_abs_diff']:.3e} vs {c['verification']['max_abs_diff']:.3e}")
         mem = (results.get("streaming") or {}).get("verification", {}).get("memory")
         if mem:
             print(f"  layerwise verification held at most {mem['forward_peak_bytes'] / 1e6:.0f} MB of weights in the "

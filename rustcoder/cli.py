@@ -509,8 +509,13 @@ def runs(output_dir, dashboard, project, as_json):
 @click.option("--max-effect-lost", default=0.10, show_default=True, type=click.FloatRange(0, 1), metavar="SHARE",
               help="Refuse the merge when rounding to --dtype loses more than this share of the adapter's effect "
                    "on the probe logits (0.1 = 10%).")
+@click.option("--verify-device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where the verification's forwards run. auto: a CUDA GPU when present and its free memory "
+                   "holds one decoder layer and the embeddings in float32 (verified layer by layer there, for "
+                   "in-memory merges too), else the CPU.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where to find the newest run when RUN_DIR is omitted.")
-def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, dtype, max_effect_lost, runs_dir):
+def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, dtype, max_effect_lost, verify_device,
+          runs_dir):
     """Fold a run's LoRA adapter into its base model and prove it is the same model.
 
     Writes a standalone model (sharded safetensors in --dtype, config, generation config with
@@ -537,7 +542,7 @@ def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, d
         click.echo(f"merging the newest finished run: {run_dir}")
     result = run_merge(run_dir, output_dir=output_dir, base=base, force=force, verify=not no_verify,
                        streaming=streaming, push_to_hub=push_to_hub, dtype=dtype, max_effect_lost=max_effect_lost,
-                       log=click.echo)
+                       verify_device=verify_device, log=click.echo)
     if not result.already_merged:
         click.echo(render_report(result.report))
     click.echo(f"  next: rustcoder serve   (serves {result.merged_dir})")

@@ -145,3 +145,54 @@ def test_eval_generation_on_cuda_is_batched_left_padded_and_stops_at_the_end_of_
     gens = dict((r.item.id, g) for r, g in backend.generate(reqs, params, target))[reqs[0].item.id]
     assert gens[0].finish_reason == "stop" and gens[0].tokens == raw.index(stop)
     backend.close()
+
+
+def _random_adapter(base: Path, out: Path, seed: int = 0) -> Path:
+    """A PEFT LoRA (r 16, every linear layer) with random non-zero B and rustcoder's tokenizer beside it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.modeling import load_tokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.save_pretrained(out)
+    load_tokenizer(str(base), model_type="qwen2")[0].save_pretrained(out)
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares the CUDA verification with the CPU's")
+def test_merge_verification_on_cuda_agrees_with_the_cpu_and_stays_within_its_memory_estimate(base_0p5b, tmp_path):
+    import time
+
+    from rustcoder.merge import merge, verify_merge
+    from rustcoder.merge.device import choose_verify_device, layerwise_device_bytes
+
+    adapter = _random_adapter(base_0p5b, tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    merge(adapter, output_dir=merged, streaming=True, verify=False, log=lambda *_: None)
+    assert choose_verify_device("auto", base_0p5b)[0].startswith("cuda")
+    results, times = {}, {}
+    for device in ("cuda", "cpu"):
+        t0 = time.perf_counter()
+        results[device] = verify_merge(merged, base_0p5b, adapter, mode="layerwise", max_effect_lost=1.0,
+                                       device=device, log=lambda *_: None)
+        times[device] = time.perf_counter() - t0
+    gpu, cpu = results["cuda"], results["cpu"]
+    print(f"layerwise verification of the 0.5B shape: cuda {times['cuda']:.1f} s, cpu {times['cpu']:.1f} s; "
+          f"GPU peak {gpu['memory']['device_peak_bytes'] / 2**30:.2f} GiB of "
+          f"{layerwise_device_bytes(base_0p5b) / 2**30:.2f} estimated")
+    assert gpu["device"] == "cuda" and cpu["device"] == "cpu"
+    assert gpu["passed"] and cpu["passed"] and gpu["exact"] is True
+    assert {k: c["passed"] for k, c in gpu["checks"].items()} == {k: c["passed"] for k, c in cpu["checks"].items()}
+    # the same distances up to float32 noise (the dtype floor is orders of magnitude above it)
+    assert gpu["max_logit_diff"] == pytest.approx(cpu["max_logit_diff"], rel=0.05)
+    assert gpu["dtype_floor"] == pytest.approx(cpu["dtype_floor"], rel=0.05)
+    assert gpu["effect_kept"] == pytest.approx(cpu["effect_kept"], abs=0.01)
+    assert gpu["checks"]["logits"]["rounded_diff"] <= gpu["checks"]["logits"]["tolerance"]
+    assert 0 < gpu["memory"]["device_peak_bytes"] <= layerwise_device_bytes(base_0p5b)

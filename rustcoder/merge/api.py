@@ -19,6 +19,8 @@ from ..errors import RustcoderError, UsageError
 from ..rundir import MERGE_REPORT as REPORT
 from ..rundir import MERGED_DIR
 from .checks import DEFAULT_MAX_EFFECT_LOST
+from .device import choose_verify_device, verification_mode
+from .layerwise import layerwise_unsupported
 from .plan import check_fit, load_adapter_tensors, plan_merge
 from .sources import (MERGE_DTYPES, MERGE_FORMAT, Source, adapter_dir_of, adapter_fingerprint, base_identity,
                       check_not_quantized, merge_key, resolve_source, save_dtype_of, tie_word_embeddings, tied_keys)
@@ -97,7 +99,8 @@ def default_output_dir(run_dir: str | Path) -> Path:
 
 def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str | None = None, force: bool = False,
           verify: bool = True, streaming: bool = False, push_to_hub: str | None = None, dtype: str = "auto",
-          max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, log: Callable = print) -> MergeResult:
+          max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, verify_device: str = "auto",
+          log: Callable = print) -> MergeResult:
     """Merge a run's LoRA adapter into its base model and save a standalone, verified model directory.
 
     run_dir is a training run directory (or an adapter directory); output_dir defaults to RUN_DIR/merged.
@@ -107,7 +110,9 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     same dtype again is a no-op. Raises RustcoderError (with what to do) for a quantized or mismatched
     base, missing files, an existing target without force, or a failed verification (the target is then
     left untouched): a merge that is not exact is a bug; one whose dtype loses more than max_effect_lost
-    of the adapter's effect is refused with the fix (float32, or serving the adapter).
+    of the adapter's effect is refused with the fix (float32, or serving the adapter). verify_device ("auto",
+    "cpu", "cuda[:N]"): where the verification's forwards run; on a GPU it verifies layer by layer there
+    whichever way the merge ran (see device.verification_mode).
     """
     if dtype != "auto" and dtype not in MERGE_DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(MERGE_DTYPES)}")
@@ -134,7 +139,8 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
     if target.exists():
         previous = read_json(target / REPORT) if (target / REPORT).is_file() else None
         if previous and previous.get("merge_key") == key:
-            return _pushed(_already_merged(src, target, previous, verify, max_effect_lost, log), push_to_hub, log)
+            return _pushed(_already_merged(src, target, previous, verify, max_effect_lost, verify_device, log),
+                           push_to_hub, log)
         if not force:
             why = ("it holds a merge of a different adapter or base" if previous
                    else "it is not a rustcoder merge")
@@ -167,6 +173,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         log("the adapter changes a tied embedding matrix: saving lm_head and embed_tokens separately "
             "(tie_word_embeddings=false), as base + adapter computes them")
     tokenizer = AutoTokenizer.from_pretrained(src.adapter_dir)
+    mode, device = _verification(verify, verify_device, streaming, src.base_dir, plan, log)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.merging-{os.getpid()}-", dir=target.parent))
@@ -175,7 +182,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         if streaming:
             merge_streaming(src, plan, tmp, dtype, untie, tied, log)
         else:
-            reference = merge_in_memory(src, plan, tmp, dtype, untie, tokenizer, verify, log)
+            reference = merge_in_memory(src, plan, tmp, dtype, untie, tokenizer, verify and mode == "full", log)
         config = edited_config(src.base_dir, dtype, untie)
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation_config(src.base_dir, config, tokenizer))
@@ -207,8 +214,8 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         }
         if verify:
             report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference,
-                                                  mode="layerwise" if streaming else "full", plan=plan,
-                                                  max_effect_lost=max_effect_lost, log=log)
+                                                  mode=mode, plan=plan, max_effect_lost=max_effect_lost,
+                                                  device=device, log=log)
         else:
             report["verification"] = {"skipped": True, "passed": None}
         report["wall_time_s"] = time.time() - started
@@ -232,15 +239,32 @@ def _pushed(result: MergeResult, repo: str | None, log: Callable) -> MergeResult
     return result
 
 
+def _verification(verify: bool, requested: str, streaming: bool, base_dir: Path, plan, log: Callable) -> tuple[str, str]:
+    """(mode, device) of the verification, said in one line when it is not the plain CPU one."""
+    if not verify:
+        return "full", "cpu"
+    device, why = choose_verify_device(requested, base_dir)
+    mode = verification_mode(streaming, device, layerwise_unsupported(base_dir, base_dir, plan))
+    if device != "cpu" and mode == "full":  # only layerwise runs on a GPU
+        why = f"layer-by-layer verification is not possible here ({layerwise_unsupported(base_dir, base_dir, plan)})"
+        device = "cpu"
+    if device != "cpu":
+        log(f"verification: layer by layer on {device} ({why})")
+    elif why not in ("no CUDA GPU", "--verify-device cpu"):
+        log(f"verification: on the CPU, not the GPU: {why}")
+    return mode, device
+
+
 def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max_effect_lost: float,
-                    log: Callable) -> MergeResult:
+                    verify_device: str, log: Callable) -> MergeResult:
     log(f"{target} already holds this adapter merged into this base in {previous.get('dtype')} (same adapter weights, "
         "base and dtype): nothing to do.")
     if verify and (previous.get("verification") or {}).get("skipped"):
         log("it was merged with --no-verify: verifying it now")
-        mode = "layerwise" if previous.get("mode") == "streaming" else "full"
+        mode, device = _verification(True, verify_device, previous.get("mode") == "streaming", src.base_dir,
+                                     plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config), log)
         previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode,
-                                                max_effect_lost=max_effect_lost, log=log)
+                                                max_effect_lost=max_effect_lost, device=device, log=log)
         write_report(target, previous)
         if not previous["verification"]["passed"]:
             raise RustcoderError(f"{target} failed verification.\n" + refusal_message(previous, src.run_dir or

@@ -6,6 +6,7 @@ one layer of memory.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,12 @@ class _Layerwise:
     computes it (W + scale * B @ A in float32) rounded once to round_to. Modes are switches, so every
     mode runs from the same loaded layer."""
 
-    def __init__(self, model_dir: Path, meter: Meter, plan: MergePlan | None = None, round_to: str | None = None):
+    def __init__(self, model_dir: Path, meter: Meter, plan: MergePlan | None = None, round_to: str | None = None,
+                 device: str = "cpu"):
         import torch
 
         self.dir = model_dir
+        self.device = torch.device(device)
         self.model = skeleton(model_dir)
         decoder = self.model.get_decoder()
         for attr in ("embed_tokens", "layers", "norm", "rotary_emb"):
@@ -137,8 +140,8 @@ class _Layerwise:
         self.lm_key = names[id(out_emb)] + ".weight"
         self.embed_key = self.prefix + "embed_tokens.weight"
         self.tied = out_emb.weight is decoder.embed_tokens.weight
-        self.rotary = type(decoder.rotary_emb)(config=self.config)
-        self.plan = plan or MergePlan()
+        self.rotary = type(decoder.rotary_emb)(config=self.config).to(self.device)
+        self.plan = (plan or MergePlan()).to(self.device)
         self.round_to = None if round_to is None else torch_dtype(round_to)
         self.reader = Reader(model_dir, meter)
         self.mode = "adapter"
@@ -164,7 +167,11 @@ class _Layerwise:
             why = (": tie_word_embeddings=false but lm_head.weight is not saved (it would load as random weights)"
                    if name == self.lm_key else "")
             raise RustcoderError(f"{self.dir} has no tensor {name}{why}")
-        return self.reader.read(name, dtype)
+        if self.device.type == "cpu":
+            return self.reader.read(name, dtype)
+        # another device: the stored bytes travel (half a float32 copy's for 16-bit weights), converted there
+        t = self.reader.read(name).to(self.device)
+        return t if dtype is None else t.to(dtype)
 
     def _rounded(self, key: str, stored, base):
         """The tensor as the merge saves it, in float32: (replacement, then update) rounded to round_to;
@@ -290,7 +297,7 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                             base_logits: bool = False, round_to: str | None = None,
                             reference: list[dict] | None = None,
                             greedy_tokens: int = LAYERWISE_GREEDY_TOKENS, prompts: list[list[int]] | None = None,
-                            meter: Meter | None = None) -> list[dict]:
+                            meter: Meter | None = None, device: str = "cpu") -> list[dict]:
     """probe_outputs computed one decoder layer at a time from model_dir's safetensors files (+ plan's
     adapter applied on the fly): memory of about one layer plus the embeddings, whatever the model size.
 
@@ -308,6 +315,9 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     finish_reference. With reference (the output of such a pass), logits are not kept but compared on the
     fly, where the tokens fed are the reference's: max_abs_diff, rounded_diff, diff_sq, positions
     (compared) and not_compared instead of logits (so the merged model's logits are never held).
+
+    device: where the layers run (each layer's stored tensors are moved there and upcast there; matmuls in
+    full float32, TF32 off); what is returned is on the CPU.
     """
     import torch
     from transformers import DynamicCache
@@ -315,7 +325,8 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
     if base_logits != (round_to is not None):
         raise ValueError("a reference pass needs both base_logits and round_to")
     meter = meter or Meter()
-    lw = _Layerwise(Path(model_dir), meter, plan, round_to)
+    lw = _Layerwise(Path(model_dir), meter, plan, round_to, device)
+    dev = lw.device
     if prompts is None:
         prompts = [encode(tokenizer, render_prompt(tokenizer, m)) for m in probe_messages()]
     im_end = token_id(tokenizer, END_OF_TURN)
@@ -331,15 +342,15 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
         for p, r in enumerate(reference):
             out[p]["prompt_ids"] = list(r["prompt_ids"])
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             while feed:
                 streams = []
                 for a in modes:
                     for p, ids in feed.items():
-                        h = lw.embed_ids(torch.tensor([ids]), a)
+                        h = lw.embed_ids(torch.tensor([ids], device=dev), a)
                         cache = caches[a, p]
                         past = cache.get_seq_length()
-                        pos = torch.arange(past, past + len(ids)).unsqueeze(0)
+                        pos = torch.arange(past, past + len(ids), device=dev).unsqueeze(0)
                         streams.append(_Stream(a, p, h, cache, lw.masks(h, cache, pos), lw.rotary(h, pos), pos))
                 lw.layers(streams)
                 hidden = {(s.mode, s.probe): s.hidden for s in streams}
@@ -354,7 +365,7 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
                             kept["base"][p].append(effect_stats(x, lw.head(hidden["base", p], "base")))
                             kept["rounded"][p].append(lw.head(hidden["rounded", p], "rounded"))
                     elif agree[p]:  # compare while the inputs are the reference's tokens (see output_checks)
-                        ref, rounded = reference[p]["logits"], reference[p]["rounded_logits"]
+                        ref, rounded = reference[p]["logits"].to(dev), reference[p]["rounded_logits"].to(dev)
                         ref_ids = reference[p]["prompt_ids"] + reference[p]["greedy"]
                         k = min(common_prefix(ids, ref_ids[seen[p]:]), len(ref) - seen[p])
                         agree[p] = k == n
@@ -395,7 +406,23 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
             item["max_abs_diff"], item["rounded_diff"], item["diff_sq"] = diff[p], rdiff[p], sq[p]
             item["positions"] = compared[p]
             item["not_compared"] = min(seen[p], len(reference[p]["logits"])) - compared[p]
+        for k, v in item.items():
+            if isinstance(v, torch.Tensor):
+                item[k] = v.cpu()
     return out
+
+
+@contextmanager
+def full_float32():
+    """float32 matmuls in full float32 on every device (no TF32, whatever the process set before)."""
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def weight_sizes(model_dir: Path) -> dict[str, int]:

@@ -40,6 +40,11 @@ class Update:
         factor = self.magnitude.float() / norm
         return factor.view(-1, 1) * (w32 + delta)
 
+    def to(self, device) -> "Update":
+        """The same update with its tensors on device."""
+        return Update(self.kind, self.A.to(device), self.B.to(device), self.scale,
+                      None if self.magnitude is None else self.magnitude.to(device))
+
     def rows(self, r0: int, r1: int) -> "Update":
         """The update of rows r0:r1 of the weight (every formula above is row by row)."""
         if self.kind == "embedding":  # delta = (B @ A).T: its rows are A's columns
@@ -60,6 +65,12 @@ class MergePlan:
     @property
     def touched(self) -> set[str]:
         return set(self.updates) | set(self.replacements)
+
+    def to(self, device) -> "MergePlan":
+        """A copy whose updates and replacement tensors are on device (this plan is left as it is)."""
+        return MergePlan({k: u.to(device) for k, u in self.updates.items()},
+                         {k: t.to(device) for k, t in self.replacements.items()},
+                         list(self.unsupported), self.adapter_keys)
 
 
 def _pattern_value(patterns: dict, module: str, default):

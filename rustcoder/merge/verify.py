@@ -21,23 +21,30 @@ from .tensors import Meter
 def verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: MergePlan, tie: bool,
                       tied: tuple[str, str],
                       dtype: str, run_tok, merged_tok, noise_rtol: float, max_effect_lost: float,
-                      log: Callable) -> tuple[dict[str, dict], dict]:
-    """Exactness tensor by tensor, then the models run one decoder layer at a time; returns (checks, memory)."""
+                      log: Callable, device: str = "cpu") -> tuple[dict[str, dict], dict]:
+    """Exactness tensor by tensor (on the CPU, as the merge computed it), then the models run one decoder layer
+    at a time on device; returns (checks, memory)."""
+    import torch
+
     checks_meter, forward_meter = Meter(), Meter()
     log("checking every merged tensor against the float32 merge rounded to its dtype, one tensor at a time")
     checks = exactness_checks(merged_dir, base_dir, plan, tie, tied, dtype, checks_meter,
                                peft_scale_problems(base_dir, adapter_dir, plan))
     loaded_tie_check(checks, skeleton(merged_dir), tie)
+    on = "" if device == "cpu" else f" on {device}"
     log(f"reference outputs (base + adapter unmerged, base, and the merge rounded to {dtype}; float32), one decoder "
-        "layer at a time")
+        f"layer at a time{on}")
     tokens = LAYERWISE_GREEDY_TOKENS
+    gpu = torch.device(device).type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     reference = layerwise_probe_outputs(base_dir, run_tok, plan=plan, base_logits=True, round_to=dtype,
-                                        meter=forward_meter, greedy_tokens=tokens)
-    log("running the merged model on the probe prompts, one decoder layer at a time")
-    how = "layer-by-layer forward in float32 with a KV cache"
+                                        meter=forward_meter, greedy_tokens=tokens, device=device)
+    log(f"running the merged model on the probe prompts, one decoder layer at a time{on}")
+    how = f"layer-by-layer forward in float32 with a KV cache{on}"
     try:
         got = layerwise_probe_outputs(merged_dir, merged_tok, reference=reference, meter=forward_meter,
-                                      greedy_tokens=tokens)
+                                      greedy_tokens=tokens, device=device)
         checks.update(output_checks(reference, got, dtype, tokens, how, noise_rtol, max_effect_lost))
     except RustcoderError as e:
         checks["logits"] = check(False, f"the merged model could not be run: {e}")
@@ -48,6 +55,8 @@ def verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: 
               "max_layers_at_once": max(checks_meter.max_layers, forward_meter.max_layers),
               "largest_layer_fp32_bytes": sizes["largest_layer_fp32"], "embedding_bytes": sizes["embeddings"],
               "layers": sizes["layers"], "greedy_tokens": tokens}
+    if gpu:  # what the device held at most (weights, KV caches, logits, kernels' workspace)
+        memory["device_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return checks, memory
 
 
@@ -85,7 +94,8 @@ CHECK_ORDER = ("exact", "logits", "effect", "greedy", "finite", "lora_free", "ti
 
 def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path, *,
                  reference: list[dict] | None = None, mode: str = "full", plan: MergePlan | None = None,
-                 max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, log: Callable = print) -> dict[str, Any]:
+                 max_effect_lost: float = DEFAULT_MAX_EFFECT_LOST, device: str = "cpu",
+                 log: Callable = print) -> dict[str, Any]:
     """Check a merged model against base + adapter in two layers; returns {"passed", "cause", "checks", ...}.
 
     Exactness ("exact"): every merged tensor is the float32 merge W + scale * B @ A (recomputed from the base
@@ -106,8 +116,10 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
     mode "full" loads base + adapter (PEFT) and then the merged model, whole, in float32, and generates
     GREEDY_TOKENS tokens. mode "layerwise" (what streaming merges use) never holds more than one decoder
     layer plus the embeddings (and the probes' logits): the models run one layer at a time
-    (layerwise_probe_outputs) with LAYERWISE_GREEDY_TOKENS greedy tokens. Layerwise falls back to full
-    (saying why) for an architecture or adapter it cannot run; reference applies to full mode only.
+    (layerwise_probe_outputs) with LAYERWISE_GREEDY_TOKENS greedy tokens, on device (a CUDA GPU: each layer's
+    stored tensors are moved there; the exactness layer stays on the CPU). Layerwise falls back to full
+    (saying why) for an architecture or adapter it cannot run; full runs on the CPU; reference applies to
+    full mode only.
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"mode must be one of {VERIFY_MODES}, not {mode!r}")
@@ -128,9 +140,11 @@ def verify_merge(merged_dir: str | Path, base_dir: str | Path, adapter_dir: str 
                 "holds a float32 copy of the model")
             mode = result["mode"] = "full"
             result["layerwise_unavailable"] = why
+    result["device"] = device if mode == "layerwise" else "cpu"
     if mode == "layerwise":
         more, result["memory"] = verify_layerwise(merged_dir, base_dir, adapter_dir, plan, tie, tied, dtype, run_tok,
-                                                   merged_tok, noise_rtol, max_effect_lost, log)
+                                                   merged_tok, noise_rtol, max_effect_lost, log,
+                                                   result["device"])
         result["greedy_tokens"] = result["memory"].pop("greedy_tokens")
     else:
         more = verify_full(merged_dir, base_dir, adapter_dir, plan, tie, tied, dtype, run_tok, merged_tok, reference,
@@ -162,14 +176,16 @@ def render_report(report: dict) -> str:
     if v.get("skipped"):
         lines.append("verification: skipped (--no-verify)")
     else:
-        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}"
+        where = f" on {v['device']}" if v.get("device", "cpu") != "cpu" else ""
+        lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}{where}"
                      f"{verification_summary(v)})")
         mem = v.get("memory")
         if mem:
             lines.append(f"  layerwise: held at most {mem['peak_weight_bytes'] / 1e6:.1f} MB of weights at once "
                          f"({mem['max_layers_at_once']} decoder layer(s) at a time; largest layer in float32 "
                          f"{mem['largest_layer_fp32_bytes'] / 1e6:.1f} MB, embeddings "
-                         f"{mem['embedding_bytes'] / 1e6:.1f} MB)")
+                         f"{mem['embedding_bytes'] / 1e6:.1f} MB)"
+                         + (f"; GPU peak {mem['device_peak_bytes'] / 1e6:.1f} MB" if "device_peak_bytes" in mem else ""))
         for name, c in v.get("checks", {}).items():
             lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {name:<16} {c['detail']}")
     lines.append(f"report: {Path(report['merged_dir']) / REPORT}")
