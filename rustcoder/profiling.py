@@ -6,6 +6,9 @@ says how busy the card was (kernel time over the step's wall time), how many ker
 and how often the host waited on the device, and how the kernel time splits between matmuls,
 attention, the optimizer, memory copies and the rest: the numbers that tell a step bound by Python
 and kernel launches from one bound by the card. On CPU the same split is over the ops' own CPU time.
+The step runs with Python stacks recorded, so the summary also says which code the time comes from:
+each op's kernel time (CPU: its own time) grouped by the first caller outside torch (a line of
+transformers, PEFT, TRL or rustcoder), or by the autograd node for the backward.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CATEGORIES = (
     ("memory", re.compile(r"memcpy|memset|aten::copy_$|aten::to$|aten::_to_copy$", re.I)),
 )
 LAUNCHES = re.compile(r"^(cudaLaunchKernel(ExC)?|cuLaunchKernel(Ex)?|hipLaunchKernel)$")
+PY_FRAME = re.compile(r"^(?P<file>.+\.py)\((?P<line>\d+)\): (?P<func>.+)$")  # a with_stack Python event
+BACKWARD = "autograd::engine::evaluate_function: "
 HOST_SYNCS = re.compile(r"^(cudaDeviceSynchronize|cudaStreamSynchronize|cudaEventSynchronize|cudaMemcpy|"
                         r"hipDeviceSynchronize|hipStreamSynchronize)$")
 
@@ -37,6 +42,49 @@ class OpTime:
     on_device: bool  # a GPU kernel or copy (device time), or a host-side op / runtime call (CPU time)
     count: int
     self_us: float
+
+
+def caller(event) -> str:
+    """Where a profiled op was called from: the first Python frame outside torch's own files above it
+    ("transformers/models/qwen2/modeling_qwen2.py(63): forward"), or the autograd node that ran it in the
+    backward ("ToCopyBackward0"), or "?"."""
+    q = event.cpu_parent
+    while q is not None:
+        m = PY_FRAME.match(q.name)
+        if m and not re.search(r"(^|/)torch/", m["file"]):
+            f = m["file"]
+            for anchor in ("site-packages/", "dist-packages/"):
+                f = f.rsplit(anchor, 1)[-1]
+            if "/rustcoder/" in f:
+                f = "rustcoder/" + f.rsplit("/rustcoder/", 1)[-1]
+            return f"{f}({m['line']}): {m['func']}"
+        if q.name.startswith(BACKWARD):
+            return q.name[len(BACKWARD):]
+        q = q.cpu_parent
+    return "?"
+
+
+def sources(events, device: str, limit: int = 8) -> list[dict]:
+    """The step's time by (op, caller): kernel time charged to the host op that launched it on a GPU, aten ops'
+    self time on CPU; largest first, with its share of that total."""
+    from torch.autograd import DeviceType
+
+    totals: dict[tuple[str, str], list] = {}
+    for e in events:
+        if e.device_type != DeviceType.CPU:
+            continue  # kernels: counted through the op that launched them
+        if device == "cuda":
+            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            us = e.self_cpu_time_total if e.name.startswith("aten::") else 0.0
+        if us > 0:
+            t = totals.setdefault((e.name, caller(e)), [0, 0.0])
+            t[0] += 1
+            t[1] += us
+    total = sum(us for _, us in totals.values())
+    top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:limit]
+    return [{"op": op, "from": where, "count": n, "ms": round(us / 1e3, 3), "share": round(us / total, 4)}
+            for (op, where), (n, us) in top]
 
 
 def category(name: str) -> str:
@@ -90,7 +138,11 @@ def render(summary: dict) -> str:
     else:
         head = f"profile of step {s['step']}: {s['wall_ms']:.0f} ms wall; op time ({s['timed_ms']:.0f} ms): {split}"
     tops = "; ".join(f"{t['name'][:60]} {t['ms']:.1f} ms" for t in s["top"][:4])
-    return f"{head}\n  largest: {tops}"
+    lines = [head, f"  largest: {tops}"]
+    if s.get("sources"):
+        lines.append("  from: " + "; ".join(f"{x['op']} at {x['from']} {x['ms']:.1f} ms ({x['share']:.0%})"
+                                            for x in s["sources"][:5]))
+    return "\n".join(lines)
 
 
 def op_times(prof) -> list[OpTime]:
@@ -99,6 +151,8 @@ def op_times(prof) -> list[OpTime]:
 
     ops = []
     for e in prof.key_averages():
+        if PY_FRAME.match(e.key) or e.key.startswith("<built-in"):
+            continue  # a Python call recorded for the stacks (with_stack), not an op: its time is its ops'
         on_device = e.device_type != DeviceType.CPU
         if on_device and getattr(e, "is_user_annotation", False):
             continue  # a record_function range mirrored on the GPU timeline (Optimizer.step...): its kernels count
@@ -141,7 +195,7 @@ def step_profiler(step: int, out_dir: Path, device: str, log=print):
                 if cuda:
                     torch.cuda.synchronize()  # the step starts with the card idle: its time is its own
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-                self._prof = profile(activities=activities)
+                self._prof = profile(activities=activities, with_stack=True)
                 self._prof.__enter__()
             except Exception as e:  # noqa: BLE001 (no profiler here, e.g. CUPTI missing: say so, keep training)
                 return self._failed("the profiler did not start", e)
@@ -156,6 +210,10 @@ def step_profiler(step: int, out_dir: Path, device: str, log=print):
                 wall = time.perf_counter() - self._t0
                 self._prof.__exit__(None, None, None)
                 summary = summarize(op_times(self._prof), wall, self.step, device)
+                try:
+                    summary["sources"] = sources(self._prof.events(), device)
+                except Exception as e:  # noqa: BLE001 (the attribution is extra: the summary stands without it)
+                    summary["sources_error"] = f"{type(e).__name__}: {e}"
                 if args.process_index == 0:
                     out_dir.mkdir(parents=True, exist_ok=True)
                     tmp = out_dir / ".trace.json.tmp"

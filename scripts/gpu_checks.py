@@ -111,7 +111,7 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
         merge = ["--shape", "7b", "--skip", "peft-fp32", "--skip", "streaming-noverify", "--skip", "streaming-fullverify"]
     train_keep = [r"^model:", r"^data:", r"(?i)^isolation check", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
                   r"throughput ratio", r"eval loss difference", r"projected", r"^  (TRL|rustcoder)",
-                  r"^  largest:"]  # (the profile line itself starts with "rustcoder ")
+                  r"^  largest:", r"^  from:"]  # (the profile line itself starts with "rustcoder ")
     return [
         Step("env", [py, "-c", ENV_PROBE], 60, 10, [r".*"]),
         Step("gpu-tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-rsP", "-p", "no:cacheprovider", "--junitxml",

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rustcoder import artifacts
 from rustcoder.config import resolve_config
-from rustcoder.profiling import OpTime, category, render, summarize
+from rustcoder.profiling import OpTime, caller, category, render, sources, summarize
 
 # What a LoRA step's profile looks like on a Hopper card: cuBLASLt (nvjet) and xmma GEMMs, a flash varlen
 # kernel, elementwise kernels, the fused Adam, a device-to-host copy, and the host's runtime calls.
@@ -44,6 +44,46 @@ def test_a_gpu_step_is_summarised_from_its_kernels():
     assert s["top"][0]["name"].startswith("nvjet") and s["top"][0]["ms"] == pytest.approx(120.0)
     line = render(s)
     assert "47% busy" in line and "3,634 launches" in line and "3 host syncs" in line and "matmul 77%" in line
+
+
+class _Event:
+    """A stand-in for torch.autograd.profiler_util.FunctionEvent: name, device type, parent and times."""
+
+    def __init__(self, name, parent=None, cpu_us=0.0, device_us=0.0, kernel=False):
+        from torch.autograd import DeviceType
+
+        self.name, self.cpu_parent = name, parent
+        self.device_type = DeviceType.CUDA if kernel else DeviceType.CPU
+        self.self_cpu_time_total, self.self_device_time_total = cpu_us, device_us
+
+
+def test_time_is_charged_to_the_first_caller_outside_torch_or_to_the_autograd_node():
+    sp = "/usr/lib/python3.12/site-packages/"
+    lora = _Event(sp + "peft/tuners/lora/layer.py(712): forward")
+    call = _Event(sp + "torch/nn/modules/module.py(1750): _call_impl", lora)
+    to = _Event("aten::_to_copy", _Event("<built-in method to of Tensor object at 0x7f>", call))
+    ours = _Event("/work/x/rustcoder/packing.py(88): pack")
+    backward = _Event("autograd::engine::evaluate_function: ToCopyBackward0")
+    events = [_Event("aten::copy_", to, cpu_us=5.0, device_us=3_000.0),
+              _Event("aten::copy_", to, cpu_us=5.0, device_us=1_000.0),
+              _Event("aten::mul", ours, cpu_us=2_000.0, device_us=500.0),
+              _Event("aten::copy_", backward, cpu_us=1.0, device_us=500.0),
+              _Event("void at::native::direct_copy_kernel", kernel=True, device_us=4_000.0),  # counted via its op
+              _Event("cudaLaunchKernel", to, cpu_us=50.0)]
+    assert caller(events[0]) == "peft/tuners/lora/layer.py(712): forward"
+    assert caller(events[2]) == "rustcoder/packing.py(88): pack"
+    assert caller(events[3]) == "ToCopyBackward0" and caller(_Event("aten::mm")) == "?"
+    on_gpu = sources(events, "cuda")
+    assert [(x["op"], x["from"], x["count"], x["ms"]) for x in on_gpu] == [
+        ("aten::copy_", "peft/tuners/lora/layer.py(712): forward", 2, 4.0),
+        ("aten::mul", "rustcoder/packing.py(88): pack", 1, 0.5),
+        ("aten::copy_", "ToCopyBackward0", 1, 0.5)]
+    assert on_gpu[0]["share"] == pytest.approx(0.8)
+    on_cpu = sources(events, "cpu")  # aten ops' own CPU time; runtime calls are not ops
+    assert [(x["op"], x["ms"]) for x in on_cpu] == [("aten::mul", 2.0), ("aten::copy_", 0.01), ("aten::copy_", 0.001)]
+    s = summarize(CUDA_STEP, wall_s=0.5, step=3, device="cuda")
+    s["sources"] = on_gpu
+    assert "from: aten::copy_ at peft/tuners/lora/layer.py(712): forward 4.0 ms (80%)" in render(s)
 
 
 def test_a_cpu_step_is_summarised_from_op_self_time():
@@ -113,6 +153,11 @@ def test_a_profiled_run_writes_its_trace_and_trains_the_same_adapter(rows_file, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 2 and summary["device"] == "cpu" and summary["wall_ms"] > 0
     assert summary["shares"]["matmul"] > 0 and summary["top"]
+    # the time is traced back to the code that spent it: model code in the forward, autograd nodes in the backward
+    where = [x["from"] for x in summary["sources"]]
+    assert sum(x["share"] for x in summary["sources"]) <= 1.0 and summary["sources"][0]["op"].startswith("aten::")
+    assert any(".py(" in w and "torch/" not in w for w in where), where
+    assert not any(".py(" in t["name"] or t["name"].startswith("<built-in") for t in summary["top"])  # not ops
     assert "traceEvents" in json.loads((out / "trace.json").read_text())
     assert artifacts.read_json(profiled.run_dir / "manifest.json")["profile"] == summary
     assert any(line.startswith("profile of step 2:") for line in lines)
