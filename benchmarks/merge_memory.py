@@ -327,7 +327,7 @@ def main() -> None:
                 v = r["verification"]
                 line += (f"   (merge done at {r['merge_peak_rss_mb']:.0f} MB / {r['merge_s']:.0f} s; {v['mode']} "
                          f"verification on {v['device']}, "
-                         f"{'passed' if v['passed'] else 'FAILED'} in {r['wall_s'] - r['merge_s']:.0f} s: exact "
+                         f"{'passed' if v['passed'] else 'FAILED'} in {r['inner_s'] - r['merge_s']:.0f} s: exact "
                          f"{v['exact']}, logits max diff "
                          f"{v['max_abs_diff']:.2e} vs dtype floor {v['dtype_floor']:.2e}, |merged - rounded merge| "
                          f"{v['rounded_diff']:.1e} (tolerance {v['tolerance']:.1e}), effect kept "
@@ -362,11 +362,16 @@ def main() -> None:
                           f"{results[kind]['peak_rss_mb'] - floor:.0f} MB; largest base shard {largest / 1e6:.0f} MB")
         if "streaming" in results and "streaming-cpuverify" in results:
             g, c = results["streaming"], results["streaming-cpuverify"]
-            gv, cv = g["wall_s"] - g["merge_s"], c["wall_s"] - c["merge_s"]
+            gv, cv = g["inner_s"] - g["merge_s"], c["inner_s"] - c["merge_s"]
             print(f"  verification on {g['verification']['device']} vs cpu: {gv:.0f} vs {cv:.0f} s ({cv / gv:.1f}x); "
                   f"logits max diff {g['verification']['max_abs_diff']:.3e} vs {c['verification']['max_abs_diff']:.3e}")
         mem = (results.get("streaming") or {}).get("verification", {}).get("memory")
-        if mem:
+        if mem and "device_peak_bytes" in mem:
+            print(f"  layerwise verification on the GPU: GPU peak {mem['device_peak_bytes'] / 1e6:.0f} MB (largest layer "
+                  f"in float32 {mem['largest_layer_fp32_bytes'] / 1e6:.0f} MB, embeddings "
+                  f"{mem['embedding_bytes'] / 1e6:.0f} MB); host read buffers at most "
+                  f"{mem['forward_peak_bytes'] / 1e6:.0f} MB")
+        elif mem:
             print(f"  layerwise verification held at most {mem['forward_peak_bytes'] / 1e6:.0f} MB of weights in the "
                   f"forward ({mem['max_layers_at_once']} layer at a time; largest layer in float32 "
                   f"{mem['largest_layer_fp32_bytes'] / 1e6:.0f} MB, embeddings {mem['embedding_bytes'] / 1e6:.0f} MB) "

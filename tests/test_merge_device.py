@@ -14,8 +14,8 @@ import rustcoder.merge.api as api
 from rustcoder.cli import main
 from rustcoder.errors import UsageError
 from rustcoder.merge import merge, verify_merge
-from rustcoder.merge.device import choose_verify_device, layerwise_device_bytes, verification_mode
-from rustcoder.merge.layerwise import weight_sizes
+from rustcoder.merge.device import choose_verify_device, layerwise_device_bytes, plan_bytes, verification_mode
+from rustcoder.merge.layerwise import full_float32
 from rustcoder.merge.plan import MergePlan, Update
 
 GIB = 2**30
@@ -37,8 +37,6 @@ def test_auto_verifies_on_a_gpu_where_a_layer_and_the_embeddings_fit_else_on_the
         choose_verify_device("cuda", tiny_qwen2)
 
     need = layerwise_device_bytes(tiny_qwen2)
-    sizes = weight_sizes(tiny_qwen2)
-    assert need >= 3 * sizes["largest_layer_fp32"] + 2 * sizes["embeddings"]  # float32 copies of what is read
     _fake_cuda(monkeypatch, free_bytes=80 * GIB)
     device, why = choose_verify_device("auto", tiny_qwen2)
     assert device == "cuda:0" and "Fake H100" in why
@@ -54,6 +52,13 @@ def test_auto_verifies_on_a_gpu_where_a_layer_and_the_embeddings_fit_else_on_the
         choose_verify_device("cuda:1", tiny_qwen2)
     with pytest.raises(UsageError, match="not one of auto, cpu, cuda"):
         choose_verify_device("gpu", tiny_qwen2)
+
+    # the adapter lives on the device for the whole pass: a big one tips the same free memory to the CPU
+    big = MergePlan({}, {"lm_head.weight": torch.zeros(1, GIB // 4)})  # a float32 modules_to_save of 1 GiB
+    assert plan_bytes(big) == 3 * GIB and layerwise_device_bytes(tiny_qwen2, big) == need + 3 * GIB
+    _fake_cuda(monkeypatch, free_bytes=need + GIB)
+    assert choose_verify_device("auto", tiny_qwen2)[0] == "cuda:0"
+    assert choose_verify_device("auto", tiny_qwen2, big)[0] == "cpu"
 
 
 def test_streaming_verifies_layer_by_layer_anywhere_and_in_memory_merges_only_on_a_gpu():
@@ -85,7 +90,7 @@ def test_an_in_memory_merge_verified_on_a_gpu_skips_the_cpu_reference_and_verifi
     asked for cuda:0 and runs on the CPU, the rest is the real merge."""
     run = tmp_path / "runs" / trained_run[1].name
     shutil.copytree(trained_run[1], run, ignore=shutil.ignore_patterns("checkpoints", "merged", "eval"))
-    monkeypatch.setattr(api, "choose_verify_device", lambda requested, base_dir: ("cuda:0", "Fake H100"))
+    monkeypatch.setattr(api, "choose_verify_device", lambda requested, base_dir, plan=None: ("cuda:0", "Fake H100"))
     asked = []
 
     def verify_on_cpu(*args, device, **kw):
@@ -102,9 +107,62 @@ def test_an_in_memory_merge_verified_on_a_gpu_skips_the_cpu_reference_and_verifi
     assert not any("computing reference outputs" in m for m in lines)  # the CPU float32 reference was skipped
 
 
+def test_the_verification_pass_is_in_ieee_float32_whatever_tf32_setting_the_process_made():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"  # what transformers' tf32=True sets (torch >= 2.9's API)
+        with full_float32("cpu"):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"  # the process's own setting is back
+    finally:
+        matmul.fp32_precision = before
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda"])
+def test_a_gpu_out_of_memory_falls_back_to_the_cpu_under_auto_and_names_the_fix_otherwise(
+        trained_run, tmp_path, monkeypatch, requested):
+    run = tmp_path / "runs" / trained_run[1].name
+    shutil.copytree(trained_run[1], run, ignore=shutil.ignore_patterns("checkpoints", "merged", "eval"))
+    monkeypatch.setattr(api, "choose_verify_device", lambda req, base_dir, plan=None: ("cuda:0", "Fake H100"))
+
+    def gpu_too_small(*args, device, **kw):
+        if device != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return verify_merge(*args, device=device, **kw)
+
+    monkeypatch.setattr(api, "verify_merge", gpu_too_small)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    lines: list[str] = []
+    if requested == "cuda":
+        with pytest.raises(api.RustcoderError, match="out of memory on cuda:0.*--verify-device cpu"):
+            merge(run, verify_device=requested, log=lines.append)
+        assert not (run / "merged").exists()
+        return
+    v = merge(run, verify_device=requested, log=lines.append).report["verification"]
+    assert v["passed"] and v["device"] == "cpu" and v["mode"] == "layerwise"
+    assert "out of memory on cuda:0" in v["device_fallback"]
+    assert any("verifying on the CPU instead" in m for m in lines)
+
+
+def test_an_explicit_gpu_for_a_model_only_the_full_verification_can_run_is_a_usage_error(trained_run, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(api, "choose_verify_device", lambda req, base_dir, plan=None: ("cuda:0", "Fake H100"))
+    monkeypatch.setattr(api, "layerwise_unsupported", lambda *a: "model_type 'llama'")
+    with pytest.raises(UsageError, match="not possible here .model_type 'llama'.*--verify-device cpu"):
+        merge(trained_run[1], output_dir=tmp_path / "m", verify_device="cuda", log=lambda *_: None)
+    lines: list[str] = []  # auto: the CPU, saying why
+    v = merge(trained_run[1], output_dir=tmp_path / "m", log=lines.append).report["verification"]
+    assert v["passed"] and v["mode"] == "full" and v["device"] == "cpu"
+    assert any("on the CPU, not the GPU: layer-by-layer verification is not possible" in m for m in lines)
+
+
 def test_verify_device_cuda_without_a_gpu_is_a_usage_error_before_anything_is_written(trained_run, tmp_path):
     assert not torch.cuda.is_available()
     out = tmp_path / "merged"
     r = CliRunner().invoke(main, ["merge", str(trained_run[1]), "--output-dir", str(out), "--verify-device", "cuda"])
     assert r.exit_code == 2 and "no CUDA GPU is visible" in r.output and "--verify-device cpu" in r.output
     assert "Traceback" not in r.output and not out.exists() and not any(Path(tmp_path).glob(".merged.merging-*"))
+    r = CliRunner().invoke(main, ["merge", str(trained_run[1]), "--output-dir", str(out), "--no-verify",
+                                  "--verify-device", "gpu"])  # a wrong value is wrong with --no-verify too
+    assert r.exit_code == 2 and "not one of auto, cpu, cuda" in r.output and not out.exists()

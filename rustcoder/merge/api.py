@@ -19,7 +19,7 @@ from ..errors import RustcoderError, UsageError
 from ..rundir import MERGE_REPORT as REPORT
 from ..rundir import MERGED_DIR
 from .checks import DEFAULT_MAX_EFFECT_LOST
-from .device import choose_verify_device, verification_mode
+from .device import check_verify_device, choose_verify_device, verification_mode
 from .layerwise import layerwise_unsupported
 from .plan import check_fit, load_adapter_tensors, plan_merge
 from .sources import (MERGE_DTYPES, MERGE_FORMAT, Source, adapter_dir_of, adapter_fingerprint, base_identity,
@@ -118,6 +118,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
         raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(MERGE_DTYPES)}")
     if not 0 <= max_effect_lost <= 1:
         raise UsageError(f"--max-effect-lost {max_effect_lost} must be a share between 0 and 1 (e.g. 0.1 for 10%)")
+    verify_device = check_verify_device(verify_device)
     started = time.time()
     src = resolve_source(run_dir, base, streaming)
     target = Path(output_dir) if output_dir else default_output_dir(run_dir)
@@ -213,9 +214,9 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
             "versions": artifacts.package_versions(),
         }
         if verify:
-            report["verification"] = verify_merge(tmp, src.base_dir, src.adapter_dir, reference=reference,
-                                                  mode=mode, plan=plan, max_effect_lost=max_effect_lost,
-                                                  device=device, log=log)
+            report["verification"] = _verify(tmp, src, reference=reference, mode=mode, plan=plan,
+                                             max_effect_lost=max_effect_lost, device=device,
+                                             requested=verify_device, log=log)
         else:
             report["verification"] = {"skipped": True, "passed": None}
         report["wall_time_s"] = time.time() - started
@@ -243,16 +244,43 @@ def _verification(verify: bool, requested: str, streaming: bool, base_dir: Path,
     """(mode, device) of the verification, said in one line when it is not the plain CPU one."""
     if not verify:
         return "full", "cpu"
-    device, why = choose_verify_device(requested, base_dir)
-    mode = verification_mode(streaming, device, layerwise_unsupported(base_dir, base_dir, plan))
+    device, why = choose_verify_device(requested, base_dir, plan)
+    impossible = layerwise_unsupported(base_dir, base_dir, plan)
+    mode = verification_mode(streaming, device, impossible)
     if device != "cpu" and mode == "full":  # only layerwise runs on a GPU
-        why = f"layer-by-layer verification is not possible here ({layerwise_unsupported(base_dir, base_dir, plan)})"
+        why = f"layer-by-layer verification is not possible here ({impossible})"
+        if requested != "auto":
+            raise UsageError(f"--verify-device {requested}: {why}, and only that runs on a GPU; use "
+                             "--verify-device cpu or auto")
         device = "cpu"
     if device != "cpu":
         log(f"verification: layer by layer on {device} ({why})")
     elif why not in ("no CUDA GPU", "--verify-device cpu"):
         log(f"verification: on the CPU, not the GPU: {why}")
     return mode, device
+
+
+def _verify(merged: Path, src: Source, *, reference, mode: str, plan, max_effect_lost: float, device: str,
+            requested: str, log: Callable) -> dict:
+    """verify_merge on device; under --verify-device auto, a GPU that runs out of memory (another process took
+    it since it was measured, or the estimate fell short) hands the verification to the CPU, saying so."""
+    try:
+        return verify_merge(merged, src.base_dir, src.adapter_dir, reference=reference, mode=mode, plan=plan,
+                            max_effect_lost=max_effect_lost, device=device, log=log)
+    except Exception as e:
+        import torch
+
+        if device == "cpu" or not isinstance(e, torch.OutOfMemoryError):
+            raise
+        what = f"the verification ran out of memory on {device} ({str(e).splitlines()[0][:200]})"
+        torch.cuda.empty_cache()
+        if requested != "auto":
+            raise RustcoderError(f"{what}. Use --verify-device cpu (or auto, which falls back to the CPU).") from e
+    log(f"{what}: verifying on the CPU instead")
+    result = verify_merge(merged, src.base_dir, src.adapter_dir, reference=reference, mode=mode, plan=plan,
+                          max_effect_lost=max_effect_lost, device="cpu", log=log)
+    result["device_fallback"] = what
+    return result
 
 
 def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max_effect_lost: float,
@@ -263,8 +291,9 @@ def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max
         log("it was merged with --no-verify: verifying it now")
         mode, device = _verification(True, verify_device, previous.get("mode") == "streaming", src.base_dir,
                                      plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config), log)
-        previous["verification"] = verify_merge(target, src.base_dir, src.adapter_dir, mode=mode,
-                                                max_effect_lost=max_effect_lost, device=device, log=log)
+        previous["verification"] = _verify(target, src, reference=None, mode=mode, plan=None,
+                                           max_effect_lost=max_effect_lost, device=device, requested=verify_device,
+                                           log=log)
         write_report(target, previous)
         if not previous["verification"]["passed"]:
             raise RustcoderError(f"{target} failed verification.\n" + refusal_message(previous, src.run_dir or

@@ -342,7 +342,7 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
         for p, r in enumerate(reference):
             out[p]["prompt_ids"] = list(r["prompt_ids"])
     try:
-        with torch.no_grad(), full_float32():
+        with torch.no_grad(), full_float32(device):
             while feed:
                 streams = []
                 for a in modes:
@@ -413,16 +413,35 @@ def layerwise_probe_outputs(model_dir: str | Path, tokenizer, *, plan: MergePlan
 
 
 @contextmanager
-def full_float32():
-    """float32 matmuls in full float32 on every device (no TF32, whatever the process set before)."""
+def full_float32(device: str = "cpu"):
+    """float32 matmuls in IEEE float32 (no TF32, whatever the process set before, restored after); on a GPU
+    also attention through SDPA's math kernel (plain float32 matmuls and softmax: the fused kernels may
+    compute float32 with reduced-precision tricks, and probe sequences are short)."""
     import torch
 
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: per-backend setting (reading the legacy one after
+        before = matmul.fp32_precision      # something set this one raises "mix of the legacy and new APIs")
+        matmul.fp32_precision = "ieee"
+
+        def restore():
+            matmul.fp32_precision = before
+    else:
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+
+        def restore():
+            torch.set_float32_matmul_precision(before)
     try:
-        yield
+        if torch.device(device).type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
+            yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        restore()
 
 
 def weight_sizes(model_dir: Path) -> dict[str, int]:

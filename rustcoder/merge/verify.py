@@ -37,6 +37,7 @@ def verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: 
     tokens = LAYERWISE_GREEDY_TOKENS
     gpu = torch.device(device).type == "cuda"
     if gpu:
+        torch.cuda.init()  # a fresh process: reset_peak_memory_stats("cuda:N") does not initialise CUDA itself
         torch.cuda.reset_peak_memory_stats(device)
     reference = layerwise_probe_outputs(base_dir, run_tok, plan=plan, base_logits=True, round_to=dtype,
                                         meter=forward_meter, greedy_tokens=tokens, device=device)
@@ -55,8 +56,9 @@ def verify_layerwise(merged_dir: Path, base_dir: Path, adapter_dir: Path, plan: 
               "max_layers_at_once": max(checks_meter.max_layers, forward_meter.max_layers),
               "largest_layer_fp32_bytes": sizes["largest_layer_fp32"], "embedding_bytes": sizes["embeddings"],
               "layers": sizes["layers"], "greedy_tokens": tokens}
-    if gpu:  # what the device held at most (weights, KV caches, logits, kernels' workspace)
+    if gpu:  # what the device held at most (weights, adapter, KV caches, logits, kernels' workspace)
         memory["device_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        torch.cuda.empty_cache()  # hand the cached blocks back: the process may go on (serve, eval, the demo)
     return checks, memory
 
 
@@ -180,12 +182,19 @@ def render_report(report: dict) -> str:
         lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} ({v.get('mode', 'full')}{where}"
                      f"{verification_summary(v)})")
         mem = v.get("memory")
-        if mem:
+        if mem and "device_peak_bytes" in mem:  # the weights lived on the GPU; host memory held only read buffers
+            lines.append(f"  layerwise on {v['device']}: GPU peak {mem['device_peak_bytes'] / 1e6:.1f} MB "
+                         f"({mem['max_layers_at_once']} decoder layer(s) at a time; largest layer in float32 "
+                         f"{mem['largest_layer_fp32_bytes'] / 1e6:.1f} MB, embeddings "
+                         f"{mem['embedding_bytes'] / 1e6:.1f} MB); host read buffers at most "
+                         f"{mem['peak_weight_bytes'] / 1e6:.1f} MB")
+        elif mem:
             lines.append(f"  layerwise: held at most {mem['peak_weight_bytes'] / 1e6:.1f} MB of weights at once "
                          f"({mem['max_layers_at_once']} decoder layer(s) at a time; largest layer in float32 "
                          f"{mem['largest_layer_fp32_bytes'] / 1e6:.1f} MB, embeddings "
-                         f"{mem['embedding_bytes'] / 1e6:.1f} MB)"
-                         + (f"; GPU peak {mem['device_peak_bytes'] / 1e6:.1f} MB" if "device_peak_bytes" in mem else ""))
+                         f"{mem['embedding_bytes'] / 1e6:.1f} MB)")
+        if v.get("device_fallback"):
+            lines.append(f"  {v['device_fallback']}: verified on the CPU instead")
         for name, c in v.get("checks", {}).items():
             lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {name:<16} {c['detail']}")
     lines.append(f"report: {Path(report['merged_dir']) / REPORT}")
