@@ -74,6 +74,8 @@ def test_train_merge_eval_serve_chat_on_a_bf16_model(base_0p5b, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         v = _report(tmp_path / name)["verification"]
         assert v["exact"] is True and v["dtype"] == "bfloat16" and v["cause"] is None
+        if not REHEARSAL:  # verified layer by layer on the GPU (in memory too), not handed to the CPU
+            assert v["mode"] == "layerwise" and v["device"] == "cuda:0" and "device_fallback" not in v, v
         assert v["checks"]["logits"]["passed"] and v["max_logit_diff"] == pytest.approx(v["dtype_floor"], rel=1e-2)
     r = cli("merge", str(run), "--output-dir", str(tmp_path / "m32"), "--dtype", "float32")
     assert r.returncode == 0, r.stdout + r.stderr

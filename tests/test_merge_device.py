@@ -119,16 +119,18 @@ def test_the_verification_pass_is_in_ieee_float32_whatever_tf32_setting_the_proc
         matmul.fp32_precision = before
 
 
-@pytest.mark.parametrize("requested", ["auto", "cuda"])
-def test_a_gpu_out_of_memory_falls_back_to_the_cpu_under_auto_and_names_the_fix_otherwise(
-        trained_run, tmp_path, monkeypatch, requested):
+@pytest.mark.parametrize("requested,error", [("auto", "oom"), ("cuda", "oom"), ("auto", "bug")])
+def test_a_gpu_that_fails_the_pass_falls_back_to_the_cpu_under_auto_and_names_the_fix_otherwise(
+        trained_run, tmp_path, monkeypatch, requested, error):
     run = tmp_path / "runs" / trained_run[1].name
     shutil.copytree(trained_run[1], run, ignore=shutil.ignore_patterns("checkpoints", "merged", "eval"))
     monkeypatch.setattr(api, "choose_verify_device", lambda req, base_dir, plan=None: ("cuda:0", "Fake H100"))
 
     def gpu_too_small(*args, device, **kw):
-        if device != "cpu":
+        if device != "cpu" and error == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if device != "cpu":
+            raise RuntimeError("Expected all tensors to be on the same device")
         return verify_merge(*args, device=device, **kw)
 
     monkeypatch.setattr(api, "verify_merge", gpu_too_small)
@@ -141,7 +143,7 @@ def test_a_gpu_out_of_memory_falls_back_to_the_cpu_under_auto_and_names_the_fix_
         return
     v = merge(run, verify_device=requested, log=lines.append).report["verification"]
     assert v["passed"] and v["device"] == "cpu" and v["mode"] == "layerwise"
-    assert "out of memory on cuda:0" in v["device_fallback"]
+    assert ("out of memory on cuda:0" if error == "oom" else "failed on cuda:0 (RuntimeError") in v["device_fallback"]
     assert any("verifying on the CPU instead" in m for m in lines)
 
 

@@ -262,17 +262,20 @@ def _verification(verify: bool, requested: str, streaming: bool, base_dir: Path,
 
 def _verify(merged: Path, src: Source, *, reference, mode: str, plan, max_effect_lost: float, device: str,
             requested: str, log: Callable) -> dict:
-    """verify_merge on device; under --verify-device auto, a GPU that runs out of memory (another process took
-    it since it was measured, or the estimate fell short) hands the verification to the CPU, saying so."""
+    """verify_merge on device. Under --verify-device auto, a GPU that fails the verification's pass (out of
+    memory: another process took it since it was measured; or any error of the GPU path) hands the
+    verification to the CPU, saying so: a verdict (RustcoderError) is never retried."""
     try:
         return verify_merge(merged, src.base_dir, src.adapter_dir, reference=reference, mode=mode, plan=plan,
                             max_effect_lost=max_effect_lost, device=device, log=log)
     except Exception as e:
+        if device == "cpu" or isinstance(e, RustcoderError):
+            raise
         import torch
 
-        if device == "cpu" or not isinstance(e, torch.OutOfMemoryError):
-            raise
-        what = f"the verification ran out of memory on {device} ({str(e).splitlines()[0][:200]})"
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        what = (f"the verification ran out of memory on {device} ({first})" if isinstance(e, torch.OutOfMemoryError)
+                else f"the verification failed on {device} ({type(e).__name__}: {first}; please report it)")
         torch.cuda.empty_cache()
         if requested != "auto":
             raise RustcoderError(f"{what}. Use --verify-device cpu (or auto, which falls back to the CPU).") from e
