@@ -367,8 +367,8 @@ def main() -> None:
                   f"logits max diff {g['verification']['max_abs_diff']:.3e} vs {c['verification']['max_abs_diff']:.3e}")
         mem = (results.get("streaming") or {}).get("verification", {}).get("memory")
         if mem and "device_peak_bytes" in mem:
-            print(f"  layerwise verification on the GPU: GPU peak {mem['device_peak_bytes'] / 1e6:.0f} MB (largest layer "
-                  f"in float32 {mem['largest_layer_fp32_bytes'] / 1e6:.0f} MB, embeddings "
+            print(f"  layerwise verification on the GPU: GPU peak {mem['device_peak_bytes'] / 1e6:.0f} MB "
+                  f"(largest layer in float32 {mem['largest_layer_fp32_bytes'] / 1e6:.0f} MB, embeddings "
                   f"{mem['embedding_bytes'] / 1e6:.0f} MB); host read buffers at most "
                   f"{mem['forward_peak_bytes'] / 1e6:.0f} MB")
         elif mem:
