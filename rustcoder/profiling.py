@@ -44,6 +44,11 @@ class OpTime:
     self_us: float
 
 
+def self_device_us(event) -> float:
+    """An event's own device time in microseconds (the attribute's name before torch 2.4: self_cuda_time_total)."""
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+
 def caller(event) -> str:
     """Where a profiled op was called from: the first Python frame outside torch's own files above it
     ("transformers/models/qwen2/modeling_qwen2.py(63): forward"), or the autograd node that ran it in the
@@ -74,7 +79,7 @@ def sources(events, device: str, limit: int = 8) -> list[dict]:
         if e.device_type != DeviceType.CPU:
             continue  # kernels: counted through the op that launched them
         if device == "cuda":
-            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+            us = self_device_us(e)
         else:
             us = e.self_cpu_time_total if e.name.startswith("aten::") else 0.0
         if us > 0:
@@ -156,8 +161,7 @@ def op_times(prof) -> list[OpTime]:
         on_device = e.device_type != DeviceType.CPU
         if on_device and getattr(e, "is_user_annotation", False):
             continue  # a record_function range mirrored on the GPU timeline (Optimizer.step...): its kernels count
-        self_us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) \
-            if on_device else e.self_cpu_time_total
+        self_us = self_device_us(e) if on_device else e.self_cpu_time_total
         ops.append(OpTime(e.key, on_device, e.count, float(self_us)))
     return ops
 

@@ -292,9 +292,10 @@ def _already_merged(src: Source, target: Path, previous: dict, verify: bool, max
         "base and dtype): nothing to do.")
     if verify and (previous.get("verification") or {}).get("skipped"):
         log("it was merged with --no-verify: verifying it now")
-        mode, device = _verification(True, verify_device, previous.get("mode") == "streaming", src.base_dir,
-                                     plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config), log)
-        previous["verification"] = _verify(target, src, reference=None, mode=mode, plan=None,
+        plan = plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config)
+        mode, device = _verification(True, verify_device, previous.get("mode") == "streaming", src.base_dir, plan,
+                                     log)
+        previous["verification"] = _verify(target, src, reference=None, mode=mode, plan=plan,
                                            max_effect_lost=max_effect_lost, device=device, requested=verify_device,
                                            log=log)
         write_report(target, previous)
