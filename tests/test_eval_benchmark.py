@@ -15,7 +15,7 @@ from rustcoder.eval import EvalConfig, evaluate
 from rustcoder.sandbox import rustc_available
 
 needs_rustc = pytest.mark.skipif(not rustc_available(), reason="rustc not installed")
-HUMANEVAL_RUST = Path(__file__).resolve().parents[1] / "rustcoder" / "evals" / "humaneval-rust" / "HumanEval_rust.jsonl"
+HUMANEVAL_RUST = Path(__file__).resolve().parents[1] / "evals" / "humaneval-rust" / "HumanEval_rust.jsonl"
 
 TEST_ADD = ("#[cfg(test)]\n    mod tests {\n        use super::*;\n\n        #[test]\n        fn t() {\n"
             "            assert_eq!(add(2, 3), 5);\n            assert_eq!(add(-1, 1), 0);\n        }\n    }")
@@ -104,24 +104,24 @@ def test_oracle_on_the_real_humaneval_rust_file(tmp_path, monkeypatch):
 
 
 def test_the_benchmark_ships_inside_the_package_with_its_license_and_a_missing_file_is_an_error(tmp_path):
-    """HumanEval-Rust is package data (found with importlib.resources, not a path outside the checkout):
-    an installed wheel has it, with its MIT license and source note."""
-    from importlib import resources
-
+    """HumanEval-Rust lives in the top-level evals/ and ships in the wheel as package data of
+    rustcoder.evals (pyproject's package-dir mapping; tests/test_first_contact.py installs the wheel),
+    with its MIT license and source note."""
     from rustcoder.errors import DataError
     from rustcoder.eval.suites import benchmark_suite, evals_dir, load_items
 
-    shipped = resources.files("rustcoder") / "evals" / "humaneval-rust"
-    assert evals_dir() == Path(str(resources.files("rustcoder") / "evals"))
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "evals" / "humaneval-rust"
+    assert evals_dir() == root / "evals"
     assert "MIT License" in (shipped / "LICENSE").read_text() and "d4a655e" in (shipped / "SOURCE.md").read_text()
     suite = benchmark_suite("humaneval-rust")
-    assert Path(suite.path).resolve() == HUMANEVAL_RUST.resolve() == Path(str(shipped / "HumanEval_rust.jsonl"))
+    assert Path(suite.path).resolve() == HUMANEVAL_RUST.resolve() == shipped / "HumanEval_rust.jsonl"
     assert len(load_items(suite).items) > 140 and suite.known_issues  # prompts and known issues, not lost
     import tomllib
 
-    data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    globs = data["tool"]["setuptools"]["package-data"]["rustcoder"]
-    assert "evals/*.yaml" in globs and "evals/humaneval-rust/*" in globs
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert data["package-dir"]["rustcoder.evals"] == "evals" and "rustcoder.evals" in data["packages"]
+    assert {"*.yaml", "humaneval-rust/*"} <= set(data["package-data"]["rustcoder.evals"])
     suite.path = str(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="does not exist"):
         load_items(suite)

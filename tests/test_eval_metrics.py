@@ -225,7 +225,7 @@ def test_shipped_suites_load_and_pin_the_training_revision():
     test = load_suite("strandset-test")
     assert (test.dataset, test.revision, test.split) == (STRANDSET_ID, STRANDSET_REVISION, "test")
     he = load_suite("humaneval-rust")
-    assert he.path.endswith("rustcoder/evals/humaneval-rust/HumanEval_rust.jsonl") and he.k == [1, 5, 10]
+    assert he.path.endswith("/evals/humaneval-rust/HumanEval_rust.jsonl") and he.k == [1, 5, 10]
     assert "{prompt}" in he.prompt["user"]
     assert all(set(v) <= {"exclude", "reason"} for v in he.known_issues.values())
 

@@ -1,4 +1,4 @@
-"""Evaluation suites (data files in ``rustcoder/evals/``) and the items they yield.
+"""Evaluation suites (data files in the top-level ``evals/``) and the items they yield.
 
 A suite is a YAML file: a Strandset split (hub id + pinned revision, a local file, or the built-in
 sample) or a benchmark file in the HumanEval-Rust format (``prompt``, ``canonical_solution``,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -27,10 +26,14 @@ HUMANEVAL_FIELDS = ("prompt", "canonical_solution", "test", "entry_point")
 
 
 def evals_dir() -> Path:
-    """Where suite definitions live: $RUSTCODER_EVALS_DIR, else the package's own ``rustcoder/evals/``
-    (shipped as package data, with the benchmark files the suites use)."""
+    """Where suite definitions live: $RUSTCODER_EVALS_DIR; else ``rustcoder/evals/`` inside an installed
+    wheel (pyproject.toml maps the top-level ``evals/`` there); else a checkout's top-level ``evals/``."""
     env = os.environ.get("RUSTCODER_EVALS_DIR")
-    return Path(env) if env else Path(str(resources.files("rustcoder") / "evals"))
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]  # .../rustcoder
+    installed = package / "evals"
+    return installed if installed.is_dir() else package.parent / "evals"
 
 
 @dataclass
