@@ -76,3 +76,30 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+
+def _private_imports(package: Path) -> list[str]:
+    """`from .x import _name` (or `from rustcoder.x import _name`) between different modules of ``package``."""
+    found = []
+    for f in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("rustcoder")):
+                found += [f"{f.name}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_sandbox_modules_use_each_others_public_names_only():
+    """Each sandbox module has a public surface: no module imports another's underscore names, no cycle."""
+    sandbox = PACKAGE / "sandbox"
+    assert len(list(sandbox.glob("*.py"))) >= 8  # the scan sees the package
+    assert _private_imports(sandbox) == []
+    graph = _graph()
+    assert graph["rustcoder.sandbox.api"] and graph["rustcoder.sandbox.uids"]  # the graph sees the modules
+    assert [c for c in _cycles(graph) if any(m.startswith("rustcoder.sandbox") for m in c)] == []
+
+
+def test_the_private_import_finder_finds_one(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import _secret, public\nfrom . import c\nfrom .d import __version__\n")
+    assert _private_imports(tmp_path) == ["a.py: from .b import _secret"]

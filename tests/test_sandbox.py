@@ -81,9 +81,9 @@ def caps() -> dict:
 @pytest.fixture
 def fresh_setup():
     """Re-probe the machine for this test and again afterwards (env changes are undone)."""
-    sandbox._reset_setup()
+    sandbox.reset_setup()
     yield
-    sandbox._reset_setup()
+    sandbox.reset_setup()
 
 
 def matching_processes(needle: str) -> list[str]:
@@ -114,7 +114,7 @@ def assert_nothing_left(needle: str, within: float = 3.0) -> None:
 
 
 def runs_root() -> str:
-    return sandbox._get_setup().runs_root
+    return sandbox.get_setup().runs_root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +583,7 @@ def test_self_check_passes_on_a_working_sandbox(caps):
 
 
 def test_a_broken_sandbox_is_sandbox_error_and_fails_the_self_check(caps, fresh_setup, monkeypatch):
-    setup = sandbox._get_setup()
+    setup = sandbox.get_setup()
     if setup.mounts:  # break the job's root: its fstab is not found
         broken = setup.mount_script.replace("-a -T ", "-a -T /nonexistent", 1)
         monkeypatch.setattr(setup, "mount_script", broken)

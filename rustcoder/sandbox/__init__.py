@@ -12,18 +12,23 @@ cannot provide are dropped with a one-time warning and are simply absent from
 
 Standard library only: evaluation workers import this without torch or transformers.
 
-The package, by job: ``policy`` (statuses, limits, the result type), ``state`` (toolchain, set-up and job
-types shared by the parts), ``setup`` (finding rustc and what this machine allows, once per process),
-``uids`` (a distinct uid per concurrent job), ``root`` (each job's root filesystem and the sysroot mirror),
-``execute`` (one command under namespaces, uid, limits and timeouts), ``diagnostics`` (rustc's JSON into
-statuses), ``api`` (run_rust, run_many, the self-check, the capabilities).
+The package, one idea per module, each used through its public names only (tests/test_architecture.py
+checks): ``policy`` (statuses, limits, the result type), ``host`` (host tools, cache dirs, warnings),
+``toolchain`` (finding rustc, the sysroot mirror), ``uids`` (a distinct uid per concurrent job), ``jobdir``
+(a job's directory from creation to a removal that cannot fail), ``limits`` (rlimits), ``root`` (each
+job's root filesystem), ``launch`` (one command under namespaces, uid, limits and timeouts), ``setup`` (what
+this machine allows, probed once per process), ``diagnostics`` (rustc's JSON into statuses), ``verdict``
+(what a test run proves), ``api`` (run_rust, run_many, the self-check, the capabilities).
 """
 
 from .api import rustc_available, run_many, run_rust, sandbox_capabilities, sandbox_self_check
 from .policy import (EDITIONS, ISOLATION_TAGS, MAX_DIAGNOSTIC_CHARS, MODES, SANDBOX_GID, SANDBOX_JOB_DIR,
                      SANDBOX_SYSROOT, SANDBOX_UID, STATUSES, TRUNCATION_MARKER, ExecutionResult, Limits,
                      RustcNotFound)
-from .setup import _get_setup, _reset_setup  # noqa: F401 - tests reset the cached set-up
+from .setup import get_setup, reset_setup
+
+_get_setup = get_setup  # older names, kept for callers (tests) that re-probe the machine
+_reset_setup = reset_setup
 
 __all__ = [
     "STATUSES",
@@ -44,4 +49,6 @@ __all__ = [
     "sandbox_capabilities",
     "sandbox_self_check",
     "rustc_available",
+    "get_setup",
+    "reset_setup",
 ]

@@ -11,20 +11,20 @@ import subprocess
 import sys
 from typing import Iterable
 
-from .diagnostics import _classify_compile_errors, _codes, _parse_diagnostics, _render
-from .execute import _Outcome, _execute, _rlimit_values, _sandbox_argv, _signal_of, _text
-from .policy import (EDITIONS, ExecutionResult, ISOLATION_TAGS, Limits, MODES, RustcNotFound, _COMPILE_OUTPUT_CAP,
-                     _TEST_LINE, _TEST_RUNNING, _TEST_SUMMARY, log)
-from .setup import (_crash_reason, _get_setup, _job_env, _new_job, _remove_workdir, _reset_setup, _resolve_toolchain,
-                    _sandbox_failed)
-from .state import _Job, _Setup
-from .uids import _UidPool
+from .diagnostics import classify_compile_errors, codes, crash_reason, parse_diagnostics, render
+from .jobdir import Job, release_job
+from .launch import execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
+from .limits import rlimit_values
+from .policy import COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MODES, ExecutionResult, Limits, RustcNotFound, log
+from .setup import Setup, get_setup, new_job, reset_setup
+from .toolchain import resolve_toolchain
+from .verdict import count_tests, libtest_status
 
 
 def rustc_available() -> bool:
     """True when a rustc is found and answers ``rustc -vV``."""
     try:
-        _resolve_toolchain()
+        resolve_toolchain()
     except RustcNotFound:
         return False
     return True
@@ -36,8 +36,8 @@ def sandbox_capabilities(refresh: bool = False) -> dict:
     Raises RustcNotFound when there is no rustc. ``refresh=True`` re-probes the machine.
     """
     if refresh:
-        _reset_setup()
-    setup = _get_setup()
+        reset_setup()
+    setup = get_setup()
     return {
         "platform": sys.platform,
         "euid": setup.euid,
@@ -128,13 +128,13 @@ def run_rust(
     limits = limits or Limits()
     if not source.strip():
         return ExecutionResult(status="empty_source", mode=mode, detail="source is empty")
-    setup = _get_setup()
+    setup = get_setup()
     isolation = list(setup.isolation)
     if setup.error:
         return ExecutionResult(status="sandbox_error", mode=mode, detail=setup.error,
                                isolation=isolation)
     try:
-        job = _new_job(setup)
+        job = new_job(setup)
     except OSError as exc:
         log.exception("sandbox failure")
         return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
@@ -149,12 +149,10 @@ def run_rust(
         return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
                                detail=f"{type(exc).__name__}: {exc}", job_uid=job.uid)
     finally:
-        _remove_workdir(job.workdir)
-        if job.slot:
-            _UidPool.release(job.slot)
+        release_job(job)
 
 
-def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
+def _compile_and_run(setup: Setup, job: Job, source: str, mode: str,
                      compile_timeout: float, run_timeout: float, edition: str,
                      max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
     workdir = job.workdir
@@ -166,23 +164,22 @@ def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
     cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
            "--crate-name", "main", "-C", "debuginfo=0"]
     if mode == "check":
-        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(setup, workdir)]
+        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(workdir)]
     elif mode == "test":
-        cmd += ["--test", "-o", job.inside(setup, binary)]
+        cmd += ["--test", "-o", job.inside(binary)]
     else:
-        cmd += ["--crate-type", "bin", "-o", job.inside(setup, binary)]
+        cmd += ["--crate-type", "bin", "-o", job.inside(binary)]
     cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
     wrapped = "pid-namespace" in setup.namespaces
-    argv, kwargs = _sandbox_argv(setup, cmd, _rlimit_values(setup, "compile", compile_timeout, limits,
-                                                            job.uid), job)
-    compiled = _execute(argv, popen_kwargs=kwargs, env=_job_env(setup, job), cwd=workdir,
-                        timeout=compile_timeout, cap=_COMPILE_OUTPUT_CAP, kill_on_cap=False,
+    argv, kwargs = sandbox_argv(setup, cmd, rlimit_values("compile", compile_timeout, limits, job.uid), job)
+    compiled = execute(argv, popen_kwargs=kwargs, env=job_env(job), cwd=workdir,
+                        timeout=compile_timeout, cap=COMPILE_OUTPUT_CAP, kill_on_cap=False,
                         use_pidfd=setup.pidfd)
     result = ExecutionResult(status="pass", mode=mode, isolation=isolation,
                              compile_seconds=round(compiled.seconds, 4))
-    errors, raw = _parse_diagnostics(compiled.stderr)
-    result.error_codes = _codes(errors)
-    result.diagnostics = _render(errors)
+    errors, raw = parse_diagnostics(compiled.stderr)
+    result.error_codes = codes(errors)
+    result.diagnostics = render(errors)
     if compiled.timed_out:
         result.status = "timeout"
         result.detail = f"compilation exceeded {compile_timeout:g}s"
@@ -194,16 +191,16 @@ def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
             result.status = "sandbox_error"
             result.detail = "no C linker (`cc`) found: install gcc (Debian: build-essential)"
         elif errors:
-            result.status, result.missing_crates = _classify_compile_errors(errors)
+            result.status, result.missing_crates = classify_compile_errors(errors)
             result.detail = (f"needs crate(s): {', '.join(result.missing_crates)}"
                              if result.status == "needs_crate" else "rustc rejected the program")
         else:
-            sig = _signal_of(compiled.returncode, wrapped)
+            sig = signal_of(compiled.returncode, wrapped)
             result.exit_code = compiled.returncode
             result.signal = sig
             raw_bytes = "\n".join(raw).encode()
-            result.stderr = _text(raw_bytes[:max_output_bytes], len(raw_bytes))
-            if _sandbox_failed(compiled.returncode, raw):
+            result.stderr = text_of(raw_bytes[:max_output_bytes], len(raw_bytes))
+            if sandbox_failed(compiled.returncode, raw):
                 result.status = "sandbox_error"
                 result.detail = ("the sandbox could not start rustc: "
                                  + (raw[-1] if raw else f"exit code {compiled.returncode}"))
@@ -211,29 +208,29 @@ def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
                 # rustc crashed or ran out of a resource on this source (stack overflow on deep
                 # nesting, a macro blow-up hitting the memory limit, an ICE): the answer's fault.
                 result.status = "compile_error"
-                result.detail = f"rustc crashed ({_crash_reason(sig, compiled.returncode, raw)})"
+                result.detail = f"rustc crashed ({crash_reason(sig, compiled.returncode, raw)})"
         return result
     if mode == "check":
         result.detail = "type-checked"
         return result
 
-    run_env = _job_env(setup, job, {
+    run_env = job_env(job, {
         "RUST_BACKTRACE": "0",
         "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
         "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
     })
-    argv, kwargs = _sandbox_argv(setup, [job.inside(setup, binary)],
-                                 _rlimit_values(setup, "run", run_timeout, limits, job.uid), job)
-    ran = _execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
+    argv, kwargs = sandbox_argv(setup, [job.inside(binary)],
+                                 rlimit_values("run", run_timeout, limits, job.uid), job)
+    ran = execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
                    cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
     result.run_seconds = round(ran.seconds, 4)
-    result.stdout = _text(ran.stdout, ran.stdout_total)
-    result.stderr = _text(ran.stderr, ran.stderr_total)
-    sig = _signal_of(ran.returncode, wrapped)
+    result.stdout = text_of(ran.stdout, ran.stdout_total)
+    result.stderr = text_of(ran.stderr, ran.stderr_total)
+    sig = signal_of(ran.returncode, wrapped)
     result.exit_code = None if ran.returncode < 0 else ran.returncode
     result.signal = sig
     if mode == "test":
-        _count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
+        count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
     if ran.timed_out:
         result.status, result.signal = "timeout", None
         result.detail = f"run exceeded {run_timeout:g}s"
@@ -247,42 +244,9 @@ def _compile_and_run(setup: _Setup, job: _Job, source: str, mode: str,
             result.status = "runtime_error"
             result.detail = f"killed by {sig}" if sig else f"exit code {ran.returncode}"
     else:
-        result.status, result.detail = _test_status(result, ran, sig)
+        result.status, result.detail = libtest_status(ran.stdout.decode("utf-8", errors="replace"),
+                                                       ran.returncode, sig)
     return result
-
-
-def _count_tests(result: ExecutionResult, stdout: str) -> None:
-    summaries = _TEST_SUMMARY.findall(stdout)
-    if summaries:
-        _, passed, failed, ignored, _measured = summaries[-1]
-        result.tests_passed, result.tests_failed = int(passed), int(failed)
-        result.tests_ignored = int(ignored)
-    else:  # crashed before the summary: count what was reported
-        lines = _TEST_LINE.findall(stdout)
-        result.tests_passed = lines.count("ok")
-        result.tests_failed = lines.count("FAILED")
-        result.tests_ignored = lines.count("ignored")
-
-
-def _test_status(result: ExecutionResult, ran: _Outcome, sig: str | None) -> tuple[str, str]:
-    stdout = ran.stdout.decode("utf-8", errors="replace")
-    summaries = _TEST_SUMMARY.findall(stdout)
-    running = _TEST_RUNNING.findall(stdout)
-    if sig:
-        return "runtime_error", f"test binary killed by {sig}"
-    if not summaries:
-        return "runtime_error", (f"test binary exited with code {ran.returncode} before "
-                                 "libtest printed its summary (process::exit or crash)")
-    verdict, passed, failed, ignored, measured = summaries[-1]
-    counted = int(passed) + int(failed) + int(ignored) + int(measured)
-    if running and int(running[0]) != counted:
-        return "runtime_error", (f"libtest summary counts {counted} tests but {running[0]} were "
-                                 "started: output is inconsistent")
-    if verdict == "FAILED" or int(failed) > 0:
-        return "test_fail", f"{failed} of {counted} tests failed"
-    if ran.returncode != 0:
-        return "runtime_error", f"tests passed but the binary exited with code {ran.returncode}"
-    return "pass", f"{passed} passed, {ignored} ignored"
 
 
 def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> list[ExecutionResult]:
@@ -294,7 +258,7 @@ def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) ->
     if not sources:
         return []
     if any(s.strip() for s in sources if isinstance(s, str)):
-        _get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
+        get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
     workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
     if workers == 1:
         return [run_rust(s, **kwargs) for s in sources]

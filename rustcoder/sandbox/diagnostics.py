@@ -4,11 +4,31 @@
 from __future__ import annotations
 
 import json
+import re
 
-from .policy import (MAX_DIAGNOSTIC_CHARS, TRUNCATION_MARKER, _BUILTIN_CRATES, _MISSING_CRATE_PATTERNS,
-                     _RESOLUTION_CODES)
+from .policy import MAX_DIAGNOSTIC_CHARS, TRUNCATION_MARKER
 
-def _parse_diagnostics(stderr: bytes) -> tuple[list[dict], list[str]]:
+
+_BUILTIN_CRATES = {"std", "core", "alloc", "proc_macro", "test", "crate", "self", "super"}
+
+
+_RESOLUTION_CODES = {
+    "E0405", "E0412", "E0422", "E0423", "E0425", "E0432", "E0433", "E0463",
+    "E0531", "E0532", "E0599", "E0282", "E0283",
+}
+
+
+_MISSING_CRATE_PATTERNS = [
+    re.compile(r"unlinked crate `([^`]+)`"),
+    re.compile(r"cannot find module or crate `([^`]+)`"),
+    re.compile(r"can't find crate for `([^`]+)`"),
+    re.compile(r"undeclared crate or module `([^`]+)`"),  # rustc <= 1.86 wording
+    re.compile(r"maybe a missing crate `([^`]+)`"),  # older E0432 wording
+    re.compile(r"you might be missing a crate named `([^`]+)`"),
+]
+
+
+def parse_diagnostics(stderr: bytes) -> tuple[list[dict], list[str]]:
     """rustc --error-format=json output -> (error diagnostics, non-JSON lines)."""
     errors, raw = [], []
     for line in stderr.decode("utf-8", errors="replace").splitlines():
@@ -48,7 +68,7 @@ def _missing_crate(diag: dict) -> str | None:
     return None
 
 
-def _classify_compile_errors(errors: list[dict]) -> tuple[str, list[str]]:
+def classify_compile_errors(errors: list[dict]) -> tuple[str, list[str]]:
     """("needs_crate" | "compile_error", missing crate names)."""
     missing: list[str] = []
     other_real_error = False
@@ -70,7 +90,8 @@ def _classify_compile_errors(errors: list[dict]) -> tuple[str, list[str]]:
     return "compile_error", missing
 
 
-def _render(errors: list[dict]) -> str:
+def render(errors: list[dict]) -> str:
+    """The errors as rustc rendered them, capped at MAX_DIAGNOSTIC_CHARS."""
     parts = [str(d.get("rendered") or d.get("message") or "").rstrip() for d in errors]
     text = "\n".join(p for p in parts if p)
     if len(text) > MAX_DIAGNOSTIC_CHARS:
@@ -78,10 +99,29 @@ def _render(errors: list[dict]) -> str:
     return text
 
 
-def _codes(errors: list[dict]) -> list[str]:
+def codes(errors: list[dict]) -> list[str]:
+    """The distinct error codes (E0308, ...) in order of appearance."""
     codes: list[str] = []
     for diag in errors:
         code = (diag.get("code") or {}).get("code")
         if code and code not in codes:
             codes.append(code)
     return codes
+
+
+def crash_reason(sig: str | None, returncode: int, raw: list[str]) -> str:
+    """Why rustc died on this source (stack overflow, memory, CPU, ICE, ...), for ``detail``."""
+    text = "\n".join(raw)
+    if "overflowed its stack" in text or (sig == "SIGSEGV" and "interrupted by SIGSEGV" in text):
+        what = "stack overflow"
+    elif "memory allocation of" in text or "out of memory" in text.lower():
+        what = "out of memory (compile address-space limit)"
+    elif sig == "SIGXCPU":
+        what = "CPU time limit"
+    elif sig == "SIGXFSZ":
+        what = "file size limit"
+    elif "internal compiler error" in text:
+        what = "internal compiler error"
+    else:
+        what = next((line.strip() for line in raw if line.strip()), "no diagnostic")[:200]
+    return f"{what}; {sig or f'exit code {returncode}'}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import signal
 
 
@@ -77,10 +76,7 @@ SANDBOX_JOB_DIR = "/job"  # where the job's directory appears inside the mount n
 SANDBOX_SYSROOT = "/sysroot"  # where the toolchain's sysroot appears inside it
 
 
-_TMPFS_SIZE = "32m"  # each of the job's private /tmp and /dev/shm
-
-
-_SETUP_FAILED = "rustcoder-sandbox: setup failed"
+SETUP_FAILED_MARKER = "rustcoder-sandbox: setup failed"  # the job-root script's last words when a step fails
 
 
 _GIB = 1 << 30
@@ -89,7 +85,7 @@ _GIB = 1 << 30
 _MIB = 1 << 20
 
 
-_COMPILE_OUTPUT_CAP = 4 * _MIB  # rustc JSON diagnostics kept in memory; the rest is discarded
+COMPILE_OUTPUT_CAP = 4 * _MIB  # rustc JSON diagnostics kept in memory; the rest is discarded
 
 
 MAX_DIAGNOSTIC_CHARS = 4000
@@ -98,44 +94,10 @@ MAX_DIAGNOSTIC_CHARS = 4000
 TRUNCATION_MARKER = "\n[rustcoder: output truncated]\n"
 
 
-_EXIT_GRACE_SECONDS = 0.3  # after the program exits, how long to drain pipes held by stragglers
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the only PATH a job gets
 
 
-_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-_BUILTIN_CRATES = {"std", "core", "alloc", "proc_macro", "test", "crate", "self", "super"}
-
-
-_RESOLUTION_CODES = {
-    "E0405", "E0412", "E0422", "E0423", "E0425", "E0432", "E0433", "E0463",
-    "E0531", "E0532", "E0599", "E0282", "E0283",
-}
-
-
-_MISSING_CRATE_PATTERNS = [
-    re.compile(r"unlinked crate `([^`]+)`"),
-    re.compile(r"cannot find module or crate `([^`]+)`"),
-    re.compile(r"can't find crate for `([^`]+)`"),
-    re.compile(r"undeclared crate or module `([^`]+)`"),  # rustc <= 1.86 wording
-    re.compile(r"maybe a missing crate `([^`]+)`"),  # older E0432 wording
-    re.compile(r"you might be missing a crate named `([^`]+)`"),
-]
-
-
-_TEST_SUMMARY = re.compile(
-    r"^test result: (ok|FAILED)\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured",
-    re.MULTILINE,
-)
-
-
-_TEST_RUNNING = re.compile(r"^running (\d+) tests?$", re.MULTILINE)
-
-
-_TEST_LINE = re.compile(r"^test .+ \.\.\. (ok|FAILED|ignored)\s*$", re.MULTILINE)
-
-
-_FATAL_SIGNALS = {
+FATAL_SIGNALS = {  # signal number -> name, for the signals that end a program
     int(getattr(signal, name)): name
     for name in ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGKILL", "SIGTERM",
                  "SIGXCPU", "SIGXFSZ", "SIGTRAP", "SIGSYS", "SIGPIPE")

@@ -1,17 +1,15 @@
-"""Each job's root filesystem: a prebuilt skeleton mounted read-only in its own mount namespace, and the
-toolchain's sysroot mirrored where an unprivileged uid can read it.
+"""Each job's root filesystem: a prebuilt skeleton and the fstab that fills it, mounted read-only in the job's
+own mount namespace by a small script that then drops to the job's uid.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .policy import SANDBOX_JOB_DIR, _SETUP_FAILED, _TMPFS_SIZE, log
-from .state import _Toolchain, _cache_bases, _safe_dir
+from .policy import SANDBOX_JOB_DIR, SETUP_FAILED_MARKER
+
+_TMPFS_SIZE = "32m"  # each of the job's private /tmp and /dev/shm
 
 
 def _install_root() -> str:
@@ -23,7 +21,7 @@ def _fstab_path(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
 
-def _build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, attempt: int) -> tuple[str, str]:
+def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, attempt: int) -> tuple[str, str]:
     """The skeleton of a job's root and the fstab that fills it; returns (root dir, fstab path).
 
     Built once per process (root-owned, read-only to others): empty mount points, the usual
@@ -81,7 +79,7 @@ def _build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, 
     return root, fstab
 
 
-def _mount_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) -> str:
+def job_root_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) -> str:
     """The script that runs as the PID namespace's init (root, but only inside fresh
     mount/pid/net/ipc namespaces): it mounts the job's root from ``fstab`` (one ``mount -a``),
     binds the job's directory at /job, makes the root read-only, pivots into it, detaches the
@@ -103,7 +101,7 @@ def _mount_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) ->
         f"cd {SANDBOX_JOB_DIR}",
     ]
     return (
-        "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(_SETUP_FAILED) + " >&2; exit 125; }\n"
+        "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(SETUP_FAILED_MARKER) + " >&2; exit 125; }\n"
         'uid="$2"; gid="$3"; shift 3\n'
         f'{q(setpriv)} --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"\n'
         "exit $?\n"
@@ -115,83 +113,3 @@ def _sh_quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
-
-
-def _mirror_sysroot(toolchain: _Toolchain) -> str:
-    """World-readable mirror of the parts of the sysroot rustc needs; returns its path.
-
-    Files are hard-linked when possible (same filesystem: instant, no extra disk) and copied
-    otherwise. The mirror lives in a root-owned, world-readable, not world-writable directory,
-    keyed by toolchain version and binary identity, so it is rebuilt after `rustup update`.
-    """
-    src = Path(toolchain.sysroot)
-    driver = sorted((src / "lib").glob("librustc_driver*"))
-    ident = [toolchain.sysroot, toolchain.version, toolchain.commit, toolchain.host]
-    for path in [src / "bin" / "rustc", *driver]:
-        st = path.stat()
-        ident += [str(path), str(st.st_size), str(st.st_mtime_ns)]
-    key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
-    name = f"sysroot-{toolchain.version.replace(' ', '_')}-{key}"
-    errors = []
-    for base in _cache_bases():
-        try:
-            _safe_dir(base)
-            target = base / name
-            if (target / ".complete").is_file():
-                st = os.lstat(target)
-                if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
-                    return str(target)
-            build = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
-            os.chmod(build, 0o755)
-            _populate_mirror(src, build, toolchain.host)
-            (build / ".complete").write_text(toolchain.sysroot + "\n")
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.rename(build, target)
-            except OSError:  # a concurrent builder won the race
-                shutil.rmtree(build, ignore_errors=True)
-                if not (target / ".complete").is_file():
-                    raise
-            for stale in base.glob("sysroot-*"):
-                if stale.name != name:
-                    shutil.rmtree(stale, ignore_errors=True)
-            log.info("sandbox: mirrored %s to %s", src, target)
-            return str(target)
-        except OSError as exc:
-            errors.append(f"{base}: {exc}")
-    raise PermissionError("; ".join(errors))
-
-
-def _populate_mirror(src: Path, dst: Path, host: str) -> None:
-    wanted: list[Path] = [Path("bin/rustc")]
-    for entry in sorted((src / "lib").iterdir()):
-        if entry.name.startswith(("librustc", "libLLVM", "libstd-", "libtest-")) and not entry.is_dir():
-            wanted.append(entry.relative_to(src))
-    host_dir = src / "lib" / "rustlib" / host
-    for root, dirs, files in os.walk(host_dir):
-        for fname in files:
-            wanted.append((Path(root) / fname).relative_to(src))
-        for dname in dirs:
-            if os.path.islink(os.path.join(root, dname)):
-                wanted.append((Path(root) / dname).relative_to(src))
-    for rel in wanted:
-        s, d = src / rel, dst / rel
-        for parent in reversed(d.relative_to(dst).parents):
-            p = dst / parent
-            if not p.exists():
-                p.mkdir(mode=0o755)
-                os.chmod(p, 0o755)
-        if s.is_symlink():
-            os.symlink(os.readlink(s), d)
-            continue
-        mode = s.stat().st_mode
-        world_ok = mode & 0o004 and (not mode & 0o100 or mode & 0o001)
-        if world_ok:
-            try:
-                os.link(s, d)
-                continue
-            except OSError:
-                pass
-        shutil.copy2(s, d)
-        os.chmod(d, 0o755 if mode & 0o100 else 0o644)

@@ -1,9 +1,10 @@
-"""Finding rustc and deciding how to isolate, once per process (cached): the toolchain, the jobs' working
-directories and environment, and which protections this machine allows.
+"""Deciding how to isolate jobs on this machine, once per process (cached): the toolchain, the uid switch,
+namespaces, the job's root, rlimits, and which protections are in effect (the ``isolation`` tags).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -12,81 +13,65 @@ import tempfile
 import threading
 import time
 
-from .execute import _unsupported_rlimits
-from .policy import RustcNotFound, SANDBOX_GID, SANDBOX_SYSROOT, SANDBOX_UID, _SAFE_PATH, _SETUP_FAILED
-from .root import _build_root, _mirror_sysroot, _mount_script
-from .state import _Job, _Setup, _Toolchain, _WARNED, _disabled, _run_quiet, _warn_once, _which
-from .uids import _UidPool, _uid_pool
-
-def _find_rustc() -> str:
-    """Path of the rustc the user would run (often the rustup proxy); raises RustcNotFound."""
-    explicit = os.environ.get("RUSTCODER_RUSTC")
-    if explicit:
-        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
-            return explicit
-        raise RustcNotFound(
-            f"RUSTCODER_RUSTC={explicit!r} is not an executable file. Point it at a rustc binary, "
-            "or unset it and install Rust with rustup: https://rustup.rs"
-        )
-    found = shutil.which("rustc")
-    if found:
-        return found
-    cargo_home = os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo")
-    candidate = os.path.join(cargo_home, "bin", "rustc")
-    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-        return candidate
-    raise RustcNotFound(
-        "rustc was not found (looked at $RUSTCODER_RUSTC, `rustc` on PATH and "
-        f"{candidate}). Install Rust with rustup: https://rustup.rs (then `rustup default stable`), "
-        "or set RUSTCODER_RUSTC=/path/to/rustc."
-    )
+from .host import disabled, forget_warnings, run_quiet, warn_once, which
+from .jobdir import Job, create_job, make_runs_root
+from .launch import scrubbed_env
+from .limits import unsupported_rlimits
+from .policy import SAFE_PATH, SANDBOX_GID, SANDBOX_SYSROOT, SANDBOX_UID
+from .root import build_root, job_root_script
+from .toolchain import Toolchain, mirror_sysroot, resolve_toolchain
+from .uids import UidPool, make_uid_pool
 
 
-def _resolve_toolchain() -> _Toolchain:
-    launcher = _find_rustc()
-    try:
-        sysroot = _run_quiet([launcher, "--print", "sysroot"]).stdout.strip()
-        info = _run_quiet([launcher, "-vV"]).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RustcNotFound(
-            f"{launcher} could not be run ({exc}). Reinstall Rust with rustup: https://rustup.rs"
-        ) from exc
-    fields = dict(
-        line.split(": ", 1) for line in info.splitlines() if ": " in line
-    )
-    if not sysroot or "host" not in fields:
-        raise RustcNotFound(
-            f"{launcher} did not report a sysroot/host (is a default toolchain set? try "
-            "`rustup default stable`). Install Rust with rustup: https://rustup.rs"
-        )
-    real = os.path.join(sysroot, "bin", "rustc")
-    if not (os.path.isfile(real) and os.access(real, os.X_OK)):
-        real = os.path.realpath(launcher)
-    return _Toolchain(
-        launcher=launcher,
-        sysroot=sysroot,
-        real_rustc=real,
-        version=fields.get("release", "unknown"),
-        host=fields["host"],
-        commit=fields.get("commit-hash", "unknown"),
-    )
+@dataclasses.dataclass
+class Setup:
+    """What this machine allows, probed once per process: how jobs are isolated and launched."""
+
+    toolchain: Toolchain
+    compiler: str  # the rustc binary actually executed inside the sandbox (a path in its view)
+    sysroot_mirror: str | None
+    euid: int
+    drop: str  # "setpriv" | "popen" | "none" (not root) | "allow-root"
+    sandbox_uid: int  # the uid of a job when per-job uids are unavailable
+    uid_pool: UidPool | None  # per-job uids (root only)
+    unshare: list[str]  # unshare argv prefix (empty when unavailable)
+    namespaces: list[str]  # isolation tags provided by `unshare`
+    mount_script: str | None  # the shell script that builds the job's root (mount namespace)
+    sysroot_bind: str | None  # host sysroot bound read-only at SANDBOX_SYSROOT
+    rlimits: str  # "prlimit" | "preexec"
+    rlimits_unsupported: list[str]  # resources this OS refuses to limit (preexec mode only)
+    setpriv: str | None
+    prlimit: str | None
+    linker: str | None
+    pidfd: bool
+    isolation: list[str]
+    warnings: list[str]
+    error: str | None  # set when the sandbox refuses to run anything
+    runs_root: str
+    setup_seconds: float
+
+    @property
+    def mounts(self) -> bool:
+        """True when each job gets its own root (mount namespace)."""
+        return self.mount_script is not None
 
 
-_SETUP: _Setup | None = None
+_SETUP: Setup | None = None
 
 
 _SETUP_LOCK = threading.Lock()
 
 
-def _reset_setup() -> None:
+def reset_setup() -> None:
     """Forget the cached sandbox set-up (tests, or after installing rustc/unshare)."""
     global _SETUP
     with _SETUP_LOCK:
         _SETUP = None
-        _WARNED.clear()
+        forget_warnings()
 
 
-def _get_setup() -> _Setup:
+def get_setup() -> Setup:
+    """The cached set-up of this process (probed on first use); raises RustcNotFound without rustc."""
     global _SETUP
     with _SETUP_LOCK:
         if _SETUP is None:
@@ -94,109 +79,24 @@ def _get_setup() -> _Setup:
         return _SETUP
 
 
-def _scrubbed_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {
-        "PATH": _SAFE_PATH,
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-    }
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _job_env(setup: _Setup, job: _Job, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = _scrubbed_env(job.home(setup), extra)
-    env["TMPDIR"] = job.tmp(setup)
-    return env
-
-
-_SANDBOX_TOOLS = ("setpriv:", "unshare:", "prlimit:", "sh:", "/bin/sh:", _SETUP_FAILED)
-
-
-def _sandbox_failed(returncode: int, raw: list[str]) -> bool:
-    """Did the exec chain itself fail (rather than rustc)? Its tools say so on stderr."""
-    if any(line.startswith(_SANDBOX_TOOLS) for line in raw):
-        return True
-    return returncode in (125, 126, 127) and not raw
-
-
-def _crash_reason(sig: str | None, returncode: int, raw: list[str]) -> str:
-    text = "\n".join(raw)
-    if "overflowed its stack" in text or (sig == "SIGSEGV" and "interrupted by SIGSEGV" in text):
-        what = "stack overflow"
-    elif "memory allocation of" in text or "out of memory" in text.lower():
-        what = "out of memory (compile address-space limit)"
-    elif sig == "SIGXCPU":
-        what = "CPU time limit"
-    elif sig == "SIGXFSZ":
-        what = "file size limit"
-    elif "internal compiler error" in text:
-        what = "internal compiler error"
-    else:
-        what = next((line.strip() for line in raw if line.strip()), "no diagnostic")[:200]
-    return f"{what}; {sig or f'exit code {returncode}'}"
-
-
 def _probe(argv: list[str], setup_kwargs: dict, cwd: str, env: dict) -> tuple[bool, str]:
     try:
-        proc = _run_quiet(argv, timeout=30, cwd=cwd, env=env, **setup_kwargs)
+        proc = run_quiet(argv, timeout=30, cwd=cwd, env=env, **setup_kwargs)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, str(exc)
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-500:]
 
 
-def _runs_root_dir() -> str:
-    """Per-process parent of the work dirs: root-owned 0711, so nobody cannot list siblings."""
-    root = tempfile.mkdtemp(prefix="rustcoder-sandbox-")
-    os.chmod(root, 0o711 if os.geteuid() == 0 else 0o700)
-    import atexit
-
-    atexit.register(shutil.rmtree, root, True)
-    return root
-
-
-def _new_job(setup: _Setup) -> _Job:
-    """A fresh 0700 work dir owned by a uid no other running job has (where uids can be changed)."""
-    slot = setup.uid_pool.acquire() if setup.uid_pool else None
-    try:
-        uid = slot.uid if slot else setup.sandbox_uid
-        gid = slot.uid if slot else SANDBOX_GID
-        workdir = tempfile.mkdtemp(prefix="run-", dir=setup.runs_root)
-        if setup.drop in ("setpriv", "popen"):
-            os.chown(workdir, uid, gid)
-        os.chmod(workdir, 0o700)
-    except BaseException:
-        if slot:
-            _UidPool.release(slot)
-        raise
-    return _Job(workdir=workdir, uid=uid, gid=gid, slot=slot)
-
-
-def _remove_workdir(workdir: str) -> None:
-    def _retry(func, path, _exc):  # the program may have chmod'ed things to 000
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
-            func(path)
-        except OSError:
-            pass
-
-    shutil.rmtree(workdir, onerror=_retry)
-
-
-def _build_setup() -> _Setup:
+def _build_setup() -> Setup:
     started = time.monotonic()
-    toolchain = _resolve_toolchain()
-    off = _disabled()
+    toolchain = resolve_toolchain()
+    off = disabled()
     notes: list[str] = []
     euid = os.geteuid() if hasattr(os, "geteuid") else -1
     is_linux = sys.platform.startswith("linux")
 
     # 1. who runs the compiler and the program
-    setpriv = _which("setpriv") if is_linux else None
+    setpriv = which("setpriv") if is_linux else None
     if euid == 0:
         if setpriv:
             drop = "setpriv"
@@ -209,27 +109,27 @@ def _build_setup() -> _Setup:
         notes.append(f"not running as root: compiler and programs run as the invoking user "
                      f"(uid {euid}), which can read and write everything that user can")
     sandbox_uid = SANDBOX_UID if drop in ("setpriv", "popen") else euid
-    runs_root = _runs_root_dir()
+    runs_root = make_runs_root()
 
-    prlimit = _which("prlimit") if is_linux else None
+    prlimit = which("prlimit") if is_linux else None
     rlimits = "prlimit" if prlimit else "preexec"
     unsupported: list[str] = []
     if not prlimit:
-        unsupported = _unsupported_rlimits()
+        unsupported = unsupported_rlimits()
         if unsupported:
             notes.append(f"this OS refuses resource limits {unsupported}: they are not applied")
     pidfd = hasattr(os, "pidfd_open") and "pidfd" not in off
-    linker = shutil.which("cc", path=_SAFE_PATH)
+    linker = shutil.which("cc", path=SAFE_PATH)
     if not linker:
         notes.append("no C linker (`cc`) on PATH: modes 'test' and 'run' cannot link "
                      "(install gcc/build-essential); mode 'check' still works")
 
-    uid_pool = _uid_pool(notes) if drop in ("setpriv", "popen") else None
+    uid_pool = make_uid_pool(notes) if drop in ("setpriv", "popen") else None
 
     probe_dir = tempfile.mkdtemp(prefix="probe-", dir=runs_root)
     if drop in ("setpriv", "popen"):
         os.chown(probe_dir, sandbox_uid, SANDBOX_GID)
-    env = _scrubbed_env(probe_dir)
+    env = scrubbed_env(probe_dir)
 
     def popen_kwargs() -> dict:
         if drop == "popen":
@@ -245,7 +145,7 @@ def _build_setup() -> _Setup:
     # 2. namespaces: root can unshare directly (before dropping); others need a user namespace
     unshare_prefix: list[str] = []
     namespaces: list[str] = []
-    unshare = _which("unshare") if is_linux else None
+    unshare = which("unshare") if is_linux else None
     if unshare:
         if drop == "setpriv":
             user_opts = [[]]
@@ -282,21 +182,21 @@ def _build_setup() -> _Setup:
     error = None
     mount_script = sysroot_bind = None
     ok, why = False, ""
-    tools = {t: _which(t) for t in ("mount", "umount", "pivot_root")}
+    tools = {t: which(t) for t in ("mount", "umount", "pivot_root")}
     if drop == "setpriv" and "pid-namespace" in namespaces and all(tools.values()) \
             and "mount" not in off \
             and os.path.realpath(toolchain.real_rustc) == os.path.realpath(
                 os.path.join(toolchain.sysroot, "bin", "rustc")):
         mount_prefix = [unshare, "--mount", "--propagation", "private", *unshare_prefix[1:]]
-        sysroots = [lambda: toolchain.sysroot, lambda: _mirror_sysroot(toolchain)]
+        sysroots = [lambda: toolchain.sysroot, lambda: mirror_sysroot(toolchain)]
         for attempt, get_sysroot in enumerate(sysroots):
             try:
                 candidate = get_sysroot()
-                root, fstab = _build_root(runs_root, candidate, linker, setpriv, attempt)
+                root, fstab = build_root(runs_root, candidate, linker, setpriv, attempt)
             except OSError as exc:
                 why = f"could not prepare the job's root: {exc}"
                 continue
-            script = _mount_script(root, fstab, setpriv, tools)
+            script = job_root_script(root, fstab, setpriv, tools)
             argv = [*mount_prefix, "/bin/sh", "-c", script, "sh", probe_dir, str(SANDBOX_UID),
                     str(SANDBOX_GID), f"{SANDBOX_SYSROOT}/bin/rustc", "-vV"]
             ok, why = _probe(argv, {}, probe_dir, env)
@@ -327,7 +227,7 @@ def _build_setup() -> _Setup:
         ok, why = compiler_works(compiler)
     if not ok and drop in ("setpriv", "popen"):
         try:
-            mirror = _mirror_sysroot(toolchain)
+            mirror = mirror_sysroot(toolchain)
             compiler = os.path.join(mirror, "bin", "rustc")
             ok, why = compiler_works(compiler)
         except OSError as exc:
@@ -368,8 +268,8 @@ def _build_setup() -> _Setup:
         isolation += ["mount-namespace", "private-proc", "private-tmp"]
     isolation += ["rlimits", "timeouts", "process-group-kill", "output-cap"]
     for note in notes:
-        _warn_once(note)
-    return _Setup(
+        warn_once(note)
+    return Setup(
         toolchain=toolchain, compiler=compiler, sysroot_mirror=mirror, euid=euid, drop=drop,
         sandbox_uid=sandbox_uid, uid_pool=uid_pool, unshare=unshare_prefix, namespaces=namespaces,
         mount_script=mount_script, sysroot_bind=sysroot_bind, rlimits=rlimits,
@@ -377,3 +277,9 @@ def _build_setup() -> _Setup:
         linker=linker, pidfd=pidfd, isolation=isolation, warnings=notes, error=error,
         runs_root=runs_root, setup_seconds=round(time.monotonic() - started, 3),
     )
+
+
+def new_job(setup: Setup) -> Job:
+    """A fresh job under this set-up: its own directory and, where uids can be changed, its own uid."""
+    return create_job(setup.runs_root, setup.uid_pool, setup.sandbox_uid, SANDBOX_GID,
+                      chown=setup.drop in ("setpriv", "popen"), mounts=setup.mounts)

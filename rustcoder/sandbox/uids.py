@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 from .policy import SANDBOX_UID_BASE, SANDBOX_UID_SLOTS
-from .state import _cache_bases, _disabled, _safe_dir, _uid_task_count
+from .host import cache_bases, disabled, safe_dir, uid_task_count
+
 
 def _uid_range_mapped(first: int, count: int) -> bool:
     """Is every uid in [first, first+count) usable here (inside this process's user namespace)?"""
@@ -25,12 +26,14 @@ def _uid_range_mapped(first: int, count: int) -> bool:
 
 
 @dataclasses.dataclass
-class _UidSlot:
+class UidSlot:
+    """One held uid: the lock file's descriptor keeps it ours until released."""
+
     uid: int
     fd: int
 
 
-class _UidPool:
+class UidPool:
     """Hands out uids SANDBOX_UID_BASE + 0..SANDBOX_UID_SLOTS-1, one per running job.
 
     A slot is held with an exclusive ``flock`` on a lock file in a root-owned directory, so jobs of
@@ -43,7 +46,8 @@ class _UidPool:
         self._next: int | None = None
         self._lock = threading.Lock()
 
-    def acquire(self) -> _UidSlot:
+    def acquire(self) -> UidSlot:
+        """A uid no other running job holds; raises OSError when all are busy."""
         import fcntl
 
         with self._lock:
@@ -60,19 +64,24 @@ class _UidPool:
             except OSError:
                 os.close(fd)
                 continue
-            if _uid_task_count(uid):
+            if uid_task_count(uid):
                 os.close(fd)
                 continue
-            return _UidSlot(uid, fd)
+            return UidSlot(uid, fd)
         raise OSError(f"all {self.slots} sandbox uids ({self.base}..{self.base + self.slots - 1}) are busy")
 
     @staticmethod
-    def release(slot: _UidSlot) -> None:
-        os.close(slot.fd)  # closing drops the flock
+    def release(slot: UidSlot) -> None:
+        """Hand the uid back (idempotent)."""
+        if slot.fd < 0:
+            return
+        fd, slot.fd = slot.fd, -1
+        os.close(fd)  # closing drops the flock
 
 
-def _uid_pool(notes: list[str]) -> _UidPool | None:
-    if "per-job-uid" in _disabled():
+def make_uid_pool(notes: list[str]) -> UidPool | None:
+    """The pool of per-job uids, or None (with the reason appended to ``notes``) where there cannot be one."""
+    if "per-job-uid" in disabled():
         return None
     if not _uid_range_mapped(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS):
         notes.append(f"uids {SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1} are not "
@@ -80,15 +89,15 @@ def _uid_pool(notes: list[str]) -> _UidPool | None:
                      "RUSTCODER_SANDBOX_UID_BASE to a free mapped range")
         return None
     errors = []
-    for base in _cache_bases():
+    for base in cache_bases():
         lock_dir = base / "uid-locks"
         try:
-            _safe_dir(base)
+            safe_dir(base)
             lock_dir.mkdir(mode=0o700, exist_ok=True)
             st = os.lstat(lock_dir)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
                 raise PermissionError(f"{lock_dir} is not a 0700 directory owned by uid {os.geteuid()}")
-            return _UidPool(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS, lock_dir)
+            return UidPool(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS, lock_dir)
         except OSError as exc:
             errors.append(f"{lock_dir}: {exc}")
     notes.append("no directory for per-job uid locks (" + "; ".join(errors) + "): all jobs share uid 65534")

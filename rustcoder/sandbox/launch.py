@@ -1,5 +1,6 @@
-"""Running one sandboxed command: namespaces, uid switch and resource limits, separate timeouts, capped
-output, and the whole process group killed at the end.
+"""Launching one sandboxed command: the exec chain (rlimits, namespaces, the job's root, the uid switch), the
+job's scrubbed environment, then running it with a timeout, capped output and its whole process group
+killed at the end.
 """
 
 from __future__ import annotations
@@ -9,15 +10,25 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import time
+from typing import TYPE_CHECKING
 
 from .. import procs
-from .policy import Limits, SANDBOX_GID, TRUNCATION_MARKER, _EXIT_GRACE_SECONDS, _FATAL_SIGNALS
-from .state import _Job, _Setup, _uid_task_count
+from .jobdir import Job
+from .limits import preexec_for, prlimit_prefix
+from .policy import FATAL_SIGNALS, SAFE_PATH, SANDBOX_GID, SETUP_FAILED_MARKER, TRUNCATION_MARKER
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only (setup imports this module)
+    from .setup import Setup
+
+
+_EXIT_GRACE_SECONDS = 0.3  # after the program exits, how long to drain pipes held by stragglers
+
 
 @dataclasses.dataclass
-class _Outcome:
+class Outcome:
+    """How one launched command ended, with its (capped) output."""
+
     returncode: int
     stdout: bytes
     stderr: bytes
@@ -28,100 +39,49 @@ class _Outcome:
     seconds: float
 
 
-def _rlimit_values(setup: _Setup, phase: str, timeout: float, limits: Limits,
-                   uid: int | None = None) -> dict[str, int]:
-    cpu = int(timeout) + 1
-    values = {"cpu": cpu, "core": 0, "nofile": limits.open_files}
-    if phase == "compile":
-        values["as"] = limits.compile_memory_bytes
-        values["fsize"] = limits.compile_file_bytes
-    else:
-        values["as"] = limits.run_memory_bytes
-        values["fsize"] = limits.run_file_bytes
-        if sys.platform.startswith("linux"):
-            values["nproc"] = _uid_task_count(setup.sandbox_uid if uid is None else uid) \
-                + limits.run_max_processes
-        else:
-            values["nproc"] = limits.run_max_processes + 512
-    return _clamp_to_hard_limits(values)
+def scrubbed_env(home: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment built from scratch: the safe PATH, HOME and TMPDIR at ``home``, a UTF-8 locale."""
+    env = {
+        "PATH": SAFE_PATH,
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    if extra:
+        env.update(extra)
+    return env
 
 
-_RLIMIT_NAMES = {"cpu": "RLIMIT_CPU", "core": "RLIMIT_CORE", "nofile": "RLIMIT_NOFILE",
-                 "as": "RLIMIT_AS", "fsize": "RLIMIT_FSIZE", "nproc": "RLIMIT_NPROC"}
+def job_env(job: Job, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a job's compiler or program (paths as the job sees them)."""
+    env = scrubbed_env(job.home(), extra)
+    env["TMPDIR"] = job.tmp()
+    return env
 
 
-def _clamp_to_hard_limits(values: dict[str, int]) -> dict[str, int]:
-    """Lower each value to what this process may set (raising a hard limit needs
-    CAP_SYS_RESOURCE, which even root may lack in a container)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not Unix
-        return values
-    clamped = {}
-    for name, value in values.items():
-        which = getattr(resource, _RLIMIT_NAMES[name], None)
-        if which is None:
-            continue
-        _soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard - 1 if name == "cpu" else hard)
-        clamped[name] = value
-    return clamped
+_SANDBOX_TOOLS = ("setpriv:", "unshare:", "prlimit:", "sh:", "/bin/sh:", SETUP_FAILED_MARKER)
 
 
-def _unsupported_rlimits() -> list[str]:
-    """Resources that setrlimit refuses here (macOS rejects some RLIMIT_AS values, ...)."""
-    d = Limits()
-    probe = _clamp_to_hard_limits({"cpu": 60, "core": 0, "nofile": d.open_files,
-                                   "as": d.run_memory_bytes, "fsize": d.run_file_bytes,
-                                   "nproc": d.run_max_processes + 512})
-    bad = []
-    for name, value in probe.items():
-        try:
-            subprocess.run(["/bin/sh", "-c", "exit 0"], preexec_fn=_preexec_for({name: value}),
-                           check=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            bad.append(name)
-    return bad
+def sandbox_failed(returncode: int, raw: list[str]) -> bool:
+    """Did the exec chain itself fail (rather than rustc)? Its tools say so on stderr."""
+    if any(line.startswith(_SANDBOX_TOOLS) for line in raw):
+        return True
+    return returncode in (125, 126, 127) and not raw
 
 
-def _prlimit_prefix(prlimit: str, values: dict[str, int]) -> list[str]:
-    argv = [prlimit]
-    for name, value in values.items():
-        hard = value + 1 if name == "cpu" else value  # SIGXCPU at soft, SIGKILL at hard
-        argv.append(f"--{name}={value}:{hard}")
-    return [*argv, "--"]
-
-
-def _preexec_for(values: dict[str, int]):
-    import resource
-
-    pairs = [
-        (getattr(resource, _RLIMIT_NAMES[k]), (v, v + 1 if k == "cpu" else v))
-        for k, v in values.items()
-    ]
-
-    def _apply() -> None:
-        # Runs in the child between fork and exec: keep it to plain system calls. A failure
-        # raises, and subprocess reports it to the parent (no silently missing limit).
-        for which, lim in pairs:
-            resource.setrlimit(which, lim)
-
-    return _apply
-
-
-def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int],
-                  job: _Job | None = None) -> tuple[list[str], dict]:
+def sandbox_argv(setup: Setup, cmd: list[str], values: dict[str, int],
+                 job: Job | None = None) -> tuple[list[str], dict]:
     """The exec chain that runs ``cmd`` (paths as the job sees them) under every protection."""
     uid = job.uid if job else setup.sandbox_uid
     gid = job.gid if job else SANDBOX_GID
     argv: list[str] = []
     kwargs: dict = {}
     if setup.prlimit:
-        argv += _prlimit_prefix(setup.prlimit, values)
+        argv += prlimit_prefix(setup.prlimit, values)
     else:
         usable = {k: v for k, v in values.items() if k not in setup.rlimits_unsupported}
-        kwargs["preexec_fn"] = _preexec_for(usable)
+        kwargs["preexec_fn"] = preexec_for(usable)
     argv += setup.unshare
     if setup.mounts and job is not None:
         # The script is the PID namespace's init: it stays root only inside the namespaces,
@@ -140,8 +100,9 @@ def _sandbox_argv(setup: _Setup, cmd: list[str], values: dict[str, int],
     return argv + cmd, kwargs
 
 
-def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeout: float,
-             cap: int, kill_on_cap: bool, use_pidfd: bool) -> _Outcome:
+def execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeout: float,
+             cap: int, kill_on_cap: bool, use_pidfd: bool) -> Outcome:
+    """Run ``argv`` as a new process group: output capped at ``cap`` per stream, killed at ``timeout``."""
     start = time.monotonic()
     proc = procs.start_group(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              cwd=cwd, env=env, close_fds=True, **popen_kwargs)
@@ -213,7 +174,7 @@ def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeou
         if pidfd is not None:
             os.close(pidfd)
     out_fd, err_fd = bufs
-    return _Outcome(
+    return Outcome(
         returncode=returncode,
         stdout=bytes(bufs[out_fd]),
         stderr=bytes(bufs[err_fd]),
@@ -225,16 +186,18 @@ def _execute(argv: list[str], *, popen_kwargs: dict, env: dict, cwd: str, timeou
     )
 
 
-def _text(data: bytes, total: int) -> str:
+def text_of(data: bytes, total: int) -> str:
+    """Captured bytes as text, with the truncation marker when the stream was longer."""
     text = data.decode("utf-8", errors="replace")
     if total > len(data):
         text += TRUNCATION_MARKER
     return text
 
 
-def _signal_of(returncode: int, wrapped: bool) -> str | None:
+def signal_of(returncode: int, wrapped: bool) -> str | None:
+    """The fatal signal behind an exit code (a wrapping shell reports 128 + N), or None."""
     if returncode < 0:
-        return _FATAL_SIGNALS.get(-returncode, f"signal {-returncode}")
-    if wrapped and returncode > 128 and (returncode - 128) in _FATAL_SIGNALS:
-        return _FATAL_SIGNALS[returncode - 128]
+        return FATAL_SIGNALS.get(-returncode, f"signal {-returncode}")
+    if wrapped and returncode > 128 and (returncode - 128) in FATAL_SIGNALS:
+        return FATAL_SIGNALS[returncode - 128]
     return None
