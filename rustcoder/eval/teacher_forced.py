@@ -2,16 +2,15 @@
 
 Examples are tokenized exactly as in training (``data.tokenize.tokenize_examples``: the loss mask
 covers the answer and its <|im_end|>), a batch at a time. The decoder runs on the batch and the LM
-head is applied only to the positions whose next token is an answer token, so the largest logits
-tensor is (answer tokens in one batch) x vocab; per-example sums are accumulated as Python numbers.
+head only on the positions whose next token is an answer token (``answer_loss.answer_token_nll``, the
+loss training computes), so the largest logits tensor is (answer tokens in one batch) x vocab, or a
+tile of it; per-example sums are accumulated as Python numbers.
 Memory therefore does not grow with the number of examples.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-IGNORE = -100
 
 
 @dataclass
@@ -46,8 +45,8 @@ def teacher_forced_stats(model, tokenizer, conversations: list[list[dict]], *, b
     without its adapter enabled), in eval mode and without a KV cache.
     """
     import torch
-    import torch.nn.functional as F
 
+    from ..answer_loss import answer_token_nll
     from ..data.tokenize import pad_batch, tokenize_examples
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -68,19 +67,14 @@ def teacher_forced_stats(model, tokenizer, conversations: list[list[dict]], *, b
             ids, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
             with torch.inference_mode():
                 hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                targets = labels[:, 1:]
-                keep = targets != IGNORE
-                logits = head(hidden[:, :-1][keep]).float()  # (answer tokens in this batch, vocab)
-                wanted = targets[keep]
-                nll = F.cross_entropy(logits, wanted, reduction="none")
-                correct = (logits.argmax(-1) == wanted).long()
-                owner = torch.arange(len(feats), device=device).unsqueeze(1).expand_as(targets)[keep]
+                nll, correct, keep = answer_token_nll(hidden, labels, head)
+                owner = torch.arange(len(feats), device=device).unsqueeze(1).expand_as(keep)[keep]
                 nll_sum = torch.zeros(len(feats), device=device, dtype=torch.float64).index_add_(0, owner, nll.double())
                 ok_sum = torch.zeros(len(feats), device=device, dtype=torch.long).index_add_(0, owner, correct)
                 counts = keep.sum(dim=1)
             for row, i in enumerate(idx):
                 results[i] = TokenStats(float(nll_sum[row]), int(counts[row]), int(ok_sum[row]))
-            del hidden, logits, nll
+            del hidden, nll
             if on_batch is not None:
                 on_batch(idx)
     finally:

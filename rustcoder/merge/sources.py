@@ -199,18 +199,11 @@ def save_dtype_of(config: dict, base_dir: Path) -> str:
 
 
 def tied_keys(config: dict) -> tuple[str, str]:
-    """(output embedding key, input embedding key) of the architecture."""
-    import transformers
+    """(output embedding key, input embedding key) of the architecture (Qwen's names when transformers has no
+    class for it)."""
+    from ..compat import tied_embedding_keys
 
-    for arch in config.get("architectures") or []:
-        cls = getattr(transformers, arch, None)
-        keys = getattr(cls, "_tied_weights_keys", None)
-        if isinstance(keys, dict) and keys:
-            target, source = next(iter(keys.items()))
-            return target, source
-        if isinstance(keys, (list, tuple)) and keys:
-            return keys[0], "model.embed_tokens.weight"
-    return "lm_head.weight", "model.embed_tokens.weight"
+    return tied_embedding_keys(config.get("architectures") or []) or ("lm_head.weight", "model.embed_tokens.weight")
 
 
 def tie_word_embeddings(base_dir: Path) -> bool:
