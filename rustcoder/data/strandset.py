@@ -218,14 +218,13 @@ def iter_records(path: Path, what: str = "one JSON object with the Strandset col
             yield str(lineno), row
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
+def iter_rows(path: Path) -> Iterator[dict]:
+    """Every row of a .jsonl, .json or .parquet file (``iter_records`` without the locations)."""
     for _, row in iter_records(path):
         yield row
 
 
-def _iter_json(path: Path) -> Iterator[dict]:
-    for _, row in iter_records(path):
-        yield row
+_iter_jsonl = iter_rows  # the name tiny.py imports (until it imports iter_rows)
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -249,20 +248,15 @@ def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
                         + fix) from None
 
 
-def _iter_parquet(path: Path) -> Iterator[dict]:
-    for _, row in _iter_parquet_rows(path):
-        yield row
-
-
-_READERS = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}
+ROW_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def _files_for(path: Path, split: str) -> list[Path]:
     if path.is_file():
-        if path.suffix not in _READERS:
+        if path.suffix not in ROW_FILE_SUFFIXES:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}. Use .parquet, .jsonl or .json.")
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _READERS)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in ROW_FILE_SUFFIXES)
     if not files:
         raise DataError(f"{path} holds no .parquet, .jsonl or .json files.")
     split_files = [p for p in files if p.name.startswith(split) or f"{split}-" in p.name
@@ -273,14 +267,14 @@ def _files_for(path: Path, split: str) -> list[Path]:
 def read_rows(source: str, split: str = "train", revision: str | None = None) -> Iterator[dict]:
     """Raw rows from the built-in sample, a local file/directory, or a hub dataset id."""
     if is_sample(source):
-        yield from _iter_jsonl(sample_path(split))
+        yield from iter_rows(sample_path(split))
         return
     path = Path(source).expanduser()
     if path.exists():
         for f in _files_for(path, split):
-            yield from _READERS[f.suffix](f)
+            yield from iter_rows(f)
         return
-    if source.startswith((".", "/", "~")) or source.endswith(tuple(_READERS)) or source.count("/") != 1:
+    if source.startswith((".", "/", "~")) or source.endswith(ROW_FILE_SUFFIXES) or source.count("/") != 1:
         raise DataError(f"dataset {source!r} is neither an existing file or directory nor a hub id "
                         "(owner/name). Pass a local .parquet/.jsonl/.json path, a hub id such as "
                         "Fortytwo-Network/Strandset-Rust-v1, or 'sample'.")
