@@ -1,5 +1,6 @@
-"""The one OpenAI-compatible chat client rustcoder uses (playground, demo, eval through an endpoint): the
-official ``openai`` SDK, with endpoint URLs normalised and failures turned into messages that say what to do.
+"""The one OpenAI-compatible client rustcoder uses (playground, demo, eval through an endpoint or a served
+engine, the judge): the official ``openai`` SDK, made by ``openai_client``, with endpoint URLs normalised by
+``normalize_endpoint`` and failures turned into messages that say what to do.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ class EndpointError(RustcoderError):
 
 
 def normalize_endpoint(url: str) -> str:
-    """An OpenAI base URL ending in /v1 (accepts http://host:port, host:port or .../v1)."""
-    url = url.strip().rstrip("/")
+    """An OpenAI base URL ending in /v1 (accepts http://host:port, host:port, .../v1 or .../v1/chat/completions)."""
+    url = url.strip().rstrip("/").removesuffix("/chat/completions")
     if not re.match(r"^https?://", url):
         url = "http://" + url
     if not re.search(r"/v\d+$", url):
         url += "/v1"
     return url
+
+
+def chat_url(endpoint: str) -> str:
+    """The chat completions URL (``.../v1/chat/completions``) of an endpoint given in any form normalize_endpoint
+    accepts."""
+    return normalize_endpoint(endpoint) + "/chat/completions"
 
 
 def _sdk():
@@ -34,19 +41,41 @@ def _sdk():
     return openai
 
 
+def openai_client(endpoint: str, *, api_key: str | None = None, timeout: float = 300, retries: int = 3):
+    """The OpenAI SDK client of an endpoint. It retries connection errors, 408, 409, 429 and 5xx with backoff
+    (``retries`` times); a loopback endpoint is reached directly, never through a proxy set in the environment.
+    MissingExtraError with the install command when the SDK is missing."""
+    import urllib.parse
+
+    import httpx
+
+    from .net import is_loopback
+
+    openai = _sdk()
+    url = normalize_endpoint(endpoint)
+    local = is_loopback(urllib.parse.urlsplit(url).hostname or "")
+    return openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=retries,
+                         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                         http_client=httpx.Client(trust_env=not local))
+
+
+def served_models(endpoint: str, api_key: str | None = None) -> list[str]:
+    """Model names an OpenAI-compatible server lists at /v1/models (RustcoderError when it cannot say)."""
+    openai = _sdk()
+    try:
+        return [m.id for m in openai_client(endpoint, api_key=api_key, timeout=30, retries=1).models.list()
+                if getattr(m, "id", None)]
+    except openai.OpenAIError as e:
+        raise RustcoderError(f"cannot list the models at {normalize_endpoint(endpoint)}: {e}") from None
+
+
 class ChatClient:
     """Chat completions, streamed or not, and the model list of one OpenAI-compatible endpoint."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0, max_retries: int = 0):
-        import httpx
-
-        openai = _sdk()
         self.base_url = normalize_endpoint(base_url)
-        self._openai = openai
-        # Local endpoints must not go through a proxy from the environment (trust_env=False).
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", max_retries=max_retries,
-                                     timeout=httpx.Timeout(timeout, connect=10.0),
-                                     http_client=httpx.Client(trust_env=False))
+        self._openai = _sdk()
+        self._client = openai_client(base_url, api_key=api_key, timeout=timeout, retries=max_retries)
 
     def close(self) -> None:
         """Close the HTTP connections."""
