@@ -23,7 +23,8 @@ def test_local_endpoints_bypass_environment_proxies_and_remote_ones_use_them(mon
     local = openai_client("localhost:8000", retries=0)
     remote = openai_client("https://api.example.com/v1", retries=0)
     assert str(local.base_url).rstrip("/") == "http://localhost:8000/v1" and local.max_retries == 0
-X
+    # the SDK keeps the httpx client it was given as _client; httpx.Client.trust_env is public
+    assert local._client.trust_env is False and remote._client.trust_env is True
 
 
 def test_listing_models_of_a_dead_endpoint_says_where():
