@@ -35,8 +35,45 @@ def config_field(default, help: str, **kw):
 _f = config_field
 
 
+class ConfigSchema:
+    """The validation style every rustcoder config shares (TrainConfig, eval's EvalConfig): ``problems()`` lists
+    every impossible value or combination at once, each naming its flag; a field's ``choices`` (its metadata) are
+    checked here, the rest by the subclass's ``check_values(bad)``; ``validate()`` raises them in one ConfigError."""
+
+    def check_values(self, bad) -> None:
+        """Call ``bad(field_name, message)`` for each impossible value or combination (the subclass's rules)."""
+
+    def problems(self) -> list[str]:
+        """Every impossible value or combination, each naming its flag."""
+        p: list[str] = []
+
+        def bad(name: str, msg: str) -> None:
+            p.append(f"{flag_name(name)}: {msg}")
+
+        for f_ in fields(self):
+            choices = f_.metadata.get("choices")
+            value = getattr(self, f_.name)
+            if choices and value is not None and value not in choices:
+                bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
+        self.check_values(bad)
+        return p
+
+    def validate(self):
+        """Raise ConfigError listing every problem at once; return self when valid."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    check = validate  # eval's name for it
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (the YAML saved beside the outputs)."""
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigSchema):
     """Every setting of a training run. Field names are the YAML keys; flags are ``--field-name``."""
 
     # What to train
@@ -116,14 +153,9 @@ class TrainConfig:
     # Filled by resolution, not by the user
     preset: str | None = field(default=None, metadata={"help": "Preset the values came from.", "internal": True})
 
-    # ---- validation -------------------------------------------------------------------------
-    def problems(self) -> list[str]:
-        """Every impossible value or combination, each naming its flag."""
-        p: list[str] = []
-
-        def bad(name: str, msg: str):
-            p.append(f"{flag_name(name)}: {msg}")
-
+    # ---- validation (ConfigSchema.problems checks the choices) ---------------------------------
+    def check_values(self, bad) -> None:
+        """The training schema's rules (see ConfigSchema.check_values)."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", f"must be > 0, got {self.lr}")
         if self.lora_r < 1:
@@ -165,11 +197,6 @@ class TrainConfig:
             bad("profile_step", f"must be >= 1 (optimizer steps count from 1), got {self.profile_step}")
         if self.eval_steps is not None and self.eval_steps < 1:
             bad("eval_steps", f"must be >= 1, got {self.eval_steps}")
-        for f_ in fields(self):
-            choices = f_.metadata.get("choices")
-            value = getattr(self, f_.name)
-            if choices and value not in choices:
-                bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
         if self.categories is not None:
             from .data.categories import CATEGORIES
 
@@ -179,23 +206,11 @@ class TrainConfig:
                         f"choose from {', '.join(CATEGORIES)}")
         if self.run_name is not None and (not self.run_name.strip() or "/" in self.run_name):
             bad("run_name", f"must be a non-empty name without '/', got {self.run_name!r}")
-        return p
-
-    def validate(self) -> "TrainConfig":
-        """Raise ConfigError listing every problem at once; return self when valid."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
-        return self
 
     @property
     def effective_batch(self) -> int:
         """Examples per optimizer step, over all processes."""
         return self.batch_size * grad_accum_per_process(self) * self.num_processes
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (the YAML saved beside a run's outputs)."""
-        return dataclasses.asdict(self)
 
 
 # ---- field helpers ------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ samples) < flags the user typed. The resolved settings are written to the eval d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
+from ..config import ConfigSchema
 from ..config import config_field as _f
-from ..errors import ConfigError, did_you_mean
+from ..errors import did_you_mean
 
 BACKENDS = ("auto", "transformers", "vllm", "endpoint", "served")
 ENGINES = ("vllm", "transformers")  # --backend served: the engines `rustcoder serve` starts
@@ -21,7 +22,7 @@ STAGES = ("generate", "execute", "score", "report")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigSchema):
     """Every setting of ``rustcoder eval``. Field names are the flags (``--field-name``)."""
 
     model: str | None = _f(None, "Run directory, merged model directory, adapter directory, hub id or tiny-qwen2; "
@@ -89,18 +90,8 @@ class EvalConfig:
     redo: str | None = _f(None, "Discard this stage's results (and the later stages') and redo them: "
                           "generate, execute, score or report.", choices=STAGES)
 
-    def problems(self) -> list[str]:
-        """Every impossible value or combination, each naming its flag."""
-        p: list[str] = []
-
-        def bad(name: str, msg: str) -> None:
-            p.append(f"--{name.replace('_', '-')}: {msg}")
-
-        for f_ in fields(self):
-            choices = f_.metadata.get("choices")
-            value = getattr(self, f_.name)
-            if choices and value is not None and value not in choices:
-                bad(f_.name, f"must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}")
+    def check_values(self, bad) -> None:
+        """The eval settings' rules (see ConfigSchema: choices are checked there, validate() raises)."""
         if self.tensor_parallel_size and self.backend not in ("vllm", "served"):
             bad("tensor_parallel_size", "shards a model over GPUs with vLLM: add --backend vllm (or --backend served "
                 "--engine vllm); the transformers backend runs a model on one device")
@@ -155,18 +146,6 @@ class EvalConfig:
                 for c in self.categories:
                     if c not in CATEGORY_NAMES:
                         bad("categories", f"unknown category {c!r}{did_you_mean(c, CATEGORY_NAMES)}")
-        return p
-
-    def check(self) -> "EvalConfig":
-        """Raise ConfigError listing every problem (all at once)."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
-        return self
-
-    def to_dict(self) -> dict:
-        """Plain values, for eval_config.yaml."""
-        return asdict(self)
 
 
 def config_fields():
