@@ -341,7 +341,7 @@ HOSTILE = [
     Hostile("user_namespace_remount", ("pass",), needs=MOUNT_TAGS, expect=("done",)),
     # memory, output, time
     Hostile("memory_bomb", ("runtime_error",), forbid=("allocated",)),
-    Hostile("memory_creep", ("runtime_error",), forbid=("held",)),
+    Hostile("memory_creep", ("runtime_error",), forbid=("held",), run_timeout=10),  # 512 MiB of page faults
     Hostile("stdout_flood", ("output_limit",), max_output_bytes=20_000, check=_check_stdout_cap),
     Hostile("const_eval_hang", ("timeout",), compile_timeout=1.5,
             check=_check_timeout_window(1.5, 3, "compile_seconds")),

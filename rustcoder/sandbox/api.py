@@ -7,13 +7,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import subprocess
 import sys
 from typing import Iterable
 
 from .diagnostics import classify_compile_errors, codes, crash_reason, parse_diagnostics, render
 from .jobdir import Job, release_job
-from .launch import execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
+from .cgroups import JobCgroup
+from .launch import chain_env, execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
 from .limits import rlimit_values
 from .policy import COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MODES, ExecutionResult, Limits, RustcNotFound, log
 from .setup import Setup, get_setup, new_job, reset_setup
@@ -134,25 +134,38 @@ def run_rust(
         return ExecutionResult(status="sandbox_error", mode=mode, detail=setup.error,
                                isolation=isolation)
     try:
-        job = new_job(setup)
-    except OSError as exc:
+        job = new_job(setup, limits)
+    except Exception as exc:  # noqa: BLE001 - every item gets a status
         log.exception("sandbox failure")
         return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
                                detail=f"could not create the job: {type(exc).__name__}: {exc}")
+    group = None
+    result = None
     try:
-        result = _compile_and_run(setup, job, source, mode, compile_timeout, run_timeout,
+        if setup.cgroups is not None:
+            group = JobCgroup.create(setup.cgroups, memory_bytes=limits.compile_tree_memory_bytes,
+                                     max_tasks=limits.compile_max_tasks)
+        result = _compile_and_run(setup, job, group, source, mode, compile_timeout, run_timeout,
                                   edition, max_output_bytes, limits, isolation)
-        result.job_uid = job.uid
-        return result
-    except (OSError, subprocess.SubprocessError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a failure of the sandbox is the item's sandbox_error, never a raise
         log.exception("sandbox failure")
-        return ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
-                               detail=f"{type(exc).__name__}: {exc}", job_uid=job.uid)
+        result = ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
+                                 detail=f"{type(exc).__name__}: {exc}")
     finally:
-        release_job(job)
+        # Whatever the job left (processes, a 100,000-deep tree, mode 000 dirs, fifos), this never raises
+        # and the uid slot is handed back; an incomplete cleanup is reported with the item, not raised.
+        left = []
+        if group is not None:
+            left.append(group.remove())
+        left.append(release_job(job))
+        left = [why for why in left if why]
+        if left and result is not None:
+            result.detail = (result.detail + "; " if result.detail else "") + "cleanup: " + "; ".join(left)
+    result.job_uid = job.uid
+    return result
 
 
-def _compile_and_run(setup: Setup, job: Job, source: str, mode: str,
+def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: str, mode: str,
                      compile_timeout: float, run_timeout: float, edition: str,
                      max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
     workdir = job.workdir
@@ -171,8 +184,9 @@ def _compile_and_run(setup: Setup, job: Job, source: str, mode: str,
         cmd += ["--crate-type", "bin", "-o", job.inside(binary)]
     cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
     wrapped = "pid-namespace" in setup.namespaces
-    argv, kwargs = sandbox_argv(setup, cmd, rlimit_values("compile", compile_timeout, limits, job.uid), job)
-    compiled = execute(argv, popen_kwargs=kwargs, env=job_env(job), cwd=workdir,
+    joins = group.join_paths() if group else None
+    argv, kwargs = sandbox_argv(setup, cmd, rlimit_values("compile", compile_timeout, limits, job.uid), job, joins)
+    compiled = execute(argv, popen_kwargs=kwargs, env=chain_env(setup, job, job_env(job)), cwd=workdir,
                         timeout=compile_timeout, cap=COMPILE_OUTPUT_CAP, kill_on_cap=False,
                         use_pidfd=setup.pidfd)
     result = ExecutionResult(status="pass", mode=mode, isolation=isolation,
@@ -219,9 +233,11 @@ def _compile_and_run(setup: Setup, job: Job, source: str, mode: str,
         "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
         "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
     })
+    if group is not None:
+        group.set_limits(memory_bytes=limits.run_tree_memory_bytes, max_tasks=limits.run_max_processes + 8)
     argv, kwargs = sandbox_argv(setup, [job.inside(binary)],
-                                 rlimit_values("run", run_timeout, limits, job.uid), job)
-    ran = execute(argv, popen_kwargs=kwargs, env=run_env, cwd=workdir, timeout=run_timeout,
+                                rlimit_values("run", run_timeout, limits, job.uid), job, joins)
+    ran = execute(argv, popen_kwargs=kwargs, env=chain_env(setup, job, run_env), cwd=workdir, timeout=run_timeout,
                    cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
     result.run_seconds = round(ran.seconds, 4)
     result.stdout = text_of(ran.stdout, ran.stdout_total)
@@ -246,6 +262,9 @@ def _compile_and_run(setup: Setup, job: Job, source: str, mode: str,
     else:
         result.status, result.detail = libtest_status(ran.stdout.decode("utf-8", errors="replace"),
                                                        ran.returncode, sig)
+    if result.status == "runtime_error" and group is not None and group.out_of_memory():
+        result.detail += (f" (the job reached its memory limit of {limits.run_tree_memory_bytes >> 20} MiB "
+                          "for its whole process tree)")
     return result
 
 
@@ -261,7 +280,19 @@ def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) ->
         get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
     workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
     if workers == 1:
-        return [run_rust(s, **kwargs) for s in sources]
+        return [_run_one(s, kwargs) for s in sources]
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
                                                thread_name_prefix="rustcoder-sandbox") as pool:
-        return list(pool.map(lambda s: run_rust(s, **kwargs), sources))
+        return list(pool.map(lambda s: _run_one(s, kwargs), sources))
+
+
+def _run_one(source: str, kwargs: dict) -> ExecutionResult:
+    """run_rust for one item of a batch: a failure of this item is its own sandbox_error, never the batch's."""
+    try:
+        return run_rust(source, **kwargs)
+    except (ValueError, TypeError, RustcNotFound):
+        raise  # the caller's mistake (bad arguments, no rustc): the same for every item
+    except Exception as exc:  # noqa: BLE001
+        log.exception("sandbox failure")
+        return ExecutionResult(status="sandbox_error", mode=kwargs.get("mode", "test"),
+                               detail=f"{type(exc).__name__}: {exc}")

@@ -25,6 +25,7 @@ class Job:
     gid: int
     slot: UidSlot | None = None
     mounts: bool = False  # the job runs in its own root, where workdir is SANDBOX_JOB_DIR
+    tmpfs: bool = False  # workdir is the job's own size- and inode-capped tmpfs
 
     def inside(self, path: str) -> str:
         """``path`` (under workdir) as the job sees it."""
@@ -42,38 +43,104 @@ class Job:
 
 
 def make_runs_root() -> str:
-    """Per-process parent of the work dirs: root-owned 0711, so nobody cannot list siblings."""
-    root = tempfile.mkdtemp(prefix="rustcoder-sandbox-")
+    """Per-process parent of the work dirs: root-owned 0711, so nobody cannot list siblings.
+
+    Its name carries this process's pid, so a later process can clear what a killed one left mounted.
+    """
+    sweep_stale_runs()
+    root = tempfile.mkdtemp(prefix=f"rustcoder-sandbox-{os.getpid()}-")
     os.chmod(root, 0o711 if os.geteuid() == 0 else 0o700)
     atexit.register(remove_tree, root)
     return root
 
 
 def create_job(runs_root: str, uid_pool: UidPool | None, uid: int, gid: int, *, chown: bool,
-               mounts: bool) -> Job:
-    """A fresh 0700 work dir owned by a uid no other running job has (where uids can be changed)."""
+               mounts: bool, quota: tuple[int, int] | None = None) -> Job:
+    """A fresh 0700 work dir owned by a uid no other running job has (where uids can be changed).
+
+    With ``quota`` (bytes, inodes) the directory is a tmpfs of that size: what the job writes there is
+    capped, never reaches the host's disk, and disappears in one unmount however the job left it.
+    """
     slot = uid_pool.acquire() if uid_pool else None
+    workdir = None
     try:
         if slot:
             uid = gid = slot.uid
         workdir = tempfile.mkdtemp(prefix="run-", dir=runs_root)
-        if chown:
+        job = Job(workdir=workdir, uid=uid, gid=gid, slot=slot, mounts=mounts)
+        if quota:
+            mount_tmpfs(workdir, size=quota[0], inodes=quota[1], mode=0o700, uid=uid, gid=gid)
+            job.tmpfs = True
+        elif chown:
             os.chown(workdir, uid, gid)
         os.chmod(workdir, 0o700)
     except BaseException:
+        if workdir:
+            remove_tree(workdir)
         if slot:
             UidPool.release(slot)
         raise
-    return Job(workdir=workdir, uid=uid, gid=gid, slot=slot, mounts=mounts)
+    return job
 
 
 def release_job(job: Job) -> str | None:
     """Remove the job's directory and hand its uid back; never raises. Returns why cleanup was incomplete."""
     try:
+        if job.tmpfs:
+            unmount(job.workdir)
         return remove_tree(job.workdir)
     finally:
         if job.slot:
             UidPool.release(job.slot)
+
+
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount_tmpfs(path: str, *, size: int, inodes: int, mode: int, uid: int, gid: int) -> None:
+    """Mount a fresh tmpfs of ``size`` bytes and ``inodes`` inodes at ``path`` (root only); raises OSError."""
+    import ctypes
+
+    data = f"size={size},nr_inodes={inodes},mode={mode:o},uid={uid},gid={gid}".encode()
+    if _libc().mount(b"rustcoder-job", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs at {path}: {os.strerror(err)}")
+
+
+def unmount(path: str) -> None:
+    """Detach the mount at ``path`` (its tmpfs is freed once nothing uses it); never raises."""
+    try:
+        _libc().umount2(path.encode(), _MNT_DETACH)
+    except OSError:
+        pass
+
+
+def sweep_stale_runs() -> None:
+    """Unmount and remove what rustcoder processes that no longer exist left in the temp directory; never raises."""
+    try:
+        parent = os.path.realpath(tempfile.gettempdir())
+        prefix = os.path.join(parent, "rustcoder-sandbox-")
+        with open("/proc/self/mountinfo") as fh:
+            points = [line.split()[4] for line in fh]
+        stale = set()
+        for name in os.listdir(parent):
+            pid = name[len("rustcoder-sandbox-"):].split("-")[0] if name.startswith("rustcoder-sandbox-") else ""
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                stale.add(os.path.join(parent, name))
+        for point in sorted(points, key=len, reverse=True):
+            point = point.encode().decode("unicode_escape")
+            if point.startswith(prefix) and any(point.startswith(s + "/") for s in stale):
+                unmount(point)
+        for path in stale:
+            remove_tree(path)
+    except Exception as exc:  # noqa: BLE001 - a sweep is best effort
+        log.info("sandbox: sweeping stale run directories failed: %s", exc)
 
 
 REMOVE_SECONDS = 60.0  # removal gives up (and says so) after this long: a job cannot stall the caller forever

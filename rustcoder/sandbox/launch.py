@@ -14,9 +14,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import procs
+from .confine import Confinement
 from .jobdir import Job
 from .limits import preexec_for, prlimit_prefix
 from .policy import FATAL_SIGNALS, SAFE_PATH, SANDBOX_GID, SETUP_FAILED_MARKER, TRUNCATION_MARKER
+from .root import JOB_DIR_VAR, SCRIPT_VAR
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only (setup imports this module)
     from .setup import Setup
@@ -70,24 +72,50 @@ def sandbox_failed(returncode: int, raw: list[str]) -> bool:
     return returncode in (125, 126, 127) and not raw
 
 
+def job_root_argv(uid: int, gid: int) -> list[str]:
+    """The start of the job-root script's command line (the script and the job's directory come in its env)."""
+    return ["/bin/sh", "-c", f'eval "${SCRIPT_VAR}"', "rustcoder-job", str(uid), str(gid)]
+
+
+def job_root_env(script: str, workdir: str) -> dict[str, str]:
+    """The environment entries the job-root script reads (and unsets before the command runs)."""
+    return {SCRIPT_VAR: script, JOB_DIR_VAR: workdir}
+
+
+def chain_env(setup: Setup, job: Job, env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus what the exec chain itself needs (the job-root script, when jobs get their own root)."""
+    if setup.mounts:
+        return {**env, **job_root_env(setup.mount_script, job.workdir)}
+    return env
+
+
 def sandbox_argv(setup: Setup, cmd: list[str], values: dict[str, int],
-                 job: Job | None = None) -> tuple[list[str], dict]:
-    """The exec chain that runs ``cmd`` (paths as the job sees them) under every protection."""
+                 job: Job | None = None, cgroup_procs: list[str] | None = None) -> tuple[list[str], dict]:
+    """The exec chain that runs ``cmd`` (paths as the job sees them) under every protection.
+
+    Its first process confines itself before it execs (joins the job's cgroup through ``cgroup_procs``,
+    takes a fresh session keyring, installs the seccomp filter) where this machine allows it.
+    """
     uid = job.uid if job else setup.sandbox_uid
     gid = job.gid if job else SANDBOX_GID
     argv: list[str] = []
     kwargs: dict = {}
+    rlimits = None
     if setup.prlimit:
         argv += prlimit_prefix(setup.prlimit, values)
     else:
         usable = {k: v for k, v in values.items() if k not in setup.rlimits_unsupported}
-        kwargs["preexec_fn"] = preexec_for(usable)
+        rlimits = preexec_for(usable)
+    if cgroup_procs or setup.filter_bpf or setup.keyring:
+        kwargs["preexec_fn"] = Confinement(cgroup_procs=cgroup_procs or [], filter_bpf=setup.filter_bpf,
+                                           fresh_keyring=setup.keyring, then=rlimits)
+    elif rlimits is not None:
+        kwargs["preexec_fn"] = rlimits
     argv += setup.unshare
     if setup.mounts and job is not None:
         # The script is the PID namespace's init: it stays root only inside the namespaces,
         # builds the job's root, drops to the job's uid and runs the command as its child.
-        return [*argv, "/bin/sh", "-c", setup.mount_script, "sh", job.workdir, str(uid), str(gid),
-                *cmd], kwargs
+        return [*argv, *job_root_argv(uid, gid), *cmd], kwargs
     if setup.drop == "setpriv":
         argv += [setup.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                  "--no-new-privs", "--"]

@@ -53,6 +53,14 @@ ISOLATION_TAGS = {
     "timeouts": "separate wall-clock timeouts for compile and run",
     "process-group-kill": "the whole process group is SIGKILLed on timeout and after exit",
     "output-cap": "stdout/stderr read incrementally and capped in memory",
+    "job-quota": "the job's directory is its own tmpfs (size and inode caps, never on the host's disk, "
+                 "removed by one unmount); /tmp and /dev/shm have inode caps too",
+    "memory-cgroup": "a memory cgroup per job: the whole process tree's memory, kernel memory (socket "
+                     "buffers, inodes) and tmpfs pages included, is capped; no swap",
+    "pids-cgroup": "a pids cgroup per job: the number of tasks of the job's process tree is capped",
+    "syscall-filter": "seccomp: no AF_VSOCK sockets, kernel keyrings, file locks, inotify, io_uring, bpf "
+                      "or perf events",
+    "private-keyring": "each job starts with a fresh session keyring of its own, not the evaluator's",
 }
 
 
@@ -113,8 +121,10 @@ class RustcNotFound(RuntimeError):
 class Limits:
     """Resource limits applied to every sandboxed compile and run.
 
-    Memory limits are per process address space (RLIMIT_AS); ``run_max_processes`` counts
-    processes and threads (RLIMIT_NPROC) on top of those the sandbox user already has.
+    ``*_memory_bytes`` are per process address space (RLIMIT_AS); ``*_tree_memory_bytes`` cap the
+    whole process tree's memory, kernel memory included, where a memory cgroup is available;
+    ``run_max_processes`` counts processes and threads (RLIMIT_NPROC on top of those the sandbox user
+    already has, and the pids cgroup); ``job_dir_*`` cap the job's own directory (a tmpfs).
     """
 
     compile_memory_bytes: int = 2 * _GIB
@@ -124,6 +134,11 @@ class Limits:
     run_max_processes: int = 256
     open_files: int = 1024
     test_threads: int = 4
+    compile_tree_memory_bytes: int = 2 * _GIB
+    run_tree_memory_bytes: int = 1 * _GIB
+    compile_max_tasks: int = 512
+    job_dir_bytes: int = 256 * _MIB
+    job_dir_inodes: int = 4096
 
 
 @dataclasses.dataclass

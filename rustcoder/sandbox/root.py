@@ -12,6 +12,15 @@ from .policy import SANDBOX_JOB_DIR, SETUP_FAILED_MARKER
 _TMPFS_SIZE = "32m"  # each of the job's private /tmp and /dev/shm
 
 
+_TMPFS_INODES = 4096  # files + directories in each of them: an inode flood costs kernel memory, not disk
+
+
+JOB_DIR_VAR = "RUSTCODER_JOB_DIR"  # the job's host directory, handed to the job-root script in its environment
+
+
+SCRIPT_VAR = "RUSTCODER_JOB_SCRIPT"  # the script itself: neither shows in the job's /proc/1/cmdline
+
+
 def _install_root() -> str:
     """Where rustcoder itself is installed (hidden from jobs when it is under /usr)."""
     return str(Path(__file__).resolve().parents[2])  # rustcoder/sandbox/root.py -> the directory holding rustcoder
@@ -21,22 +30,25 @@ def _fstab_path(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
 
-def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, attempt: int) -> tuple[str, str]:
-    """The skeleton of a job's root and the fstab that fills it; returns (root dir, fstab path).
+def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str,
+               attempt: int) -> tuple[str, str, str]:
+    """The skeleton of a job's root and the fstab that fills it; returns (mount point, skeleton, fstab path).
 
-    Built once per process (root-owned, read-only to others): empty mount points, the usual
+    Built once per process (root-owned, read-only to others) and copied into a small tmpfs per job (so the
+    job's mountinfo shows no host path for its root): empty mount points, the usual
     symlinks (``/bin -> usr/bin`` ...), and an fstab of what is mounted there inside each job's
     mount namespace: read-only /usr, the loader cache, /etc/alternatives (Debian's ``cc``) and the
     toolchain's sysroot; a private /proc, /tmp and /dev/shm; /dev/null, zero, full, random, urandom.
     World-readable data under /usr that compiling does not need (/usr/local, rustcoder's own
     install when it lives under /usr) is covered by an empty tmpfs. Nothing else of the host exists.
     """
-    root = os.path.join(runs_root, f"root-{attempt}")
+    mount_point = os.path.join(runs_root, f"root-{attempt}")
+    os.mkdir(mount_point, 0o755)
+    root = os.path.join(runs_root, f"skeleton-{attempt}")  # built here, mounted at mount_point
     os.mkdir(root, 0o755)
     for d in ("usr", "etc", "proc", "dev", "dev/shm", "tmp", "job", "sysroot", ".old"):
         os.makedirs(os.path.join(root, d), mode=0o755, exist_ok=True)
-    entries = [(root, root, "none", "bind")]
-    entries.append(("/usr", f"{root}/usr", "none", "bind,ro,nosuid,nodev"))
+    entries = [("/usr", f"{root}/usr", "none", "bind,ro,nosuid,nodev")]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = f"/{name}"
         if os.path.islink(host):
@@ -62,8 +74,10 @@ def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, a
     entries += [
         (sysroot, f"{root}/sysroot", "none", "bind,ro,nosuid,nodev"),
         ("proc", f"{root}/proc", "proc", "nosuid,nodev,noexec"),
-        ("rustcoder-tmp", f"{root}/tmp", "tmpfs", f"mode=1777,size={_TMPFS_SIZE},nosuid,nodev"),
-        ("rustcoder-shm", f"{root}/dev/shm", "tmpfs", f"mode=1777,size={_TMPFS_SIZE},nosuid,nodev"),
+        ("rustcoder-tmp", f"{root}/tmp", "tmpfs",
+         f"mode=1777,size={_TMPFS_SIZE},nr_inodes={_TMPFS_INODES},nosuid,nodev"),
+        ("rustcoder-shm", f"{root}/dev/shm", "tmpfs",
+         f"mode=1777,size={_TMPFS_SIZE},nr_inodes={_TMPFS_INODES},nosuid,nodev"),
     ]
     for dev in ("null", "zero", "full", "random", "urandom"):
         Path(f"{root}/dev/{dev}").touch(0o644)
@@ -74,26 +88,32 @@ def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str, a
     fstab = os.path.join(runs_root, f"fstab-{attempt}")
     with open(fstab, "w") as fh:
         for src, dst, fstype, opts in entries:
+            dst = mount_point + dst[len(root):]  # the fstab fills the per-job copy
             fh.write(f"{_fstab_path(src)} {_fstab_path(dst)} {fstype} {opts} 0 0\n")
     os.chmod(fstab, 0o644)
-    return root, fstab
+    return mount_point, root, fstab
 
 
-def job_root_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) -> str:
+def job_root_script(root: str, skeleton: str, fstab: str, setpriv: str, tools: dict[str, str]) -> str:
     """The script that runs as the PID namespace's init (root, but only inside fresh
-    mount/pid/net/ipc namespaces): it mounts the job's root from ``fstab`` (one ``mount -a``),
-    binds the job's directory at /job, makes the root read-only, pivots into it, detaches the
-    host's tree, drops to the job's uid and runs the command as its child.
+    mount/pid/net/ipc namespaces): it mounts a small tmpfs at ``root`` and copies the skeleton in, mounts
+    the rest from ``fstab`` (one ``mount -a``), binds the job's directory at /job, makes the root
+    read-only, pivots into it, detaches the host's tree, drops to the job's uid and runs the command as
+    its child.
 
-    Arguments: HOST_JOB_DIR UID GID COMMAND...  Exits 125 with a marker line if a step fails.
+    Run as ``sh -c 'eval "$RUSTCODER_JOB_SCRIPT"' rustcoder-job UID GID COMMAND...`` with the job's host
+    directory in $RUSTCODER_JOB_DIR: the job's /proc/1/cmdline shows no host path, and both variables are
+    unset before the command runs. Exits 125 with a marker line if a step fails.
     A shell script (about 20 ms) because util-linux has every step as a command; bubblewrap would
     be a dependency a base Debian does not have.
     """
     q = _sh_quote
-    mount, umount, pivot_root = (q(tools[t]) for t in ("mount", "umount", "pivot_root"))
+    mount, umount, pivot_root, cp = (q(tools[t]) for t in ("mount", "umount", "pivot_root", "cp"))
     steps = [
+        f"{mount} -t tmpfs -o size=1m,nr_inodes=1024,mode=0755,nosuid,nodev rustcoder-root {q(root)}",
+        f"{cp} -a {q(skeleton + '/.')} {q(root)}",
         f"{mount} -a -T {q(fstab)}",
-        f'{mount} -o bind,nosuid,nodev "$1" {q(root + SANDBOX_JOB_DIR)}',
+        f'{mount} -o bind,nosuid,nodev "${JOB_DIR_VAR}" {q(root + SANDBOX_JOB_DIR)}',
         f"{mount} -o remount,bind,ro,nosuid,nodev {q(root)}",
         f"cd {q(root)}",
         f"{pivot_root} . .old",
@@ -102,7 +122,8 @@ def job_root_script(root: str, fstab: str, setpriv: str, tools: dict[str, str]) 
     ]
     return (
         "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(SETUP_FAILED_MARKER) + " >&2; exit 125; }\n"
-        'uid="$2"; gid="$3"; shift 3\n'
+        f'unset {JOB_DIR_VAR} {SCRIPT_VAR}\n'
+        'uid="$1"; gid="$2"; shift 2\n'
         f'{q(setpriv)} --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"\n'
         "exit $?\n"
     )

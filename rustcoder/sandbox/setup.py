@@ -13,11 +13,13 @@ import tempfile
 import threading
 import time
 
+from .cgroups import CgroupBase, probe as probe_cgroups
+from .confine import build_filter, keyring_works
 from .host import disabled, forget_warnings, run_quiet, warn_once, which
-from .jobdir import Job, create_job, make_runs_root
-from .launch import scrubbed_env
+from .jobdir import Job, create_job, make_runs_root, mount_tmpfs, remove_tree, unmount
+from .launch import job_root_argv, job_root_env, scrubbed_env
 from .limits import unsupported_rlimits
-from .policy import SAFE_PATH, SANDBOX_GID, SANDBOX_SYSROOT, SANDBOX_UID
+from .policy import SAFE_PATH, SANDBOX_GID, Limits, SANDBOX_SYSROOT, SANDBOX_UID
 from .root import build_root, job_root_script
 from .toolchain import Toolchain, mirror_sysroot, resolve_toolchain
 from .uids import UidPool, make_uid_pool
@@ -41,6 +43,10 @@ class Setup:
     rlimits: str  # "prlimit" | "preexec"
     rlimits_unsupported: list[str]  # resources this OS refuses to limit (preexec mode only)
     setpriv: str | None
+    cgroups: CgroupBase | None  # where per-job memory/pids groups are made (None: no cgroup)
+    filter_bpf: bytes | None  # the jobs' seccomp filter (None: no filter)
+    keyring: bool  # each job gets a fresh session keyring
+    job_quota: bool  # each job's directory is its own capped tmpfs
     prlimit: str | None
     linker: str | None
     pidfd: bool
@@ -182,7 +188,7 @@ def _build_setup() -> Setup:
     error = None
     mount_script = sysroot_bind = None
     ok, why = False, ""
-    tools = {t: which(t) for t in ("mount", "umount", "pivot_root")}
+    tools = {t: which(t) for t in ("mount", "umount", "pivot_root", "cp")}
     if drop == "setpriv" and "pid-namespace" in namespaces and all(tools.values()) \
             and "mount" not in off \
             and os.path.realpath(toolchain.real_rustc) == os.path.realpath(
@@ -192,14 +198,13 @@ def _build_setup() -> Setup:
         for attempt, get_sysroot in enumerate(sysroots):
             try:
                 candidate = get_sysroot()
-                root, fstab = build_root(runs_root, candidate, linker, setpriv, attempt)
+                root, skeleton, fstab = build_root(runs_root, candidate, linker, setpriv, attempt)
             except OSError as exc:
                 why = f"could not prepare the job's root: {exc}"
                 continue
-            script = job_root_script(root, fstab, setpriv, tools)
-            argv = [*mount_prefix, "/bin/sh", "-c", script, "sh", probe_dir, str(SANDBOX_UID),
-                    str(SANDBOX_GID), f"{SANDBOX_SYSROOT}/bin/rustc", "-vV"]
-            ok, why = _probe(argv, {}, probe_dir, env)
+            script = job_root_script(root, skeleton, fstab, setpriv, tools)
+            argv = [*mount_prefix, *job_root_argv(SANDBOX_UID, SANDBOX_GID), f"{SANDBOX_SYSROOT}/bin/rustc", "-vV"]
+            ok, why = _probe(argv, {}, probe_dir, {**env, **job_root_env(script, probe_dir)})
             if ok:
                 mount_script, sysroot_bind = script, candidate
                 mirror = candidate if candidate != toolchain.sysroot else None
@@ -254,6 +259,28 @@ def _build_setup() -> Setup:
     elif not ok:
         error = f"rustc cannot be run inside the sandbox: {why}"
 
+    # 5. resources and channels past the namespaces: cgroups, a seccomp filter, keyrings, the job's own tmpfs
+    cgroup_base = None
+    if drop == "setpriv" and "cgroup" not in off:
+        cgroup_base = probe_cgroups(notes)
+    elif drop == "setpriv":
+        notes.append("cgroups disabled: memory is limited per process only (RLIMIT_AS)")
+    filter_bpf = build_filter(notes) if is_linux else None
+    keyring = is_linux and keyring_works()
+    job_quota = False
+    if mount_script is not None and "job-quota" not in off:
+        try:
+            quota_probe = tempfile.mkdtemp(prefix="quota-", dir=runs_root)
+            try:
+                mount_tmpfs(quota_probe, size=1 << 20, inodes=16, mode=0o700, uid=0, gid=0)
+                unmount(quota_probe)
+                job_quota = True
+            finally:
+                remove_tree(quota_probe)
+        except OSError as exc:
+            notes.append(f"no tmpfs per job directory ({exc}): the job's directory is on the host's disk "
+                         "with no size or inode cap")
+
     isolation = ["private-workdir", "scrubbed-env"]
     isolation.append({"setpriv": "unprivileged-user", "popen": "unprivileged-user",
                       "none": "invoking-user", "allow-root": "root-user"}[drop])
@@ -267,6 +294,16 @@ def _build_setup() -> Setup:
     if mount_script is not None:
         isolation += ["mount-namespace", "private-proc", "private-tmp"]
     isolation += ["rlimits", "timeouts", "process-group-kill", "output-cap"]
+    if job_quota:
+        isolation.append("job-quota")
+    if cgroup_base is not None:
+        isolation.append("memory-cgroup")
+        if cgroup_base.version == 2 or cgroup_base.pids:
+            isolation.append("pids-cgroup")
+    if filter_bpf:
+        isolation.append("syscall-filter")
+    if keyring:
+        isolation.append("private-keyring")
     for note in notes:
         warn_once(note)
     return Setup(
@@ -274,12 +311,15 @@ def _build_setup() -> Setup:
         sandbox_uid=sandbox_uid, uid_pool=uid_pool, unshare=unshare_prefix, namespaces=namespaces,
         mount_script=mount_script, sysroot_bind=sysroot_bind, rlimits=rlimits,
         rlimits_unsupported=unsupported, setpriv=setpriv, prlimit=prlimit,
-        linker=linker, pidfd=pidfd, isolation=isolation, warnings=notes, error=error,
+        linker=linker, pidfd=pidfd, isolation=isolation, cgroups=cgroup_base, filter_bpf=filter_bpf,
+        keyring=keyring, job_quota=job_quota, warnings=notes, error=error,
         runs_root=runs_root, setup_seconds=round(time.monotonic() - started, 3),
     )
 
 
-def new_job(setup: Setup) -> Job:
-    """A fresh job under this set-up: its own directory and, where uids can be changed, its own uid."""
+def new_job(setup: Setup, limits: Limits) -> Job:
+    """A fresh job under this set-up: its own directory (a capped tmpfs where possible) and, where uids can be
+    changed, its own uid."""
+    quota = (limits.job_dir_bytes, limits.job_dir_inodes) if setup.job_quota else None
     return create_job(setup.runs_root, setup.uid_pool, setup.sandbox_uid, SANDBOX_GID,
-                      chown=setup.drop in ("setpriv", "popen"), mounts=setup.mounts)
+                      chown=setup.drop in ("setpriv", "popen"), mounts=setup.mounts, quota=quota)

@@ -83,8 +83,11 @@ def make_uid_pool(notes: list[str]) -> UidPool | None:
     """The pool of per-job uids, or None (with the reason appended to ``notes``) where there cannot be one."""
     if "per-job-uid" in disabled():
         return None
-    if not _uid_range_mapped(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS):
-        notes.append(f"uids {SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1} are not "
+    # read at set-up time, so a re-probe sees a changed environment (tests force uid reuse with few slots)
+    first = int(os.environ.get("RUSTCODER_SANDBOX_UID_BASE", SANDBOX_UID_BASE))
+    slots = max(1, int(os.environ.get("RUSTCODER_SANDBOX_UID_SLOTS", SANDBOX_UID_SLOTS)))
+    if not _uid_range_mapped(first, slots):
+        notes.append(f"uids {first}..{first + slots - 1} are not "
                      "usable here (user namespace mapping): all jobs share uid 65534; set "
                      "RUSTCODER_SANDBOX_UID_BASE to a free mapped range")
         return None
@@ -97,7 +100,7 @@ def make_uid_pool(notes: list[str]) -> UidPool | None:
             st = os.lstat(lock_dir)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
                 raise PermissionError(f"{lock_dir} is not a 0700 directory owned by uid {os.geteuid()}")
-            return UidPool(SANDBOX_UID_BASE, SANDBOX_UID_SLOTS, lock_dir)
+            return UidPool(first, slots, lock_dir)
         except OSError as exc:
             errors.append(f"{lock_dir}: {exc}")
     notes.append("no directory for per-job uid locks (" + "; ".join(errors) + "): all jobs share uid 65534")

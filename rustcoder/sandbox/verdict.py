@@ -1,10 +1,33 @@
-"""What a test binary's run proves: libtest's report read into counts and a status.
+"""What a test run proves, and the harness that makes the proof the answer's own code cannot write.
+
+Two ways to run tests:
+
+* ``Harness`` (``run_rust(code, tests=...)``, what ``rustcoder eval`` uses): the code under test and the tests
+  are kept apart. The tests (with a wrapper per ``#[test]``) sit in a harness module ahead of the code, which is
+  pulled in with ``include!`` from a file of its own, so the code's attributes, ``#![...]`` lines, trailing
+  tokens and ``macro_rules!`` cannot reach the tests, and each test module imports the standard assertion
+  macros by absolute path. The untrusted part is first checked for what a correct answer never needs
+  (``forbidden``). The binary runs only the harness's wrappers (``--exact``), and a wrapper reports that its
+  test ran to its end by printing a per-run random nonce through a small runtime crate (``__rustcoder_verdict``,
+  compiled once per process, linked with ``--extern``): before any code under test runs it takes the nonce out
+  of the environment and makes the process non-dumpable, so neither the code nor a child it spawns can read
+  the nonce from ``/proc/self/environ`` or ``/proc/self/mem``. A test passes only when its line with the nonce
+  came back; the set of passed tests must equal the harness's own list, and the binary must end with exit 0.
+* ``count_tests``/``libtest_status``: a single source file tested with libtest, read from its own summary. The
+  program reports its own result: fine for a caller's trusted programs, never a verdict on untrusted code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import secrets
+import shutil
+import subprocess
+import threading
 
+from . import rustsrc
 from .policy import ExecutionResult
 
 _TEST_SUMMARY = re.compile(
@@ -52,3 +75,395 @@ def libtest_status(stdout: str, returncode: int, sig: str | None) -> tuple[str, 
     if returncode != 0:
         return "runtime_error", f"tests passed but the binary exited with code {returncode}"
     return "pass", f"{passed} passed, {ignored} ignored"
+
+
+# ---- the runtime crate -------------------------------------------------------------------------
+
+RUNTIME_CRATE = "__rustcoder_verdict"
+NONCE_VAR = "RUSTCODER_VERDICT_NONCE"
+MARK = "rustcoder-verdict"
+
+RUNTIME_SOURCE = r'''
+//! rustcoder's verdict runtime, linked into harnessed test binaries: a test's wrapper calls `run`, which
+//! prints `rustcoder-verdict:<nonce>:<index>` once the test has returned successfully.
+use std::io::Write;
+use std::sync::OnceLock;
+
+static NONCE: OnceLock<String> = OnceLock::new();
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn prctl(option: i32, ...) -> i32;
+}
+
+fn nonce() -> &'static str {
+    NONCE.get_or_init(|| {
+        // Runs before any code under test (every wrapper calls it first; the others wait here). After
+        // it, /proc/self/{mem,environ} belong to root (PR_SET_DUMPABLE 0) and the nonce has left the
+        // environment, so the code under test and the processes it spawns cannot learn it.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            prctl(4, 0usize, 0usize, 0usize, 0usize);
+        }
+        let n = std::env::var("RUSTCODER_VERDICT_NONCE").unwrap_or_default();
+        std::env::remove_var("RUSTCODER_VERDICT_NONCE");
+        n
+    })
+}
+
+pub trait Outcome {
+    fn succeeded(&self) -> bool;
+}
+
+impl Outcome for () {
+    fn succeeded(&self) -> bool {
+        true
+    }
+}
+
+impl<T, E> Outcome for Result<T, E> {
+    fn succeeded(&self) -> bool {
+        self.is_ok()
+    }
+}
+
+fn done(index: usize) {
+    let line = format!("\nrustcoder-verdict:{}:{}\n", nonce(), index);
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+pub fn run<T: Outcome>(index: usize, test: fn() -> T) {
+    nonce();
+    let outcome = test();
+    let ok = outcome.succeeded();
+    drop(outcome);
+    if !ok {
+        panic!("the test returned an error");
+    }
+    done(index);
+}
+
+pub fn run_should_panic<T>(index: usize, expected: Option<&str>, test: fn() -> T) {
+    nonce();
+    match std::panic::catch_unwind(test) {
+        Ok(value) => {
+            drop(value);
+            panic!("the test did not panic");
+        }
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned());
+            drop(payload);
+            if let Some(want) = expected {
+                if !message.as_deref().unwrap_or("").contains(want) {
+                    panic!("the test panicked with {:?}, not with a message containing {:?}", message, want);
+                }
+            }
+            done(index);
+        }
+    }
+}
+'''
+
+_RUNTIME_LOCK = threading.Lock()
+_RUNTIMES: dict[tuple[str, str], str] = {}
+
+
+def runtime_rlib(rustc: str, directory: str) -> str:
+    """The runtime crate compiled by ``rustc`` (a path on this host) into ``directory``, once per process.
+
+    It is rustcoder's own code, so it is compiled outside the sandbox; only its .rlib goes into a job.
+    Raises OSError or subprocess.SubprocessError when it cannot be built.
+    """
+    key = (rustc, directory)
+    with _RUNTIME_LOCK:
+        path = _RUNTIMES.get(key)
+        if path and os.path.isfile(path):
+            return path
+        src = os.path.join(directory, f"{RUNTIME_CRATE}.rs")
+        path = os.path.join(directory, f"lib{RUNTIME_CRATE}.rlib")
+        with open(src, "w", encoding="utf-8") as fh:
+            fh.write(RUNTIME_SOURCE)
+        done = subprocess.run([rustc, "--edition", "2021", "--crate-type", "rlib", "--crate-name", RUNTIME_CRATE,
+                               "-C", "debuginfo=0", "--cap-lints=allow", "-o", path, src],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(f"could not build the verdict runtime: {done.stderr[-500:]}")
+        os.chmod(path, 0o644)
+        _RUNTIMES[key] = path
+        return path
+
+
+# ---- what a correct answer never needs -----------------------------------------------------------
+
+PRELUDE = frozenset("""Copy Send Sized Sync Unpin Drop Fn FnMut FnOnce Box ToOwned Clone PartialEq PartialOrd Eq Ord
+AsRef AsMut Into From Default Iterator Extend IntoIterator DoubleEndedIterator ExactSizeIterator Option Some None
+Result Ok Err String ToString Vec TryFrom TryInto FromIterator Future IntoFuture""".split())
+PRELUDE_FUNCTIONS = frozenset("drop size_of size_of_val align_of align_of_val".split())
+PRIMITIVES = frozenset("bool char str i8 i16 i32 i64 i128 isize u8 u16 u32 u64 u128 usize f32 f64".split())
+STD_MACROS = ("assert", "assert_eq", "assert_ne", "debug_assert", "debug_assert_eq", "debug_assert_ne", "panic",
+              "vec", "format", "format_args", "matches", "print", "println", "eprint", "eprintln", "write",
+              "writeln", "unreachable", "unimplemented", "todo", "dbg", "concat", "stringify")
+_LINT_LEVELS = ("allow", "warn", "deny", "forbid", "expect")
+_VALUE_NAMES = frozenset({"Some", "None", "Ok", "Err"})
+
+_CHECKS = (
+    (re.compile(r"__rustcoder"), "uses a name reserved for the test harness (`__rustcoder...`)"),
+    (re.compile(r"\b(?:include_str|include_bytes)\b|\binclude\s*!"),
+     "reads files at compile time (`include!`, `include_str!`, `include_bytes!`)"),
+    (re.compile(r"\b(?:global_asm|naked_asm)\b"), "places assembly outside any function (`global_asm!`)"),
+    (re.compile(r"\bunsafe\b"), "uses `unsafe`"),
+    (re.compile(r"\b(?:no_mangle|export_name|link_section|link_name)\b"),
+     "changes symbols or link sections (`#[no_mangle]`, `#[export_name]`, `#[link_section]`)"),
+    (re.compile(r"\bprocess\s*::\s*(?:exit|abort)\b|\bprocess\s*::\s*\{[^}]*\b(?:exit|abort)\b"),
+     "ends the process (`std::process::exit` / `abort`)"),
+    (re.compile(r"\b(?:set_hook|take_hook)\b"), "installs a panic hook (`std::panic::set_hook`)"),
+    (re.compile(r"\bimpl\b[^{;]*\b(?:PartialEq|PartialOrd)\s*<"),
+     "implements `PartialEq`/`PartialOrd` between different types (a value that equals anything)"),
+)
+
+
+def crate_attributes(code: str) -> tuple[str, list[str]]:
+    """``code`` with its top-level lint-level ``#![allow(...)]``-style lines blanked, and the names of the other
+    top-level inner attributes (``no_main``, ``no_std``, ``cfg``, ``feature``, ...), which the harness refuses."""
+    masked = rustsrc.mask(code)
+    out, others = list(code), []
+    for m in re.finditer(r"#\s*!\s*\[", masked):
+        if rustsrc.depth_at(masked, m.start()) != 0:
+            continue
+        close = rustsrc.matching(masked, m.end() - 1)
+        if close is None:
+            continue
+        name = re.match(r"\s*([A-Za-z_][A-Za-z0-9_:]*)", masked[m.end():close])
+        name = name.group(1) if name else "?"
+        if name in _LINT_LEVELS:
+            for k in range(m.start(), close + 1):
+                if out[k] != "\n":
+                    out[k] = " "
+        else:
+            others.append(name)
+    return "".join(out), others
+
+
+def forbidden(untrusted: str, trusted: str = "") -> list[str]:
+    """Why ``untrusted`` (an answer) cannot be run under the harness: constructs no correct answer to a
+    function-with-tests task needs that could change what the tests are or how they report. Empty when none."""
+    masked = rustsrc.mask(untrusted)
+    reasons = [why for pattern, why in _CHECKS if pattern.search(masked)]
+    _, attrs = crate_attributes(untrusted)
+    reasons += [f"sets the crate attribute `#![{a}]`" for a in dict.fromkeys(attrs)]
+    given = {name for _, name, _ in rustsrc.defined_names(trusted)}
+    shadowed = []
+    for kind, name, depth in rustsrc.defined_names(untrusted):
+        if name in given:
+            continue
+        if kind in ("struct", "enum", "union", "trait", "type", "const", "static", "use-as", "variant", "mod") \
+                and (name in PRELUDE or name in PRIMITIVES or name in ("std", "core", "alloc")):
+            shadowed.append(name)
+        elif kind == "fn" and (name in _VALUE_NAMES or (depth == 0 and name in PRELUDE_FUNCTIONS)):
+            shadowed.append(name)
+        elif kind == "macro" and name in STD_MACROS:
+            shadowed.append(name + "!")
+    if shadowed:
+        reasons.append("redefines standard name(s) the tests rely on: "
+                       + ", ".join(f"`{n}`" for n in dict.fromkeys(shadowed)))
+    return reasons
+
+
+def return_type(code: str, function: str) -> str | None:
+    """The return type of the first ``fn function`` in ``code``, whitespace removed ("" for none; None when
+    there is no such function)."""
+    masked = rustsrc.mask(code)
+    m = re.search(r"\bfn\s+(?:r#)?" + re.escape(function) + r"\b\s*", masked)
+    if not m:
+        return None
+    j = m.end()
+    if masked.startswith("<", j):  # generics: skip to the matching '>' (an arrow's '>' does not count)
+        depth = 0
+        while j < len(masked):
+            c = masked[j]
+            if c == "<":
+                depth += 1
+            elif c == ">" and masked[j - 1] != "-":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        j += 1
+    open_paren = masked.find("(", j)
+    close = rustsrc.matching(masked, open_paren) if open_paren >= 0 else None
+    if close is None:
+        return None
+    rest = masked[close + 1:]
+    stop = re.search(r"[{;]|\bwhere\b", rest)
+    head = rest[:stop.start() if stop else len(rest)].strip()
+    return re.sub(r"\s+", "", head[2:]) if head.startswith("->") else ""
+
+
+# ---- the harness -------------------------------------------------------------------------------
+
+def _literal(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    return '"' + "".join(out) + '"'
+
+
+def _imports(tests: str) -> str:
+    used = " ".join(line for line in rustsrc.mask(tests).splitlines() if re.search(r"\buse\b", line))
+    names = [n for n in STD_MACROS if not re.search(rf"\b{n}\b", used)]
+    return ("#[allow(unused_imports)] use ::std::{" + ", ".join(names) + "};\n") if names else ""
+
+
+@dataclasses.dataclass
+class Harness:
+    """One harnessed test program: the code under test, the tests, and what the run must show."""
+
+    code: str  # the code under test (one file, pulled in with include!)
+    tests: str  # the tests, instrumented with one wrapper per #[test]
+    tests_untrusted: bool  # True when the tests are the answer (test_generation)
+    cases: list[rustsrc.TestFn]  # the tests that must run to their end, wrapper i = cases[i]
+    forbidden: list[str]  # non-empty: do not run it (status "forbidden")
+    forbid_unsafe: bool  # -F unsafe_code for the whole crate (the trusted parts have no unsafe)
+    nonce: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
+    tag: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
+
+    @property
+    def root(self) -> str:
+        """File name of the crate root (random, so nothing compiled can name it)."""
+        return f"harness_{self.tag}.rs"
+
+    @property
+    def code_file(self) -> str:
+        """File name of the code under test."""
+        return f"code_{self.tag}.rs"
+
+    @property
+    def tests_file(self) -> str:
+        """File name of the tests when they are the answer's."""
+        return f"tests_{self.tag}.rs"
+
+    def files(self) -> dict[str, str]:
+        """{file name: text} to write into the job directory before compiling."""
+        module = "#[allow(unused_imports, dead_code, non_snake_case, unused_macros)]\nmod __rustcoder_harness {\n" \
+                 "    #[allow(unused_imports)]\n    use super::*;\n"
+        if self.tests_untrusted:
+            module += f'    include!("{self.tests_file}");\n}}\n'
+        else:
+            module += _imports(self.tests) + self.tests + "\n}\n"
+        root = (f"// rustcoder verdict harness (generated)\nextern crate {RUNTIME_CRATE};\n\n{module}\n"
+                f'include!("{self.code_file}");\n')
+        files = {self.root: root, self.code_file: self.code}
+        if self.tests_untrusted:
+            files[self.tests_file] = self.tests
+        return files
+
+    def compile_flags(self) -> list[str]:
+        """rustc flags beyond edition, output and error format (no --cap-lints: it would cap the forbid)."""
+        return ["-F", "unsafe_code"] if self.forbid_unsafe else []
+
+    def run_args(self) -> list[str]:
+        """Arguments of the test binary: exactly the wrappers, nothing the code under test added."""
+        return ["--exact", *(self.test_name(i) for i in range(len(self.cases)))]
+
+    def test_name(self, index: int) -> str:
+        """libtest's name of wrapper ``index``."""
+        return "::".join(["__rustcoder_harness", *self.cases[index].path, f"__rustcoder_t{index}"])
+
+    def judge(self, stdout: str, returncode: int, sig: str | None) -> tuple[str, str, int, int]:
+        """(status, detail, tests passed, tests failed) of a run that ended on its own (no timeout or cap)."""
+        seen = {int(i) for i in re.findall(rf"{MARK}:{self.nonce}:(\d+)", stdout)}
+        total = len(self.cases)
+        passed = len(seen & set(range(total)))
+        missing = [self.cases[i].name for i in range(total) if i not in seen]
+        if sig:
+            return ("runtime_error", f"test binary killed by {sig} after {passed} of {total} test(s) completed",
+                    passed, total - passed)
+        if missing and returncode == 101:
+            return ("test_fail", f"{len(missing)} of {total} test(s) failed: {', '.join(missing[:5])}",
+                    passed, total - passed)
+        if missing:
+            return ("runtime_error", f"the test binary ended with exit code {returncode} before "
+                    f"{len(missing)} of {total} test(s) completed ({', '.join(missing[:5])}): the code under test "
+                    "ended the process", passed, total - passed)
+        if returncode != 0:
+            return ("runtime_error", f"all {total} test(s) completed, then the binary exited with code "
+                    f"{returncode}", passed, 0)
+        return "pass", f"{passed} of {total} test(s) ran to their end", passed, 0
+
+
+def build_harness(code: str, tests: str, *, tests_untrusted: bool = False,
+                  returns: dict[str, str] | None = None) -> Harness:
+    """A harness for ``code`` (the code under test) and ``tests`` (test source with ``#[test]`` functions).
+
+    By default the code is the answer and the tests are trusted; ``tests_untrusted=True`` is the reverse
+    (generated tests for given code). ``returns`` maps function names to the return type the task fixes
+    (whitespace ignored): an answer that changes one is refused.
+    """
+    code, code_attrs = crate_attributes(code)
+    untrusted, trusted = (tests, code) if tests_untrusted else (code, tests)
+    reasons = forbidden(untrusted, trusted)
+    if not tests_untrusted and code_attrs and not any("crate attribute" in r for r in reasons):
+        reasons.append("sets crate attribute(s) " + ", ".join(f"`#![{a}]`" for a in code_attrs))
+    for name, want in (returns or {}).items():
+        got = return_type(code, name)
+        if got is not None and got != re.sub(r"\s+", "", want):
+            reasons.append(f"changes the return type of `{name}` from `{want or '()'}` to `{got or '()'}`")
+    if tests_untrusted:
+        tests, _ = crate_attributes(tests)
+    cases = [t for t in rustsrc.test_functions(tests) if not t.ignored]
+    inserts: list[tuple[int, str]] = []
+    for i, case in enumerate(cases):
+        if case.should_panic:
+            call = (f"::{RUNTIME_CRATE}::run_should_panic({i}, "
+                    f"{'Some(' + _literal(case.expected) + ')' if case.expected is not None else 'None'}, {case.name})")
+        else:
+            call = f"::{RUNTIME_CRATE}::run({i}, {case.name})"
+        inserts.append((case.body_end, f"\n#[test]\nfn __rustcoder_t{i}() {{ {call} }}\n"))
+    if not tests_untrusted:
+        line = _imports(tests)
+        inserts += [(start, "\n" + line) for _, start, _ in rustsrc.module_spans(rustsrc.mask(tests)) if line]
+    for pos, text in sorted(inserts, key=lambda x: x[0], reverse=True):
+        tests = tests[:pos] + text + tests[pos:]
+    masked_trusted = rustsrc.mask(trusted)
+    forbid_unsafe = not re.search(r"\bunsafe\b|\bno_mangle\b|\bexport_name\b|\blink_section\b", masked_trusted)
+    return Harness(code=code, tests=tests, tests_untrusted=tests_untrusted, cases=cases, forbidden=reasons,
+                   forbid_unsafe=forbid_unsafe)
+
+
+def stage(harness: Harness, workdir: str, runtime: str) -> None:
+    """Write the harness's files and the runtime .rlib into a job's directory."""
+    for name, text in harness.files().items():
+        path = os.path.join(workdir, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(path, 0o644)
+    shutil.copyfile(runtime, os.path.join(workdir, os.path.basename(runtime)))
+
+
+def seal(harness: Harness, workdir: str, binary: str) -> None:
+    """After compiling: remove every source (the run cannot read the tests) and, as root, hand the binary to
+    root with mode 0111 (it runs, but the code under test cannot read its own binary)."""
+    for name in harness.files():
+        try:
+            os.unlink(os.path.join(workdir, name))
+        except FileNotFoundError:
+            pass
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(binary, 0, 0)
+        os.chmod(binary, 0o111)
+
+
+def is_forbidden_diagnostic(diag: dict) -> bool:
+    """rustc's diagnostics that mean the forbidden unsafe code (the unsafe_code lint, or allow against the forbid)."""
+    code = (diag.get("code") or {}).get("code")
+    return code in ("unsafe_code", "E0453")

@@ -1,0 +1,133 @@
+"""What a job's first process does to itself before it execs the exec chain: join the job's cgroup, take a
+fresh session keyring of its own, and install a seccomp filter that every later process of the job inherits.
+
+The filter (compiled once per process with libseccomp through ``pyseccomp``) refuses what a correct answer
+never needs and what reaches past the job's namespaces: AF_VSOCK sockets (vsock is not covered by a network
+namespace), the kernel keyring (``add_key``, ``request_key``, ``keyctl``: user keyrings are per uid and outlive
+the job), file locks (``flock`` and fcntl record locks on shared read-only files are a channel between
+concurrent jobs), inotify/fanotify (watching shared files is another), io_uring (it creates sockets without
+the ``socket`` call), and ``bpf``/``perf_event_open``. Without pyseccomp or libseccomp there is no filter (no
+``syscall-filter`` tag) and the session keyring is still fresh per job (``private-keyring``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import tempfile
+
+from .policy import log
+
+AF_VSOCK = 40
+
+_DENIED = {  # syscall -> errno; documented in docs/sandbox.md
+    "add_key": errno.EPERM,
+    "request_key": errno.EPERM,
+    "keyctl": errno.EPERM,
+    "flock": errno.ENOLCK,
+    "inotify_init": errno.ENOSYS,
+    "inotify_init1": errno.ENOSYS,
+    "fanotify_init": errno.EPERM,
+    "io_uring_setup": errno.ENOSYS,
+    "io_uring_enter": errno.ENOSYS,
+    "io_uring_register": errno.ENOSYS,
+    "bpf": errno.EPERM,
+    "perf_event_open": errno.EPERM,
+}
+
+_FCNTL_LOCKS = (5, 6, 7, 36, 37, 38)  # F_GETLK F_SETLK F_SETLKW F_OFD_GETLK F_OFD_SETLK F_OFD_SETLKW
+
+
+def build_filter(notes: list[str]) -> bytes | None:
+    """The job's seccomp filter as a BPF program, or None (with the reason in ``notes``)."""
+    if "syscall-filter" in os.environ.get("RUSTCODER_SANDBOX_DISABLE", ""):
+        notes.append("syscall filter disabled: jobs may use vsock, keyrings, file locks and inotify")
+        return None
+    try:
+        import pyseccomp as sc
+    except Exception as exc:  # noqa: BLE001 - a missing or broken libseccomp is a degraded host, not an error
+        notes.append(f"no seccomp filter ({type(exc).__name__}: {exc}; `pip install pyseccomp` and the "
+                     "libseccomp2 system package): jobs may use vsock, keyrings, file locks and inotify")
+        return None
+    try:
+        flt = sc.SyscallFilter(sc.ALLOW)
+        for call in ("socket", "socketpair"):
+            flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.EQ, AF_VSOCK))
+        for call, err in _DENIED.items():
+            try:
+                flt.add_rule(sc.ERRNO(err), call)
+            except (OSError, ValueError, RuntimeError):  # a syscall this architecture lacks
+                pass
+        for cmd in _FCNTL_LOCKS:
+            flt.add_rule(sc.ERRNO(errno.ENOLCK), "fcntl", sc.Arg(1, sc.EQ, cmd))
+        with tempfile.TemporaryFile() as fh:
+            flt.export_bpf(fh)
+            fh.seek(0)
+            program = fh.read()
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"no seccomp filter (libseccomp refused it: {exc})")
+        return None
+    return program
+
+
+class Confinement:
+    """A ``preexec_fn`` for the job's first process: cgroup, keyring, seccomp filter, then rlimits.
+
+    Everything it needs is prepared in the parent; in the child it only makes system calls (the parent has
+    threads, so the child must not take locks another thread may hold).
+    """
+
+    def __init__(self, *, cgroup_procs: list[str], filter_bpf: bytes | None, fresh_keyring: bool,
+                 then=None):
+        self.cgroup_procs = [p.encode() for p in cgroup_procs]
+        self.fresh_keyring = fresh_keyring
+        self.then = then
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._prog = None
+        if filter_bpf:
+            count = len(filter_bpf) // 8
+            self._insns = ctypes.create_string_buffer(filter_bpf, len(filter_bpf))
+            self._prog = _SockFprog(count, ctypes.cast(self._insns, ctypes.c_void_p))
+
+    def __call__(self) -> None:
+        pid = str(os.getpid()).encode()
+        for path in self.cgroup_procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        if self.fresh_keyring:
+            # KEYCTL_JOIN_SESSION_KEYRING(NULL): a new anonymous session keyring, not the caller's
+            if self._libc.syscall(_SYS_KEYCTL, 1, None) < 0:
+                raise OSError(ctypes.get_errno(), "keyctl(JOIN_SESSION_KEYRING) failed")
+        if self._prog is not None:
+            if os.geteuid() != 0 and self._libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+                raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
+            if self._libc.prctl(22, 2, ctypes.byref(self._prog), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+                raise OSError(ctypes.get_errno(), "seccomp filter refused")
+        if self.then is not None:
+            self.then()
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}.get(os.uname().machine, -1)
+
+
+def keyring_works() -> bool:
+    """Can this process give a child a fresh session keyring (Linux with keyctl)?"""
+    if _SYS_KEYCTL < 0 or "keyring" in os.environ.get("RUSTCODER_SANDBOX_DISABLE", ""):
+        return False
+    import subprocess
+
+    probe = Confinement(cgroup_procs=[], filter_bpf=None, fresh_keyring=True)
+    try:
+        subprocess.run(["/bin/sh", "-c", "exit 0"], preexec_fn=probe, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("sandbox: no fresh session keyring per job: %s", exc)
+        return False
+    return True

@@ -1,0 +1,196 @@
+"""Reading Rust source text without a parser: comments and literals blanked, matching delimiters, the module
+path of a position, and the ``#[test]`` functions of a test file. Enough for the verdict harness to find
+tests and for the static checks to see identifiers; never used to decide that code is *correct*.
+
+A hand-written scanner (not ``syn`` or tree-sitter) because the sandbox is standard-library only and the
+questions asked are lexical: where are comments, strings and braces, which identifiers appear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_RAW_STRING = re.compile(r'b?r(#*)"')
+_CHAR = re.compile(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])'")
+_OPEN = {"{": "}", "(": ")", "[": "]"}
+
+
+def mask(source: str) -> str:
+    """``source`` with comments and the insides of string and char literals blanked (same length and
+    offsets; newlines kept), so that searching it finds only code."""
+    out = list(source)
+    i, n = 0, len(source)
+
+    def blank(a: int, b: int) -> None:
+        for k in range(a, min(b, n)):
+            if out[k] != "\n":
+                out[k] = " "
+
+    while i < n:
+        c, nxt = source[i], source[i + 1:i + 2]
+        if c == "/" and nxt == "/":
+            j = source.find("\n", i)
+            j = n if j < 0 else j
+            blank(i, j)
+            i = j
+        elif c == "/" and nxt == "*":
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if source.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif source.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            blank(i, j)
+            i = j
+        elif c in "rb" and (raw := _RAW_STRING.match(source, i, i + 260)) \
+                and (i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")):
+            j = source.find('"' + raw.group(1), raw.end())
+            j = n if j < 0 else j + 1 + len(raw.group(1))
+            blank(raw.end(), j - 1 - len(raw.group(1)))
+            i = j
+        elif c == '"':
+            j = i + 1
+            while j < n and source[j] != '"':
+                j += 2 if source[j] == "\\" else 1
+            blank(i + 1, j)
+            i = j + 1
+        elif c == "'":
+            m = _CHAR.match(source, i, i + 14)
+            if m:
+                blank(i + 1, i + m.end() - i - 1)
+                i = m.end()
+            else:  # a lifetime or a label
+                i += 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def matching(masked: str, open_index: int) -> int | None:
+    """Index of the delimiter closing the one at ``open_index`` in masked text (None when unbalanced)."""
+    stack: list[str] = []
+    for j in range(open_index, len(masked)):
+        c = masked[j]
+        if c in _OPEN:
+            stack.append(_OPEN[c])
+        elif c in ")]}":
+            if not stack or stack.pop() != c:
+                return None
+            if not stack:
+                return j
+    return None
+
+
+def depth_at(masked: str, index: int) -> int:
+    """Curly-brace nesting depth at ``index`` of masked text."""
+    head = masked[:index]
+    return head.count("{") - head.count("}")
+
+
+_MOD = re.compile(r"\bmod\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)\s*\{")
+
+
+def module_spans(masked: str) -> list[tuple[str, int, int]]:
+    """(name, index just after its ``{``, index of its ``}``) of every inline ``mod NAME { ... }``."""
+    spans = []
+    for m in _MOD.finditer(masked):
+        close = matching(masked, m.end() - 1)
+        if close is not None:
+            spans.append((m.group(1), m.end(), close))
+    return spans
+
+
+@dataclasses.dataclass
+class TestFn:
+    """One ``#[test]`` function of a test file."""
+
+    name: str
+    path: list[str]  # enclosing inline modules, outermost first
+    body_end: int  # index just after the closing brace of its body
+    ignored: bool
+    should_panic: bool
+    expected: str | None  # should_panic(expected = "...")
+
+
+_TEST_ATTR = re.compile(r"#\s*\[\s*test\s*\]")
+_FN_HEAD = re.compile(r"\s*(?:pub\s*(?:\([^)]*\))?\s*)?(?:(?:const|async|unsafe)\s+)*(?:extern\s*\"[^\"]*\"\s*)?"
+                      r"fn\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)")
+_EXPECTED = re.compile(r'expected\s*=\s*"((?:[^"\\]|\\.)*)"', re.DOTALL)
+
+
+def test_functions(source: str) -> list[TestFn]:
+    """Every ``#[test]`` function of ``source``, in order, with its module path and attributes."""
+    masked = mask(source)
+    mods = module_spans(masked)
+    found = []
+    for m in _TEST_ATTR.finditer(masked):
+        pos, attrs = m.end(), []
+        while True:  # the other attributes between #[test] and fn
+            k = pos
+            while k < len(masked) and masked[k].isspace():
+                k += 1
+            if not masked.startswith("#", k):
+                break
+            b = masked.find("[", k)
+            close = matching(masked, b) if b >= 0 and not masked[k + 1:b].strip() else None
+            if close is None:
+                break
+            attrs.append(source[b + 1:close])
+            pos = close + 1
+        head = _FN_HEAD.match(masked, pos)
+        if not head:
+            continue
+        j, depth = head.end(), 0
+        while j < len(masked):
+            c = masked[j]
+            if c in "([":
+                depth += 1
+            elif c in ")]":
+                depth -= 1
+            elif c == "{" and depth == 0:
+                break
+            elif c == ";" and depth == 0:
+                j = len(masked)
+                break
+            j += 1
+        close = matching(masked, j) if j < len(masked) else None
+        if close is None:
+            continue
+        names = [a.split("(")[0].split("=")[0].strip() for a in attrs]
+        expected = None
+        for a in attrs:
+            if a.strip().startswith("should_panic"):
+                e = _EXPECTED.search(a)
+                if e:
+                    expected = e.group(1).replace('\\"', '"').replace("\\\\", "\\")
+        found.append(TestFn(name=head.group(1), path=[n for n, a, b in mods if a <= m.start() < b],
+                            body_end=close + 1, ignored="ignore" in names,
+                            should_panic="should_panic" in names, expected=expected))
+    return found
+
+
+_IDENT = r"(?:r#)?([A-Za-z_][A-Za-z0-9_]*)"
+
+
+def defined_names(source: str) -> list[tuple[str, str, int]]:
+    """(kind, name, brace depth) of the items, variants, imports-as and macros ``source`` defines."""
+    masked = mask(source)
+    out = []
+    for m in re.finditer(r"\b(struct|enum|union|trait|type|fn|const|static|mod)\s+(?:mut\s+)?" + _IDENT, masked):
+        out.append((m.group(1), m.group(2), depth_at(masked, m.start())))
+    for m in re.finditer(r"\bmacro_rules\s*!\s*" + _IDENT, masked):
+        out.append(("macro", m.group(1), depth_at(masked, m.start())))
+    for m in re.finditer(r"\bas\s+" + _IDENT, masked):
+        if re.search(r"\buse\b[^;]*$", masked[max(0, m.start() - 400):m.start()]):
+            out.append(("use-as", m.group(1), depth_at(masked, m.start())))
+    for m in re.finditer(r"\benum\s+" + _IDENT + r"[^{;]*\{", masked):
+        close = matching(masked, m.end() - 1)
+        if close is None:
+            continue
+        body = masked[m.end():close]
+        for v in re.finditer(r"(?:^|,)\s*(?:#\s*\[[^\]]*\]\s*)*" + _IDENT, body):
+            out.append(("variant", v.group(1), depth_at(masked, m.start()) + 1))
+    return out
