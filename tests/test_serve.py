@@ -73,7 +73,15 @@ FAKE_ENGINE = textwrap.dedent('''\
             self.end_headers()
             self.wfile.write(data)
 
-    ThreadingHTTPServer((opts["--host"], int(opts["--port"])), H).serve_forever()
+    if "--uds" in opts:  # behind rustcoder's gateway: a Unix socket only
+        import socketserver
+
+        class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        UnixHTTPServer(opts["--uds"], H).serve_forever()
+    else:
+        ThreadingHTTPServer((opts["--host"], int(opts["--port"])), H).serve_forever()
 ''')
 
 
@@ -379,12 +387,16 @@ def test_start_wait_and_stop_leave_nothing_behind(model_dir, fake_vllm):
     with srv.start_server(spec, health_timeout=30) as server:
         rec = json.loads(record.read_text())
         assert rec["argv"][1:] == srv.engine_command(spec)[0][1:]
-        assert rec["api_key"] == "test-key-123" and rec["pgid"] == rec["pid"]  # own process group
+        # behind the gateway: the engine listens on a private socket and never sees the key
+        assert rec["api_key"] is None and rec["pgid"] == rec["pid"]  # own process group
+        uds = rec["argv"][rec["argv"].index("--uds") + 1]
+        assert "--port" not in rec["argv"] and (os.stat(os.path.dirname(uds)).st_mode & 0o777) == 0o700
         assert srv.list_models(server.base_url, "test-key-123") == ["exp-small"]
         with pytest.raises(RustcoderError, match="401"):
             srv.list_models(server.base_url, "wrong-key")
         assert alive(rec["pid"]) and alive(rec["worker"])
     assert wait_gone([rec["pid"], rec["worker"]]) == []
+    assert not os.path.exists(os.path.dirname(uds))  # the private directory is removed
 
 
 def test_a_used_port_fails_fast_and_starts_nothing(model_dir, fake_vllm):

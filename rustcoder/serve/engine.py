@@ -9,9 +9,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -22,9 +24,9 @@ from typing import Callable
 
 from ..errors import RustcoderError
 from .. import procs
-from ..net import connect_host, url_host
+from ..net import connect_host, is_loopback, url_host
 from .spec import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, EngineSpec, HEALTH_PATH, VLLM_INSTALL, build_spec,
-                   engine_command)
+                   engine_command, model_limits)
 
 def port_problem(host: str, port: int) -> str | None:
     """None when HOST:PORT can be bound now, else why not (in use, no such address, ...)."""
@@ -187,12 +189,13 @@ def list_models(base_url: str, api_key: str | None = None) -> list[str]:
 
 @dataclasses.dataclass
 class RunningServer:
-    """A started, healthy engine. Use as a context manager, or call ``stop()``."""
+    """A started, healthy engine behind its gateway. Use as a context manager, or call ``stop()``."""
 
     spec: EngineSpec
     process: EngineProcess
     ready_seconds: float
-
+    gateway: object | None = None  # gateway.GatewayServer: what clients talk to
+    private_dir: str | None = None  # holds the engine's Unix socket
     @property
     def base_url(self) -> str:
         """The OpenAI base URL (``http://HOST:PORT/v1``)."""
@@ -204,8 +207,15 @@ class RunningServer:
         return self.spec.served_model_name
 
     def stop(self) -> int | None:
-        """Stop the engine and everything it started."""
-        return self.process.stop()
+        """Stop the gateway (in-flight generations are cancelled), then the engine and everything it started."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        code = self.process.stop()
+        if self.private_dir:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+            self.private_dir = None
+        return code
 
     def __enter__(self) -> "RunningServer":
         return self
@@ -214,24 +224,43 @@ class RunningServer:
         self.stop()
 
 
-def start_server(spec: EngineSpec, *, echo: Callable[[str], None] | None = None, log_path: str | Path | None = None,
-                 health_timeout: float = 600.0) -> RunningServer:
-    """Start spec's engine and wait until it is healthy. Fails fast (nothing started) on a used port.
+def start_gateway(spec: EngineSpec, limits=None):
+    """The gateway for spec's engine (listening on spec's socket), serving spec's host:port once started."""
+    from .gateway import Gateway, GatewayServer
 
-    On any failure, including Ctrl-C while waiting, the engine is stopped before the error propagates.
+    context, vocab = model_limits(spec.model, spec.max_model_len)
+    hosts = ("127.0.0.1", "localhost", "::1") if is_loopback(spec.host) else None
+    app = Gateway(served=spec.model_names, engine=spec.engine, api_key=spec.api_key, upstream_uds=spec.uds,
+                  limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts)
+    return GatewayServer(app, spec.host, spec.port)
+
+
+def start_server(spec: EngineSpec, *, echo: Callable[[str], None] | None = None, log_path: str | Path | None = None,
+                 health_timeout: float = 600.0, limits=None) -> RunningServer:
+    """Start spec's engine on a private Unix socket and the gateway on spec's host:port in front of it, and
+    wait until it is healthy. Fails fast (nothing started) on a used port. ``limits``: gateway.GatewayLimits.
+
+    On any failure, including Ctrl-C while waiting, everything is stopped before the error propagates.
     """
     problem = port_problem(spec.host, spec.port)
     if problem:
         raise RustcoderError(f"{problem}. Pick another with --port, or stop the server that holds it "
                              f"(`ss -ltnp 'sport = :{spec.port}'` shows it).")
+    private = tempfile.mkdtemp(prefix="rustcoder-serve-")  # mode 0700: only this user reaches the engine
+    spec.uds = os.path.join(private, "engine.sock")
     argv, env = engine_command(spec)
     process = EngineProcess(argv, env, echo=echo, log_path=log_path).start()
+    server = RunningServer(spec=spec, process=process, ready_seconds=0.0, private_dir=private)
     try:
-        took = wait_until_healthy(spec, process, timeout=health_timeout)
+        try:
+            server.gateway = start_gateway(spec, limits).start()
+        except RuntimeError as e:
+            raise RustcoderError(f"{e}. Pick another --port.") from None
+        server.ready_seconds = wait_until_healthy(spec, process, timeout=health_timeout)
     except BaseException:
-        process.stop()
+        server.stop()
         raise
-    return RunningServer(spec=spec, process=process, ready_seconds=took)
+    return server
 
 
 def curl_example(spec: EngineSpec) -> str:
@@ -320,12 +349,15 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
           playground: bool = False, playground_host: str = DEFAULT_HOST, playground_port: int = 7860,
           playground_auth: tuple[str, str] | None = None, runs_dir: str | Path = "runs",
           health_timeout: float = 600.0, log: Callable[[str], None] = print, engine_log: str | Path | None = None,
-          quiet_engine: bool = False, block: bool = True) -> ServeResult:
+          quiet_engine: bool = False, block: bool = True, max_body_bytes: int = 2 * 1024 * 1024,
+          max_tokens: int = 4096, max_request_seconds: float = 300.0, max_concurrent: int | None = None,
+          max_queue: int = 256, queue_timeout: float = 120.0, stall_seconds: float = 120.0) -> ServeResult:
     """Serve a model with vLLM or transformers behind an OpenAI-compatible API until Ctrl-C or SIGTERM.
 
     Resolves the model (see ``build_spec``), refuses a used port before starting anything, starts
     the engine, waits for its health endpoint, prints the base URL, model name and a curl line, and
-    optionally opens the playground on it. Every process it started is stopped when it returns or
+    optionally opens the playground on it. The gateway in front of the engine enforces the limits
+    (``max_*``, ``queue_timeout``, ``stall_seconds``: see ``gateway.GatewayLimits``). Every process it started is stopped when it returns or
     raises. With ``block=False`` it returns once ready, leaving the server running
     (``ServeResult.stop()`` stops it).
     """
@@ -351,7 +383,13 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
         previous = stop_on_signals()
     result = ServeResult(spec=spec, stopped_by="signal")
     try:
-        result.server = start_server(spec, echo=echo, log_path=engine_log, health_timeout=health_timeout)
+        from .gateway import GatewayLimits
+
+        limits = GatewayLimits(max_body_bytes=max_body_bytes, max_tokens=max_tokens,
+                               max_request_seconds=max_request_seconds, max_concurrent=max_concurrent,
+                               max_queue=max_queue, queue_timeout=queue_timeout, stall_seconds=stall_seconds)
+        result.server = start_server(spec, echo=echo, log_path=engine_log, health_timeout=health_timeout,
+                                     limits=limits)
         result.ready_seconds = result.server.ready_seconds
         playground_url = None
         if playground:

@@ -1,22 +1,50 @@
-"""The ASGI gateway in front of ``transformers serve``: an API key, one served model name and a
-/v1/models that lists it, no client-side model loading, and OpenAI's error shapes.
+"""The ASGI gateway in front of either engine: the only thing a client talks to.
+
+It serves the documented routes and nothing else (404 in OpenAI's error shape for any other path and
+method), checks the API key (one ``Authorization`` header, constant-time comparison), reads bodies up to a
+cap with a deadline, validates every chat request (``schema``) before an engine sees it, forces the model
+to the one served, admits generations through a bounded queue with a concurrency limit, and streams from
+the engine even for non-streamed requests so that a client that leaves, or a generation past the server's
+token or time limits, closes the engine's connection and stops its work. ``/health`` tells the truth: the
+engine's own health, and "stuck" when generations are in flight but none made progress for a while.
+
+The engine listens on a Unix socket in a private directory (``spec.EngineSpec.uds``), so nothing but this
+gateway can reach the engine's own routes. ``GatewayServer`` runs the app with uvicorn in a thread of the
+``rustcoder serve`` process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hmac
 import json
+import threading
 import time
+import uuid
 
+from .schema import Problem, RequestLimits, parse_chat_request, parse_json_body, wants_usage_in_stream
 from .spec import HEALTH_PATH
 
-_MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/systemone")
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+ROUTES = {HEALTH_PATH: ("GET",), MODELS_PATH: ("GET",), CHAT_PATH: ("POST",)}  # plus GET /v1/models/{id}
+ERROR_BODY_CAP = 64 * 1024  # bytes of an engine's error answer the gateway reads
 
 
-_BLOCKED_ROUTES = ("/load_model", "/reset")
+@dataclasses.dataclass
+class GatewayLimits:
+    """The gateway's server-side limits (each is a ``rustcoder serve`` flag; see docs/serve.md)."""
 
-
-OPEN_ROUTES = (HEALTH_PATH,)
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_tokens: int = 4096
+    max_request_seconds: float = 300.0
+    max_concurrent: int | None = None  # None: 4 on transformers, 32 on vLLM
+    max_queue: int = 256
+    queue_timeout: float = 120.0
+    stall_seconds: float = 120.0
+    body_timeout: float = 30.0
 
 
 def openai_error(message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -25,24 +53,15 @@ def openai_error(message: str, kind: str = "invalid_request_error", code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def request_problem(path: str, body: bytes) -> tuple[object, tuple[str, str | None, str] | None]:
-    """(parsed JSON body, None) or (None, (message, param, code)) for a request OpenAI would refuse with 400."""
-    try:
-        payload = json.loads(body or b"{}")
-    except ValueError as e:
-        return None, (f"the request body is not valid JSON ({e}); send a JSON object with "
-                      "Content-Type: application/json", None, "invalid_json")
-    if not isinstance(payload, dict):
-        return None, (f"the request body must be a JSON object, not {type(payload).__name__}", None, "invalid_json")
-    if path == "/v1/chat/completions":
-        messages = payload.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return None, ("'messages' is required: a non-empty list of {\"role\": ..., \"content\": ...} objects",
-                          "messages", "missing_required_parameter" if messages is None else "invalid_value")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                return None, (f"messages[{i}] must be an object with a 'role' (system, user or assistant) and "
-                              "'content'", f"messages[{i}]", "invalid_value")
+def request_problem(path: str, body: bytes, limits: RequestLimits | None = None
+                    ) -> tuple[object, tuple[str, str | None, str] | None]:
+    """(the request as the engine gets it, None) or (None, (message, param, code)) for a request to PATH that
+    OpenAI would refuse with 400 (the gateway's validation, usable without a server)."""
+    payload, problem = parse_json_body(body)
+    if problem is None and path == CHAT_PATH:
+        payload, problem = parse_chat_request(payload, limits or RequestLimits())
+    if problem is not None:
+        return None, (problem.message, problem.param, problem.code)
     return payload, None
 
 
@@ -56,7 +75,11 @@ def openai_error_response(status: int, body: bytes) -> tuple[int, bytes]:
     except ValueError:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "message" in payload["error"]:
-        return status, body
+        err = payload["error"]
+        return status, json.dumps(openai_error(str(err["message"]), str(err.get("type") or "invalid_request_error"),
+                                               err.get("code") if isinstance(err.get("code"), str) else None,
+                                               err.get("param") if isinstance(err.get("param"), str) else None)
+                                  ).encode()
     if isinstance(payload, dict) and "detail" in payload:
         detail = payload["detail"]
         if isinstance(detail, list):  # pydantic: [{"loc": [...], "msg": ...}, ...]
@@ -65,139 +88,444 @@ def openai_error_response(status: int, body: bytes) -> tuple[int, bytes]:
         message = str(detail)
     elif isinstance(payload, dict) and isinstance(payload.get("error"), str):
         message = payload["error"]
+    elif isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        message = payload["message"]
     else:
         message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
     if status == 422:
         status = 400
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return status, json.dumps(openai_error(message, kind)).encode()
+    return status, json.dumps(openai_error(message[:2000], kind)).encode()
+
+
+class Overloaded(Exception):
+    """No generation slot within the queue's limits (503)."""
+
+
+class Admission:
+    """At most ``slots`` generations at once; up to ``max_queue`` more wait (FIFO) for at most ``timeout`` s."""
+
+    def __init__(self, slots: int, max_queue: int, timeout: float):
+        self.slots, self.max_queue, self.timeout = slots, max_queue, timeout
+        self.running = 0
+        self.waiting = 0
+        self._sem: asyncio.Semaphore | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """Hold a generation slot for the block; raises Overloaded when the queue is full or the wait too long."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.slots)
+        if self.waiting >= self.max_queue:
+            raise Overloaded(f"{self.waiting} requests are already queued (--max-queue {self.max_queue})")
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.timeout)
+        except asyncio.TimeoutError:
+            raise Overloaded(f"no generation slot became free within {self.timeout:g} s (--queue-timeout)") from None
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
 
 
 class Gateway:
-    """ASGI wrapper: API key, one served model name, no model loading by clients."""
+    """The ASGI app in front of an engine (see the module docstring).
 
-    def __init__(self, app, served_name: str, forced_model: str, api_key: str | None):
-        self.app = app
-        self.served_name = served_name
-        self.forced_model = forced_model
+    ``upstream_uds``/``upstream_url``: where the engine listens. ``served``: the model names clients may use,
+    the default first. ``upstream_models``: the name the engine knows each served name by.
+    """
+
+    def __init__(self, *, served: list[str], engine: str, api_key: str | None = None,
+                 upstream_uds: str | None = None, upstream_url: str = "http://engine",
+                 upstream_models: dict[str, str] | None = None, limits: GatewayLimits | None = None,
+                 context_length: int | None = None, vocab_size: int | None = None,
+                 allowed_hosts: tuple[str, ...] | None = None):
+        self.served = list(served)
+        self.engine = engine
         self.api_key = api_key
+        self.upstream_uds = upstream_uds
+        self.upstream_url = upstream_url
+        self.upstream_models = upstream_models or {name: name for name in served}
+        self.limits = limits or GatewayLimits()
+        slots = self.limits.max_concurrent or (32 if engine == "vllm" else 4)
+        self.admission = Admission(slots, self.limits.max_queue, self.limits.queue_timeout)
+        self.request_limits = RequestLimits(max_tokens=self.limits.max_tokens, context_length=context_length,
+                                            vocab_size=vocab_size, engine=engine)
+        self.allowed_hosts = allowed_hosts
         self.created = int(time.time())
+        self.progress: dict[str, float] = {}  # request id -> when its generation last made progress
+        self._client = None
 
-    async def _json(self, send, status: int, payload: dict) -> None:
+    # ---- plumbing -----------------------------------------------------------------------------------
+
+    def client(self):
+        """The HTTP client to the engine (created in the serving event loop)."""
+        if self._client is None:
+            import httpx
+
+            transport = httpx.AsyncHTTPTransport(uds=self.upstream_uds) if self.upstream_uds else None
+            self._client = httpx.AsyncClient(transport=transport, base_url=self.upstream_url,
+                                             timeout=httpx.Timeout(10.0, read=None),
+                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=16))
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connections to the engine."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @staticmethod
+    async def _send_json(send, status: int, payload: dict, headers: list | None = None) -> None:
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
 
-    def _error(self, message: str, kind: str, code: str | None, param: str | None = None) -> dict:
-        return openai_error(message, kind, code, param)
+    async def _error(self, send, status: int, message: str, param: str | None = None, code: str | None = None,
+                     kind: str | None = None, headers: list | None = None) -> None:
+        kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+        await self._send_json(send, status, openai_error(message, kind, code, param), headers)
 
-    def _authorized(self, scope) -> bool:
-        if not self.api_key:
+    async def _problem(self, send, problem: Problem) -> None:
+        await self._error(send, problem.status, problem.message, problem.param, problem.code)
+
+    def _host_ok(self, headers: list) -> bool:
+        if self.allowed_hosts is None:
             return True
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        return hmac.compare_digest(token.encode(), self.api_key.encode())
+        hosts = [v for k, v in headers if k.lower() == b"host"]
+        if len(hosts) != 1:
+            return False
+        host = hosts[0].decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]") in self.allowed_hosts
 
-    def _model_card(self) -> dict:
-        return {"id": self.served_name, "object": "model", "created": self.created, "owned_by": "rustcoder",
-                "root": self.forced_model}
+    def _auth_problem(self, headers: list) -> Problem | None:
+        if not self.api_key:
+            return None
+        given = [v for k, v in headers if k.lower() == b"authorization"]
+        if len(given) > 1:
+            return Problem("send exactly one Authorization header (got several)", None, "duplicate_header", 400)
+        value = given[0].decode("latin-1") if given else ""
+        token = value[7:] if value[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self.api_key.encode()):  # constant time
+            return Problem("invalid or missing API key (send Authorization: Bearer KEY)", None, "invalid_api_key", 401)
+        return None
+
+    def _model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "rustcoder"}
+
+    # ---- the app ------------------------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, method = scope["path"], scope["method"]
-        if path in _BLOCKED_ROUTES:
-            return await self._json(send, 404, self._error("not available: this server serves one fixed model",
-                                                           "invalid_request_error", "not_found"))
-        if path not in OPEN_ROUTES and not self._authorized(scope):
-            return await self._json(send, 401, self._error("invalid or missing API key (Authorization: Bearer KEY)",
-                                                           "invalid_request_error", "invalid_api_key"))
-        if path == "/v1/models" and method == "GET":
-            return await self._json(send, 200, {"object": "list", "data": [self._model_card()]})
-        if path.startswith("/v1/models/") and method == "GET":
-            if path[len("/v1/models/"):] == self.served_name:
-                return await self._json(send, 200, self._model_card())
-            return await self._json(send, 404, self._error(f"model {path[11:]!r} does not exist",
-                                                           "invalid_request_error", "model_not_found"))
-        if method == "POST" and path in _MODEL_ROUTES:
-            chunks = []
+        if scope["type"] == "lifespan":
             while True:
                 message = await receive()
-                if message["type"] == "http.disconnect":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
                     return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            body = b"".join(chunks)
-            payload, problem = request_problem(path, body)
+        if scope["type"] != "http":  # websockets: nothing here speaks them
+            return
+        path, method = scope["path"], scope["method"]
+        headers = scope.get("headers") or []
+        allowed = ROUTES.get(path)
+        if allowed is None and path.startswith(MODELS_PATH + "/") and path.count("/") == 3:
+            allowed = ("GET",)
+        if allowed is None:
+            return await self._error(send, 404, f"Unknown route {method} {path[:200]}: this server serves "
+                                     f"{CHAT_PATH}, {MODELS_PATH} and {HEALTH_PATH}", code="unknown_url")
+        if not self._host_ok(headers):
+            return await self._error(send, 400, "the Host header must name this machine (127.0.0.1, localhost or "
+                                     "::1) when the server binds loopback", code="invalid_host")
+        if path != HEALTH_PATH:
+            problem = self._auth_problem(headers)
             if problem:
-                return await self._json(send, 400, self._error(problem[0], "invalid_request_error", problem[2],
-                                                               param=problem[1]))
-            if isinstance(payload, dict):
-                requested = payload.get("model")
-                if requested not in (None, "", self.served_name, self.forced_model):
-                    return await self._json(send, 404, self._error(
-                        f"The model `{requested}` does not exist. This server serves `{self.served_name}`.",
-                        "NotFoundError", "model_not_found"))
-                payload["model"] = self.forced_model
-                body = json.dumps(payload).encode()
-                headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-                scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
-            sent = False
+                return await self._problem(send, problem)
+        allow = [(b"allow", ", ".join((*allowed, "OPTIONS")).encode())]
+        if method == "OPTIONS":
+            return await send({"type": "http.response.start", "status": 204, "headers": allow}) or await send(
+                {"type": "http.response.body", "body": b""})
+        if method not in allowed:
+            return await self._error(send, 405, f"{method} is not allowed on {path}; use {' or '.join(allowed)}",
+                                     code="method_not_allowed", headers=allow)
+        if path == HEALTH_PATH:
+            return await self._health(send)
+        if path == MODELS_PATH:
+            return await self._send_json(send, 200, {"object": "list", "data": [self._model_card(n) for n in self.served]})
+        if path.startswith(MODELS_PATH + "/"):
+            name = path[len(MODELS_PATH) + 1:]
+            if name in self.served:
+                return await self._send_json(send, 200, self._model_card(name))
+            return await self._error(send, 404, f"The model `{name[:100]}` does not exist", "model",
+                                     "model_not_found")
+        return await self._chat(scope, receive, send, headers)
 
-            async def replay():
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+    async def _health(self, send) -> None:
+        now = time.monotonic()
+        running, queued = self.admission.running, self.admission.waiting
+        stale = [now - t for t in self.progress.values()]
+        info = {"running": running, "queued": queued}
+        if stale and min(stale) > self.limits.stall_seconds:
+            return await self._send_json(send, 503, {"status": "stuck", **info, "detail": (
+                f"{len(stale)} generations in flight, none made progress for {min(stale):.0f} s")})
+        try:
+            r = await self.client().get(HEALTH_PATH, timeout=5.0)
+            ok = r.status_code == 200
+            detail = f"the engine's /health answered {r.status_code}"
+        except Exception as e:  # the engine is down or not listening yet
+            ok, detail = False, f"the engine is not reachable ({type(e).__name__})"
+        if not ok:
+            return await self._send_json(send, 503, {"status": "unavailable", **info, "detail": detail})
+        busy = running >= self.admission.slots and queued > 0
+        await self._send_json(send, 200, {"status": "busy" if busy else "ok", **info})
 
-            return await self.app(scope, replay, self._renaming_send(send))
-        return await self.app(scope, receive, send)
-
-    def _renaming_send(self, send):
-        """Answers name the model as clients asked for it (the served name), not the engine's path."""
-        served = json.dumps(self.served_name).encode()
-        olds = [b'"model":' + json.dumps(name).encode() for name in (f"{self.forced_model}@main", self.forced_model)]
-        state = {"stream": False, "start": None, "parts": []}
-
-        def rename(data: bytes) -> bytes:
-            for old in olds:
-                data = data.replace(old, b'"model":' + served)
-            return data
-
-        async def renaming_send(message):
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers") or [])
-                state["stream"] = b"text/event-stream" in headers.get(b"content-type", b"")
-                if state["stream"]:
-                    return await send(message)
-                state["start"] = message  # JSON: hold the headers until the whole body is renamed
-                return None
-            if message["type"] == "http.response.body":
-                if state["stream"]:
-                    body = rename(message.get("body", b""))
+    async def _read_body(self, scope, receive) -> bytes | Problem:
+        headers = scope.get("headers") or []
+        types = [v.decode("latin-1").split(";")[0].strip().lower() for k, v in headers if k.lower() == b"content-type"]
+        if types != ["application/json"]:  # also keeps browsers' form posts out (they cannot send this without CORS)
+            return Problem("Content-Type must be application/json", None, "unsupported_media_type", 415)
+        cap = self.limits.max_body_bytes
+        lengths = [v for k, v in headers if k.lower() == b"content-length"]
+        if lengths and lengths[0].isdigit() and int(lengths[0]) > cap:
+            return Problem(f"the request body is {int(lengths[0])} bytes; this server accepts at most {cap} "
+                           "(rustcoder serve --max-body-bytes)", None, "body_too_large", 413)
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return Problem("client disconnected", None, "disconnected", 499)
+                    part = message.get("body", b"")
+                    size += len(part)
+                    if size > cap:  # stop reading: never hold more than the cap
+                        return Problem(f"the request body exceeds {cap} bytes (rustcoder serve --max-body-bytes)",
+                                       None, "body_too_large", 413)
+                    chunks.append(part)
                     if not message.get("more_body"):
-                        body += b"data: [DONE]\n\n"  # OpenAI streams end with this line; clients wait for it
-                    return await send({**message, "body": body})
-                state["parts"].append(message.get("body", b""))
-                if message.get("more_body"):
-                    return None
-                start = state["start"]
-                original = rename(b"".join(state["parts"]))
-                status, body = openai_error_response(start.get("status", 200), original)
-                dropped = (b"content-length",) if body == original else (b"content-length", b"content-type")
-                headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() not in dropped]
-                if body != original:
-                    headers.append((b"content-type", b"application/json"))
-                await send({**start, "status": status,
-                            "headers": headers + [(b"content-length", str(len(body)).encode())]})
-                return await send({"type": "http.response.body", "body": body, "more_body": False})
-            return await send(message)
+                        return b"".join(chunks)
+        except TimeoutError:
+            return Problem(f"the request body did not arrive within {self.limits.body_timeout:g} s", None,
+                           "body_timeout", 408)
 
-        return renaming_send
+    async def _chat(self, scope, receive, send, headers) -> None:
+        body = await self._read_body(scope, receive)
+        if isinstance(body, Problem):
+            if body.status == 499:
+                return
+            extra = [(b"connection", b"close")] if body.status in (408, 413) else None
+            return await self._error(send, body.status, body.message, body.param, body.code, headers=extra)
+        payload, problem = parse_json_body(body)
+        if problem is None:
+            requested = payload.get("model")
+            if requested is not None and not isinstance(requested, str):
+                problem = Problem("model: must be a string (the name /v1/models lists)", "model")
+            elif requested not in (None, *self.served):
+                return await self._error(send, 404, f"The model `{str(requested)[:100]}` does not exist. This "
+                                         f"server serves `{self.served[0]}`.", "model", "model_not_found")
+        if problem is None:
+            request, problem = parse_chat_request(payload, self.request_limits)
+        if problem is not None:
+            return await self._problem(send, problem)
+        name = payload.get("model") or self.served[0]
+        request["model"] = self.upstream_models.get(name, name)
+        request["stream"] = True  # always streamed from the engine: a client that leaves stops the generation
+        if self.engine == "vllm":
+            request["stream_options"] = {"include_usage": True}
+        stream = bool(payload.get("stream"))
+        job = Job(self, request, name, stream, wants_usage_in_stream(payload) if stream else True, send)
+
+        disconnected = asyncio.create_task(_wait_disconnect(receive))
+        work = asyncio.create_task(job.run())
+        try:
+            await asyncio.wait({disconnected, work}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, disconnected):
+                if not task.done():
+                    task.cancel()
+            for task in (work, disconnected):
+                with contextlib.suppress(BaseException):
+                    await task
+        if work.done() and not work.cancelled() and work.exception() is not None:
+            raise work.exception()
+
+
+async def _wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Job:
+    """One chat completion through the engine: admission, the streamed upstream call, limits, the answer."""
+
+    def __init__(self, gateway: Gateway, request: dict, name: str, stream: bool, usage: bool, send):
+        self.g, self.request, self.name, self.stream, self.usage, self.send = gateway, request, name, stream, usage, send
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.started = False
+
+    async def run(self) -> None:
+        """Admit, generate, answer; any refusal or engine failure in OpenAI's error shape."""
+        g = self.g
+        try:
+            async with g.admission.slot():
+                g.progress[self.id] = time.monotonic()
+                try:
+                    await self._generate()
+                finally:
+                    g.progress.pop(self.id, None)
+        except Overloaded as e:
+            await g._error(self.send, 503, f"The server is overloaded: {e}. Retry later.", code="overloaded",
+                           headers=[(b"retry-after", b"5")])
+
+    async def _generate(self) -> None:
+        import httpx
+
+        g = self.g
+        deadline = time.monotonic() + g.limits.max_request_seconds
+        text, finish, usage, created, cut = [], None, None, int(time.time()), False
+        try:
+            async with g.client().stream("POST", CHAT_PATH, json=self.request) as r:
+                if r.status_code != 200:
+                    raw = b""
+                    async for part in r.aiter_bytes():
+                        raw += part
+                        if len(raw) > ERROR_BODY_CAP:
+                            break
+                    status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
+                    return await self._answer_error(status, json.loads(body))
+                lines = r.aiter_lines()
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        cut = True
+                        break
+                    try:
+                        async with asyncio.timeout(left):
+                            line = await anext(lines)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        cut = True
+                        break
+                    g.progress[self.id] = time.monotonic()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"]
+                        message = err.get("message") if isinstance(err, dict) else str(err)
+                        return await self._answer_error(500, openai_error(f"the engine failed: {message}",
+                                                                          "server_error"))
+                    created = chunk.get("created", created)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            text.append(delta["content"])
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                    if self.stream:
+                        await self._forward(chunk)
+        except httpx.HTTPError as e:
+            if not self.started:
+                return await self._answer_error(503, openai_error(
+                    f"the engine is not reachable ({type(e).__name__}); check /health", "server_error"))
+            cut = True
+        if cut:
+            finish = "length"  # the server's time limit ended the generation (rustcoder serve --max-request-seconds)
+            usage = None
+        finish = finish or "stop"
+        if self.stream:
+            if cut or not self.started:
+                await self._forward({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+            await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
+        answer = {"id": self.id, "object": "chat.completion", "created": created, "model": self.name,
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                               "finish_reason": finish, "logprobs": None}],
+                  "usage": usage}
+        await self.g._send_json(self.send, 200, answer)
+
+    async def _forward(self, chunk: dict) -> None:
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200,
+                             "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                         (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+        if not chunk.get("choices") and chunk.get("usage") and not self.usage:
+            return  # vLLM's usage chunk, which the client did not ask for
+        out = {"id": self.id, "object": "chat.completion.chunk", "created": chunk.get("created", int(time.time())),
+               "model": self.name, "choices": chunk.get("choices") or []}
+        if self.usage and chunk.get("usage"):
+            out["usage"] = chunk["usage"]
+        await self.send({"type": "http.response.body", "body": b"data: " + json.dumps(out).encode() + b"\n\n",
+                         "more_body": True})
+
+    async def _answer_error(self, status: int, payload: dict) -> None:
+        if not self.started:
+            return await self.g._send_json(self.send, status, payload)
+        await self.send({"type": "http.response.body", "body": b"data: " + json.dumps(payload).encode()
+                         + b"\n\ndata: [DONE]\n\n", "more_body": False})
+
+
+class GatewayServer:
+    """The gateway served by uvicorn on HOST:PORT in a background thread (``start``/``stop``)."""
+
+    def __init__(self, app: Gateway, host: str, port: int):
+        import uvicorn
+
+        limit = app.admission.slots + app.limits.max_queue + 64  # connections beyond it get uvicorn's 503
+        self.config = uvicorn.Config(app, host=host, port=port, http="h11", ws="none", lifespan="on",
+                                     log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+                                     timeout_keep_alive=5, limit_concurrency=limit, server_header=False)
+        self.server = uvicorn.Server(self.config)
+        self.thread: threading.Thread | None = None
+        self.failed: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> "GatewayServer":
+        """Start serving; raises RuntimeError when the address cannot be bound."""
+        def run():
+            try:
+                self.server.run()
+            except BaseException as e:  # uvicorn exits the thread with SystemExit when it cannot bind
+                self.failed = e
+
+        self.thread = threading.Thread(target=run, name="rustcoder-gateway", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway could not listen on {self.config.host}:{self.config.port}"
+                                   + (f" ({self.failed})" if self.failed else ""))
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, cancel what is in flight (closing the engine's connections), and return."""
+        if self.thread is None:
+            return
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout)
+        self.thread = None
 
 
 def stream_delta(text: str, sent: list[str], final: bool = False) -> str:

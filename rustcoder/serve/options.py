@@ -46,6 +46,19 @@ class ServeOptions:
     runs_dir: str = _f("runs", "Where to find the newest merged model when MODEL_DIR is omitted.", show_default=True)
     health_timeout: float = _f(600.0, "How long to wait for the engine to become ready.", metavar="SECONDS",
                                show_default=True)
+    max_tokens: int = _f(4096, "Most new tokens one request may ask for (more is a 400); also the default when a "
+                         "request gives none (capped at half the context).", metavar="TOKENS", show_default=True)
+    max_request_seconds: float = _f(300.0, "Wall-time limit of one generation; at it the answer ends with "
+                                    "finish_reason 'length'.", metavar="SECONDS", show_default=True)
+    max_concurrent: int | None = _f(None, "Generations run at once (default 4 with transformers, 32 with vLLM); "
+                                    "others queue.", metavar="N")
+    max_queue: int = _f(256, "Requests that may wait for a slot; beyond, 503 overloaded.", metavar="N",
+                        show_default=True)
+    queue_timeout: float = _f(120.0, "Longest wait for a slot before a 503.", metavar="SECONDS", show_default=True)
+    max_body_bytes: int = _f(2 * 1024 * 1024, "Largest request body (bigger: 413).", metavar="BYTES",
+                             show_default=True)
+    stall_seconds: float = _f(120.0, "/health answers 503 'stuck' when generations are in flight and none made "
+                              "progress for this long.", metavar="SECONDS", show_default=True)
     engine_log: str | None = _f(None, "Also write the engine's output to FILE.", metavar="FILE")
     quiet_engine: bool = _f(False, "Do not echo the engine's output.")
 
@@ -62,6 +75,11 @@ class ServeOptions:
             kw.pop(name)
         kw["engine_args"] = kw["engine_args"] or ()
         kw["playground_auth"] = self.playground_auth()
+        problems = [f"--{name.replace('_', '-')} must be positive" for name in
+                    ("max_tokens", "max_request_seconds", "max_queue", "queue_timeout", "max_body_bytes", "stall_seconds",
+                     "max_concurrent") if kw[name] is not None and kw[name] <= 0]
+        if problems:
+            raise UsageError(" ".join(problems))
         return kw
 
 

@@ -81,6 +81,7 @@ class EngineSpec:
     device: str | None = None  # transformers engine: auto, cpu, cuda, cuda:1 ...
     engine_args: tuple[str, ...] = ()
     revision: str | None = None  # hub revision of model (an adapter's base at the revision its run trained on)
+    uds: str | None = None  # the engine listens on this Unix socket (behind the gateway) instead of host:port
 
     @property
     def model_names(self) -> list[str]:
@@ -385,8 +386,8 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
     """
     env: dict[str, str] = {}
     if spec.engine == "vllm":
-        argv = [spec.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
-                "--host", spec.host, "--port", str(spec.port)]
+        argv = [spec.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
+        argv += ["--uds", spec.uds] if spec.uds else ["--host", spec.host, "--port", str(spec.port)]
         if spec.adapter_dir:
             argv += ["--served-model-name", spec.base_model_name or default_model_name(spec.model),
                      "--enable-lora", "--max-lora-rank", str(spec.max_lora_rank or 16),
@@ -405,8 +406,10 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
             argv += ["--dtype", spec.dtype]
         if spec.revision:
             argv += ["--revision", spec.revision, "--tokenizer-revision", spec.revision]
-        if spec.api_key:
+        if spec.api_key and not spec.uds:  # behind the gateway, the key is the gateway's: the engine never sees it
             env["VLLM_API_KEY"] = spec.api_key
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"  # no client-loaded adapters (/v1/load_lora_adapter)
+        env["VLLM_SERVER_DEV_MODE"] = "0"
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
     elif spec.engine == "transformers":
@@ -416,12 +419,36 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
             argv += ["--adapter", spec.adapter_dir]
         if spec.chat_template:
             argv += ["--chat-template", spec.chat_template]
+        if spec.uds:
+            argv += ["--uds", spec.uds]
         # What follows "--" is a plain `transformers serve` command line.
         model = f"{spec.model}@{spec.revision}" if spec.revision else spec.model  # transformers serve's id@revision
         argv += ["--", "serve", model, "--host", spec.host, "--port", str(spec.port),
                  "--device", spec.device or "auto", "--dtype", spec.dtype or "auto", "--log-level", "warning"]
-        if spec.api_key:
+        if spec.api_key and not spec.uds:
             env[API_KEY_ENV] = spec.api_key
     else:
         raise UsageError(f"unknown engine {spec.engine!r}; choose from {', '.join(ENGINES)}.")
     return argv + list(spec.engine_args), env
+
+
+def model_limits(model: str, max_model_len: int | None = None) -> tuple[int | None, int | None]:
+    """(context length, vocabulary size) of a model directory or cached hub id, from its config.json; None
+    where unknown. ``max_model_len`` (vLLM's flag) overrides the context."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+            path = Path(cached) if isinstance(cached, str) else path
+        except Exception:  # not a hub id the hub library accepts: unknown limits
+            pass
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return max_model_len, None
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    context = cfg.get("max_position_embeddings") if isinstance(cfg.get("max_position_embeddings"), int) else None
+    vocab = cfg.get("vocab_size") if isinstance(cfg.get("vocab_size"), int) else None
+    return max_model_len or context, vocab

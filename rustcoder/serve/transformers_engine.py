@@ -14,11 +14,69 @@ import os
 import sys
 from pathlib import Path
 
-from .gateway import Gateway, stream_delta
-from .spec import API_KEY_ENV
+import json
+
+from .gateway import stream_delta
+from .spec import API_KEY_ENV, HEALTH_PATH
+
+ENGINE_ROUTES = {HEALTH_PATH: "GET", "/v1/chat/completions": "POST"}
+
+
+class EngineAdapter:
+    """ASGI wrapper of transformers serve's app inside the engine process: only the two routes rustcoder's
+    gateway uses exist (transformers serve's /load_model, /v1/audio/transcriptions, /docs ... answer 404),
+    and every chat request is pinned to the model given at start (a client cannot name a path to load).
+    The public checks (key, validation, limits) are the gateway's; the engine listens on a private socket."""
+
+    def __init__(self, app, model: str):
+        self.app = app
+        self.model = model
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http" or ENGINE_ROUTES.get(scope["path"]) != scope["method"]:
+            body = json.dumps({"error": {"message": "not found", "type": "invalid_request_error", "param": None,
+                                         "code": "unknown_url"}}).encode()
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        if scope["path"] == HEALTH_PATH:
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        try:
+            payload = json.loads(b"".join(chunks) or b"{}")
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            payload = {}
+        payload["model"] = self.model
+        body = json.dumps(payload).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 def install_patches(model: str, served_name: str, api_key: str | None, adapter: str | None,
-                                  chat_template: str | None) -> None:
+                    chat_template: str | None, uds: str | None = None) -> None:
+    """Adapt transformers serve: the adapter and chat template at load, rustcoder's stop ids, the engine adapter
+    around its app, OpenAI sampling semantics, consistent text; with ``uds``, listen on that Unix socket only.
+    (``served_name`` and ``api_key`` are the gateway's business; kept for callers.)"""
     from transformers.cli.serving import model_manager, server
     from transformers.cli.serving import utils as serving_utils
 
@@ -46,19 +104,19 @@ def install_patches(model: str, served_name: str, api_key: str | None, adapter: 
             loaded._rustcoder_adapter = True
             for timed in self.loaded_models.values():
                 timed.model = loaded
-        # Answers end at <|im_end|> however the base's generation_config was written.
+        # Answers end on rustcoder's stop ids (end of turn + the model's eos), as in every eval backend.
         tok = getattr(processor, "tokenizer", processor)
-        eot = tok.convert_tokens_to_ids(END_OF_TURN) if END_OF_TURN in tok.get_vocab() else None
-        eos = loaded.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if eot is not None and eot not in eos:
-            loaded.generation_config.eos_token_id = eos + [eot]
+        if END_OF_TURN in tok.get_vocab():
+            from ..modeling import eos_id_list, stop_token_ids
+
+            eos = eos_id_list(loaded.generation_config.eos_token_id)
+            loaded.generation_config.eos_token_id = stop_token_ids(tok, eos)
         return loaded, processor
 
     original_build = server.build_server
 
     def build_server(*args, **kwargs):
-        return Gateway(original_build(*args, **kwargs), served_name, model, api_key)
+        return EngineAdapter(original_build(*args, **kwargs), model)
 
     # OpenAI semantics: a temperature above 0 samples, even when the model's generation_config
     # says do_sample=False (transformers serve would silently decode greedily).
@@ -76,6 +134,25 @@ def install_patches(model: str, served_name: str, api_key: str | None, adapter: 
     server.build_server = build_server
     handler._build_generation_config = build_generation_config
     install_consistent_text_patches()
+    if uds:
+        listen_on_unix_socket(uds)
+
+
+def listen_on_unix_socket(path: str) -> None:
+    """transformers serve binds --host/--port with uvicorn; the engine binds the private socket PATH instead,
+    and gives in-flight requests 3 s at shutdown (the gateway has already closed them)."""
+    import uvicorn
+
+    original = uvicorn.Config
+
+    class Config(original):
+        def __init__(self, app, *args, **kwargs):
+            kwargs.pop("host", None)
+            kwargs.pop("port", None)
+            kwargs.setdefault("timeout_graceful_shutdown", 3)
+            super().__init__(app, *args, uds=path, **kwargs)
+
+    uvicorn.Config = Config
 
 
 def install_consistent_text_patches() -> None:
@@ -143,6 +220,7 @@ def engine_main(argv: list[str]) -> None:
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--adapter")
     parser.add_argument("--chat-template")
+    parser.add_argument("--uds", help="listen on this Unix socket instead of --host/--port")
     parser.add_argument("transformers_args", nargs=argparse.REMAINDER,
                         help="-- serve MODEL [transformers serve options]")
     args = parser.parse_args(argv)
@@ -150,7 +228,7 @@ def engine_main(argv: list[str]) -> None:
     if len(tf_args) < 2 or tf_args[0] != "serve":
         parser.error("expected: -- serve MODEL [options]")
     api_key = os.environ.pop(API_KEY_ENV, None)
-    install_patches(tf_args[1], args.served_model_name, api_key, args.adapter, args.chat_template)
+    install_patches(tf_args[1], args.served_model_name, api_key, args.adapter, args.chat_template, uds=args.uds)
     from transformers.cli.transformers import app
 
     app(args=tf_args, prog_name="transformers")
