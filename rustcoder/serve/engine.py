@@ -235,6 +235,12 @@ def start_gateway(spec: EngineSpec, limits=None):
     return GatewayServer(app, spec.host, spec.port)
 
 
+def engine_line(engine: str, line: str) -> str:
+    """An engine's output line as serve shows it: ``  [engine] line``, once (transformers' own logging already
+    starts its lines with ``[transformers]``)."""
+    return f"  [{engine}] {line.removeprefix(f'[{engine}] ')}"
+
+
 def start_server(spec: EngineSpec, *, echo: Callable[[str], None] | None = None, log_path: str | Path | None = None,
                  health_timeout: float = 600.0, limits=None) -> RunningServer:
     """Start spec's engine on a private Unix socket and the gateway on spec's host:port in front of it, and
@@ -351,7 +357,8 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
           health_timeout: float = 600.0, log: Callable[[str], None] = print, engine_log: str | Path | None = None,
           quiet_engine: bool = False, block: bool = True, max_body_bytes: int = 2 * 1024 * 1024,
           max_tokens: int = 4096, max_request_seconds: float = 300.0, max_concurrent: int | None = None,
-          max_queue: int = 256, queue_timeout: float = 120.0, stall_seconds: float = 120.0) -> ServeResult:
+          max_queue: int = 256, queue_timeout: float = 120.0, stall_seconds: float = 120.0,
+          body_timeout: float = 30.0) -> ServeResult:
     """Serve a model with vLLM or transformers behind an OpenAI-compatible API until Ctrl-C or SIGTERM.
 
     Resolves the model (see ``build_spec``), refuses a used port before starting anything, starts
@@ -376,7 +383,7 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
             raise RustcoderError(f"playground: {problem}. Pick another with --playground-port.")
     log(f"starting {spec.engine} on {spec.host}:{spec.port} for {spec.model}"
         + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else ""))
-    echo = None if quiet_engine else (lambda line: log(f"  [{spec.engine}] {line}"))
+    echo = None if quiet_engine else (lambda line: log(engine_line(spec.engine, line)))
 
     previous = {}
     if block and threading.current_thread() is threading.main_thread():
@@ -387,7 +394,8 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
 
         limits = GatewayLimits(max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                                max_request_seconds=max_request_seconds, max_concurrent=max_concurrent,
-                               max_queue=max_queue, queue_timeout=queue_timeout, stall_seconds=stall_seconds)
+                               max_queue=max_queue, queue_timeout=queue_timeout, stall_seconds=stall_seconds,
+                               body_timeout=body_timeout)
         result.server = start_server(spec, echo=echo, log_path=engine_log, health_timeout=health_timeout,
                                      limits=limits)
         result.ready_seconds = result.server.ready_seconds

@@ -238,7 +238,7 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         headers = scope.get("headers") or []
         allowed = ROUTES.get(path)
-        if allowed is None and path.startswith(MODELS_PATH + "/") and path.count("/") == 3:
+        if allowed is None and path.startswith(MODELS_PATH + "/") and path.count("/") == 3 and not path.endswith("/"):
             allowed = ("GET",)
         if allowed is None:
             return await self._error(send, 404, f"Unknown route {method} {path[:200]}: this server serves "
