@@ -18,64 +18,22 @@ from .errors import RustcoderError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class _PlainText:
-    """A stream that drops ANSI escape sequences (colour codes libraries print unconditionally)."""
-
-    _ANSI = None
-
-    def __init__(self, stream):
-        import re
-
-        self._stream = stream
-        type(self)._ANSI = type(self)._ANSI or re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-    def write(self, text):
-        return self._stream.write(self._ANSI.sub("", text) if isinstance(text, str) else text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+def _note(line: str) -> None:
+    """A side remark (offline, progress) on stderr, so stdout stays what the command prints."""
+    click.echo(line, err=True)
 
 
-def _plain_when_piped() -> None:
-    """No colour codes in piped or redirected output (or with NO_COLOR set)."""
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if isinstance(stream, _PlainText) or stream is None:
-            continue
-        try:
-            tty = stream.isatty()
-        except (AttributeError, ValueError):
-            tty = False
-        if not tty or os.environ.get("NO_COLOR"):
-            setattr(sys, name, _PlainText(stream))
+def _path_arg(path) -> str:
+    """A path as a printed command's argument: absolute, so the command works from any directory."""
+    import shlex
+
+    return shlex.quote(str(Path(path).resolve()))
 
 
-def compact_training_logs() -> None:
-    """Training's log events as one readable line each beside the progress bar, not raw Python dicts."""
-    from transformers.trainer_callback import ProgressCallback
+def _nothing():
+    from contextlib import nullcontext
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not (state.is_world_process_zero and self.training_bar is not None and logs):
-            return
-        names = {"eval_loss": "eval loss", "eval_mean_token_accuracy": "eval token acc", "loss": "loss",
-                 "mean_token_accuracy": "token acc", "learning_rate": "lr", "grad_norm": "grad norm",
-                 "train_loss": "train loss", "train_runtime": "train s", "tokens_per_second": "tok/s",
-                 "mfu": "MFU"}
-        parts = [f"{label} {float(logs[k]):.4g}" for k, label in names.items()
-                 if isinstance(logs.get(k), (int, float, str)) and _is_number(logs[k])]
-        if parts:
-            self.training_bar.write(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts),
-                                    file=sys.stderr)
-
-    ProgressCallback.on_log = on_log
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+    return nullcontext()
 
 
 def _fail(e: RustcoderError, debug: bool) -> None:
@@ -111,9 +69,11 @@ def main(debug: bool) -> None:
     Try the whole loop offline on CPU with the built-in tiny model and sample:
       rustcoder train --preset small-batch --model tiny-qwen2 --dataset sample
     """
+    from . import terminal
+
     if debug:
         os.environ["RUSTCODER_DEBUG"] = "1"
-    _plain_when_piped()
+    terminal.install()  # no colour codes when piped; Trackio's banner names a command that works
 
 
 # ---- train --------------------------------------------------------------------------------------
@@ -181,16 +141,23 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
     """
     from .config import resolve_config
 
+    from .hub import settle_offline
+
     if config_arg is not None:
         preset, config_file = _config_argument(config_arg, preset, config_file)
     if resume:
         cfg, run_dir = resume_target(overrides)
     else:
         cfg, run_dir = resolve_config(preset, config_file, overrides), None
+    settle_offline(log=_note)
     if dry_run:
+        from .modeling import load_config
+        from .terminal import stdout_to_stderr
         from .train import plan_training
 
-        plan = plan_training(cfg)
+        with stdout_to_stderr() if as_json else _nothing():
+            load_config(cfg.model, cfg.model_revision)  # a model the real run cannot load fails here, as there
+            plan = plan_training(cfg)
         if as_json:
             import json
 
@@ -242,7 +209,6 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         return
     from .train import train as run_training
 
-    compact_training_logs()
     result = run_training(cfg, run_dir=run_dir, resume=resume, log=click.echo)
     if process_rank()[0] != 0 or os.environ.get("RUSTCODER_LAUNCHED") == "1":
         return  # the launcher prints the summary
@@ -251,7 +217,10 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
     click.echo(f"  eval loss {m['eval_loss']:.4f}, token accuracy {m['eval_mean_token_accuracy']:.1%}, "
                f"{m['steps']} steps in {m['wall_time_s']:.0f} s")
     click.echo(f"  adapter: {result.adapter_dir}")
-    click.echo("  next: rustcoder eval --by-task   |   rustcoder merge && rustcoder serve")
+    from .terminal import rustcoder_command
+
+    rc, run = rustcoder_command(), _path_arg(result.run_dir)
+    click.echo(f"  next: {rc} eval {run} --by-task\n        {rc} merge {run} && {rc} serve {run}")
 
 
 def _config_argument(arg: str, preset, config_file):
@@ -382,7 +351,9 @@ def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval,
     failed = [e for e in entries if e.status == "failed"]
     click.echo(f"\n{len(entries) - len(failed)} of {len(entries)} runs finished in {sweep_dir}"
                + (f"; failed: {', '.join(e.name for e in failed)}" if failed else ""))
-    click.echo(f"compare them: rustcoder compare {sweep_dir}")
+    from .terminal import rustcoder_command
+
+    click.echo(f"compare them: {rustcoder_command()} compare {_path_arg(sweep_dir)}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -402,9 +373,9 @@ def compare(paths, output_dir, as_json):
     if as_json:
         click.echo(Path(result["json"]).read_text())
         return
-    click.echo(result["table"])
-    click.echo(f"\nwritten: {result['markdown']}, {result['json']}"
-               + "".join(f", {result[k]}" for k in ("eval_loss_png", "categories_png") if result[k]))
+    click.echo(result["terminal"])
+    click.echo(f"\nthe full table (per-category scores, research figures): {result['markdown']}\nwritten: "
+               + ", ".join(str(result[k]) for k in ("json", "eval_loss_png", "categories_png") if result[k]))
 
 
 @main.command(context_settings=CONTEXT)
@@ -443,7 +414,6 @@ def demo(output_dir, max_new_tokens, no_serve):
     """
     from .demo import run_demo
 
-    compact_training_logs()
     run_demo(output_dir, max_new_tokens=max_new_tokens, serve=not no_serve, echo=click.echo)
 
 
@@ -454,11 +424,14 @@ def demo(output_dir, max_new_tokens, no_serve):
 @click.option("--dashboard", is_flag=True, help="Open the Trackio dashboard of the runs' project.")
 @click.option("--project", default=None,
               help="Trackio project (with --dashboard). Default: the project the newest run logged to.")
+@click.option("--port", default=7861, show_default=True, type=int,
+              help="With --dashboard: the first port tried (the next free one is taken); the playground uses 7860.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (for scripts).")
-def runs(output_dir, dashboard, project, as_json):
+def runs(output_dir, dashboard, project, port, as_json):
     """List training runs (newest first) and how to watch them in Trackio."""
     from . import artifacts
     from . import rundir
+    from .terminal import rustcoder_command
 
     found = rundir.list_runs(output_dir)
     projects = [artifacts.run_project(run) for run in found]
@@ -475,19 +448,20 @@ def runs(output_dir, dashboard, project, as_json):
         click.echo(json.dumps(rows, indent=2))
     else:
         if not found:
-            click.echo(f"no runs under {output_dir!r} yet. Start one: rustcoder train --preset small-batch")
+            click.echo(f"no runs under {output_dir!r} yet. Start one: {rustcoder_command()} train --preset small-batch")
         for run in found:
             m = rundir.read_manifest(run)
             metrics = m.get("metrics") or {}
             loss = f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else ""
             click.echo(f"{run.name:<32} {m.get('status', '?'):<12} {m.get('preset') or '':<16} {loss}")
         others = sorted({p for p in projects if p and p != project})
-        click.echo(f"\nlive metrics: rustcoder runs --output-dir {output_dir} --dashboard   (Trackio project {project}"
+        click.echo(f"\nlive metrics: {rustcoder_command()} runs --output-dir {_path_arg(output_dir)} --dashboard   "
+                   f"(Trackio project {project}"
                    + (f"; others here: {', '.join(others)}, pick with --project" if others else "") + ")")
     if dashboard:
-        import subprocess
+        from .dashboard import open_dashboard
 
-        sys.exit(subprocess.call([sys.executable, "-m", "trackio.cli", "show", "--project", project]))
+        sys.exit(open_dashboard(project, port))
 
 
 # ---- merge --------------------------------------------------------------------------------------
@@ -534,18 +508,22 @@ def merge(run_dir, output_dir, base, force, no_verify, streaming, push_to_hub, d
       rustcoder merge runs/exp-small-batch-10k --base ./Qwen2.5-7B-Instruct --output-dir out/merged
     """
     from . import rundir
+    from .hub import settle_offline
     from .merge import merge as run_merge
     from .merge import render_report
+    from .terminal import rustcoder_command
 
     if run_dir is None:
         run_dir = rundir.newest_run(runs_dir)
         click.echo(f"merging the newest finished run: {run_dir}")
+    run_dir = rundir.resolve_name(run_dir, runs_dir, hub_ids=False)
+    settle_offline(log=_note)  # the base model may be a hub id
     result = run_merge(run_dir, output_dir=output_dir, base=base, force=force, verify=not no_verify,
                        streaming=streaming, push_to_hub=push_to_hub, dtype=dtype, max_effect_lost=max_effect_lost,
                        verify_device=verify_device, log=click.echo)
     if not result.already_merged:
         click.echo(render_report(result.report))
-    click.echo(f"  next: rustcoder serve   (serves {result.merged_dir})")
+    click.echo(f"  next: {rustcoder_command()} serve {_path_arg(result.merged_dir)}")
 
 
 # ---- serve / playground -------------------------------------------------------------------------
@@ -602,9 +580,15 @@ def serve(model_dir, **options):
       rustcoder serve --adapter runs/exp-small --engine vllm --vllm-python .venv-vllm/bin/python
       RUSTCODER_API_KEY=... rustcoder serve --host 0.0.0.0
     """
+    from .hub import settle_offline
+    from .rundir import resolve_name
     from .serve import serve as run_serve
     from .serve.options import ServeOptions
 
+    model_dir = resolve_name(model_dir, options["runs_dir"])
+    if options.get("adapter"):
+        options["adapter"] = resolve_name(options["adapter"], options["runs_dir"], hub_ids=False)
+    settle_offline(log=_note)
     result = run_serve(model_dir, **ServeOptions(**options).serve_kwargs(), log=click.echo)
     if result.stopped_by == "signal":
         sys.exit(0)
@@ -712,12 +696,23 @@ def eval_cmd(model, by_task, as_json, **flags):
       rustcoder eval --predictions answers.jsonl --dataset sample
     """
     from .eval import EvalConfig, evaluate
+    from .eval.config import tiny_model_defaults
+    from .hub import settle_offline
+    from .rundir import resolve_name
+    from .terminal import stdout_to_stderr
 
     values = {k: v for k, v in flags.items() if v is not None}
     if isinstance(values.get("categories"), str):
         values["categories"] = [c.strip() for c in values["categories"].split(",") if c.strip()]
-    result = evaluate(EvalConfig(model=model, **values),
-                      log=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+    cfg = EvalConfig(model=model, **values)
+    with stdout_to_stderr() if as_json else _nothing():  # --json: stdout carries the JSON alone
+        if not (cfg.endpoint or cfg.oracle):  # with --endpoint, MODEL is the name the server gives it
+            cfg.model = resolve_name(cfg.model, cfg.runs_dir)  # before any data is read or directory written
+            settle_offline(log=_note)
+        note = tiny_model_defaults(cfg)
+        if note:
+            _note(note)
+        result = evaluate(cfg, log=_note)  # progress on stderr, a line per stage; the results on stdout
     m = result.metrics
     if as_json:
         import json

@@ -179,6 +179,44 @@ def markdown_table(rows: list[RunRow]) -> str:
     return text
 
 
+def terminal_table(rows: list[RunRow], width: int = 100) -> str:
+    """The comparison for a terminal: one line per run within ``width`` columns (long run names shortened), the
+    per-category scores as their mean; comparison.md has every column."""
+    any_ref = any(r.reference for r in rows)
+    any_cats = any(r.categories for r in rows)
+    head = ["run", "status", "lr", "batch", "r/alpha", "eval loss", "tok acc", "steps", "time"]
+    head += ["research loss"] * any_ref + ["mean score"] * any_cats
+    body = []
+    for r in rows:
+        h = r.hyperparameters
+        cells = [r.name, r.status, f"{h['lr']:g}" if isinstance(h.get("lr"), (int, float)) else "-",
+                 f"{h['batch_size']}x{h['grad_accum']}" if "batch_size" in h and "grad_accum" in h else "-",
+                 f"{h['lora_r']}/{h['lora_alpha']}" if "lora_r" in h and "lora_alpha" in h else "-",
+                 _fmt(r.eval_loss, "loss"), _fmt(r.token_accuracy, "pct"), _fmt(r.steps, ""),
+                 _fmt(r.wall_time_s, "time")]
+        if any_ref:
+            cells.append(_fmt((r.reference or {}).get("eval_loss"), "loss"))
+        if any_cats:
+            cells.append(f"{sum(r.categories.values()) / len(r.categories):.1f}" if r.categories else "-")
+        body.append(cells)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    room = width - sum(widths[1:]) - 2 * (len(head) - 1)  # what the run names may take
+    widths[0] = max(12, min(widths[0], room))
+
+    def line(cells):
+        name = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 3] + "..."
+        parts = [name.ljust(widths[0])] + [c.rjust(w) if i > 1 else c.ljust(w)
+                                           for i, (c, w) in enumerate(zip(cells[1:], widths[1:]), start=1)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(head), *map(line, body)]
+    if any_cats:
+        out.append("mean score: the mean of the per-category scores (0-100) of the run's newest evaluation")
+    out += [f"{r.name}: failed: {' '.join(str(r.error).split())[:width - len(r.name) - 10]}"
+            for r in rows if r.status == "failed" and r.error]
+    return "\n".join(out)
+
+
 def plot_eval_loss(rows: list[RunRow], path: Path) -> tuple[Path | None, int]:
     """One chart, one line per run: eval loss against optimizer step. Returns (path, lines drawn)."""
     with_curves = [r for r in rows if r.eval_curve]
@@ -242,5 +280,5 @@ def compare_runs(paths: list[str | Path], output_dir: str | Path | None = None) 
     artifacts.atomic_write_json(out / "comparison.json", [r.__dict__ for r in rows])
     loss_png, lines = plot_eval_loss(rows, out / "eval_loss.png")
     cat_png = plot_categories(rows, out / "categories.png")
-    return {"table": table, "rows": rows, "markdown": out / "comparison.md", "json": out / "comparison.json",
+    return {"table": table, "terminal": terminal_table(rows), "rows": rows, "markdown": out / "comparison.md", "json": out / "comparison.json",
             "eval_loss_png": loss_png, "eval_loss_lines": lines, "categories_png": cat_png}

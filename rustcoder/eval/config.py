@@ -148,6 +148,23 @@ class EvalConfig(ConfigSchema):
                         bad("categories", f"unknown category {c!r}{did_you_mean(c, CATEGORY_NAMES)}")
 
 
+TINY_MAX_NEW_TOKENS = 48  # the demo's: a random tiny model's answers show the mechanics in a few dozen tokens
+
+
+def tiny_model_defaults(cfg: EvalConfig) -> str | None:
+    """For a built-in tiny model (or a run or merge of one) a generation cap that fits the demo's time instead of
+    the suite's 512 tokens; returns the note to print, None when nothing changed (a typed --max-new-tokens,
+    a benchmark, the oracle, predictions and endpoints keep theirs)."""
+    from ..rundir import built_on_tiny
+
+    if (cfg.max_new_tokens is not None or cfg.oracle or cfg.predictions or cfg.endpoint or cfg.benchmark
+            or not built_on_tiny(cfg.model, cfg.runs_dir)):
+        return None
+    cfg.max_new_tokens = TINY_MAX_NEW_TOKENS
+    return (f"note: a built-in tiny (random) model: answers capped at {TINY_MAX_NEW_TOKENS} new tokens "
+            "(--max-new-tokens sets it)")
+
+
 def config_fields():
     """The EvalConfig fields in declaration order (the CLI builds one flag per field)."""
     return list(fields(EvalConfig))

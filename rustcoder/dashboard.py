@@ -1,0 +1,56 @@
+"""The Trackio dashboard of a project (``rustcoder runs --dashboard``): Trackio's own server in a child
+process, on a port of its own (the playground takes 7860), its output without colour codes when piped,
+and Ctrl-C a clean stop. Standard library only (Trackio runs in the child)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from .terminal import ANSI, wants_plain
+
+DEFAULT_PORT = 7861  # first port tried; Trackio takes the next free one when it is busy
+
+
+def _copy(source, target, plain: bool) -> None:
+    """Copy a child's output line by line (colour codes dropped when ``plain``)."""
+    for line in iter(source.readline, ""):
+        target.write(ANSI.sub("", line) if plain else line)
+        target.flush()
+    source.close()
+
+
+def open_dashboard(project: str, port: int = DEFAULT_PORT) -> int:
+    """Run Trackio's dashboard for ``project`` until it stops or Ctrl-C; returns the exit code (0 after Ctrl-C)."""
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}  # where Trackio starts looking for a free port
+    plain = [wants_plain(sys.stdout), wants_plain(sys.stderr)]
+    pipe = subprocess.PIPE if any(plain) else None
+    child = subprocess.Popen([sys.executable, "-m", "trackio.cli", "show", "--project", project], env=env,
+                             stdout=pipe, stderr=pipe, text=True if pipe else None)
+    copies = []
+    if pipe:
+        copies = [threading.Thread(target=_copy, args=(src, dst, p), daemon=True)
+                  for src, dst, p in ((child.stdout, sys.stdout, plain[0]), (child.stderr, sys.stderr, plain[1]))]
+        for t in copies:
+            t.start()
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to both: let Trackio close, say so, no "Aborted!"
+        try:
+            child.wait(timeout=3)  # a terminal's Ctrl-C reached Trackio too
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)  # only this process was interrupted
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        code = 0
+    for t in copies:
+        t.join(timeout=5)
+    if code == 0:
+        print("dashboard stopped", file=sys.stderr)
+    return code
