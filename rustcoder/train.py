@@ -647,9 +647,14 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     one_gpu_per_process(args, world, log)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
     collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
+    from .progress import use_compact_progress
+    from .terminal import quiet_known_warnings
+
+    quiet_known_warnings()  # peft's deprecated-property FutureWarning, on every run
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                processing_class=tokenizer, peft_config=lora, data_collator=collator,
                                callbacks=callbacks or [])
+    use_compact_progress(trainer)  # log events as one line beside the progress bar
     trainer.rc_plan, trainer.rc_pad_id = plan, pad_id
     # sharded engines (whatever the launch config file is called) shard the LM head: TRL's fused head there
     trainer.rc_trl_head = bool(getattr(trainer, "is_fsdp_enabled", False)
