@@ -88,7 +88,7 @@ def test_compiler_crashes_score_as_failures_and_the_edition_default_is_2021(tmp_
     assert "compiled as Rust 2021" in (out / "report.md").read_text()
 
 
-# ---- test_generation: tests must run and must notice broken code -------------------------------
+# ---- test_generation: tests must run and must notice wrong values -------------------------------
 
 def test_test_suites_that_test_nothing_score_zero(sample_items, tmp_path):
     percent = next(i for i in sample_items["test_generation"] if "percent" in json.dumps(i.data))
@@ -105,16 +105,16 @@ def test_test_suites_that_test_nothing_score_zero(sample_items, tmp_path):
                                  categories=["test_generation"], output_dir=str(out), workers=2), **QUIET)
     s = _scores(out)
     per_item = {g["id"]: g for g in result.metrics["models"]["good"]["generated_tests"]}
-    assert per_item[percent.id]["tests_failed_broken"] >= 1
-    assert "fail on broken code" in (out / "report.md").read_text()
+    assert per_item[percent.id]["mutants_killed"] >= 1
+    assert "mutants caught" in (out / "report.md").read_text()
     good = s[f"good:{percent.id}:0"]
     assert good["status"] == "pass" and good["primary"] == 100.0
-    assert good["tests_passed"] >= 1 and good["tests_failed_broken"] >= 1, good  # both counts per item
+    assert good["tests_passed"] >= 1 and good["mutants_killed"] >= 1, good  # both counts per item
     assert s[f"commented:{percent.id}:0"]["status"] == "no_tests"
     assert s[f"none:{percent.id}:0"]["status"] == "no_tests"
     assert s[f"ignored:{percent.id}:0"]["status"] == "no_tests"
     trivial = s[f"trivial:{percent.id}:0"]
-    assert trivial["status"] == "weak_tests" and trivial["tests_failed_broken"] == 0, trivial
+    assert trivial["status"] == "weak_tests" and trivial["mutants_killed"] == 0, trivial
     for tag in ("commented", "none", "trivial", "ignored"):
         assert s[f"{tag}:{percent.id}:0"]["primary"] == 0.0
 
@@ -130,6 +130,100 @@ def test_break_function_bodies_keeps_tests_and_breaks_the_code():
     assert n == 2 and broken.count(BROKEN_BODY) == 2
     assert "fn decl(&self);" in broken and "fn helper() -> usize { 3 }" in broken
     assert 'assert_eq!(f("ab"), helper())' in broken
+
+
+def test_mutants_change_one_value_at_a_time_and_skip_equivalent_bodies():
+    from rustcoder.eval.extract import mutants
+
+    code = ("pub fn percent(part: u64, whole: u64) -> u8 { if whole == 0 { return 0; } 7 }\n"
+            "fn none() -> Option<u8> { None }\nimpl S { fn set(&mut self) { self.0 = 1; } }\n")
+    made = dict((what, src) for src, what in mutants(code))
+    assert list(made)[:3] == ["percent returns 0", "none returns Default::default()", "set returns at once"]
+    assert "none returns None" not in made  # the same body: not a wrong value
+    assert "{ 0 }" in made["percent returns 0"] and "self.0 = 1" in made["percent returns 0"]
+    assert "fn set(&mut self) {  }" in made["set returns at once"]
+
+
+# ---- the gaming suite: every trick scores 0, honest answers beside them keep their scores ---------
+
+GAMING = Path(__file__).parent / "gaming"
+
+
+def _statuses(want) -> set[str]:
+    return set(want) if isinstance(want, list) else {want}
+
+
+def test_every_humaneval_trick_scores_zero_through_eval_predictions(tmp_path, monkeypatch):
+    """Each hostile answer in tests/gaming/humaneval_tricks.yaml, through `rustcoder eval --predictions` on the
+    real HumanEval-Rust row, gets its status and scores 0; the honest answers beside them pass."""
+    import yaml
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+    from rustcoder.eval.suites import benchmark_suite
+
+    spec = yaml.safe_load((GAMING / "humaneval_tricks.yaml").read_text())
+    rows = {r["task_id"]: r for r in map(json.loads, Path(benchmark_suite("humaneval-rust").path).read_text()
+                                         .splitlines())}
+    row = rows[spec["task"]]
+    signature = row["prompt"].rstrip().rstrip("{").strip().splitlines()[-1].strip()
+    bench = _write(tmp_path / "bench.jsonl", [row])
+    preds, expect = [], {}
+    for tag, entries in (("tricks", spec["tricks"]), ("honest", spec["honest"])):
+        for k, t in enumerate(entries):
+            code = t["body"] if "body" in t else t["code"].replace("{SIG}", signature)
+            preds.append({"model": tag, "id": row["task_id"], "sample_index": k, "answer": f"```rust\n{code}```"})
+            expect[f"{tag}:{row['task_id']}:{k}"] = (t["name"], _statuses(t["status"]))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["eval", "--predictions", str(_write(tmp_path / "p.jsonl", preds)), "--benchmark",
+                                    str(bench), "--output-dir", "out", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    scores, got = _scores(tmp_path / "out"), {}
+    executions = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "executions.jsonl").read_text().splitlines())}
+    for key, (name, want) in expect.items():
+        rec = scores[key]
+        got[name] = rec["status"]
+        assert rec["status"] in want, (name, rec["status"], executions[key]["detail"])
+        assert rec["primary"] == (100.0 if "pass" in want else 0.0), (name, rec)
+    forged = executions[next(k for k, (n, _) in expect.items() if n == "forge_markers")]
+    assert "rustcoder-verdict:" in forged["stdout_tail"] and forged["tests_passed"] == 0
+    print("\n" + "\n".join(f"{n}: {s}" for n, s in got.items()))
+
+
+def _row(items, word: str):
+    return next(i for i in items if word in json.dumps(i.data))
+
+
+def test_strandset_tricks_score_zero_and_references_pass(sample_items, tmp_path):
+    """tests/gaming/strandset_tricks.yaml on the built-in Strandset sample through evaluate(--predictions):
+    code_generation with the row's tests, test_generation (mutants), bug_detection / code_refactoring (the code
+    must change and rework the given code), comment_generation (the code must be kept)."""
+    import yaml
+
+    spec = yaml.safe_load((GAMING / "strandset_tricks.yaml").read_text())
+    preds, expect = [], {}
+    for group in spec:
+        item = _row(sample_items[group["category"]], group["row"])
+        given_field = {"bug_detection": "buggy_code", "code_refactoring": "code_before"}.get(group["category"])
+        for k, a in enumerate(group["answers"]):
+            if a.get("reference"):
+                answer = item.reference
+            elif a.get("given"):
+                answer = f"Fixed:\n```rust\n// fixed\n{item.data['input_data'][given_field]}\n```"
+            else:
+                answer = f"Here it is.\n```rust\n{a['code']}```"
+            tag = group["category"]
+            preds.append({"model": tag, "id": item.id, "sample_index": k, "answer": answer})
+            expect[f"{tag}:{item.id}:{k}"] = (f"{tag}/{a['name']}", _statuses(a["status"]))
+    out = tmp_path / "eval"
+    evaluate(EvalConfig(predictions=str(_write(tmp_path / "p.jsonl", preds)), dataset="sample",
+                        categories=[g["category"] for g in spec], output_dir=str(out), workers=2), **QUIET)
+    scores = _scores(out)
+    for key, (name, want) in expect.items():
+        rec = scores[key]
+        assert rec["status"] in want, (name, rec["status"], rec)
+        assert rec["primary"] == (100.0 if "pass" in want else 0.0), (name, rec)
+    print("\n" + "\n".join(f"{name}: {scores[key]['status']}" for key, (name, _) in expect.items()))
 
 
 # ---- coverage and duplicates -------------------------------------------------------------------

@@ -282,54 +282,9 @@ _FN_NAME = re.compile(r"\bfn\s+[A-Za-z_][A-Za-z0-9_]*")
 
 def _masked(source: str) -> str:
     """``source`` with comments, string and char literals blanked (same length, same offsets)."""
-    out = list(source)
-    i, n = 0, len(source)
+    from ..sandbox.rustsrc import mask
 
-    def blank(a: int, b: int) -> None:
-        for k in range(a, min(b, n)):
-            if out[k] != "\n":
-                out[k] = " "
-
-    while i < n:
-        c, nxt = source[i], source[i + 1:i + 2]
-        if c == "/" and nxt == "/":
-            j = source.find("\n", i)
-            j = n if j < 0 else j
-            blank(i, j)
-            i = j
-        elif c == "/" and nxt == "*":
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if source.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif source.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            blank(i, j)
-            i = j
-        elif c in "rb" and (raw := re.match(r'b?r(#*)"', source[i:i + 260])) \
-                and (i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")):
-            j = source.find('"' + raw.group(1), i + raw.end())
-            j = n if j < 0 else j + 1 + len(raw.group(1))
-            blank(i + 1, j - 1)
-            i = j
-        elif c == '"':
-            j = i + 1
-            while j < n and source[j] != '"':
-                j += 2 if source[j] == "\\" else 1
-            blank(i + 1, j)
-            i = j + 1
-        elif c == "'":
-            m = re.match(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])'", source[i:i + 14])
-            if m:
-                blank(i + 1, i + m.end() - 1)
-                i += m.end()
-            else:
-                i += 1
-        else:
-            i += 1
-    return "".join(out)
+    return mask(source)
 
 
 def _test_spans(masked: str) -> list[tuple[int, int]]:
@@ -341,17 +296,12 @@ def _test_spans(masked: str) -> list[tuple[int, int]]:
     return spans
 
 
-def break_function_bodies(source: str) -> tuple[str, int]:
-    """``source`` with the body of every function outside test code replaced by a panic, and the
-    number of bodies replaced.
-
-    Tests that still all pass against this version do not exercise the code under test. Test
-    modules (``#[cfg(test)] mod``, or any module holding ``#[test]``) and ``#[test]`` functions are
-    kept; functions returning ``impl Trait`` are kept too (a panicking body does not name a type).
-    """
+def _function_bodies(source: str) -> list[tuple[str, int, int, str]]:
+    """(name, index of the body's ``{``, index after its ``}``, signature text) of every function with a body
+    outside test code (test modules, ``#[test]`` functions) and not returning ``impl Trait``."""
     masked = _masked(source)
     skip = _test_spans(masked)
-    edits: list[tuple[int, int]] = []
+    found: list[tuple[str, int, int, str]] = []
     pos = 0
     for m in _FN_NAME.finditer(masked):
         start = m.start()
@@ -376,12 +326,76 @@ def break_function_bodies(source: str) -> tuple[str, int]:
         close = _matching_close(masked, j)
         if close is None:
             continue
-        if re.search(r"->\s*impl\b", masked[m.end():j]):
-            pos = close + 1
-            continue
-        edits.append((j, close + 1))
         pos = close + 1
+        if re.search(r"->\s*impl\b", masked[m.end():j]):
+            continue
+        found.append((m.group(0).split()[-1], j, close + 1, source[m.start():j]))
+    return found
+
+
+def break_function_bodies(source: str) -> tuple[str, int]:
+    """``source`` with the body of every function outside test code replaced by a panic, and the
+    number of bodies replaced.
+
+    Tests that still all pass against this version do not exercise the code under test. Test
+    modules (``#[cfg(test)] mod``, or any module holding ``#[test]``) and ``#[test]`` functions are
+    kept; functions returning ``impl Trait`` are kept too (a panicking body does not name a type).
+    """
+    edits = [(a, b) for _, a, b, _ in _function_bodies(source)]
     out = source
     for a, b in reversed(edits):
         out = out[:a] + BROKEN_BODY + out[b:]
     return out, len(edits)
+
+
+_INTEGERS = {"i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize"}
+
+
+def _wrong_values(ret: str) -> list[str]:
+    """Plausible wrong values for a function returning ``ret`` (whitespace removed), most telling first."""
+    if ret in ("", "()"):
+        return [""]  # does nothing
+    if ret == "bool":
+        return ["true", "false"]
+    if ret in _INTEGERS:
+        return ["0", "1"]
+    if ret in ("f32", "f64"):
+        return ["0.0", "1.0"]
+    if ret == "char":
+        return ["'\\0'", "'x'"]
+    if ret == "String":
+        return ["String::new()", 'String::from("xyzzy")']
+    if re.fullmatch(r"&('\w+)?str", ret):
+        return ['""', '"xyzzy"']
+    if re.fullmatch(r"&('\w+)?(mut)?\[.*\]", ret):
+        return ["&mut []" if "mut" in ret.split("[")[0] else "&[]"]
+    if ret.startswith(("Option<", "std::option::Option<")):
+        return ["None", "Default::default()"]
+    if ret.startswith(("Vec<", "std::vec::Vec<")):
+        return ["Vec::new()"]
+    return ["Default::default()"]
+
+
+def mutants(source: str) -> list[tuple[str, str]]:
+    """Wrong-valued variants of ``source``: (mutated source, what changed), one function body replaced by a wrong
+    value each, ordered so that every function gets its first value before any gets its second."""
+    from ..sandbox.verdict import return_type
+
+    per_fn = []
+    for name, a, b, signature in _function_bodies(source):
+        if name == "main":
+            continue
+        ret = return_type(signature + " {}", name)
+        body = re.sub(r"\s+", "", source[a:b])
+        per_fn.append([(source[:a] + "{ " + v + " }" + source[b:], f"{name} returns {v or 'at once'}")
+                       for v in _wrong_values(ret or "") if re.sub(r"\s+", "", "{" + v + "}") != body])
+    out = []
+    for rank in range(max((len(v) for v in per_fn), default=0)):
+        out += [v[rank] for v in per_fn if rank < len(v)]
+    return out
+
+
+def test_modules(source: str) -> str:
+    """Only the test modules of ``source`` (``#[cfg(test)] mod ...`` or a module holding ``#[test]``), joined."""
+    masked = _masked(source)
+    return "\n\n".join(source[a:b] for a, b in _test_spans(masked)) + "\n"

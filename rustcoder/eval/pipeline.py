@@ -402,6 +402,8 @@ def stage_generate(plan: EvalPlan, backends: Backends, log) -> dict[str, dict]:
 def _compiled(status: str, res: dict | None) -> bool | None:
     if status in ("pass", "test_fail", "runtime_error", "output_limit"):
         return True
+    if status == "forbidden":
+        return res.get("compile_seconds", 0) > 0 if res else False
     if status == "timeout":
         return bool(res and res.get("run_seconds"))
     if status in ("compile_error",):
@@ -474,16 +476,18 @@ def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, di
                              "(code tasks then get status not_executed).")
     workers = plan.cfg.workers or os.cpu_count() or 1
     kwargs = dict(compile_timeout=plan.cfg.compile_timeout, run_timeout=plan.cfg.run_timeout)
-    cache: dict[tuple, dict] = {}
+    cache: dict[tuple, dict] = {}  # Program.key() -> result
 
     def run_programs(programs: list[tasks.Program]) -> list[dict]:
-        keys = [(p.source, p.mode, p.edition) for p in programs]
-        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        keys = [p.key() for p in programs]
+        todo = dict(zip(keys, programs))
+        todo = {k: p for k, p in todo.items() if k not in cache}
         for mode in ("check", "test"):
-            for edition in sorted({k[2] for k in todo if k[1] == mode}):
-                group = [k for k in todo if k[1] == mode and k[2] == edition]
-                for k, r in zip(group, sandbox.run_many([k[0] for k in group], workers=workers, mode=mode,
-                                                        edition=edition, **kwargs)):
+            for edition in sorted({p.edition for p in todo.values() if p.mode == mode}):
+                group = [(k, p) for k, p in todo.items() if p.mode == mode and p.edition == edition]
+                for (k, _), r in zip(group, sandbox.run_many([p.source for _, p in group], workers=workers,
+                                                             per_item=[p.run_args() for _, p in group], mode=mode,
+                                                             edition=edition, **kwargs)):
                     cache[k] = r.to_dict()
         return [cache[k] for k in keys]
 
@@ -517,40 +521,62 @@ def _execute_chunk(part, c, chunk, total, proof, run_programs, store, by_id, exe
         for i, r in zip(retry, again):
             if r["status"] != "compile_error" or not set(r["error_codes"]) <= tasks.DUPLICATE_DEFINITION_CODES:
                 chosen[i] = (part[i][1].programs[1], r)
-    # generated tests must test something: run them against the code under test, broken
-    broken: dict[int, tuple[tasks.Program, int]] = {}
+    # generated tests must test something: they must fail against a wrong-valued variant of the code under test
+    mutants: dict[int, list[tasks.Program]] = {}
     for i, ((s, _pp), (prog, r)) in enumerate(zip(part, chosen)):
         if r["status"] == "pass" and r["tests_passed"] > 0 and \
                 tasks.task_of(by_id[s["id"]].task).program == "tests_for_code":
-            made = tasks.broken_program(prog)
-            if made:
-                broken[i] = made
-    broken_runs = dict(zip(broken, run_programs([b[0] for b in broken.values()]))) if broken else {}
+            mutants[i] = tasks.mutant_programs(prog)
+    flat = [(i, m) for i, ms in mutants.items() for m in ms]
+    mutant_runs: dict[int, list[dict]] = {i: [] for i in mutants}
+    for (i, _), r in zip(flat, run_programs([m for _, m in flat]) if flat else []):
+        mutant_runs[i].append(r)
+    # no wrong-valued variant compiles: at least the tests must fail against panicking bodies
+    fallback = {i: tasks.broken_program(chosen[i][0]) for i, runs in mutant_runs.items()
+                if not any(r["status"] not in ("compile_error", "forbidden") for r in runs)}
+    fallback = {i: b for i, b in fallback.items() if b}
+    broken_runs = dict(zip(fallback, run_programs([b[0] for b in fallback.values()]))) if fallback else {}
     recs = []
     for i, ((s, pp), (prog, r)) in enumerate(zip(part, chosen)):
         status, detail = r["status"], r["detail"]
         rec = {"key": s["key"], "label": prog.label, "mode": prog.mode, "has_tests": prog.has_tests}
         if prog.has_tests and status == "pass" and r["tests_passed"] == 0:
             status, detail = "no_tests", "no test ran (0 tests): nothing was checked"
-        if i in broken_runs:
-            b = broken_runs[i]
-            rec.update(broken_status=b["status"], tests_failed_broken=b["tests_failed"],
-                       tests_passed_broken=b["tests_passed"], broken_bodies=broken[i][1])
-            if b["status"] == "pass":
+        if i in mutant_runs:
+            runs = mutant_runs[i]
+            viable = [m for m in runs if m["status"] not in ("compile_error", "forbidden", "sandbox_error")]
+            killed = [m for m in viable if m["status"] in tasks.DISCRIMINATING_STATUSES]
+            rec.update(mutants=len(runs), mutants_viable=len(viable), mutants_killed=len(killed),
+                       mutant_labels=[p.label for p in mutants[i]])
+            if i in broken_runs:
+                b = broken_runs[i]
+                rec.update(broken_status=b["status"])
+                if b["status"] == "pass":
+                    status = "weak_tests"
+                    detail = (f"all {r['tests_passed']} test(s) also pass with the function bodies of the code under "
+                              "test replaced by a panic: they do not test it")
+                elif b["status"] in tasks.DISCRIMINATING_STATUSES:
+                    detail += ("; no wrong-valued variant of the code under test compiles; the tests fail against "
+                               "panicking bodies")
+                else:
+                    detail += f"; the check against broken code was inconclusive ({b['status']})"
+            elif viable and not killed:
                 status = "weak_tests"
-                detail = (f"all {r['tests_passed']} test(s) also pass with the {broken[i][1]} function body(ies) "
-                          "of the code under test replaced by a panic: they do not test it")
-            elif b["status"] in tasks.DISCRIMINATING_STATUSES:
-                detail += f"; {b['tests_failed']} test(s) fail against the broken code"
+                detail = (f"all {r['tests_passed']} test(s) also pass against every one of {len(viable)} wrong-valued "
+                          "variant(s) of the code under test (" + ", ".join(
+                              p.label.rsplit("mutant: ", 1)[-1].rstrip(")") for p in mutants[i]) + "): they assert "
+                          "nothing that tells right from wrong")
             else:
-                detail += f"; broken-code check inconclusive ({b['status']})"
+                detail += f"; {len(killed)} of {len(viable)} wrong-valued variant(s) of the code under test caught"
         rec.update({
             "status": status, "compiled": _compiled(r["status"], r),
             "error_codes": r["error_codes"], "missing_crates": r["missing_crates"],
             "tests_passed": r["tests_passed"], "tests_failed": r["tests_failed"],
             "compile_seconds": round(r["compile_seconds"], 3), "run_seconds": round(r["run_seconds"], 3),
             "detail": detail, "diagnostics": (r["diagnostics"] or "")[:2000],
-            "stdout_tail": (r["stdout"] or "")[-1000:], "program": prog.source, "code": pp.code})
+            "stdout_tail": (r["stdout"] or "")[-1000:], "code": pp.code,
+            # what was compiled, for a person to read: the code, then the tests the harness ran against it
+            "program": prog.source + (f"\n// ---- tests (verdict harness) ----\n{prog.tests}" if prog.tests else "")})
         recs.append(rec)
     _check_sandbox(log, "alongside this batch", proof.result())  # before recording: nothing blamed on it
     store.append(recs)
@@ -600,9 +626,9 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
         ex = execution or {"status": "empty_answer" if empty else "no_code"}
         status = ex["status"]
         m["compiled"] = ex.get("compiled") if status not in tasks.EXCLUDED_STATUSES else None
-        if status in ("empty_answer", "no_code", "no_tests") and ex.get("compiled") is None:
+        if status in ("empty_answer", "no_code", "no_tests", "no_change", "unrelated") and ex.get("compiled") is None:
             m["compiled"] = False
-        for name in ("tests_passed", "tests_failed", "tests_failed_broken", "broken_status"):
+        for name in ("tests_passed", "tests_failed", "mutants", "mutants_viable", "mutants_killed", "broken_status"):
             if name in ex:
                 rec[name] = ex[name]
         m["has_tests"] = bool(ex.get("has_tests"))
@@ -614,6 +640,9 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
             code = ex.get("code") or ""
             m["code_preserved"] = float(bool(code) and metrics.normalize_code(extract.strip_comments(code))
                                         == metrics.normalize_code(extract.strip_comments(original)))
+            if status == "pass" and not m["code_preserved"]:  # comments were asked for, not other code
+                status = "code_changed"
+                m["passed"] = 0.0
     if spec.text_field:
         reference = str(out_data.get(spec.text_field) or "")
         if spec.answer_kind == "text+code":

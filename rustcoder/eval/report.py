@@ -131,7 +131,8 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
         if tested:  # do the generated tests test the code? both counts, per item and sample
             models[target.tag]["generated_tests"] = [
                 {"id": r["id"], "sample_index": r["sample_index"], "status": r["status"],
-                 "tests_passed": r.get("tests_passed"), "tests_failed_broken": r.get("tests_failed_broken")}
+                 "tests_passed": r.get("tests_passed"), "mutants_viable": r.get("mutants_viable"),
+                 "mutants_killed": r.get("mutants_killed")}
                 for r in sorted(tested, key=lambda r: (r["id"], r["sample_index"]))]
 
     comparison = None
@@ -430,11 +431,11 @@ def render_report(m: dict) -> str:
         if md.get("generated_tests"):
             rows = [[f"`{g['id']}`" + (f" #{g['sample_index']}" if gen["samples"] > 1 else ""), g["status"],
                      "" if g["tests_passed"] is None else str(g["tests_passed"]),
-                     "" if g["tests_failed_broken"] is None else str(g["tests_failed_broken"])]
+                     "" if g.get("mutants_killed") is None else f"{g['mutants_killed']} of {g['mutants_viable']}"]
                     for g in md["generated_tests"]]
-            lines += ["", f"Generated tests ({tag}): tests that pass against the reference code, and of those, how "
-                      "many fail when the code under test has its function bodies broken (0 = `weak_tests`):", "",
-                      _table_md(["item", "status", "pass on the code", "fail on broken code"], rows)]
+            lines += ["", f"Generated tests ({tag}): tests that pass against the reference code, and how many "
+                      "wrong-valued variants (mutants) of the code under test they catch (0 = `weak_tests`):", "",
+                      _table_md(["item", "status", "pass on the code", "mutants caught"], rows)]
         ks = {k: v for k, v in md["overall"].items() if k.startswith("pass@")}
         if ks and (m["suite"]["kind"] != "strandset" or gen["samples"] > 1):
             lines += ["", f"pass@k ({tag}, unbiased estimator, {gen['samples']} sample(s) per task): "

@@ -9,18 +9,22 @@ Standard library only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import extract
 
 # Every per-sample status an evaluation can report (docs/eval.md explains each).
 EXEC_STATUSES = ("pass", "test_fail", "compile_error", "needs_crate", "timeout", "runtime_error",
-                 "output_limit", "sandbox_error")
+                 "output_limit", "sandbox_error", "forbidden")
 STATUSES = EXEC_STATUSES + (
     "empty_answer",      # the model produced nothing (or only whitespace / a think block)
     "no_code",           # a code task whose answer holds no Rust
     "no_tests",          # test_generation: the answer holds no #[test] function, or none of them ran
-    "weak_tests",        # test_generation: the tests also all pass against a broken version of the code
+    "weak_tests",        # test_generation: the tests also pass against every wrong-valued variant of the code
+    "no_change",         # fix/review/refactor/optimize: the answer's code is the given code (comments aside)
+    "unrelated",         # fix/review/refactor/optimize: the answer's code shares (almost) nothing with the given code
+    "code_changed",      # comment_generation: the code is not the input code once comments are removed
     "missing",           # --predictions: no answer for this item (or sample): scored 0
     "not_executed",      # --no-exec: code was extracted but not compiled
     "match",             # name / API tasks: exact match after normalisation
@@ -47,6 +51,7 @@ class TaskSpec:
     match_field: str | None = None  # output field for exact match / edit similarity
     match: str | None = None  # "name" or "code" normalisation
     checks: tuple[str, ...] = ()  # extra checks: code_preserved (comments only), identifier
+    given_field: str | None = None  # input field holding the code the answer must change (and relate to)
     description: str = ""
 
 
@@ -57,18 +62,26 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              match_field="completion", match="code",
              description="prefix + completion + suffix compiles; exact match and edit similarity"),
     TaskSpec("bug_detection", "text+code", "pass", code="last", program="context",
-             text_field="bug_description",
-             description="the fixed code compiles with the context; chrF of the explanation"),
+             text_field="bug_description", given_field="buggy_code",
+             description="the fixed code changes and relates to the buggy code and compiles with the context; "
+                         "chrF of the explanation"),
     TaskSpec("code_review", "text+code", "pass", code="last", program="context", text_field="review_comment",
-             description="the code after review compiles; chrF of the review comment"),
+             given_field="code_before",
+             description="the code after review changes and relates to the code before and compiles; chrF of the "
+                         "review comment"),
     TaskSpec("code_refactoring", "text+code", "pass", code="last", program="context", text_field="rationale",
-             description="the refactored code compiles; chrF of the rationale"),
+             given_field="code_before",
+             description="the refactored code changes and relates to the code before and compiles; chrF of the "
+                         "rationale"),
     TaskSpec("code_optimization", "text+code", "pass", code="last", program="context", text_field="rationale",
-             description="the optimized code compiles; chrF of the rationale"),
+             given_field="code_before",
+             description="the optimized code changes and relates to the code before and compiles; chrF of the "
+                         "rationale"),
     TaskSpec("docstring_generation", "text", "chrf", text_field="docstring",
              description="chrF of the doc comment"),
     TaskSpec("comment_generation", "code", "pass", code="first", program="context", checks=("code_preserved",),
-             description="the commented code compiles and is the input code once comments are removed"),
+             description="the commented code compiles and is the input code once comments are removed (both "
+                         "needed to pass)"),
     TaskSpec("code_summarization", "text", "chrf", text_field="summary", description="chrF of the summary"),
     TaskSpec("code_explanation", "text", "chrf", text_field="explanation", description="chrF of the explanation"),
     TaskSpec("function_naming", "name", "exact", match_field="function_name", match="name",
@@ -78,7 +91,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("code_search", "code", "pass", code="first", program="context", text_field="code_snippet",
              description="the snippet compiles with the context; chrF against the reference snippet"),
     TaskSpec("test_generation", "code", "pass", code="all", program="tests_for_code",
-             description="context + code_to_test + the generated tests in a tests module: they compile and pass"),
+             description="context + code_to_test + the generated tests in a tests module: they compile, pass, and "
+                         "fail against at least one wrong-valued variant (mutant) of the code under test"),
     TaskSpec("api_usage_prediction", "api", "exact", match_field="next_api_call", match="code",
              description="exact match and edit similarity of the normalised call"),
     TaskSpec("humaneval-rust", "benchmark", "pass", code="first", program="benchmark",
@@ -91,13 +105,30 @@ DUPLICATE_DEFINITION_CODES = {"E0428", "E0252", "E0201", "E0119", "E0255"}
 
 @dataclass
 class Program:
-    """One Rust source to run in the sandbox."""
+    """One Rust program to run in the sandbox: ``source`` is the code (and, with ``tests``, the code under test of
+    the verdict harness, ``sandbox.verdict``)."""
 
     source: str
     mode: str  # "check" or "test"
     edition: str
     label: str
     has_tests: bool
+    tests: str | None = None  # the test source the harness runs against ``source``
+    tests_untrusted: bool = False  # the tests are the answer's (test_generation); ``source`` is the given code
+    returns: dict[str, str] | None = None  # return types the task fixes ({function: type})
+    answer: str | None = None  # the untrusted part of ``source`` (None: all of it, or the tests are the answer)
+
+    def run_args(self) -> dict:
+        """The per-program keyword arguments of ``sandbox.run_rust``."""
+        if self.tests is None:
+            return {}
+        return {"tests": self.tests, "tests_untrusted": self.tests_untrusted, "returns": self.returns,
+                "answer": self.answer}
+
+    def key(self) -> tuple:
+        """What makes two programs the same run."""
+        return (self.source, self.mode, self.edition, self.tests, self.tests_untrusted,
+                tuple(sorted((self.returns or {}).items())), self.answer)
 
 
 @dataclass
@@ -113,17 +144,62 @@ class ProgramPlan:
     programs: list[Program] = field(default_factory=list)
 
 
-# Statuses of the broken-code run that show the tests notice a broken implementation.
+# Statuses of a mutant's run that show the tests notice the wrong values.
 DISCRIMINATING_STATUSES = ("test_fail", "runtime_error", "timeout", "output_limit")
+
+MAX_MUTANTS = 4  # wrong-valued variants tried per passing set of generated tests
+
+
+def mutant_programs(program: Program) -> list[Program]:
+    """Wrong-valued variants of the code under test of a test_generation program (one function's body replaced by
+    a plausible wrong value: 0, 1, false, an empty string or vector, ``None``, ``Default::default()``, or nothing
+    for a function returning ``()``), at most ``MAX_MUTANTS``; tests that assert something fail on at least one."""
+    out = []
+    for source, what in extract.mutants(program.source)[:MAX_MUTANTS]:
+        out.append(Program(source, "test", program.edition, f"{program.label} (mutant: {what})", True,
+                           program.tests, program.tests_untrusted, program.returns))
+    return out
 
 
 def broken_program(program: Program) -> tuple[Program, int] | None:
-    """``program`` with every function body outside its tests replaced by a panic, and how many
-    bodies were replaced; None when there is no body to break (nothing to check the tests against)."""
+    """``program`` with every function body of the code under test replaced by a panic, and how many bodies were
+    replaced; None when there is no body to break. Used only when no wrong-valued variant compiles."""
     source, replaced = extract.break_function_bodies(program.source)
     if not replaced:
         return None
-    return Program(source, "test", program.edition, program.label + " (code under test broken)", True), replaced
+    return Program(source, "test", program.edition, program.label + " (code under test broken)", True,
+                   program.tests, program.tests_untrusted, program.returns), replaced
+
+
+KEYWORDS = frozenset("as break const continue crate else enum extern false fn for if impl in let loop match mod move "
+                     "mut pub ref return self Self static struct super trait true type unsafe use where while async "
+                     "await dyn".split())
+RELATED_SHARE = 0.25  # the share of the given code's identifiers and numbers the answer's code must keep
+
+
+def _tokens(code: str) -> set[str]:
+    from ..sandbox.rustsrc import mask
+
+    return {t for t in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\d[\d_]*(?:\.\d+)?", mask(code)) if t not in KEYWORDS}
+
+
+def change_status(given: str, code: str) -> tuple[str | None, str]:
+    """(status, detail) for an answer's code that must rework ``given``: "no_change" when it is the given code with
+    only comments or whitespace changed, "unrelated" when it keeps less than ``RELATED_SHARE`` of the given code's
+    identifiers and numbers (``fn _x() {}``, a comment alone); (None, "") otherwise."""
+    if not given.strip():
+        return None, ""
+    from .metrics import normalize_code
+
+    same = normalize_code(extract.strip_comments(given)) == normalize_code(extract.strip_comments(code))
+    if same:
+        return "no_change", "the answer's code is the given code (comments and whitespace aside)"
+    want, got = _tokens(given), _tokens(code)
+    share = len(want & got) / len(want) if want else 1.0
+    if share < RELATED_SHARE:
+        return "unrelated", (f"the answer's code keeps {100 * share:.0f}% of the given code's identifiers and numbers "
+                             f"(at least {100 * RELATED_SHARE:.0f}% needed): it does not rework the given code")
+    return None, ""
 
 
 def task_of(category: str) -> TaskSpec:
@@ -145,8 +221,23 @@ def _answer_code(spec: TaskSpec, answer: str, entry_point: str | None = None) ->
     return extract.extract_code(answer, spec.code or "first")
 
 
+def _signature_returns(signature: str) -> dict[str, str] | None:
+    """{function name: return type} of a task's given signature (None when it names no function)."""
+    from ..sandbox.verdict import return_type
+
+    m = re.search(r"\bfn\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)", signature or "")
+    if not m:
+        return None
+    ret = return_type(signature + " {}", m.group(1))
+    return None if ret is None else {m.group(1): ret}
+
+
 def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition: str = "2021") -> ProgramPlan:
-    """The programs that check an answer (or the status that makes running one pointless)."""
+    """The programs that check an answer (or the status that makes running one pointless).
+
+    Programs with tests run under the sandbox's verdict harness: the answer's code and the tests are separate
+    (``Program.tests``), so nothing in the answer can change what the tests are or how they report.
+    """
     if not extract.strip_thinking(answer or "").strip():
         return ProgramPlan(status="empty_answer")
     if spec.program is None:
@@ -158,41 +249,49 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
     test = str(item_data.get("test") or "").strip()
     edition = str(item_data.get("edition") or default_edition)
     plan = ProgramPlan(code=code)
+    if spec.given_field:
+        status, _detail = change_status(str(inp.get(spec.given_field) or ""), code)
+        if status:
+            return ProgramPlan(status=status, code=code)
 
-    def add(source: str, label: str, tests: bool) -> None:
-        plan.programs.append(Program(source, "test" if tests else "check", edition, label, tests))
+    def add(source: str, label: str, returns: dict | None = None, answer: str | None = None) -> None:
+        plan.programs.append(Program(source, "test" if test else "check", edition, label + ("+test" if test else ""),
+                                     bool(test), test or None, False, returns if test else None,
+                                     answer if test else None))
 
     if spec.program == "context":
         ctx = str(inp.get("code_context") or "")
         body = extract.strip_test_modules(code) if test else code
-        add(extract.join_rust(extract.merge_context(ctx, body), test), "context+code" + ("+test" if test else ""),
-            bool(test))
+        returns = _signature_returns(str(inp.get("function_signature") or ""))
+        add(extract.merge_context(ctx, body), "context+code", returns, body)
         if ctx.strip():
-            add(extract.join_rust(body, test), "code" + ("+test" if test else ""), bool(test))
+            add(body, "code", returns, body)
     elif spec.program == "completion":
-        source = str(inp.get("prefix") or "") + code + str(inp.get("suffix") or "")
-        add(extract.join_rust(source, test), "prefix+completion+suffix" + ("+test" if test else ""), bool(test))
+        add(str(inp.get("prefix") or "") + code + str(inp.get("suffix") or ""), "prefix+completion+suffix", None, code)
     elif spec.program == "tests_for_code":
         if "#[test]" not in code:
             return ProgramPlan(status="no_tests", code=code)
         ctx = str(inp.get("code_context") or "")
         under_test = str(inp.get("code_to_test") or "")
-        tests = code if extract.has_test_module(code) else extract.wrap_tests(code, str(inp.get("test_context") or ""))
-        add(extract.join_rust(ctx, under_test, tests), "context+code_to_test+tests", True)
         if extract.has_test_module(code):  # the answer may restate the code under test next to its tests
-            add(extract.join_rust(extract.merge_context(ctx, code)), "context+answer", True)
+            tests = extract.test_modules(code)
+        else:
+            tests = extract.wrap_tests(code, str(inp.get("test_context") or ""))
+        plan.programs.append(Program(extract.join_rust(ctx, under_test), "test", edition,
+                                     "context+code_to_test+tests", True, tests, True))
     elif spec.program == "benchmark":
         prompt = str(item_data.get("prompt") or "")
         entry = str(item_data.get("entry_point") or "")
         body = extract.strip_test_modules(code)
-        if entry and f"fn {entry}" in body:  # the answer is the whole function
-            source = extract.join_rust(extract.prompt_uses(prompt, body), body, test)
-            label = "code+test"
+        if entry and f"fn {entry}" in body:  # the answer is the whole function: its return type is the prompt's
+            from ..sandbox.verdict import return_type
+
+            want = return_type(prompt + "\n}", entry)
+            add(extract.join_rust(extract.prompt_uses(prompt, body), body), "code",
+                {entry: want} if want is not None else None, body)
         else:  # the answer continues the prompt (a function body)
             cont = body if extract.brace_balance(prompt + "\n" + body) <= 0 else body + "\n}"
-            source = extract.join_rust(prompt + "\n" + cont, test)
-            label = "prompt+body+test"
-        add(source, label, bool(test))
+            add(prompt + "\n" + cont + "\n", "prompt+body", None, body)
     else:  # pragma: no cover - registry typo
         raise ValueError(f"unknown program kind {spec.program!r}")
     return plan

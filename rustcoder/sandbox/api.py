@@ -18,7 +18,8 @@ from .limits import rlimit_values
 from .policy import COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MODES, ExecutionResult, Limits, RustcNotFound, log
 from .setup import Setup, get_setup, new_job, reset_setup
 from .toolchain import resolve_toolchain
-from .verdict import count_tests, libtest_status
+from .verdict import (NONCE_VAR, RUNTIME_CRATE, Harness, build_harness, count_tests, is_forbidden_diagnostic,
+                      libtest_status, runtime_rlib, seal, stage)
 
 
 def rustc_available() -> bool:
@@ -71,11 +72,15 @@ def sandbox_capabilities(refresh: bool = False) -> dict:
 
 SELF_CHECK_SOURCE = """
 pub fn double(x: i32) -> i32 { x * 2 }
+"""
 
+
+SELF_CHECK_TESTS = """
 #[cfg(test)]
 mod tests {
+    use super::*;
     #[test]
-    fn doubles() { assert_eq!(super::double(21), 42); }
+    fn doubles() { assert_eq!(double(21), 42); }
 }
 """
 
@@ -85,10 +90,11 @@ def sandbox_self_check(compile_timeout: float = 60, run_timeout: float = 30) -> 
 
     Run before a batch of model-written programs, so that a ``sandbox_error`` (or a compile failure
     of every answer) is never silently blamed on the sandbox or on the model. A result other than
-    "pass" (with exactly one passed test) means the sandbox is broken here: ``detail`` says how.
+    "pass" (with exactly one passed test) means the sandbox is broken here: ``detail`` says how. It runs
+    under the verdict harness, the path evaluations take, so a harness that cannot work here shows too.
     """
     result = run_rust(SELF_CHECK_SOURCE, mode="test", compile_timeout=compile_timeout,
-                      run_timeout=run_timeout, edition="2021")
+                      run_timeout=run_timeout, edition="2021", tests=SELF_CHECK_TESTS)
     if result.status == "pass" and result.tests_passed != 1:
         result.status = "sandbox_error"
         result.detail = f"self-check ran {result.tests_passed} tests instead of 1"
@@ -108,8 +114,19 @@ def run_rust(
     edition: str = "2021",
     max_output_bytes: int = 64_000,
     limits: Limits | None = None,
+    tests: str | None = None,
+    tests_untrusted: bool = False,
+    answer: str | None = None,
+    returns: dict[str, str] | None = None,
 ) -> ExecutionResult:
     """Compile (and, for modes "test"/"run", execute) one Rust source file in the sandbox.
+
+    With ``tests`` (mode "test"), ``source`` is the code under test and ``tests`` the test source, run under the
+    verdict harness (``verdict.py``): a test passes only when it ran to its end, seen through a channel the code
+    cannot write, and answers using what a correct answer never needs get status "forbidden".
+    ``tests_untrusted=True`` swaps the roles (generated tests for given code); ``returns`` maps function names
+    to the return types the task fixes; ``answer`` is the untrusted part of ``source`` when the rest is given
+    (a task's context or prompt). Without ``tests`` a "test" run reports libtest's own summary.
 
     mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
     the tests; "run" builds a binary and runs ``main``. Never raises for anything the program
@@ -128,6 +145,13 @@ def run_rust(
     limits = limits or Limits()
     if not source.strip():
         return ExecutionResult(status="empty_source", mode=mode, detail="source is empty")
+    harness = None
+    if tests is not None:
+        if mode != "test":
+            raise ValueError("tests= needs mode='test'")
+        harness = build_harness(source, tests, tests_untrusted=tests_untrusted, answer=answer, returns=returns)
+        if harness.forbidden:
+            return ExecutionResult(status="forbidden", mode=mode, detail="forbidden: " + "; ".join(harness.forbidden))
     setup = get_setup()
     isolation = list(setup.isolation)
     if setup.error:
@@ -146,7 +170,7 @@ def run_rust(
             group = JobCgroup.create(setup.cgroups, memory_bytes=limits.compile_tree_memory_bytes,
                                      max_tasks=limits.compile_max_tasks)
         result = _compile_and_run(setup, job, group, source, mode, compile_timeout, run_timeout,
-                                  edition, max_output_bytes, limits, isolation)
+                                  edition, max_output_bytes, limits, isolation, harness)
     except Exception as exc:  # noqa: BLE001 - a failure of the sandbox is the item's sandbox_error, never a raise
         log.exception("sandbox failure")
         result = ExecutionResult(status="sandbox_error", mode=mode, isolation=isolation,
@@ -155,9 +179,12 @@ def run_rust(
         # Whatever the job left (processes, a 100,000-deep tree, mode 000 dirs, fifos), this never raises
         # and the uid slot is handed back; an incomplete cleanup is reported with the item, not raised.
         left = []
-        if group is not None:
-            left.append(group.remove())
-        left.append(release_job(job))
+        for step in ((group.remove,) if group is not None else ()) + (lambda: release_job(job),):
+            try:
+                left.append(step())
+            except Exception as exc:  # noqa: BLE001 - never raised: reported with the item
+                log.exception("sandbox cleanup failure")
+                left.append(f"{type(exc).__name__}: {exc}")
         left = [why for why in left if why]
         if left and result is not None:
             result.detail = (result.detail + "; " if result.detail else "") + "cleanup: " + "; ".join(left)
@@ -167,22 +194,31 @@ def run_rust(
 
 def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: str, mode: str,
                      compile_timeout: float, run_timeout: float, edition: str,
-                     max_output_bytes: int, limits: Limits, isolation: list[str]) -> ExecutionResult:
+                     max_output_bytes: int, limits: Limits, isolation: list[str],
+                     harness: Harness | None = None) -> ExecutionResult:
     workdir = job.workdir
-    src_path = os.path.join(workdir, "main.rs")
-    with open(src_path, "w", encoding="utf-8") as fh:
-        fh.write(source)
-    os.chmod(src_path, 0o644)
     binary = os.path.join(workdir, "main")
-    cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
-           "--crate-name", "main", "-C", "debuginfo=0"]
-    if mode == "check":
-        cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(workdir)]
-    elif mode == "test":
-        cmd += ["--test", "-o", job.inside(binary)]
+    if harness is not None:  # the verdict harness: its files, its flags (no --cap-lints: it would cap the forbid)
+        runtime = runtime_rlib(setup.toolchain.real_rustc, setup.runs_root)
+        stage(harness, workdir, runtime)
+        cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--crate-name", "main",
+               "-C", "debuginfo=0", *harness.compile_flags(),
+               "--extern", f"{RUNTIME_CRATE}={job.inside(os.path.join(workdir, os.path.basename(runtime)))}",
+               "--test", "-o", job.inside(binary), harness.root]
     else:
-        cmd += ["--crate-type", "bin", "-o", job.inside(binary)]
-    cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
+        src_path = os.path.join(workdir, "main.rs")
+        with open(src_path, "w", encoding="utf-8") as fh:
+            fh.write(source)
+        os.chmod(src_path, 0o644)
+        cmd = [setup.compiler, "--edition", edition, "--error-format=json", "--cap-lints=warn",
+               "--crate-name", "main", "-C", "debuginfo=0"]
+        if mode == "check":
+            cmd += ["--crate-type", "lib", "--emit=metadata", "--out-dir", job.inside(workdir)]
+        elif mode == "test":
+            cmd += ["--test", "-o", job.inside(binary)]
+        else:
+            cmd += ["--crate-type", "bin", "-o", job.inside(binary)]
+        cmd.append("main.rs")  # relative: diagnostics and panics show main.rs, not the temp path
     wrapped = "pid-namespace" in setup.namespaces
     joins = group.join_paths() if group else None
     argv, kwargs = sandbox_argv(setup, cmd, rlimit_values("compile", compile_timeout, limits, job.uid), job, joins)
@@ -208,6 +244,9 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
             result.status, result.missing_crates = classify_compile_errors(errors)
             result.detail = (f"needs crate(s): {', '.join(result.missing_crates)}"
                              if result.status == "needs_crate" else "rustc rejected the program")
+            if harness is not None and any(is_forbidden_diagnostic(d) for d in errors):
+                result.status = "forbidden"
+                result.detail = "forbidden: rustc refused unsafe code (`-F unsafe_code`)"
         else:
             sig = signal_of(compiled.returncode, wrapped)
             result.exit_code = compiled.returncode
@@ -227,15 +266,21 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
     if mode == "check":
         result.detail = "type-checked"
         return result
+    if harness is not None:
+        seal(harness, workdir, binary)
+        if not harness.cases:
+            result.detail = "the tests hold no #[test] function to run"
+            return result
 
     run_env = job_env(job, {
         "RUST_BACKTRACE": "0",
         "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena
         "RUST_TEST_THREADS": str(max(1, limits.test_threads)),
+        **({NONCE_VAR: harness.nonce} if harness is not None else {}),
     })
     if group is not None:
         group.set_limits(memory_bytes=limits.run_tree_memory_bytes, max_tasks=limits.run_max_processes + 8)
-    argv, kwargs = sandbox_argv(setup, [job.inside(binary)],
+    argv, kwargs = sandbox_argv(setup, [job.inside(binary), *(harness.run_args() if harness else [])],
                                 rlimit_values("run", run_timeout, limits, job.uid), job, joins)
     ran = execute(argv, popen_kwargs=kwargs, env=chain_env(setup, job, run_env), cwd=workdir, timeout=run_timeout,
                    cap=max_output_bytes, kill_on_cap=True, use_pidfd=setup.pidfd)
@@ -245,7 +290,7 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
     sig = signal_of(ran.returncode, wrapped)
     result.exit_code = None if ran.returncode < 0 else ran.returncode
     result.signal = sig
-    if mode == "test":
+    if mode == "test" and harness is None:
         count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
     if ran.timed_out:
         result.status, result.signal = "timeout", None
@@ -259,6 +304,9 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
         else:
             result.status = "runtime_error"
             result.detail = f"killed by {sig}" if sig else f"exit code {ran.returncode}"
+    elif harness is not None:
+        result.status, result.detail, result.tests_passed, result.tests_failed = harness.judge(
+            ran.stdout.decode("utf-8", errors="replace"), ran.returncode, sig)
     else:
         result.status, result.detail = libtest_status(ran.stdout.decode("utf-8", errors="replace"),
                                                        ran.returncode, sig)
@@ -268,14 +316,21 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
     return result
 
 
-def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> list[ExecutionResult]:
+def run_many(sources: Iterable[str], *, workers: int | None = None, per_item: Iterable[dict] | None = None,
+             **kwargs) -> list[ExecutionResult]:
     """Run ``run_rust`` on each source in parallel threads; results come back in input order.
 
-    ``workers`` defaults to ``os.cpu_count()``; other keyword arguments go to ``run_rust``.
+    ``workers`` defaults to ``os.cpu_count()``; other keyword arguments go to ``run_rust``, and ``per_item``
+    (one dict per source, e.g. ``{"tests": TESTS}``) adds keyword arguments for one source only.
     """
     sources = list(sources)
     if not sources:
         return []
+    if per_item is not None:
+        extra = list(per_item)
+        if len(extra) != len(sources):
+            raise ValueError(f"per_item has {len(extra)} entries for {len(sources)} sources")
+        sources = [_WithArgs(s, e) for s, e in zip(sources, extra)]
     if any(s.strip() for s in sources if isinstance(s, str)):
         get_setup()  # probe once, before the threads start (and raise RustcNotFound here)
     workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
@@ -286,9 +341,20 @@ def run_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) ->
         return list(pool.map(lambda s: _run_one(s, kwargs), sources))
 
 
+class _WithArgs(str):
+    """A source of a run_many batch carrying its own run_rust keyword arguments."""
+
+    def __new__(cls, source: str, args: dict):
+        obj = super().__new__(cls, source)
+        obj.args = dict(args)
+        return obj
+
+
 def _run_one(source: str, kwargs: dict) -> ExecutionResult:
     """run_rust for one item of a batch: a failure of this item is its own sandbox_error, never the batch's."""
     try:
+        if isinstance(source, _WithArgs):
+            return run_rust(str(source), **{**kwargs, **source.args})
         return run_rust(source, **kwargs)
     except (ValueError, TypeError, RustcNotFound):
         raise  # the caller's mistake (bad arguments, no rustc): the same for every item

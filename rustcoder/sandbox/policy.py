@@ -23,6 +23,7 @@ STATUSES = (
     "output_limit",  # wrote more than max_output_bytes to stdout or stderr; stopped early
     "empty_source",  # nothing to compile
     "sandbox_error",  # the sandbox itself failed (no linker, cannot drop privileges, ...)
+    "forbidden",  # harnessed tests: the answer uses what no correct answer needs (verdict.py); not run
 )
 
 
@@ -49,6 +50,8 @@ ISOLATION_TAGS = {
     "private-proc": "/proc mounted inside the job's PID namespace: only the job's own processes",
     "private-tmp": "private /tmp and /dev/shm (size-capped tmpfs), gone when the job ends",
     "ipc-namespace": "fresh System V IPC / POSIX message-queue namespace",
+    "cgroup-namespace": "fresh cgroup namespace: /proc/self/cgroup shows the job's own group as /, not the "
+                        "evaluator's cgroup path",
     "rlimits": "CPU seconds, address space, file size, open files, core dumps, processes (run)",
     "timeouts": "separate wall-clock timeouts for compile and run",
     "process-group-kill": "the whole process group is SIGKILLed on timeout and after exit",

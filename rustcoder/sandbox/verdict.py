@@ -401,19 +401,24 @@ class Harness:
         return "pass", f"{passed} of {total} test(s) ran to their end", passed, 0
 
 
-def build_harness(code: str, tests: str, *, tests_untrusted: bool = False,
+def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answer: str | None = None,
                   returns: dict[str, str] | None = None) -> Harness:
     """A harness for ``code`` (the code under test) and ``tests`` (test source with ``#[test]`` functions).
 
-    By default the code is the answer and the tests are trusted; ``tests_untrusted=True`` is the reverse
-    (generated tests for given code). ``returns`` maps function names to the return type the task fixes
+    By default the code is the answer and the tests are trusted; ``answer`` narrows the untrusted part to that
+    text inside ``code`` (the rest, e.g. a task's context or prompt, is given). ``tests_untrusted=True`` is the
+    reverse (generated tests for given code). ``returns`` maps function names to the return type the task fixes
     (whitespace ignored): an answer that changes one is refused.
     """
-    code, code_attrs = crate_attributes(code)
-    untrusted, trusted = (tests, code) if tests_untrusted else (code, tests)
+    if tests_untrusted:
+        untrusted, trusted = tests, code
+    elif answer is not None and answer.strip() and answer.strip() in code:
+        untrusted, trusted = answer, code.replace(answer.strip(), "", 1) + "\n" + tests
+    else:
+        untrusted, trusted = code, tests
+    given = code if tests_untrusted else (trusted if untrusted is not code else tests)
+    code, _ = crate_attributes(code)  # the given code's non-lint ones fail in include! (compile_error)
     reasons = forbidden(untrusted, trusted)
-    if not tests_untrusted and code_attrs and not any("crate attribute" in r for r in reasons):
-        reasons.append("sets crate attribute(s) " + ", ".join(f"`#![{a}]`" for a in code_attrs))
     for name, want in (returns or {}).items():
         got = return_type(code, name)
         if got is not None and got != re.sub(r"\s+", "", want):
@@ -434,8 +439,8 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False,
         inserts += [(start, "\n" + line) for _, start, _ in rustsrc.module_spans(rustsrc.mask(tests)) if line]
     for pos, text in sorted(inserts, key=lambda x: x[0], reverse=True):
         tests = tests[:pos] + text + tests[pos:]
-    masked_trusted = rustsrc.mask(trusted)
-    forbid_unsafe = not re.search(r"\bunsafe\b|\bno_mangle\b|\bexport_name\b|\blink_section\b", masked_trusted)
+    forbid_unsafe = not re.search(r"\bunsafe\b|\bno_mangle\b|\bexport_name\b|\blink_section\b",
+                                  rustsrc.mask(given))
     return Harness(code=code, tests=tests, tests_untrusted=tests_untrusted, cases=cases, forbidden=reasons,
                    forbid_unsafe=forbid_unsafe)
 
