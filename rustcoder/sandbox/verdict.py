@@ -334,6 +334,7 @@ class Harness:
     cases: list[rustsrc.TestFn]  # the tests that must run to their end, wrapper i = cases[i]
     forbidden: list[str]  # non-empty: do not run it (status "forbidden")
     forbid_unsafe: bool  # -F unsafe_code for the whole crate (the trusted parts have no unsafe)
+    imports: str = ""  # the absolute std macro imports each module of trusted tests gets
     nonce: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
     tag: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
@@ -359,7 +360,7 @@ class Harness:
         if self.tests_untrusted:
             module += f'    include!("{self.tests_file}");\n}}\n'
         else:
-            module += _imports(self.tests) + self.tests + "\n}\n"
+            module += self.imports + self.tests + "\n}\n"
         root = (f"// rustcoder verdict harness (generated)\nextern crate {RUNTIME_CRATE};\n\n{module}\n"
                 f'include!("{self.code_file}");\n')
         files = {self.root: root, self.code_file: self.code}
@@ -434,15 +435,14 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
         else:
             call = f"::{RUNTIME_CRATE}::run({i}, {case.name})"
         inserts.append((case.body_end, f"\n#[test]\nfn __rustcoder_t{i}() {{ {call} }}\n"))
-    if not tests_untrusted:
-        line = _imports(tests)
-        inserts += [(start, "\n" + line) for _, start, _ in rustsrc.module_spans(rustsrc.mask(tests)) if line]
+    line = "" if tests_untrusted else _imports(tests)
+    inserts += [(start, "\n" + line) for _, start, _ in rustsrc.module_spans(rustsrc.mask(tests)) if line]
     for pos, text in sorted(inserts, key=lambda x: x[0], reverse=True):
         tests = tests[:pos] + text + tests[pos:]
     forbid_unsafe = not re.search(r"\bunsafe\b|\bno_mangle\b|\bexport_name\b|\blink_section\b",
                                   rustsrc.mask(given))
     return Harness(code=code, tests=tests, tests_untrusted=tests_untrusted, cases=cases, forbidden=reasons,
-                   forbid_unsafe=forbid_unsafe)
+                   forbid_unsafe=forbid_unsafe, imports=line)
 
 
 def stage(harness: Harness, workdir: str, runtime: str) -> None:
