@@ -151,6 +151,24 @@ def _sampling(temperature, top_p, max_tokens, seed) -> dict:
     return params
 
 
+def stream_side(client: ChatClient, messages: list[dict], model: str | None, params: dict, put, stop_flag) -> None:
+    """Stream one side's answer into PUT (text pieces, then None); a refusal or failure becomes a visible
+    "⚠ ..." line carrying the server's message (a 400 says which field and why), never a silent stop."""
+    stream = client.stream_chat(messages, model, **params)
+    try:
+        for piece in stream:
+            if stop_flag.is_set():
+                break
+            put(piece)
+    except RustcoderError as e:
+        put(f"\n\n⚠ {e}")
+    except Exception as e:  # a broken stream must not hang the UI
+        put(f"\n\n⚠ {type(e).__name__}: {e}")
+    finally:
+        stream.close()
+        put(None)
+
+
 # ---- the app ------------------------------------------------------------------------------------
 
 @dataclass
@@ -257,19 +275,8 @@ def build_playground(endpoint: str, compare: str | None = None, *, api_key: str 
 
             def run(i: int) -> None:
                 messages = build_messages(system_text, hist[i][:-2], prompt_text)
-                stream = sides[i].client.stream_chat(messages, chosen[i] or None, **params)
-                try:
-                    for piece in stream:
-                        if stop_flag.is_set():
-                            break
-                        updates.put((i, piece))
-                except RustcoderError as e:
-                    updates.put((i, f"\n\n⚠ {e}"))
-                except Exception as e:  # a broken stream must not hang the UI
-                    updates.put((i, f"\n\n⚠ {type(e).__name__}: {e}"))
-                finally:
-                    stream.close()
-                    updates.put((i, None))
+                stream_side(sides[i].client, messages, chosen[i] or None, params,
+                            lambda piece: updates.put((i, piece)), stop_flag)
 
             threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
             for t in threads:

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,28 +136,37 @@ def start_fake() -> Served:
     return Served("fake", port, stop, engine=engine, gateway=app)
 
 
-def start_transformers(tmp_path_factory) -> Served:
+def start_engine(engine: str, tmp_path_factory) -> Served:
+    """rustcoder.serve.serve on a tiny Qwen2 (head_dim 32, as vLLM's CPU attention needs) with ENGINE."""
     from rustcoder.serve import serve, transformers_serving_missing
 
-    missing = transformers_serving_missing()
-    if missing:
-        pytest.skip(f"transformers serving is not installed ({', '.join(missing)}): pip install 'rustcoder[serve]'")
+    kw = {}
+    if engine == "vllm":
+        from conftest import vllm_python_or_skip
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of RAM for the KV cache: keep it small here
+        kw = dict(vllm_python=vllm_python_or_skip(), max_model_len=2048,
+                  engine_args=["--config", str(Path(__file__).resolve().parent.parent / "serve" / "vllm-cpu.yaml")])
+    elif transformers_serving_missing():
+        pytest.skip(f"transformers serving is not installed ({', '.join(transformers_serving_missing())}): "
+                    "pip install 'rustcoder[serve]'")
     from rustcoder.modeling import template_text
     from rustcoder.tiny import build_tiny_model
 
-    model_dir = build_tiny_model(tmp_path_factory.mktemp("hostile") / MODEL / "merged")
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("hostile") / MODEL / "merged", hidden_size=128, heads=4)
     (model_dir / "chat_template.jinja").write_text(template_text("chatml"))
     port = free_port()
-    result = serve(model_dir, engine="transformers", port=port, api_key=KEY, block=False, quiet_engine=True,
-                   log=lambda *_: None, health_timeout=300, max_request_seconds=TIME_CAP, body_timeout=1.0,
-                   max_concurrent=4, queue_timeout=30.0)
-    return Served("transformers", port, result.stop, engine_pid=result.server.process.pid,
+    result = serve(model_dir, engine=engine, port=port, api_key=KEY, block=False, quiet_engine=True,
+                   log=lambda *_: None, health_timeout=600, max_request_seconds=TIME_CAP, body_timeout=1.0,
+                   max_concurrent=4, queue_timeout=30.0, **kw)
+    return Served(engine, port, result.stop, engine_pid=result.server.process.pid,
                   gateway=result.server.gateway.config.app)
 
 
-@pytest.fixture(scope="module", params=["fake", pytest.param("transformers", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["fake", pytest.param("transformers", marks=pytest.mark.slow),
+                                        pytest.param("vllm", marks=[pytest.mark.slow, pytest.mark.vllm])])
 def served(request, tmp_path_factory):
-    server = start_fake() if request.param == "fake" else start_transformers(tmp_path_factory)
+    server = start_fake() if request.param == "fake" else start_engine(request.param, tmp_path_factory)
     yield server
     t = time.monotonic()
     server.stop()
@@ -465,9 +475,17 @@ def _wait_idle(served: Served, timeout: float = 5.0) -> bool:
     return False
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pgid: int) -> float:
+    """CPU seconds used so far by the engine's process group (vLLM's API server, engine core and workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 LONG = with_(max_tokens=4000, temperature=0, logit_bias={"1": -100, "2": -100})  # no early end of turn (tiny ids)
@@ -554,3 +572,21 @@ def test_the_openai_client_sees_the_400_message():
 
     _, problem = request_problem("/v1/chat/completions", json.dumps(with_(temperature="hot")).encode())
     assert problem[1] == "temperature" and "valid number" in problem[0]
+
+
+def test_the_playground_shows_the_400_message(served):
+    """Through the playground's own path (its OpenAI client, one side's stream): a refused request shows the
+    server's message, naming the field, instead of an empty answer."""
+    if served.kind != "fake":
+        pytest.skip("the playground's path is the same whatever the engine; checked on the fake one")
+    from rustcoder.openai_client import ChatClient
+    from rustcoder.playground import _sampling, stream_side
+
+    client = ChatClient(served.base + "/v1", api_key=KEY)
+    pieces: list = []
+    stream_side(client, MESSAGES, MODEL, _sampling(3.5, 0.9, 64, -1), pieces.append, threading.Event())
+    assert pieces[-1] is None and len(pieces) == 2, pieces
+    assert "⚠" in pieces[0] and "HTTP 400" in pieces[0] and "temperature" in pieces[0], pieces[0]
+    pieces.clear()
+    stream_side(client, MESSAGES, MODEL, _sampling(0.2, 0.9, 8, 3), pieces.append, threading.Event())
+    assert pieces[-1] is None and "".join(pieces[:-1]).startswith("t0 "), pieces
