@@ -1,12 +1,17 @@
-"""Training throughput: rustcoder vs TRL SFTTrainer's defaults, side by side in one run.
+"""Training throughput: rustcoder vs TRL SFTTrainer at its defaults and at its best, side by side in one run.
 
-Both train the same Qwen2-shaped model with the same LoRA (r16, all linear layers) on the same
+All three train the same Qwen2-shaped model with the same LoRA (r16, all linear layers) on the same
 Strandset-shaped rows (long-tailed lengths like the real dataset), with the same examples per
-optimizer step and the same number of steps, both with answer-only loss. Only optimizer steps are
+optimizer step and the same number of steps, all with answer-only loss. "TRL best" is the strongest
+TRL configuration available here: ``padding_free=True`` (or ``--trl-best bfd``: BFD packing), no
+gradient checkpointing, ``use_liger_kernel`` where liger-kernel is installed and a GPU is used (its
+kernels are Triton's), and the fastest attention that works from TRL's position ids (flash-attn,
+the kernels hub's flash attention, else SDPA, which transformers masks per example). Only optimizer steps are
 timed (a callback around each step; model load, evaluation and checkpoint saves excluded), after a
-few warm-up steps. Printed: non-pad tokens/s of each, their ratio, peak GPU memory, an MFU estimate,
-the eval loss of each on the same held-out rows (token-weighted NLL; it must not get worse), and the
-projected wall time of the research's five-run study on 10,000 rows. A check that no example attends
+few warm-up steps. Printed: non-pad tokens/s of each, rustcoder's ratio to both TRL sides, peak GPU memory,
+an MFU estimate, the eval loss of each on the same held-out rows (token-weighted answer NLL, the
+teacher-forced eval's; it must not get worse), and the projected wall time of the research's five-run
+study on 10,000 rows. A check that no example attends
 to another in rustcoder's forwards runs first.
 
     python benchmarks/train_throughput.py                       # CPU: tiny Qwen2, ~5 minutes on 2 cores
@@ -198,21 +203,28 @@ def check_no_cross_attention(model_dir: Path, rows_path: Path, device: str) -> s
     return path.name
 
 
-def eval_loss(model, feats: list[dict], device) -> float:
-    """Token-weighted NLL over every answer token of the held-out rows, one example at a time."""
-    import torch
-    import torch.nn.functional as F
+def eval_loss(model, tok, conversations: list[list[dict]]) -> float:
+    """Token-weighted answer NLL over the held-out rows: the teacher-forced eval stage's function."""
+    from rustcoder.eval.teacher_forced import aggregate, teacher_forced_stats
 
-    model.eval()
-    nll = n = 0.0
-    with torch.no_grad():
-        for f in feats:
-            logits = model(input_ids=torch.tensor([f["input_ids"]], device=device), use_cache=False).logits[0, :-1]
-            labels = torch.tensor(f["labels"][1:], device=device)
-            keep = labels != -100
-            nll += F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum").item()
-            n += keep.sum().item()
-    return nll / n
+    return aggregate(teacher_forced_stats(model, tok, conversations, batch_size=8, max_length=1024))["loss"]
+
+
+def trl_best_attention(device: str) -> str:
+    """The fastest attention that is exact with TRL's padding-free batches (one row, per-example position ids):
+    flash-attn's varlen kernel, the kernels hub's, else SDPA (transformers masks each example from the position
+    ids). rustcoder's torch varlen path needs cu_seq_lens its own collator passes, which TRL's does not."""
+    from rustcoder.attention import KERNEL_REPO, choose_attention
+
+    best = choose_attention(device, "padding-free", "auto").attn_implementation  # rustcoder's own pick
+    return best if best in ("flash_attention_2", KERNEL_REPO) else "sdpa"
+
+
+def liger_usable(device: str) -> bool:
+    """liger-kernel is installed and can run (its kernels are Triton's: a GPU)."""
+    import importlib.util
+
+    return device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
 
 
 def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str,
@@ -244,8 +256,10 @@ def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, a
             "data_path": label, "attention": plan["attention"], "profile": manifest.get("profile")}
 
 
-def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str) -> dict:
-    """What a user writes with TRL: conversational rows, assistant-only loss, everything else default."""
+def run_trl(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str,
+            best: bool = False) -> dict:
+    """What a user writes with TRL: conversational rows, assistant-only loss, everything else default; with
+    ``best``, TRL's fastest settings (see the module docstring)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -254,20 +268,38 @@ def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, a, batch: int
 
     from rustcoder.config import load_preset
     from rustcoder.data.strandset import prepare_data
-    from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
 
     p = load_preset(preset)
     data = prepare_data(str(rows_path), num_examples=a.rows, seed=42)  # the same split rustcoder trains on
     tok, _ = load_tokenizer(str(model_dir), model_type="qwen2")
-    train_ds = Dataset.from_list([{"messages": e.messages} for e in data.train])
+    if best:  # rustcoder's token sequences (the same truncation to 1024 tokens), the answer as TRL's completion
+        from rustcoder.data.tokenize import IGNORE, tokenize_examples
+
+        feats = tokenize_examples(tok, [e.messages for e in data.train], 1024)
+        train_ds = Dataset.from_list([{"input_ids": f["input_ids"], "completion_mask": [int(x != IGNORE)
+                                                                                         for x in f["labels"]]}
+                                      for f in feats])
+    else:
+        train_ds = Dataset.from_list([{"messages": e.messages} for e in data.train])
     torch.manual_seed(42)
     on_gpu = a.device == "cuda"
+    attention = trl_best_attention(a.device) if best else "sdpa"
     model = build_on_gpu(model_dir) if on_gpu else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if attention != "sdpa":
+        model.set_attn_implementation(attention)
     extra = {} if on_gpu else {"bf16": False}  # on a GPU: TRL's own defaults (bf16, gradient checkpointing)
-    args = SFTConfig(output_dir=str(work / f"trl-{preset}"), per_device_train_batch_size=batch,
+    liger = best and liger_usable(a.device)
+    if best:
+        extra |= {"activation_checkpointing": False, "use_liger_kernel": liger, "completion_only_loss": True}
+        if a.trl_best == "bfd":
+            extra |= {"packing": True, "packing_strategy": "bfd", "max_length": 1024}
+        else:  # padding-free without packing: max_length must be None (the rows are truncated already)
+            extra |= {"padding_free": True, "max_length": None}
+    args = SFTConfig(output_dir=str(work / f"trl-{preset}-{'best' if best else 'defaults'}"),
+                     per_device_train_batch_size=batch,
                      gradient_accumulation_steps=accum, max_steps=a.steps, learning_rate=2e-4,
-                     warmup_steps=math.ceil(0.1 * a.steps), lr_scheduler_type="cosine", assistant_only_loss=True,
+                     warmup_steps=math.ceil(0.1 * a.steps), lr_scheduler_type="cosine", assistant_only_loss=not best,
                      report_to=[], logging_steps=1, save_strategy="no", eval_strategy="no", seed=42,
                      disable_tqdm=True, dataloader_pin_memory=on_gpu, **extra)
     lora = LoraConfig(r=p.get("lora_r", 16), lora_alpha=p.get("lora_alpha", 32),
@@ -280,9 +312,13 @@ def run_trl_defaults(model_dir: Path, rows_path: Path, work: Path, a, batch: int
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
     tps, s_per_step, timed = timed_throughput(trainer.state.log_history, clock.times, a.warmup_steps)
-    feats = tokenize_examples(tok, [e.messages for e in data.eval], 1024)
-    loss = eval_loss(trainer.model, feats, trainer.model.device)
-    label = "TRL defaults (padded, random" + (", ckpt)" if args.activation_checkpointing else ")")
+    loss = eval_loss(trainer.model, tok, [e.messages for e in data.eval])
+    ckpt = ", ckpt" if args.activation_checkpointing else ""
+    if best:
+        layout = "BFD packing" if a.trl_best == "bfd" else "padding-free"
+        label = f"TRL {layout}, {attention}{ckpt}" + (", liger" if liger else "")
+    else:
+        label = f"TRL defaults (padded, random{ckpt})"
     return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": loss, "peak_gib": peak,
             "data_path": label}
 
@@ -291,7 +327,7 @@ def project_study(measured: dict[str, dict], mean_len: float) -> list[str]:
     """The research's five runs on 10,000 rows: optimizer steps x measured seconds per step, per side. A run
     whose preset was not measured is priced at the baseline's throughput for the same tokens."""
     lines = []
-    for side in ("TRL defaults", "rustcoder"):
+    for side in ("TRL defaults", "TRL best", "rustcoder"):
         total, parts = 0.0, []
         for run, (basis, steps) in STUDY.items():
             if basis in measured:
@@ -322,6 +358,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="CPU model depth")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--breakdown", action="store_true", help="also run rustcoder without the CPU fast dropout")
+    ap.add_argument("--trl-best", choices=("padding-free", "bfd"), default="padding-free",
+                    help="TRL's best layout: padding_free=True (default) or BFD packing")
     ap.add_argument("--profile", action="store_true", help="profile rustcoder's last warm-up step (untimed) and "
                     "print where its time went: GPU busy share, kernel launches, host syncs, matmul/attention split")
     a = ap.parse_args()
@@ -381,7 +419,8 @@ def main() -> None:
             else:
                 p = load_preset(preset)
                 name, batch, accum = preset, p["batch_size"], p["grad_accum"]
-            runs = [("TRL defaults", lambda: run_trl_defaults(model_dir, rows_path, work, a, batch, accum, name)),
+            runs = [("TRL defaults", lambda: run_trl(model_dir, rows_path, work, a, batch, accum, name)),
+                    ("TRL best", lambda: run_trl(model_dir, rows_path, work, a, batch, accum, name, best=True)),
                     ("rustcoder", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum, name))]
             if a.breakdown:
                 runs.insert(1, ("no fast dropout", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum,
@@ -401,11 +440,12 @@ def main() -> None:
                 gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
                 print(f"{label:<16} {r['data_path']:<52} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
                       f"{mfu:>6} {r['eval_loss']:>9.4f}")
-            ratio = results["rustcoder"]["tps"] / results["TRL defaults"]["tps"]
-            print(f"throughput ratio rustcoder / TRL defaults: {ratio:.2f}x; attention: "
-                  f"{results['rustcoder']['attention']}")
-            print(f"eval loss difference (rustcoder - TRL): "
-                  f"{results['rustcoder']['eval_loss'] - results['TRL defaults']['eval_loss']:+.4f}")
+            ours = results["rustcoder"]
+            for trl_side in ("TRL defaults", "TRL best"):
+                print(f"throughput ratio rustcoder / {trl_side}: {ours['tps'] / results[trl_side]['tps']:.2f}x; "
+                      f"eval loss difference (rustcoder - {trl_side}): "
+                      f"{ours['eval_loss'] - results[trl_side]['eval_loss']:+.4f}")
+            print(f"rustcoder attention: {ours['attention']}")
             if results["rustcoder"].get("profile"):
                 from rustcoder.profiling import render
 

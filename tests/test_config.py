@@ -14,34 +14,37 @@ from rustcoder.cli import main
 from rustcoder.config import (TrainConfig, load_preset, preset_names, resolve_config, steps_for)
 from rustcoder.errors import ConfigError, UsageError
 
-# The values of shared/reference/research-notes.md, experiment tables and final presets.
-RESEARCH = {
-    "baseline": dict(epochs=1, lr=2e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=16,
-                     lora_alpha=32, lora_dropout=0.05),
-    "conservative-lr": dict(epochs=2, lr=1e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=16,
-                            lora_alpha=32, lora_dropout=0.05),
-    "high-capacity": dict(epochs=1, lr=2e-5, batch_size=4, grad_accum=4, warmup_ratio=0.1, lora_r=32,
-                          lora_alpha=64, lora_dropout=0.1),
-    "aggressive-lr": dict(epochs=1, lr=5e-5, batch_size=4, grad_accum=4, warmup_ratio=0.2, lora_r=16,
-                          lora_alpha=32, lora_dropout=0.05),
-    "small-batch": dict(epochs=1, lr=2e-5, batch_size=2, grad_accum=2, warmup_ratio=0.1, lora_r=16,
-                        lora_alpha=32, lora_dropout=0.1),
-}
+RESEARCH_RUNS = ("aggressive-lr", "baseline", "conservative-lr", "high-capacity", "small-batch")
 
 
-def test_shipped_presets_are_exactly_the_research_five():
-    assert preset_names() == sorted(RESEARCH)
+def test_shipped_presets_are_the_research_five():
+    assert preset_names() == sorted(RESEARCH_RUNS)
 
 
-@pytest.mark.parametrize("name", sorted(RESEARCH))
-def test_preset_values_match_research(name):
+@pytest.mark.parametrize("name", RESEARCH_RUNS)
+def test_every_preset_resolves_to_a_valid_config_of_its_own(name):
+    """A preset is a described set of known keys that validates, and no two presets resolve to the same
+    configuration (a copy-paste slip would make two runs of the study identical)."""
+    assert load_preset(name)["description"].strip()
     cfg = resolve_config(name)
-    for key, value in RESEARCH[name].items():
-        assert getattr(cfg, key) == pytest.approx(value), key
-    assert cfg.lr_scheduler == "cosine"
-    assert cfg.seed == 42
-    assert cfg.preset == name
-    assert cfg.problems() == []
+    assert cfg.preset == name and cfg.problems() == []
+    others = [resolve_config(o).to_dict() | {"preset": None} for o in RESEARCH_RUNS if o != name]
+    assert cfg.to_dict() | {"preset": None} not in others
+
+
+@pytest.mark.parametrize("key, value, flag", [("lora_dropout", 1.5, "--lora-dropout"), ("lr", -1, "--lr"),
+                                              ("lr_scheduler", "cosin", "--lr-scheduler"),
+                                              ("grad_accum", "two", "--grad-accum")])
+def test_an_edited_preset_with_an_impossible_value_is_refused_naming_the_flag(tmp_path, key, value, flag):
+    """`presets show X > my.yaml`, then a bad edit: refused with the flag named (and a suggestion for a choice)."""
+    values = load_preset("small-batch") | {key: value}
+    f = tmp_path / "my.yaml"
+    f.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError) as e:
+        resolve_config(None, f)
+    assert any(p.startswith(flag) for p in e.value.problems), e.value.problems
+    if key == "lr_scheduler":
+        assert "did you mean 'cosine'" in str(e.value)
 
 
 def test_every_preset_file_uses_only_known_keys():
@@ -49,6 +52,19 @@ def test_every_preset_file_uses_only_known_keys():
 
     for name in preset_names():
         assert set(load_preset(name)) - {"description"} <= set(field_names()), name
+
+
+def test_eval_and_train_settings_share_one_validation_style():
+    """Both schemas report every problem at once, each naming its flag, through the same ConfigSchema."""
+    from rustcoder.config import ConfigSchema
+    from rustcoder.eval.config import EvalConfig
+
+    train, evals = TrainConfig(lr=0, dtype="fp8"), EvalConfig(backend="nope", top_p=2)
+    for cfg, flags in ((train, {"--lr", "--dtype"}), (evals, {"--backend", "--top-p"})):
+        assert isinstance(cfg, ConfigSchema)
+        with pytest.raises(ConfigError) as e:
+            cfg.validate()
+        assert {p.split(":")[0] for p in e.value.problems} == flags and len(e.value.problems) == 2
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path):
@@ -171,7 +187,8 @@ def test_presets_show_round_trips_as_config(tmp_path):
     (["train", "--preset", "nope", "--dry-run"], 2, "unknown preset"),
     (["train", "--lr", "-1", "--lora-r", "0", "--dry-run"], 2, "--lora-r"),
     (["train", "--config", "/nonexistent.yaml", "--dry-run"], 2, "does not exist"),
-    (["train", "--dataset", "/nonexistent/rows.jsonl", "--dry-run"], 1, "neither an existing file"),
+    (["train", "--model", "tiny-qwen2", "--dataset", "/nonexistent/rows.jsonl", "--dry-run"], 1,
+     "neither an existing file"),
     (["presets", "show", "smallbatch"], 2, "did you mean 'small-batch'"),
 ])
 def test_cli_bad_input_clear_message_no_traceback(args, code, needle):
