@@ -124,7 +124,7 @@ def runs_root() -> str:
 
 def test_statuses_are_a_fixed_set():
     assert STATUSES == ("pass", "test_fail", "compile_error", "needs_crate", "timeout",
-                        "runtime_error", "output_limit", "empty_source", "sandbox_error")
+                        "runtime_error", "output_limit", "empty_source", "sandbox_error", "forbidden")
 
 
 def test_module_does_not_import_torch():

@@ -6,7 +6,9 @@ job leaves behind.
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
+import errno
 import os
 import stat
 import tempfile
@@ -50,8 +52,12 @@ def make_runs_root() -> str:
     sweep_stale_runs()
     root = tempfile.mkdtemp(prefix=f"rustcoder-sandbox-{os.getpid()}-")
     os.chmod(root, 0o711 if os.geteuid() == 0 else 0o700)
-    atexit.register(remove_tree, root)
+    atexit.register(_remove_at_exit, root)
     return root
+
+
+def _remove_at_exit(root: str) -> None:
+    remove_tree(root)
 
 
 def create_job(runs_root: str, uid_pool: UidPool | None, uid: int, gid: int, *, chown: bool,
@@ -83,12 +89,31 @@ def create_job(runs_root: str, uid_pool: UidPool | None, uid: int, gid: int, *, 
     return job
 
 
+JOB_REMOVE_SECONDS = 20.0  # a job's cleanup holds up its caller at most this long; the rest goes on behind
+
+
 def release_job(job: Job) -> str | None:
-    """Remove the job's directory and hand its uid back; never raises. Returns why cleanup was incomplete."""
+    """Remove the job's directory and hand its uid back; never raises. Returns why cleanup was incomplete.
+
+    A tree too big to remove in JOB_REMOVE_SECONDS (only possible without the job's own tmpfs, on a slow
+    disk) is moved aside and removed by a background thread, so one answer cannot stall a batch.
+    """
     try:
         if job.tmpfs:
             unmount(job.workdir)
-        return remove_tree(job.workdir)
+        why = remove_tree(job.workdir, JOB_REMOVE_SECONDS)
+        if why and os.path.lexists(job.workdir):
+            aside = os.path.join(os.path.dirname(job.workdir), "trash-" + os.path.basename(job.workdir))
+            try:
+                os.rename(job.workdir, aside)
+            except OSError:
+                return why
+            import threading
+
+            threading.Thread(target=remove_tree, args=(aside, 3600.0), daemon=True,
+                             name="rustcoder-sandbox-cleanup").start()
+            return None
+        return why
     finally:
         if job.slot:
             UidPool.release(job.slot)
@@ -191,36 +216,40 @@ def _empty_flat(path: str, deadline: float) -> None:
         os.fchmod(top, 0o700)
         moved = 0
         while True:
-            names = os.listdir(top)
-            if not names:
+            with os.scandir(top) as listing:
+                queue = collections.deque((e.name, e.is_dir(follow_symlinks=False)) for e in listing)
+            if not queue:
                 return
-            for name in names:
+            while queue:  # names moved up from below join the queue: no re-listing per level
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"still removing after {REMOVE_SECONDS:g}s")
-                st = os.lstat(name, dir_fd=top)
-                if not stat.S_ISDIR(st.st_mode):
-                    os.unlink(name, dir_fd=top)
+                    raise TimeoutError("still removing at its deadline")
+                name, is_dir = queue.popleft()
+                try:
+                    if not is_dir:
+                        os.unlink(name, dir_fd=top)
+                        continue
+                    sub = _open_dir(name, top)
+                except FileNotFoundError:  # removed meanwhile by someone else: done
                     continue
                 try:
-                    os.rmdir(name, dir_fd=top)
-                    continue
-                except OSError:
-                    pass
-                sub = _open_dir(name, top)
-                try:
-                    os.fchmod(sub, 0o700)
-                    for child in os.listdir(sub):
-                        if stat.S_ISDIR(os.lstat(child, dir_fd=sub).st_mode):
-                            while True:  # up into the top directory, under a name nobody uses
-                                moved += 1
-                                try:
-                                    os.rename(child, f".rustcoder-rm-{moved}", src_dir_fd=sub, dst_dir_fd=top)
-                                    break
-                                except (FileExistsError, IsADirectoryError, NotADirectoryError, OSError) as exc:
-                                    if getattr(exc, "errno", None) not in (17, 20, 21, 39):  # EEXIST ENOTDIR EISDIR ENOTEMPTY
-                                        raise
-                        else:
+                    with os.scandir(sub) as listing:
+                        children = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+                    if children:
+                        os.fchmod(sub, 0o700)  # a 0500 directory: its entries can be removed (not root)
+                    for child, child_is_dir in children:
+                        if not child_is_dir:
                             os.unlink(child, dir_fd=sub)
+                            continue
+                        while True:  # up into the top directory, under a name nobody uses
+                            moved += 1
+                            target = f".rustcoder-rm-{moved}"
+                            try:
+                                os.rename(child, target, src_dir_fd=sub, dst_dir_fd=top)
+                                break
+                            except OSError as exc:
+                                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                                    raise
+                        queue.append((target, True))
                 finally:
                     os.close(sub)
                 os.rmdir(name, dir_fd=top)

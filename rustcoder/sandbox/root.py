@@ -122,7 +122,7 @@ def job_root_script(root: str, skeleton: str, fstab: str, setpriv: str, tools: d
     ]
     return (
         "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(SETUP_FAILED_MARKER) + " >&2; exit 125; }\n"
-        f'unset {JOB_DIR_VAR} {SCRIPT_VAR}\n'
+        f'unset {JOB_DIR_VAR} {SCRIPT_VAR} OLDPWD\n'
         'uid="$1"; gid="$2"; shift 2\n'
         f'{q(setpriv)} --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"\n'
         "exit $?\n"

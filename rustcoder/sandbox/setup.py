@@ -158,6 +158,8 @@ def _build_setup() -> Setup:
         else:
             user_opts = [["--map-current-user"], ["--map-root-user"]]
         flag_sets = [
+            (["--net", "--ipc", "--pid", "--fork", "--cgroup"],
+             ["network-namespace", "ipc-namespace", "pid-namespace", "cgroup-namespace"]),
             (["--net", "--ipc", "--pid", "--fork"],
              ["network-namespace", "ipc-namespace", "pid-namespace"]),
             (["--net"], ["network-namespace"]),
@@ -267,6 +269,9 @@ def _build_setup() -> Setup:
         notes.append("cgroups disabled: memory is limited per process only (RLIMIT_AS)")
     filter_bpf = build_filter(notes) if is_linux else None
     keyring = is_linux and keyring_works()
+    if is_linux and not keyring:
+        notes.append("no fresh session keyring per job (keyctl refused or disabled): jobs share the "
+                     "evaluator's session keyring")
     job_quota = False
     if mount_script is not None and "job-quota" not in off:
         try:
