@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -51,13 +52,47 @@ def _report(merged: Path) -> dict:
     return json.loads((merged / "merge_report.json").read_text())
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _assert_trained(run: Path, steps: int) -> None:
+    """The run trained what it says: every LoRA B moved from its zero init (finite), the planned steps ran, and
+    the losses and token accuracy it reports are finite numbers."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    lora_b = {k: t for k, t in tensors.items() if "lora_B" in k}
+    assert lora_b, sorted(tensors)[:5]
+    for name, t in lora_b.items():
+        assert torch.isfinite(t.float()).all() and t.float().abs().sum() > 0, f"{name} did not train"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["steps"] == steps
+    assert _finite(m["train_loss"]) and _finite(m["eval_loss"]) and m["eval_loss"] > 0, m
+    assert 0 <= m["eval_mean_token_accuracy"] <= 1 and _finite(m["tokens_per_second"]), m
+
+
+def _assert_evaluated(eval_dir: Path, samples: int) -> None:
+    """The eval scored every sample: overall score, teacher-forced loss and each category's primary metric are
+    finite numbers in range (None only where a category has no primary score)."""
+    m = json.loads((eval_dir / "metrics.json").read_text())
+    (target,) = m["models"].values()
+    overall = target["overall"]
+    assert overall["samples"] == samples and sum(overall["statuses"].values()) == samples, overall
+    assert _finite(overall["score"]) and 0 <= overall["score"] <= 100, overall
+    assert _finite(overall["tf_loss"]) and overall["tf_loss"] > 0, overall
+    assert target["categories"]
+    for cat, c in target["categories"].items():
+        assert c["primary"] is None or (_finite(c["primary"]) and 0 <= c["primary"] <= 100), (cat, c)
+
+
 def test_train_merge_eval_serve_chat_on_a_bf16_model(base_0p5b, tmp_path):
     runs = tmp_path / "runs"
     r = cli("train", "--preset", "small-batch", "--model", str(base_0p5b), "--dataset", "sample", "--max-steps", "30",
             "--report-to", "none", "--output-dir", str(runs), "--run-name", "gpu-run")
     assert r.returncode == 0, r.stdout + r.stderr
     run = runs / "gpu-run"
-    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    _assert_trained(run, steps=30)
 
     # the plain merge (bf16, the base's dtype): verified, or refused for its dtype; never called a bug
     r = cli("merge", str(run))
@@ -87,7 +122,7 @@ def test_train_merge_eval_serve_chat_on_a_bf16_model(base_0p5b, tmp_path):
     r = cli("eval", str(tmp_path / "m16"), "--dataset", "sample", "--limit", "1", "--max-new-tokens", "32",
             "--output-dir", str(tmp_path / "eval"), *no_exec)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (tmp_path / "eval" / "metrics.json").is_file()
+    _assert_evaluated(tmp_path / "eval", samples=15)  # --limit 1 in each of the sample's 15 categories
 
     # serve it with the transformers engine and ask one question through the OpenAI client
     missing = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
