@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import sys
 import warnings
 from contextlib import contextmanager
@@ -21,13 +20,13 @@ _TRACKIO_SHOW = re.compile(r'trackio show --project "([^"]*)"')
 
 
 def rustcoder_command() -> str:
-    """How to call this rustcoder from a fresh shell, in any directory: plain ``rustcoder`` when that is what
-    PATH finds, else the environment's script by its absolute path (no activation needed)."""
+    """How to call this rustcoder from a fresh shell (no activated environment), in any directory: plain
+    ``rustcoder`` when it is installed in a directory every shell has on PATH, else the environment's
+    script by its absolute path."""
     script = Path(sys.executable).parent / "rustcoder"
     if not script.is_file():
         return f"{shlex.quote(sys.executable)} -m rustcoder"
-    on_path = shutil.which("rustcoder")
-    if on_path and Path(on_path).resolve() == script.resolve():
+    if str(script.parent) in ("/usr/bin", "/usr/local/bin", "/bin"):
         return "rustcoder"
     return shlex.quote(str(script.absolute()))
 

@@ -1,13 +1,13 @@
 """One GPU visit: every GPU check of the open issues, most valuable first, within a device-time budget.
 
-A lent GPU box has no network and a few minutes of device time (../shared/gpu/README.md), so the
+A lent GPU box has no network and a few minutes of device time (docs/gpu.md), so the
 checks run as one prepared command: each step in its own process group under its own timeout, its
 output in OUT/<step>.log (streamed to the console as it comes), a step skipped when the budget left
 is below what it needs, and OUT/summary.md + OUT/summary.json written after every step, so a call
 killed at its limit still returns what finished.
 
-    # here, where the package index is reachable (once per checkout):
-    EXTRA_PKGS="$(python3 scripts/gpu_checks.py --extra-pkgs)" bash ../shared/gpu/prepare.sh
+    # here, where the package index is reachable (once per checkout): the pinned wheels into .whl/
+    bash scripts/gpu_wheelhouse.sh
     # on the box, from the project root:
     source .whl/setup.sh && python3 scripts/gpu_checks.py --out "$OUT" --budget-s 540
     # the same plan on this CPU machine, small settings, to check the script and the environment:
@@ -20,7 +20,8 @@ Steps (``--only`` / ``--skip`` take their names):
   0.5B shape, CUDA batched generation, the merge verification on CUDA against the CPU's; issue 11's
   packed-attention isolation and planned forwards).
 - ``train-7b``: benchmarks/train_throughput.py, Qwen2-7B shape, presets baseline and small-batch,
-  rustcoder vs TRL SFTTrainer defaults (issue 11's targets).
+  rustcoder vs TRL SFTTrainer at its defaults and at its best (padding-free, no checkpointing, liger where
+  installed, flash attention where present), side by side in one run (issues 11 and 25).
 - ``eval-7b``: benchmarks/eval_throughput.py, Qwen2-7B shape, the transformers backend vs the old
   generate path (issue 16; vLLM is not on the box and its wheel exceeds what a call can carry).
 - ``train-1.5b``: the train benchmark on the 1.5B shape (issue 11 asks for 1.5b and 7b).
@@ -47,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from rustcoder.procs import exit_status, start_group, stop_group  # noqa: E402
 
-# Wheels the box lacks beyond what ../shared/gpu/prepare.sh always carries: the serve step of the GPU
-# tests (transformers serve behind FastAPI/uvicorn, asked through the openai client) and their needs, each
-# spelled as in constraints.txt (prepare.sh pins by that name: pydantic_core must match pydantic exactly).
+# Wheels the box lacks beyond the training stack scripts/gpu_wheelhouse.sh always carries: the serve step of
+# the GPU tests (transformers serve behind FastAPI/uvicorn, asked through the openai client) and their needs,
+# each spelled as in constraints.txt (the wheelhouse pins by that name: pydantic_core must match pydantic).
 EXTRA_PKGS = ("fastapi starlette pydantic pydantic_core typing-inspection annotated-types opentelemetry-api "
               "python-multipart uvicorn openai jiter sniffio")
 
@@ -109,7 +110,7 @@ def plan(py: str, out: Path, rehearse: bool) -> list[Step]:
                  "--max-new-tokens", "256", "--repeat", "1"]
         # PEFT's float32 merge was measured on an H200 (44,300 MB, 33 s): the streaming merge verified on the GPU
         merge = ["--shape", "7b", "--skip", "peft-fp32", "--skip", "streaming-noverify", "--skip", "streaming-fullverify"]
-    train_keep = [r"^model:", r"^data:", r"(?i)^isolation check", r"examples per optimizer step", r"^(TRL defaults|rustcoder) ",
+    train_keep = [r"^model:", r"^data:", r"(?i)^isolation check", r"examples per optimizer step", r"^(TRL defaults|TRL best|rustcoder) ",
                   r"throughput ratio", r"eval loss difference", r"projected", r"^  (TRL|rustcoder)",
                   r"^  largest:", r"^  from:"]  # (the profile line itself starts with "rustcoder ")
     return [
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out")
     ap.add_argument("--rehearse", action="store_true", help="CPU-sized settings: check the plan here, no GPU needed")
     ap.add_argument("--list", action="store_true", help="print the steps and their commands, run nothing")
-    ap.add_argument("--extra-pkgs", action="store_true", help="print the EXTRA_PKGS for prepare.sh and exit")
+    ap.add_argument("--extra-pkgs", action="store_true", help="print the serve step's wheels (scripts/gpu_wheelhouse.sh adds them) and exit")
     a = ap.parse_args(argv)
     if a.extra_pkgs:
         print(EXTRA_PKGS)

@@ -86,6 +86,8 @@ def test_demo_runs_the_whole_loop_and_its_next_commands_work_as_printed(tmp_path
     assert "report.md" in text
     assert "{'eval_loss'" not in text and "{'loss'" not in text     # no raw Python dicts from the trainer
     assert "\x1b[" not in text                                      # piped: no colour codes (trackio's banner)
+    assert "trackio show" not in text and "runs --dashboard --project rustcoder-demo" in text  # a command on PATH
+    assert "is_gradient_checkpointing" not in out.stderr             # peft's deprecation noise, filtered
     # the eval stage shows progress, and the sandbox's pass and fail with rustc's diagnostics
     stage3 = text.split("[3/6] evaluate")[1].split("[4/6]")[0]
     assert "generate adapter" in stage3 and "score:" in stage3        # progress while it works
@@ -94,21 +96,52 @@ def test_demo_runs_the_whole_loop_and_its_next_commands_work_as_printed(tmp_path
     assert started, "the demo started no process (the engine runs in one)"
     assert _alive(started) == []                                     # nothing it started is left running
 
-    # the next commands, copied as printed, in a fresh shell (no activated venv)
+    _readme_table_names_what_the_run_wrote(run)
+
+    # the next commands, copied as printed, in a fresh shell (no activated venv), from another directory
     printed = text.split("look at them")[1]
     commands = [line.strip() for line in printed.splitlines() if " runs " in line or " eval " in line]
     shell_env = {"TRACKIO_DIR": str(tmp_path / "trackio")}
-    runs_cmd = next(c for c in commands if c.endswith("runs --output-dir runs"))
-    r = _fresh_shell(runs_cmd, tmp_path, shell_env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    runs_cmd = next(c for c in commands if c.endswith(f"runs --output-dir {tmp_path / 'runs'}"))
+    r = _fresh_shell(runs_cmd, elsewhere, shell_env)
     assert r.returncode == 0 and "demo-small-batch" in r.stdout and "Trackio project rustcoder-demo" in r.stdout, r
     eval_cmd = next(c for c in commands if " eval " in c)
-    r = _fresh_shell(eval_cmd, tmp_path, shell_env)
+    r = _fresh_shell(eval_cmd, elsewhere, shell_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert re.search(r"all \d+ sample\(s\) already done", r.stdout)  # same settings: resumed, not refused
+    assert re.search(r"all \d+ sample\(s\) already done", r.stderr)  # same settings: resumed, not refused
+    assert "overall" in r.stdout and not (elsewhere / "evals-out").exists()
     # the dashboard opens the project the demo logged to
     dash_cmd = next(c for c in commands if c.endswith("--dashboard"))
-    r = _fresh_shell(dash_cmd.replace(" --dashboard", " --json"), tmp_path, shell_env)
+    r = _fresh_shell(dash_cmd.replace(" --dashboard", " --json"), elsewhere, shell_env)
     assert json.loads(r.stdout)[0]["project"] == "rustcoder-demo"
+
+
+def _readme_row(command: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return next(line for line in readme.splitlines() if line.startswith(f"| `{command}` |"))
+
+
+def _readme_table_names_what_the_run_wrote(run: Path) -> None:
+    """README's "What each writes": every file and directory train, eval and merge wrote is in its row, and every
+    file a row names (not marked "with --...") was written."""
+    rows = {c: _readme_row(c) for c in ("train", "eval", "merge")}
+    from_others = {"eval": "eval", "merged": "merge"}  # directories other commands add to the run
+    for entry in run.iterdir():
+        name = entry.name + ("/" if entry.is_dir() else "")
+        assert f"`{name}`" in rows["train"] or entry.name in from_others, f"train wrote {name}: not in the README"
+    eval_dir = next(p for p in (run / "eval").iterdir() if p.is_dir())
+    for entry in eval_dir.iterdir():
+        assert f"`{entry.name}`" in rows["eval"], f"eval wrote {entry.name}: not in the README"
+    for entry in (run / "merged").iterdir():
+        pattern = "`model*.safetensors`" if entry.name.endswith(".safetensors") else f"`{entry.name}`"
+        assert pattern in rows["merge"], f"merge wrote {entry.name}: not in the README"
+    for command, where in (("train", run), ("eval", eval_dir), ("merge", run / "merged")):
+        listed = re.findall(r"`([\w.*-]+/?)`", rows[command].split("|", 2)[2].split("(with")[0])
+        for name in listed:
+            if "." in name or name.endswith("/"):
+                assert list(where.rglob(name.rstrip("/"))), f"README: {command} writes {name}, but it did not"
 
 
 def test_second_demo_elsewhere_gets_its_own_trackio_run(tmp_path):

@@ -98,3 +98,40 @@ def test_doctor_names_the_packed_attention_path_on_a_gpu(monkeypatch):
     monkeypatch.setattr(attention, "has_module", lambda m: False)
     c = check_packed_attention()
     assert c.status == WARN and "FlexAttention" in c.detail and "flash-attn" in c.fix
+
+
+def test_doctor_does_not_say_all_is_here_when_the_hub_is_unreachable(monkeypatch):
+    """The default model and dataset need the hub: an unreachable hub is a warning naming them, and the last line
+    says what works (local models and data) instead of "everything needed is here"."""
+    import rustcoder.serve as serve
+    from rustcoder.doctor import WARN
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(serve, "transformers_serving_missing", lambda: [])
+    checks = run_checks(hub_timeout=0.5)
+    hub = {c.name: c for c in checks}["hub reachable"]
+    assert hub.status == WARN and "Qwen/Qwen2-7B-Instruct" in hub.needed_by and "Strandset" in hub.needed_by
+    text = render([c for c in checks if c.name != "gradio"])
+    assert "everything needed is here" not in text
+    assert "for local models and data" in text and "not available here: the hub" in text
+
+
+def test_doctor_finds_a_checkouts_vllm_environment_and_says_how_it_is_used(tmp_path, monkeypatch):
+    """serve/setup_vllm_cpu.sh builds .venv-vllm in the checkout: not "vLLM not installed", but where it is and
+    how to name it (it is used only when named)."""
+    from rustcoder.doctor import vllm_venvs
+
+    venv = tmp_path / ".venv-vllm-here" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("#!/bin/sh\nprintf 0.99.1\n")  # answers the version query as vLLM's would
+    (venv / "python").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUSTCODER_VLLM_VENV", ".venv-vllm-here")
+    monkeypatch.delenv("RUSTCODER_VLLM_PYTHON", raising=False)
+    assert vllm_venvs() == [venv / "python"]
+    c = check_vllm()
+    assert c.status == OK and "0.99.1" in c.detail and f"RUSTCODER_VLLM_PYTHON={venv / 'python'}" in c.detail
+    assert "--vllm-python" in c.detail
+    monkeypatch.setenv("RUSTCODER_VLLM_VENV", ".venv-vllm-nowhere")
+    assert check_vllm().status != OK  # nothing found: the warning and the setup command

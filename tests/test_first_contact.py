@@ -445,3 +445,121 @@ def test_train_without_trackio_names_the_install_or_report_to_none(tmp_path, tin
     assert r.exit_code == 1, r.output
     assert "Trackio" in r.output and "pip install trackio" in r.output and "--report-to none" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
+
+
+def test_every_package_and_data_directory_is_listed_for_the_wheel():
+    """pyproject lists its packages (the suites live in top-level evals/, mapped to rustcoder.evals, which a
+    find would not see): a new package under rustcoder/ must be listed, or the wheel would lack it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "rustcoder").rglob("__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
+    assert setuptools["package-dir"] == {"rustcoder.evals": "evals"} and (root / "evals" / "humaneval-rust.yaml").is_file()
+    assert not (root / "rustcoder" / "evals").exists()
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_the_suites_from_the_top_level_evals_directory(tmp_path):
+    """`pip install .` (not editable): the wheel carries evals/ as rustcoder/evals/ and the loader finds it there,
+    from any directory, away from the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("rustcoder", "evals"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("rustcoder-*.whl"))
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                              str(site), str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = ("import rustcoder; from rustcoder.eval import suites\n"
+            "print(rustcoder.__file__); print(suites.evals_dir()); print(sorted(suites.suite_files()))\n"
+            "print(len(suites.load_items(suites.benchmark_suite('humaneval-rust')).items))\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=elsewhere,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, evals, names, items = out.stdout.split("\n")[:4]
+    assert module.startswith(str(site)) and evals == str(site / "rustcoder" / "evals")
+    assert {"humaneval-rust", "sample-test", "strandset-test"} <= set(eval(names)) and int(items) > 140
+
+
+def test_printed_next_commands_work_from_any_directory_and_do_not_share_a_port(tmp_path, monkeypatch):
+    """The demo's next commands name absolute paths, and the dashboard and the playground it suggests in a row
+    listen on different ports (both used to be 7860)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from rustcoder import dashboard
+    from rustcoder.demo import DemoResult, next_commands
+    from rustcoder.serve.options import ServeOptions
+
+    monkeypatch.chdir(tmp_path)
+    result = DemoResult(run_dir=Path("runs/demo-small-batch"), merged_dir=Path("runs/demo-small-batch/merged"))
+    cmds = next_commands(result)
+    for cmd, _ in cmds:
+        words = shlex.split(cmd)
+        assert Path(words[0]).is_absolute() or words[0] == "rustcoder"
+        paths = [w for before, w in zip(words, words[1:]) if "runs/" in w or before == "--output-dir"]
+        assert paths and all(Path(w).is_absolute() for w in paths), cmd  # paths work from anywhere
+    ports = {int(p) for _, what in cmds for p in re.findall(r"127\.0\.0\.1:(\d+)", what)}
+    assert ports == {dashboard.DEFAULT_PORT, ServeOptions.playground_port} and len(ports) == 2
+    runs_port = next(p for p in main.commands["runs"].params if p.name == "port")
+    assert runs_port.default == dashboard.DEFAULT_PORT != ServeOptions.playground_port
+
+
+def test_serve_shows_an_engine_line_with_one_prefix():
+    from rustcoder.serve.engine import engine_line
+
+    assert engine_line("transformers", "[transformers] loading model") == "  [transformers] loading model"
+    assert engine_line("vllm", "INFO started") == "  [vllm] INFO started"
+
+
+@pytest.mark.slow
+def test_dashboard_piped_has_no_colour_codes_and_ctrl_c_stops_it_cleanly(tmp_path):
+    """`runs --dashboard | cat`: Trackio's own output without colour codes; Ctrl-C (SIGINT to the terminal's
+    process group) stops it with exit 0 and no click "Aborted!"."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rustcoder.net import free_port
+
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "rustcoder", "runs", "--dashboard", "--project", "p",
+                             "--port", str(free_port())], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # until Trackio says where it listens
+            lines.append(line)
+            if "launched at" in line:
+                break
+        assert any("launched at" in line for line in lines), "".join(lines)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(lines) + out + err
+    assert proc.returncode == 0, text[-3000:]
+    assert "\x1b" not in text and "Aborted!" not in text and "Traceback" not in text
+    assert "dashboard stopped" in err

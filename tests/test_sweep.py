@@ -53,7 +53,8 @@ def test_three_preset_sweep_table_and_plots(rows_file, tiny_qwen2, tmp_path):
 
     r = CliRunner().invoke(main, ["compare", str(sweep_dir)])
     assert r.exit_code == 0, r.output
-    assert "| experiment |" in r.output and "exp-aggressive-lr-30" in r.output
+    assert r.output.startswith("run ") and "exp-aggressive-lr-30" in r.output  # the compact terminal table
+    assert "| experiment |" in (sweep_dir / "comparison.md").read_text()  # every column in the file
     result = compare_runs([sweep_dir])
     losses = [row.eval_loss for row in result["rows"]]
     assert losses == sorted(losses)  # best first
