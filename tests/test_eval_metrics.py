@@ -184,7 +184,8 @@ def test_build_programs_per_kind():
                                 "```rust\nfn f() {}\n#[cfg(test)]\nmod tests { #[test] fn mine() {} }\n```")
     first = plan.programs[0]
     assert first.mode == "test" and first.source.startswith("use std::fmt;")
-    assert "mine" not in first.source and first.source.count("mod tests") == 1  # the answer's tests are dropped
+    assert "mine" not in first.source and "mod tests" not in first.source  # the answer's tests are dropped
+    assert first.tests.count("mod tests") == 1 and first.answer == "fn f() {}\n"  # the row's, run by the harness
     assert len(plan.programs) == 2  # fallback without the context
     assert tasks.build_programs(tasks.task_of("code_generation"), data, "   ").status == "empty_answer"
     assert tasks.build_programs(tasks.task_of("code_generation"), data, "No idea, sorry.").status == "no_code"
@@ -197,7 +198,8 @@ def test_build_programs_per_kind():
                                {"input_data": {"code_to_test": "fn f() -> u8 { 1 }", "code_context": "",
                                                "test_context": ""}},
                                "```rust\n#[test]\nfn one() { assert_eq!(f(), 1); }\n```")
-    assert "mod tests" in gen.programs[0].source and "use super::*;" in gen.programs[0].source
+    assert gen.programs[0].tests_untrusted and gen.programs[0].source.strip() == "fn f() -> u8 { 1 }"
+    assert "mod tests" in gen.programs[0].tests and "use super::*;" in gen.programs[0].tests
     assert tasks.build_programs(tasks.task_of("test_generation"), {"input_data": {"code_to_test": "fn f() {}"}},
                                 "```rust\nfn helper() {}\n```").status == "no_tests"
 
