@@ -105,7 +105,23 @@ def probe(notes: list[str]) -> CgroupBase | None:
 def _checked(base: CgroupBase) -> CgroupBase:
     group = JobCgroup.create(base, memory_bytes=64 << 20, max_tasks=16)  # raises OSError when refused
     group.remove()
+    _sweep_stale(base)
     return base
+
+
+def _sweep_stale(base: CgroupBase) -> None:
+    """Kill and remove the groups of rustcoder processes that no longer exist (an evaluator that was SIGKILLed)."""
+    for parent in (base.memory, base.pids):
+        if not parent:
+            continue
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            pid = name.split("-")[1] if name.startswith("rustcoder-") and name.count("-") == 2 else ""
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                JobCgroup(base, [os.path.join(parent, name)]).remove(wait_seconds=0.5)
 
 
 @dataclasses.dataclass
