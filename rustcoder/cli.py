@@ -146,6 +146,8 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
     if config_arg is not None:
         preset, config_file = _config_argument(config_arg, preset, config_file)
     if resume:
+        from .rundir import resume_target
+
         cfg, run_dir = resume_target(overrides)
     else:
         cfg, run_dir = resolve_config(preset, config_file, overrides), None
@@ -241,36 +243,6 @@ def _config_argument(arg: str, preset, config_file):
                          "(start from a preset: `rustcoder presets show small-batch > my.yaml`) or a preset name "
                          f"({', '.join(preset_names())}).")
     return preset, arg
-
-
-def resume_target(overrides: dict):
-    """(config, run_dir) of the run to resume; typed changes to its config are refused."""
-    from . import rundir
-    from .errors import UsageError
-    from .rundir import load_run_config
-
-    output_dir = overrides.get("output_dir") or "runs"
-    name = overrides.get("run_name")
-    if name:
-        run_dir = Path(output_dir) / name
-        if not run_dir.is_dir():
-            raise UsageError(f"no run {name!r} under {output_dir!r} to resume. "
-                             f"Existing runs: {', '.join(p.name for p in rundir.list_runs(output_dir)) or 'none'}.")
-    else:
-        unfinished = [p for p in rundir.list_runs(output_dir)
-                      if rundir.read_manifest(p).get("status") != "finished"]
-        if not unfinished:
-            raise UsageError(f"no unfinished run under {output_dir!r} to resume; pass --run-name NAME.")
-        run_dir = unfinished[0]
-    from .config import coerce_field
-
-    cfg = load_run_config(run_dir)
-    changed = [k for k, v in overrides.items()  # compared as the config stores them ("a,b" is a list)
-               if v is not None and k not in ("output_dir", "run_name") and getattr(cfg, k) != coerce_field(k, v)]
-    if changed:
-        raise UsageError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} when resuming "
-                         f"{run_dir.name}: a resumed run keeps its config. Start a new run instead.")
-    return cfg, run_dir
 
 
 # ---- presets ------------------------------------------------------------------------------------

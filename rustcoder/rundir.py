@@ -224,6 +224,32 @@ def _no_such_run(name: str, runs: Path, *, tiny: bool) -> None:
     raise UsageError(f"no run named {name!r} in {where}{hint}; {have}{others}.")
 
 
+def resume_target(overrides: dict):
+    """(config, run_dir) of the run ``train --resume`` continues: --run-name under --output-dir, else the newest
+    unfinished run there; typed changes to its config are refused (a resumed run keeps its config)."""
+    output_dir = overrides.get("output_dir") or "runs"
+    name = overrides.get("run_name")
+    if name:
+        run_dir = Path(output_dir) / name
+        if not run_dir.is_dir():
+            raise UsageError(f"no run {name!r} under {output_dir!r} to resume. "
+                             f"Existing runs: {', '.join(p.name for p in list_runs(output_dir)) or 'none'}.")
+    else:
+        unfinished = [p for p in list_runs(output_dir) if read_manifest(p).get("status") != "finished"]
+        if not unfinished:
+            raise UsageError(f"no unfinished run under {output_dir!r} to resume; pass --run-name NAME.")
+        run_dir = unfinished[0]
+    from .config import coerce_field
+
+    cfg = load_run_config(run_dir)
+    changed = [k for k, v in overrides.items()  # compared as the config stores them ("a,b" is a list)
+               if v is not None and k not in ("output_dir", "run_name") and getattr(cfg, k) != coerce_field(k, v)]
+    if changed:
+        raise UsageError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} when resuming "
+                         f"{run_dir.name}: a resumed run keeps its config. Start a new run instead.")
+    return cfg, run_dir
+
+
 def merged_dirs_of(run_dir: str | Path) -> list[Path]:
     """Where a run's merged models may be: RUN/merged and wherever its manifest says it was merged to."""
     run_dir = Path(run_dir)

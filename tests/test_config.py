@@ -205,7 +205,7 @@ def test_resume_accepts_the_categories_the_run_was_started_with(tmp_path, monkey
     (tmp_path / "runs" / "r").mkdir(parents=True)
     cfg = resolve_config("small-batch", overrides=dict(categories="bug_detection,code_review", run_name="r"))
     monkeypatch.setattr(rundir, "load_run_config", lambda run_dir: cfg)
-    from rustcoder.cli import resume_target
+    from rustcoder.rundir import resume_target
 
     got, run_dir = resume_target({"output_dir": str(tmp_path / "runs"), "run_name": "r",
                                    "categories": "bug_detection,code_review"})
