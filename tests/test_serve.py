@@ -676,3 +676,29 @@ def test_a_taken_address_is_blamed_on_port_only_when_it_is_port(model_dir):
     internal = failed("RuntimeError: The server socket has failed to listen on any local network address. port: 29500,"
                       " useIpv6: 0, code: -98, name: EADDRINUSE, message: address already in use")
     assert "port 8123" not in internal and "besides --port is taken" in internal and "29500" in internal
+
+
+def test_behind_the_gateway_engines_listen_on_a_private_socket_without_the_key(model_dir):
+    """With spec.uds (what start_server sets), neither engine binds a TCP port nor gets the API key, and vLLM
+    cannot load adapters at run time."""
+    for engine in ("vllm", "transformers"):
+        spec = spec_for(model_dir, engine=engine, vllm_python="py", port=8125, api_key="k" * 24)
+        spec.uds = "/tmp/private/engine.sock"
+        argv, env = srv.engine_command(spec)
+        assert argv[argv.index("--uds") + 1] == "/tmp/private/engine.sock"
+        if engine == "transformers":  # rustcoder's engine wrapper binds the socket; transformers' --port is unused
+            assert argv.index("--uds") < argv.index("--")
+        assert not any("k" * 24 in v for v in [*argv, *env.values()]), env
+        if engine == "vllm":
+            assert "--port" not in argv and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+
+
+def test_gateway_limits_are_flags_and_must_be_positive():
+    from rustcoder.serve.options import ServeOptions
+
+    kw = ServeOptions(max_tokens=512, max_concurrent=2, max_body_bytes=1000).serve_kwargs()
+    assert (kw["max_tokens"], kw["max_concurrent"], kw["max_body_bytes"]) == (512, 2, 1000)
+    for field in ("max_tokens", "max_request_seconds", "max_queue", "queue_timeout", "max_body_bytes",
+                  "stall_seconds", "body_timeout", "max_concurrent"):
+        with pytest.raises(UsageError, match=f"--{field.replace('_', '-')} must be positive"):
+            ServeOptions(**{field: 0}).serve_kwargs()
