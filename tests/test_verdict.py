@@ -191,6 +191,16 @@ def test_the_harness_through_run_many():
 
 
 @needs_rustc
+def test_every_edition_and_a_test_file_without_a_module():
+    """Bare #[test] functions with their own `use` and a lint-level `#![allow]`, in each edition."""
+    tests = ("#![allow(unused)]\nuse std::collections::HashMap;\n#[test]\nfn t() { let _m: HashMap<u8, u8> = "
+             "HashMap::new(); assert_eq!(add(1, 2), 3); assert!(vec![1][0] == 1); }\n")
+    editions = ["2015", "2018", "2021", "2024"]
+    results = run_many([HONEST] * 4, per_item=[{"tests": tests, "edition": e} for e in editions], workers=2)
+    assert [(r.status, r.tests_passed) for r in results] == [("pass", 1)] * 4, [r.diagnostics for r in results]
+
+
+@needs_rustc
 def test_the_compilers_forbid_backs_the_textual_check(monkeypatch):
     """With the textual `unsafe` check switched off, `#[allow(unsafe_code)]` and `unsafe` still get `forbidden`
     from rustc itself (-F unsafe_code cannot be lowered by an attribute)."""
