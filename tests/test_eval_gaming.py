@@ -1,8 +1,10 @@
 """Scores a model cannot game: answers written the way an adversary would, scored end to end
-through ``evaluate(--predictions)``. Compiler crashes count against the answer, test suites that
-run nothing or pass against broken code score 0, unanswered items score 0 with the coverage
-stated, duplicate ids are refused, and sandbox failures stop the evaluation instead of shrinking
-the denominator. Needs rustc (skipped without it); no model is loaded."""
+through ``evaluate(--predictions)`` and ``rustcoder eval --predictions``. The gaming suite
+(tests/gaming/*.yaml: every trick class of issue 22 and more) scores 0 beside honest answers that
+pass; compiler crashes count against the answer, test suites that run nothing or catch no
+wrong-valued variant score 0, unanswered items score 0 with the coverage stated, duplicate ids are
+refused, and sandbox failures stop the evaluation instead of shrinking the denominator. Needs rustc
+(skipped without it); no model is loaded."""
 
 from __future__ import annotations
 
@@ -179,7 +181,8 @@ def test_every_humaneval_trick_scores_zero_through_eval_predictions(tmp_path, mo
                                     str(bench), "--output-dir", "out", "--workers", "2"])
     assert res.exit_code == 0, res.output
     scores, got = _scores(tmp_path / "out"), {}
-    executions = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "executions.jsonl").read_text().splitlines())}
+    executions = {r["key"]: r for r in map(json.loads,
+                                           (tmp_path / "out" / "executions.jsonl").read_text().splitlines())}
     for key, (name, want) in expect.items():
         rec = scores[key]
         got[name] = rec["status"]

@@ -169,7 +169,8 @@ def test_the_harness_through_run_many():
     """The issue's trick classes through the API, a probe of what the code under test can read, should_panic
     and Result-returning tests, and a test binary whose code cannot read the nonce, its sources or its binary."""
     panics = ('#[test]\n#[should_panic(expected = "negative")]\nfn rejects() { checked(-1); }\n'
-              "#[test]\nfn returns_ok() -> Result<(), String> { if checked(2) == 2 { Ok(()) } else { Err(\"no\".into()) } }\n")
+              "#[test]\nfn returns_ok() -> Result<(), String> {\n"
+              "    if checked(2) == 2 { Ok(()) } else { Err(\"no\".into()) }\n}\n")
     cases = DIRECT + [
         ("probe", PROBE, "pass"),
         ("should_panic_right", 'pub fn checked(x: i32) -> i32 { if x < 0 { panic!("negative input") } x }', "pass"),

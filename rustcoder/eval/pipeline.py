@@ -437,8 +437,9 @@ def stage_execute(plan: EvalPlan, samples: dict[str, dict], log) -> dict[str, di
     A self-check program proves the sandbox works before the first batch, alongside every batch (one more
     job run next to the batch's programs: a batch whose self-check fails is not recorded, nothing is blamed
     on the model) and after any sandbox error; past a small number of sandbox errors the stage stops with
-    an error instead of leaving those samples out of the rates. test_generation answers pass only when at least one test ran,
-    all passed, and at least one fails against the code under test with its function bodies broken.
+    an error instead of leaving those samples out of the rates. Programs with tests run under the sandbox's
+    verdict harness. test_generation answers pass only when at least one test ran, all passed, and they fail
+    against at least one wrong-valued variant (mutant) of the code under test.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -18,7 +18,8 @@ checks): ``policy`` (statuses, limits, the result type), ``host`` (host tools, c
 (a job's directory from creation to a removal that cannot fail), ``limits`` (rlimits), ``root`` (each
 job's root filesystem), ``launch`` (one command under namespaces, uid, limits and timeouts), ``setup`` (what
 this machine allows, probed once per process), ``diagnostics`` (rustc's JSON into statuses), ``verdict``
-(what a test run proves, and the harness that proves it), ``rustsrc`` (reading Rust source lexically for it), ``api`` (run_rust, run_many, the self-check, the capabilities).
+(what a test run proves, and the harness that proves it), ``rustsrc`` (reading Rust source lexically
+for it), ``api`` (run_rust, run_many, the self-check, the capabilities).
 """
 
 from .api import rustc_available, run_many, run_rust, sandbox_capabilities, sandbox_self_check
