@@ -99,10 +99,14 @@ def test_ordinary_code_is_not_forbidden(code):
     assert verdict.forbidden(code) == []
 
 
-def test_names_the_given_code_defines_may_be_restated():
+def test_names_the_given_code_defines_may_be_restated_and_unused_ones_redefined():
     given = "pub type Result<T> = std::result::Result<T, String>;"
-    assert verdict.forbidden(given + "\npub fn f() -> Result<u8> { Ok(1) }", given) == []
-    assert verdict.forbidden(given + "\npub fn f() -> Result<u8> { Ok(1) }")  # not given: refused
+    answer = given + "\npub fn f() -> Result<u8> { Ok(1) }"
+    assert verdict.forbidden(answer, given) == []
+    tests = "#[test] fn t() { assert_eq!(f().unwrap(), 1); }"
+    assert verdict.forbidden(answer, tests) == []  # the tests never name Result: the answer's alias is its own
+    assert verdict.forbidden(answer, tests + "\n#[test] fn u() -> Result<u8> { f() }")  # now they do: refused
+    assert verdict.forbidden("#[derive(PartialEq)] enum O { Some(u8) }", "#[test] fn t() { Some(1); }")
 
 
 def test_lint_level_crate_attributes_are_dropped_and_the_rest_reported():

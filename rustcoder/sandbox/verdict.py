@@ -251,23 +251,34 @@ def crate_attributes(code: str) -> tuple[str, list[str]]:
 
 def forbidden(untrusted: str, trusted: str = "") -> list[str]:
     """Why ``untrusted`` (an answer) cannot be run under the harness: constructs no correct answer to a
-    function-with-tests task needs that could change what the tests are or how they report. Empty when none."""
+    function-with-tests task needs that could change what the tests are or how they report. Empty when none.
+
+    ``trusted`` is the rest of the program (tests, given code): names it defines may be restated, and a standard
+    name the answer redefines counts only where ``trusted`` uses it (every name, when ``trusted`` is empty)."""
     masked = rustsrc.mask(untrusted)
     reasons = [why for pattern, why in _CHECKS if pattern.search(masked)]
     _, attrs = crate_attributes(untrusted)
     reasons += [f"sets the crate attribute `#![{a}]`" for a in dict.fromkeys(attrs)]
     given = {name for _, name, _ in rustsrc.defined_names(trusted)}
+    # a standard name matters where the tests or the given code use it: there the answer's item would stand in
+    # for the standard one (an "Option" whose == is always true); an answer's own `type Result<T>` that nothing
+    # given mentions is left alone
+    used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rustsrc.mask(trusted))) if trusted.strip() else None
     shadowed = []
     for kind, name, depth in rustsrc.defined_names(untrusted):
         if name in given:
+            continue
+        if kind == "macro":
+            if name in STD_MACROS:
+                shadowed.append(name + "!")
+            continue
+        if used is not None and name not in used:
             continue
         if kind in ("struct", "enum", "union", "trait", "type", "const", "static", "use-as", "variant", "mod") \
                 and (name in PRELUDE or name in PRIMITIVES or name in ("std", "core", "alloc")):
             shadowed.append(name)
         elif kind == "fn" and (name in _VALUE_NAMES or (depth == 0 and name in PRELUDE_FUNCTIONS)):
             shadowed.append(name)
-        elif kind == "macro" and name in STD_MACROS:
-            shadowed.append(name + "!")
     if shadowed:
         reasons.append("redefines standard name(s) the tests rely on: "
                        + ", ".join(f"`{n}`" for n in dict.fromkeys(shadowed)))
