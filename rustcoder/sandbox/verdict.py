@@ -430,7 +430,8 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
         untrusted, trusted = code, tests
     given = code if tests_untrusted else (trusted if untrusted is not code else tests)
     code, _ = crate_attributes(code)  # the given code's non-lint ones fail in include! (compile_error)
-    reasons = forbidden(untrusted, trusted)
+    # the return types a task fixes are given text too: an answer's own `bool` or `Option` would change them
+    reasons = forbidden(untrusted, trusted + "\n" + " ".join((returns or {}).values()))
     for name, want in (returns or {}).items():
         got = return_type(code, name)
         if got is not None and got != re.sub(r"\s+", "", want):
