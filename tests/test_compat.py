@@ -108,3 +108,14 @@ def test_fast_tokenizer_backend_state_is_left_as_found(tiny_qwen2):
     compat.reset_backend_padding(tok)
     assert tok.backend_tokenizer.padding is None
     assert compat.encode_without_state(object(), texts) is None  # no fast backend: the caller's slow path
+
+
+def test_transformers_trainer_train_sampler_hook_that_rustcoders_trainer_overrides():
+    """Trainer._get_train_sampler(self, train_dataset=None) is how get_train_dataloader gets its sampler: rustcoder's
+    trainer overrides it with the step sampler (the same order the dry run replays)."""
+    from transformers import Trainer
+
+    assert "transformers.Trainer._get_train_sampler" in compat.OVERRIDES
+    params = inspect.signature(Trainer._get_train_sampler).parameters
+    assert list(params)[:2] == ["self", "train_dataset"] and params["train_dataset"].default is None
+    assert "self._get_train_sampler" in inspect.getsource(Trainer.get_train_dataloader)
