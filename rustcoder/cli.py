@@ -303,6 +303,7 @@ def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval,
       rustcoder sweep --presets baseline,small-batch --set model=tiny-qwen2 --set dataset=sample
     """
     from .errors import UsageError
+    from .hub import settle_offline
     from .sweep import STUDIES, parse_grid, parse_settings, run_sweep
 
     if study:
@@ -313,6 +314,7 @@ def sweep(study, preset_list, grid, num_examples, sweep_dir, project, with_eval,
     else:
         raise UsageError("say what to sweep: --study research or --presets A,B,...")
     common = parse_settings(list(settings))
+    settle_offline(log=_note)
     name = study or ("-".join(presets) if len(presets) <= 3 else f"{len(presets)}-presets")
     sweep_dir = sweep_dir or f"runs/sweep-{name}"
     evaluate = None

@@ -5,7 +5,6 @@ and Ctrl-C a clean stop. Standard library only (Trackio runs in the child)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,12 +23,19 @@ def _copy(source, target, plain: bool) -> None:
 
 
 def open_dashboard(project: str, port: int = DEFAULT_PORT) -> int:
-    """Run Trackio's dashboard for ``project`` until it stops or Ctrl-C; returns the exit code (0 after Ctrl-C)."""
+    """Run Trackio's dashboard for ``project`` until it stops or Ctrl-C; returns the exit code (0 after Ctrl-C).
+
+    Trackio runs in its own process group, so a terminal's Ctrl-C reaches only this process, which then stops
+    the group (SIGTERM): Ctrl-C at any moment, even while Trackio is still starting, ends without a Python
+    traceback from Trackio and without click's "Aborted!". The group dies with this process too.
+    """
+    from .procs import stop_group, start_group
+
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}  # where Trackio starts looking for a free port
     plain = [wants_plain(sys.stdout), wants_plain(sys.stderr)]
     pipe = subprocess.PIPE if any(plain) else None
-    child = subprocess.Popen([sys.executable, "-m", "trackio.cli", "show", "--project", project], env=env,
-                             stdout=pipe, stderr=pipe, text=True if pipe else None)
+    child = start_group([sys.executable, "-m", "trackio.cli", "show", "--project", project], die_with_parent=True,
+                        env=env, stdout=pipe, stderr=pipe, text=True if pipe else None)
     copies = []
     if pipe:
         copies = [threading.Thread(target=_copy, args=(src, dst, p), daemon=True)
@@ -38,16 +44,8 @@ def open_dashboard(project: str, port: int = DEFAULT_PORT) -> int:
             t.start()
     try:
         code = child.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to both: let Trackio close, say so, no "Aborted!"
-        try:
-            child.wait(timeout=3)  # a terminal's Ctrl-C reached Trackio too
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGINT)  # only this process was interrupted
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+    except KeyboardInterrupt:
+        stop_group(child, timeout=10)
         code = 0
     for t in copies:
         t.join(timeout=5)

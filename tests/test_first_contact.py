@@ -561,5 +561,5 @@ def test_dashboard_piped_has_no_colour_codes_and_ctrl_c_stops_it_cleanly(tmp_pat
             proc.wait()
     text = "".join(lines) + out + err
     assert proc.returncode == 0, text[-3000:]
-    assert "\x1b" not in text and "Aborted!" not in text and "Traceback" not in text
+    assert "\x1b" not in text and "Aborted!" not in text and "Traceback" not in text, text
     assert "dashboard stopped" in err
