@@ -162,6 +162,8 @@ def start_engine(engine: str, tmp_path_factory) -> Served:
     served = Served(engine, port, result.stop, engine_pid=result.server.process.pid,
                     gateway=result.server.gateway.config.app)
     served.result = result
+    if engine == "vllm":  # its first long generation compiles kernels for new shapes: not a case of its own
+        served.client.post("/v1/chat/completions", json=LONG, timeout=60)
     return served
 
 
@@ -192,13 +194,13 @@ def _ignore_errors(fn):
 
 # ---- helpers ----------------------------------------------------------------------------------------
 
-def assert_normal(served: Served) -> None:
+def assert_normal(served: Served, idle: bool = True) -> None:
     """A normal request is answered correctly within NORMAL_WITHIN seconds.
 
     Every try must be a correct answer; one of three must come within the second (this machine is shared:
     a blocked or starved server fails all three, another job's burst of CPU does not), and before it nothing
     the hostile case started may still be generating."""
-    assert _wait_idle(served, 3.0), "a generation is still running after the case"
+    assert not idle or _wait_idle(served, 3.0), "a generation is still running after the case"
     times = []
     for _ in range(3):
         t = time.monotonic()
@@ -563,7 +565,8 @@ def test_one_long_request_does_not_block_the_others(served):
     long.start()
     time.sleep(0.3)
     assert served.active() >= 1
-    assert_normal(served)
+    assert_normal(served, idle=False)
+    assert served.active() >= 1  # still generating: the normal one was admitted beside it
     long.join()
 
 

@@ -120,8 +120,9 @@ class Admission:
             raise Overloaded(f"{self.waiting} requests are already queued (--max-queue {self.max_queue})")
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._sem.acquire(), self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                await self._sem.acquire()
+        except TimeoutError:
             raise Overloaded(f"no generation slot became free within {self.timeout:g} s (--queue-timeout)") from None
         finally:
             self.waiting -= 1
@@ -349,9 +350,10 @@ class Gateway:
         try:
             await asyncio.wait({disconnected, work}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, disconnected):
-                if not task.done():
-                    task.cancel()
+            disconnected.cancel()
+            while not work.done():  # again until it ends: a cancel can be absorbed by a wait that just completed
+                work.cancel()
+                await asyncio.wait({work}, timeout=0.1)
             for task in (work, disconnected):
                 with contextlib.suppress(BaseException):
                     await task
@@ -390,77 +392,76 @@ class Job:
         import httpx
 
         g = self.g
-        deadline = time.monotonic() + g.limits.max_request_seconds
-        text, finish, usage, created, cut = [], None, None, int(time.time()), False
-        try:
-            async with g.client().stream("POST", CHAT_PATH, json=self.request) as r:
-                if r.status_code != 200:
-                    raw = b""
-                    async for part in r.aiter_bytes():
-                        raw += part
-                        if len(raw) > ERROR_BODY_CAP:
-                            break
-                    status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
-                    return await self._answer_error(status, json.loads(body))
-                lines = r.aiter_lines()
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        cut = True
-                        break
-                    try:
-                        async with asyncio.timeout(left):
-                            line = await anext(lines)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        cut = True
-                        break
-                    g.progress[self.id] = time.monotonic()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        continue
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"]
-                        message = err.get("message") if isinstance(err, dict) else str(err)
-                        return await self._answer_error(500, openai_error(f"the engine failed: {message}",
-                                                                          "server_error"))
-                    created = chunk.get("created", created)
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            text.append(delta["content"])
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                    if self.stream:
-                        await self._forward(chunk)
+        self.text, self.finish, self.usage_seen, self.created = [], None, None, int(time.time())
+        cut = False
+        try:  # the deadline covers the client's side too: one that stops reading cannot hold a slot past it
+            async with asyncio.timeout(g.limits.max_request_seconds):
+                if await self._relay():
+                    return
+        except TimeoutError:
+            cut = True
         except httpx.HTTPError as e:
             if not self.started:
                 return await self._answer_error(503, openai_error(
                     f"the engine is not reachable ({type(e).__name__}); check /health", "server_error"))
             cut = True
-        if cut:
-            finish = "length"  # the server's time limit ended the generation (rustcoder serve --max-request-seconds)
-            usage = None
-        finish = finish or "stop"
-        if self.stream:
-            if cut or not self.started:
-                await self._forward({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-            await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
-            return
-        answer = {"id": self.id, "object": "chat.completion", "created": created, "model": self.name,
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                               "finish_reason": finish, "logprobs": None}],
-                  "usage": usage}
-        await self.g._send_json(self.send, 200, answer)
+        finish, usage = (self.finish or "stop", self.usage_seen) if not cut else ("length", None)
+        # at the limit: the engine's connection is closed; the answer ends here (rustcoder serve --max-request-seconds)
+        async with asyncio.timeout(10):  # the last words to a client that does not read are not waited on
+            if self.stream:
+                if cut or not self.started:
+                    await self._forward({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+                return await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            answer = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.name,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.text)},
+                                   "finish_reason": finish, "logprobs": None}],
+                      "usage": usage}
+            await g._send_json(self.send, 200, answer)
+
+    async def _relay(self) -> bool:
+        """Stream the engine's answer (forwarding chunks to a streaming client); True when it was answered
+        with an error already."""
+        g = self.g
+        async with g.client().stream("POST", CHAT_PATH, json=self.request) as r:
+            if r.status_code != 200:
+                raw = b""
+                async for part in r.aiter_bytes():
+                    raw += part
+                    if len(raw) > ERROR_BODY_CAP:
+                        break
+                status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
+                await self._answer_error(status, json.loads(body))
+                return True
+            async for line in r.aiter_lines():
+                g.progress[self.id] = time.monotonic()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    message = err.get("message") if isinstance(err, dict) else str(err)
+                    await self._answer_error(500, openai_error(f"the engine failed: {message}", "server_error"))
+                    return True
+                self.created = chunk.get("created", self.created)
+                if chunk.get("usage"):
+                    self.usage_seen = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        self.text.append(delta["content"])
+                    if choice.get("finish_reason"):
+                        self.finish = choice["finish_reason"]
+                if self.stream:
+                    await self._forward(chunk)
+        return False
 
     async def _forward(self, chunk: dict) -> None:
         if not self.started:
