@@ -59,12 +59,14 @@ def _number(result: ExecutionResult, key: str) -> int:
     return int(found[-1])
 
 
-def at_most(key: str, limit: int, *, required: bool = True):
+def at_most(key: str, limit: int, *, required: bool = True, slack: int = 0):
+    """The program's last ``key`` number is within ``limit`` (+ ``slack``: a child killed at the cap may be
+    counted once more by its parent before it sees the death)."""
     def check(result: ExecutionResult, world: dict) -> None:
         if not required and not re.search(rf"{key}[= ]\d", result.stdout):
             return
         value = _number(result, key)
-        assert value <= limit, f"{key}={value} beyond the cap of {limit}: {result.stdout[-300:]}"
+        assert value <= limit + slack, f"{key}={value} beyond the cap of {limit}: {result.stdout[-300:]}"
     return check
 
 
@@ -141,9 +143,9 @@ ATTACKS = [
     Attack("fallocate_job", needs=QUOTA, limits=BIG_FILES, check=at_most("size", 64 * MIB)),
     # memory of the whole process tree, kernel memory included
     Attack("socketpair_memory", ("pass", "runtime_error"), needs=MEMCG,
-           limits=Limits(run_tree_memory_bytes=192 * MIB), check=at_most("held_max", 192, required=False)),
+           limits=Limits(run_tree_memory_bytes=192 * MIB), check=at_most("held_max", 192, required=False, slack=2 * 8)),
     Attack("fork_allocate", ("pass", "runtime_error"), needs=MEMCG,
-           limits=Limits(run_tree_memory_bytes=512 * MIB), check=at_most("held_max", 512, required=False)),
+           limits=Limits(run_tree_memory_bytes=512 * MIB), check=at_most("rss_max", 512, required=False)),
     Attack("memfd_memory", ("pass", "runtime_error"), needs=MEMCG,
            limits=Limits(run_tree_memory_bytes=256 * MIB), check=at_most("held", 256)),
     Attack("tmpfs_memory", ("pass", "runtime_error"), needs=MEMCG + QUOTA,
@@ -487,3 +489,49 @@ def test_degraded_hosts_say_which_resource_protections_are_missing(caps, monkeyp
         assert result.status == "pass" and "syscall-filter" not in result.isolation
     finally:
         sandbox.reset_setup()
+
+
+# ---------------------------------------------------------------------------------------------
+# `rustcoder eval` finishes with a report, on this run and on a rerun
+# ---------------------------------------------------------------------------------------------
+
+ADD_PROMPT = "/// Adds two numbers.\npub fn add(a: i32, b: i32) -> i32 {"
+ADD_TEST = "#[cfg(test)]\nmod tests {\n    use super::*;\n    #[test]\n    fn adds() { assert_eq!(add(2, 3), 5); }\n}"
+LITTER = r'''pub fn add(a: i32, b: i32) -> i32 {
+    // leaves a 1,200-deep chain, closed directories, a symlink loop and a process behind, then answers
+    let _ = std::env::set_current_dir("/job").or_else(|_| std::env::set_current_dir(std::env::temp_dir()));
+    for _ in 0..1200 {
+        if std::fs::create_dir("d").is_err() || std::env::set_current_dir("d").is_err() { break; }
+    }
+    let _ = std::os::unix::fs::symlink("loop", "loop");
+    let _ = std::process::Command::new("/bin/sleep").arg("600").spawn();
+    a + b
+}'''
+
+
+def test_eval_with_hostile_answers_finishes_with_a_report_on_runs_and_reruns(caps, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"task_id": f"t/{i}", "prompt": ADD_PROMPT, "canonical_solution": "    a + b\n}",
+                                         "test": ADD_TEST, "entry_point": "add"}) + "\n" for i in range(3)))
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "t/0", "answer": f"```rust\n{LITTER}\n```"},
+        {"id": "t/1", "answer": "```rust\npub fn add(a: i32, b: i32) -> i32 { a + b }\n```"},
+        {"id": "t/2", "answer": "```rust\npub fn add(a: i32, b: i32) -> i32 { a - b }\n```"},
+    ]))
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "rustcoder", "eval", "--predictions", str(preds), "--benchmark", str(bench),
+           "--output-dir", str(out), "--workers", "2"]
+    for attempt in ("run", "rerun"):
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (attempt, proc.stdout[-2000:], proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, (attempt, proc.stderr[-3000:])
+        assert (out / "report.md").is_file(), attempt
+    scores = {r["key"]: r for r in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    by_id = {k.split(":")[1]: r for k, r in scores.items()}
+    assert by_id["t/1"]["status"] == "pass" and by_id["t/2"]["status"] != "pass"
+    assert by_id["t/0"]["status"] == "pass", by_id["t/0"]  # a correct answer that littered: judged, cleaned up

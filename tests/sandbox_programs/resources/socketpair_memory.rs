@@ -6,7 +6,8 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 // The parent starts N copies of itself and adds up what the live ones report holding (MiB): the most
-// memory the job's process tree held at once. A child that dies (its memory freed) counts 0.
+// memory the job's process tree held at once. A child that dies (its memory freed) counts 0; one that
+// dies between its last report and the parent's look can be counted once more (a report's worth of slack).
 fn parent(n: usize) {
     let (tx, rx) = channel();
     let mut kids = vec![];
@@ -33,7 +34,13 @@ fn parent(n: usize) {
     while ended < n && Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok((i, usize::MAX)) => { held[i] = 0; ended += 1; }
-            Ok((i, v)) => { held[i] = v; max_sum = max_sum.max(held.iter().sum()); }
+            Ok((i, v)) => {
+                held[i] = v;
+                for (k, c) in kids.iter_mut().enumerate() {  // a child killed meanwhile holds nothing
+                    if let Ok(Some(_)) = c.try_wait() { held[k] = 0; }
+                }
+                max_sum = max_sum.max(held.iter().sum());
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(_) => break,
         }
