@@ -88,3 +88,14 @@ def in_hub_cache(repo_id: str) -> bool:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:  # an id the hub library refuses is not in its cache
         return False
+
+
+def repo_missing(repo_id: str) -> bool:
+    """True only when the hub answers that no model repo has this id (visible to this user); False when it
+    exists, is gated, or the hub could not say (then loading it reports the real cause)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return not HfApi().repo_exists(repo_id)
+    except Exception:  # network trouble or an id the library refuses: let the loader report it
+        return False

@@ -167,9 +167,13 @@ def resolve_name(name: str | None, runs_dir: str | Path = "runs", *, hub_ids: bo
     if hub_ids and len(parts) == 2 and not name.startswith((".", "/", "~")) and not (Path(parts[0]).is_dir()):
         from . import hub
 
-        if hub.settle_offline() and not hub.in_hub_cache(name):
-            raise UsageError(f"{name!r} is not a local directory. "
-                             + hub.hub_hint(name, "pass a run directory, a merged model directory or tiny-qwen2"))
+        if not hub.in_hub_cache(name):
+            if hub.settle_offline():
+                raise UsageError(f"{name!r} is not a local directory. "
+                                 + hub.hub_hint(name, "pass a run directory, a merged model directory or tiny-qwen2"))
+            if hub.repo_missing(name):
+                raise UsageError(f"no model {name!r} on the hub, and it is not a local directory. Check the id; for "
+                                 "a private repo log in with `hf auth login` (or export HF_TOKEN=...).")
     return name
 
 

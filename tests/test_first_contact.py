@@ -28,6 +28,10 @@ def test_a_path_that_does_not_exist_is_named_not_treated_as_a_hub_id(tmp_path, c
     assert r.exit_code == 2, r.output
     assert f"no run named 'nope' in {tmp_path / 'runs'}" in r.output and "exp-a" in r.output  # what is there
     assert "Strandset" not in r.output and "Traceback" not in r.output
+    (tmp_path / "bare").mkdir()
+    r = _run(command[:1] + ["runs/nope"] + command[1:], tmp_path / "bare")  # no runs/ here: still not a hub id
+    assert r.exit_code == 2 and f"there is no {tmp_path / 'bare' / 'runs'}" in r.output, r.output
+    assert not any((tmp_path / "bare").iterdir())
 
 
 @pytest.mark.parametrize("command", [["eval", "--by-task"], ["eval", "--dataset", "sample"], ["serve"], ["merge"]])
@@ -81,6 +85,20 @@ def test_eval_json_stdout_is_json_alone_when_a_model_is_loaded(tmp_path, tiny_qw
     assert "loaded " in r.stderr and "score:" in r.stderr  # progress, a line per stage, on stderr
     assert "capped at 48 new tokens" in r.stderr
     assert yaml.safe_load((out / "eval_config.yaml").read_text())["generation"]["max_new_tokens"] == 48
+
+
+def test_a_hub_id_the_hub_does_not_know_fails_before_anything_is_written(tmp_path, monkeypatch):
+    from rustcoder import hub
+
+    monkeypatch.setattr(hub, "settle_offline", lambda log=None: False)  # the hub answers ...
+    monkeypatch.setattr(hub, "in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(hub, "repo_missing", lambda repo_id: repo_id == "nobody/nothing")  # ... and knows these
+    r = _run(["eval", "nobody/nothing", "--dataset", "sample"], tmp_path)
+    assert r.exit_code == 2 and "no model 'nobody/nothing' on the hub" in r.output, r.output
+    assert not any(tmp_path.iterdir())  # no evals-out/
+    from rustcoder.rundir import resolve_name
+
+    assert resolve_name("Qwen/Qwen2-7B-Instruct") == "Qwen/Qwen2-7B-Instruct"
 
 
 def test_tiny_model_eval_defaults_fit_the_demo_and_typed_values_win(tmp_path):
