@@ -9,10 +9,13 @@ a third in the Python-literal quirk), then in separate processes:
   (what SFTTrainer does with assistant_only_loss=True).
 
 Both use the same tokenizer and chat template and produce the same loss mask. Prints rows/s and
-peak RSS of each and the ratios.
+peak RSS of each and the ratios. A third process measures `rustcoder train --dry-run` on the same
+rows (``plan_training``: read, split, token lengths, the forwards of every step): its time and peak
+RSS, and the peak against the budget docs/scaling.md states (``dry_run_rss_budget``).
 
-    python benchmarks/data_prep.py               # 191,008 rows
-    python benchmarks/data_prep.py --rows 20000  # quicker
+    python benchmarks/data_prep.py                         # 191,008 rows
+    python benchmarks/data_prep.py --rows 20000            # quicker
+    python benchmarks/data_prep.py --only dry-run          # the dry run alone
 """
 
 from __future__ import annotations
@@ -101,8 +104,22 @@ def run_trl_way(path: str, model: str) -> dict:
             "trained_tokens": sum(sum(m) for m in ds["assistant_masks"])}
 
 
+def run_dry_run(path: str, model: str) -> dict:
+    from rustcoder.config import resolve_config
+    from rustcoder.train import plan_training
+
+    t0 = time.perf_counter()
+    plan = plan_training(resolve_config("small-batch", overrides={"model": model, "dataset": path}), device="cpu")
+    t = plan.tokens
+    return {"rows": len(plan.data.train) + len(plan.data.eval), "seconds": time.perf_counter() - t0,
+            "parse_seconds": float("nan"), "tokens": t["train"]["tokens"] + t["eval"]["tokens"],
+            "trained_tokens": t["train"]["answer_tokens"] + t["eval"]["answer_tokens"],
+            "text_bytes": sum(len(m["content"].encode()) for e in plan.data.train + plan.data.eval
+                              for m in e.messages)}
+
+
 def _child(which: str, path: str, model: str) -> None:
-    result = {"rustcoder": run_rustcoder, "trl": run_trl_way}[which](path, model)
+    result = {"rustcoder": run_rustcoder, "trl": run_trl_way, "dry-run": run_dry_run}[which](path, model)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -110,6 +127,8 @@ def _child(which: str, path: str, model: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=191_008)
+    ap.add_argument("--only", choices=("trl", "rustcoder", "dry-run"), action="append",
+                    help="run only these (repeatable); default: all three")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -125,22 +144,32 @@ def main() -> None:
         print(f"wrote {args.rows} Strandset-shaped rows ({path.stat().st_size / 1e6:.0f} MB parquet) "
               f"in {time.perf_counter() - t:.0f} s")
         results = {}
-        for which in ("trl", "rustcoder"):
+        for which in args.only or ("trl", "rustcoder", "dry-run"):
             out = subprocess.run([sys.executable, __file__, "--child", which, str(path), model],
                                  capture_output=True, text=True, env=os.environ)
             if out.returncode:
                 sys.exit(f"{which} failed:\n{out.stderr[-3000:]}")
             results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    names = {"trl": "TRL way", "rustcoder": "rustcoder", "dry-run": "dry run"}
     print(f"\n{'':<11} {'rows':>8} {'rows/s':>8} {'parse s':>8} {'total s':>8} {'peak RSS MB':>12} {'trained tokens':>15}")
-    for name, r in (("TRL way", results["trl"]), ("rustcoder", results["rustcoder"])):
-        print(f"{name:<11} {r['rows']:>8} {r['rows'] / r['seconds']:>8.0f} {r['parse_seconds']:>8.1f} "
+    for which, r in results.items():
+        print(f"{names[which]:<11} {r['rows']:>8} {r['rows'] / r['seconds']:>8.0f} {r['parse_seconds']:>8.1f} "
               f"{r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['trained_tokens']:>15}")
-    a, b = results["rustcoder"], results["trl"]
-    print(f"\nspeed ratio rustcoder / TRL way: {(a['rows'] / a['seconds']) / (b['rows'] / b['seconds']):.2f}x; "
-          f"peak memory ratio: {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
-    if a["trained_tokens"] != b["trained_tokens"]:
-        print(f"note: trained-token counts differ ({a['trained_tokens']} vs {b['trained_tokens']}): "
-              "rustcoder truncates examples over --max-length 1024")
+    if "rustcoder" in results and "trl" in results:
+        a, b = results["rustcoder"], results["trl"]
+        print(f"\nspeed ratio rustcoder / TRL way: {(a['rows'] / a['seconds']) / (b['rows'] / b['seconds']):.2f}x; "
+              f"peak memory ratio: {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
+        if a["trained_tokens"] != b["trained_tokens"]:
+            print(f"note: trained-token counts differ ({a['trained_tokens']} vs {b['trained_tokens']}): "
+                  "rustcoder truncates examples over --max-length 1024")
+    if "dry-run" in results:
+        from rustcoder.memory import DRY_RUN_BASE_BYTES, dry_run_rss_budget
+        from rustcoder.train import TOKENIZE_CHUNK
+
+        r = results["dry-run"]
+        budget = (DRY_RUN_BASE_BYTES + dry_run_rss_budget(r["rows"], r["text_bytes"], TOKENIZE_CHUNK)) / 2**20
+        print(f"\ndry run: {r['tokens']:,} tokens, {r['text_bytes'] / 1e6:.0f} MB of text; peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB, budget {budget:.0f} MB ({'within' if r['peak_rss_mb'] <= budget else 'OVER'})")
 
 
 if __name__ == "__main__":

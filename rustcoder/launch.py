@@ -3,6 +3,7 @@
 ``rustcoder train --num-processes N`` resolves the config and the run directory once, writes the
 resolved config there, then runs ``accelerate launch`` with N processes on ``rustcoder train``
 pointing at that directory. Only rank 0 writes the run's files, logs to Trackio and pushes.
+DeepSpeed launch configs are refused with the reason (``check_engine``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from .errors import RustcoderError, UsageError, did_you_mean
 from .ranks import LAUNCHED_ENV, RUN_DIR_ENV, is_launched, process_rank  # noqa: F401 - re-exported
 
 LAUNCH_CONFIG_FILE = "launch_config.yaml"
+DEEPSPEED_REFUSED = (
+    "DeepSpeed is refused by rustcoder train: each optimizer step runs as several forwards and backwards (step "
+    "packing, a number that varies by step), while DeepSpeed fixes its gradient accumulation when the engine starts "
+    "(rustcoder's is 1), so ZeRO would treat every backward as the end of a step and reduce in each. The remedy "
+    "(marking only a step's last backward as the boundary) cannot be verified here: Accelerate runs DeepSpeed only "
+    "on GPUs. Use --launch-config fsdp2 (shards the base as ZeRO-3 does) or ddp; see docs/scaling.md.")
 
 
 def launch_config_names() -> list[str]:
@@ -39,18 +46,31 @@ def launch_config_path(name_or_file: str) -> Path:
                      f"{', '.join(names)} or a path to an Accelerate YAML file.")
 
 
+def launch_config_data(name_or_file: str) -> dict:
+    """The parsed Accelerate YAML of a launch config ({} when it cannot be read)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(launch_config_path(name_or_file).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_engine(cfg: TrainConfig) -> None:
+    """Refuse, before anything starts, a launch config whose engine rustcoder's training has not been verified
+    with (DeepSpeed: see DEEPSPEED_REFUSED), whether named by --launch-config or set by `accelerate launch`."""
+    by_config = bool(cfg.launch_config) and launch_config_data(cfg.launch_config).get("distributed_type") == "DEEPSPEED"
+    if by_config or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise UsageError(f"--launch-config {cfg.launch_config or '(accelerate launch)'}: {DEEPSPEED_REFUSED}")
+
+
 def machine_count(cfg: TrainConfig, num_machines: int | None = None) -> int:
     """Machines the run spans: --num-machines, else the launch config file's num_machines, else 1."""
     if num_machines:
         return num_machines
     if cfg.launch_config:
-        import yaml
-
-        try:
-            data = yaml.safe_load(launch_config_path(cfg.launch_config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            return 1
-        return int(data.get("num_machines") or 1) if isinstance(data, dict) else 1
+        return int(launch_config_data(cfg.launch_config).get("num_machines") or 1)
     return 1
 
 
@@ -74,6 +94,7 @@ def launch_training(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bo
     """Start cfg.num_processes training processes and wait; returns the run directory."""
     from .rundir import new_run_dir
 
+    check_engine(cfg)
     if run_dir is None:
         run_dir = new_run_dir(cfg)
         run_dir.mkdir(parents=True)

@@ -23,6 +23,7 @@ from .data.strandset import PreparedData, prepare_data
 from .errors import RustcoderError
 
 
+IGNORE_LABEL = -100  # label of a token outside the loss (rustcoder.data.tokenize.IGNORE)
 EVAL_SHARE = 0.2  # evaluation may cost at most this share of a run's training compute (forward = 1/3 of a step)
 
 
@@ -49,12 +50,14 @@ class TrainPlan:
     forwards_note: str = ""
     eval_note: str = ""
     memory: dict = field(default_factory=dict)
+    tokens: dict | None = None  # token_counts(): each split's examples, truncated, prompt/answer tokens
 
     def to_dict(self) -> dict[str, Any]:
         c = self.config
         return {
             "config": c.to_dict(),
             "data": self.data.summary(),
+            "tokens": self.tokens,
             "effective_batch": c.effective_batch,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
@@ -90,6 +93,10 @@ class TrainPlan:
         for cat, n in d.category_counts().items():
             lines.append(f"  {cat:<22} {n['train']:>7} {n['eval']:>6}")
         lines.append(f"  {'total':<22} {len(d.train):>7} {len(d.eval):>6}")
+        if self.tokens:
+            lines.append("tokens: " + "; ".join(
+                f"{split} {t['tokens']:,} ({t['prompt_tokens']:,} prompt + {t['answer_tokens']:,} answer, "
+                f"{t['truncated']:,} examples truncated to {c.max_length})" for split, t in self.tokens.items()))
         accum = grad_accum_per_process(c)
         lines.append(f"batching: {self.data_path} on {self.device}, answer-only LM head"
                      + (" + fast LoRA dropout" if self.fast_paths else ""))
@@ -159,40 +166,74 @@ def _model_shape(cfg: TrainConfig):
         return None
 
 
-def _token_lengths(cfg: TrainConfig, data: PreparedData) -> tuple[list[int] | None, list[int] | None, str]:
-    """Token counts of the train and eval rows (what the trainer will see), or a reason they are unknown."""
+TOKENIZE_CHUNK = 512  # rows tokenized at once: their token-id lists are the only per-token memory, then freed
+
+
+def token_lengths(tokenizer, examples, max_length: int, stats=None) -> list[int]:
+    """Each example's token count as the trainer will see it (truncation included), tokenized a chunk at a time.
+
+    Only the lengths are kept: a Python list of token ids costs about 36 bytes a token, and 191,008 Strandset
+    rows are tens of millions of tokens. ``stats`` (a TokenizeStats) receives the prompt/answer token counts.
+    """
     from .data.tokenize import tokenize_examples
+
+    lengths: list[int] = []
+    for start in range(0, len(examples), TOKENIZE_CHUNK):
+        rows = tokenize_examples(tokenizer, [e.messages for e in examples[start:start + TOKENIZE_CHUNK]],
+                                 max_length, stats)
+        lengths.extend(r["length"] for r in rows)
+    return lengths
+
+
+def _token_lengths(cfg: TrainConfig, data: PreparedData):
+    """Token counts of the train and eval rows (what the trainer will see) and each split's TokenizeStats, or a
+    reason they are unknown."""
+    from .data.tokenize import TokenizeStats
     from .modeling import load_tokenizer
 
     try:
         tokenizer, _ = load_tokenizer(cfg.model, cfg.model_revision, _model_type(cfg))
     except Exception as e:  # offline hub model: the dry run still reports the data and steps
-        return None, None, str(e).splitlines()[0] or f"no tokenizer for {cfg.model!r} here"
-    train = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.train], cfg.max_length)]
-    evals = [r["length"] for r in tokenize_examples(tokenizer, [e.messages for e in data.eval], cfg.max_length)]
-    return train, evals, ""
+        return None, None, None, str(e).splitlines()[0] or f"no tokenizer for {cfg.model!r} here"
+    stats = {"train": TokenizeStats(), "eval": TokenizeStats()}
+    train = token_lengths(tokenizer, data.train, cfg.max_length, stats["train"])
+    evals = token_lengths(tokenizer, data.eval, cfg.max_length, stats["eval"])
+    return train, evals, stats, ""
+
+
+def token_counts(stats: dict) -> dict:
+    """{"train": {...}, "eval": {...}}: examples, truncated, prompt/answer/total tokens of each split."""
+    return {split: {"examples": st.examples, "truncated": st.truncated, "prompt_tokens": st.prompt_tokens,
+                    "answer_tokens": st.answer_tokens, "tokens": st.prompt_tokens + st.answer_tokens}
+            for split, st in stats.items()}
 
 
 def _model_type(cfg: TrainConfig) -> str | None:
-    from .modeling import load_config
+    from .modeling import check_architecture, load_config
 
     try:
-        return load_config(cfg.model, cfg.model_revision).model_type
+        config = load_config(cfg.model, cfg.model_revision)
+        check_architecture(config, cfg.model)  # the dry run says what training says
+        return config.model_type
     except Exception:
         return None
 
 
 def plan_training(cfg: TrainConfig, device: str | None = None, *, data: PreparedData | None = None,
                   lengths: list[int] | None = None, eval_lengths: list[int] | None = None, shape=None,
-                  free_bytes: int | None = None, count_forwards: bool = True) -> TrainPlan:
+                  free_bytes: int | None = None, count_forwards: bool = True, token_stats: dict | None = None
+                  ) -> TrainPlan:
     """Load and split the data, count the steps and lay out every step's forwards; never loads the weights.
 
     The forwards per step come from the same sampler and grouping the trainer uses, on the token
     lengths of the rows (tokenized here unless given; unknown when the tokenizer cannot be loaded).
+    ``token_stats`` ({"train": TokenizeStats, "eval": TokenizeStats}) go with given lengths.
     """
+    from .launch import check_engine
     from .memory import device_free_bytes, plan_memory
     from .packing import schedule
 
+    check_engine(cfg)
     if data is None:
         data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
                             eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
@@ -204,7 +245,7 @@ def plan_training(cfg: TrainConfig, device: str | None = None, *, data: Prepared
     layout = resolve_data_path(cfg.data_path, device)
     note = ""
     if lengths is None and count_forwards:
-        lengths, eval_lengths, note = _token_lengths(cfg, data)
+        lengths, eval_lengths, token_stats, note = _token_lengths(cfg, data)
     if shape is None:
         shape = _model_shape(cfg)
     if free_bytes is None:
@@ -234,6 +275,7 @@ def plan_training(cfg: TrainConfig, device: str | None = None, *, data: Prepared
                      checkpointing_reason=mem.reason, attention=attention.name,
                      attn_implementation=attention.attn_implementation, varlen_kwargs=attention.varlen_kwargs,
                      forwards=forwards, forwards_note=note, eval_note=eval_note,
+                     tokens=token_counts(token_stats) if token_stats else None,
                      memory={"free_gib": mem.free_gib, "activation_gib_per_forward": mem.activation_gib_per_forward,
                              "model_parameters": shape.parameters if shape else None})
 
@@ -255,23 +297,38 @@ def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
-def check_loss_mask(labels: list[list[int]]) -> None:
-    """Fail fast when any example has no trained (answer) token: it would train on nothing."""
-    empty = sum(1 for row in labels if all(l == -100 for l in row))
+def check_loss_mask(labels) -> None:
+    """Fail fast when any example has no trained (answer) token: it would train on nothing.
+
+    ``labels``: a list of label lists, or an Arrow list column, read a record batch at a time with Arrow
+    kernels (no Python list per token).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks = labels.chunks if isinstance(labels, pa.ChunkedArray) else [pa.array(labels, type=pa.list_(pa.int32()))]
+    empty = total = 0
+    for chunk in chunks:
+        answer = pc.not_equal(pc.list_flatten(chunk), IGNORE_LABEL).cast(pa.int8()).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False)
+        per_row = np.bincount(parents, weights=answer, minlength=len(chunk))
+        empty += int((per_row == 0).sum())
+        total += len(chunk)
     if empty:
-        raise RustcoderError(f"{empty} of {len(labels)} training examples have no answer tokens in the loss mask: "
+        raise RustcoderError(f"{empty} of {total} training examples have no answer tokens in the loss mask: "
                              "the chat template or --max-length leaves nothing to learn. Raise --max-length.")
 
 
 def _datasets(tokenizer, cfg: TrainConfig, data: PreparedData):
-    from datasets import Dataset
-
+    """The train and eval splits tokenized into Arrow tables (train memory-mapped), and each split's TokenizeStats."""
     from .data.tokenize import TokenizeStats, tokenize_to_table
 
-    stats = TokenizeStats()
-    train = tokenize_to_table(tokenizer, [e.messages for e in data.train], cfg.max_length, stats, memory_map=True)
-    evals = tokenize_to_table(tokenizer, [e.messages for e in data.eval], cfg.max_length, stats)
-    return Dataset(train), Dataset(evals), stats
+    stats = {"train": TokenizeStats(), "eval": TokenizeStats()}
+    train = tokenize_to_table(tokenizer, [e.messages for e in data.train], cfg.max_length, stats["train"],
+                              memory_map=True)
+    evals = tokenize_to_table(tokenizer, [e.messages for e in data.eval], cfg.max_length, stats["eval"])
+    return train, evals, stats
 
 
 def train_dtype(requested: str) -> str:
@@ -544,12 +601,26 @@ A LoRA adapter for `{manifest['base_model']}` trained with
 """
 
 
-def _save_adapter(trainer, tokenizer, run_dir: Path, card: str) -> Path:
-    """Save adapter + tokenizer + chat template into run_dir/adapter atomically."""
+def adapter_state_dict(model) -> dict:
+    """The adapter's (trainable) weights, whole, on the CPU. Every process must call it: under FSDP2 each
+    parameter is a DTensor shard, and ``full_tensor()`` is a collective (all ranks gather, in the same order);
+    unsharded parameters (one process, DDP) are taken as they are. Only the adapter is gathered, never the base."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+            state[name] = whole.detach().cpu().clone()
+    return state
+
+
+def save_adapter(model, tokenizer, run_dir: Path, card: str, state_dict: dict | None = None) -> Path:
+    """Save adapter + tokenizer + chat template into run_dir/adapter atomically (one process: the one that writes).
+
+    ``state_dict``: the gathered ``adapter_state_dict`` where the weights are sharded over processes."""
     final = run_dir / ADAPTER_DIR
     tmp = run_dir / f".{ADAPTER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(str(tmp))
     (tmp / "README.md").write_text(card)
     if final.exists():
@@ -578,7 +649,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
 
     from .fast_paths import add_answer_head, use_fast_dropout
     from .ranks import RUN_DIR_ENV, process_rank
-    from .memory import ModelShape, data_answer_share, dense_mask_tokens, peak_flops, train_flops_per_token
+    from .memory import ModelShape, dense_mask_tokens, peak_flops, train_flops_per_token
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
     from .packing import StepCollator
 
@@ -589,15 +660,19 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     # Everything that can fail on bad input fails before a run directory exists.
     base_path = resolve_model(cfg.model)
     model_config = load_config(cfg.model, cfg.model_revision)
-    check_architecture(model_config, cfg.model)
+    check_architecture(model_config, cfg.model, log)
     tokenizer, template = load_tokenizer(cfg.model, cfg.model_revision, model_config.model_type)
     data = prepare_data(cfg.dataset, revision=cfg.dataset_revision, num_examples=cfg.num_examples,
                         eval_fraction=cfg.eval_fraction, seed=cfg.seed, categories=cfg.categories,
                         max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
-    train_ds, eval_ds, stats = _datasets(tokenizer, cfg, data)
-    check_loss_mask(train_ds["labels"])
-    plan = plan_training(cfg, data=data, lengths=list(train_ds["length"]), eval_lengths=list(eval_ds["length"]),
-                         shape=ModelShape.from_config(model_config))
+    train_table, eval_table, stats = _datasets(tokenizer, cfg, data)
+    check_loss_mask(train_table["labels"])
+    train_lengths = train_table["length"].to_pylist()
+    plan = plan_training(cfg, data=data, lengths=train_lengths, eval_lengths=eval_table["length"].to_pylist(),
+                         shape=ModelShape.from_config(model_config), token_stats=stats)
+    from datasets import Dataset
+
+    train_ds, eval_ds = Dataset(train_table), Dataset(eval_table)
     log(plan.render())
 
     if run_dir is None and os.environ.get(RUN_DIR_ENV):
@@ -609,8 +684,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
     log(f"run directory: {run_dir}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
 
-    summary = plan.data.summary() | {"truncated_examples": stats.truncated,
-                                     "prompt_tokens": stats.prompt_tokens, "answer_tokens": stats.answer_tokens}
+    summary = plan.data.summary() | {"tokens": plan.tokens}  # train and eval counted apart
     manifest_path = run_dir / artifacts.MANIFEST
     if main_process:
         atomic_write_json(run_dir / DATA_SUMMARY, summary)
@@ -656,13 +730,20 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
                                callbacks=callbacks or [])
     use_compact_progress(trainer)  # log events as one line beside the progress bar
     trainer.rc_plan, trainer.rc_pad_id = plan, pad_id
+    if getattr(trainer, "is_fsdp_enabled", False) and not trainer.accelerator.is_fsdp2:
+        raise RustcoderError("FSDP version 1 is not supported: set `fsdp_version: 2` in the launch config "
+                             "(rustcoder's fsdp2 config does); the adapter is gathered from FSDP2's shards.")
+    if world > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        log("note: Accelerate shards with FSDP only on GPUs: these CPU processes run plain data parallel (DDP)")
     # sharded engines (whatever the launch config file is called) shard the LM head: TRL's fused head there
     trainer.rc_trl_head = bool(getattr(trainer, "is_fsdp_enabled", False)
                                or getattr(trainer, "is_deepspeed_enabled", False))
     add_answer_head(trainer.model.get_base_model())
     shape = ModelShape.from_config(model_config)
-    mean_len = (sum(train_ds["length"]) / len(train_ds)) if len(train_ds) else 0
-    answer_share = data_answer_share(train_ds["labels"]) if len(train_ds) else 1.0
+    mean_len = (sum(train_lengths) / len(train_lengths)) if train_lengths else 0
+    trained = stats["train"]  # labels are -100 on exactly the prompt tokens: the answer share without reading them
+    answer_share = (trained.answer_tokens / (trained.prompt_tokens + trained.answer_tokens)
+                    if trained.prompt_tokens + trained.answer_tokens else 1.0)
     trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len, answer_share)
     peak = peak_flops(plan.device)
     trainer.rc_peak_flops = peak * world if peak else None  # tokens/s is summed over every process's device
@@ -707,7 +788,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         "train_runtime_s": out.metrics.get("train_runtime"),
         "wall_time_s": time.time() - started,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "train_tokens": stats.prompt_tokens + stats.answer_tokens,
+        "train_tokens": plan.tokens["train"]["tokens"],  # one epoch of the train split (eval apart)
+        "eval_tokens": plan.tokens["eval"]["tokens"],
         "forwards": sum(trainer.rc_forwards),
         "forwards_per_step_max": max(trainer.rc_forwards, default=0),
         "padding_forwards": trainer.rc_padding_forwards,  # run to match another process's count (zero loss)
@@ -723,11 +805,13 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     if metrics["tokens_per_second"] and trainer.rc_peak_flops:
         metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
     adapter_dir = run_dir / ADAPTER_DIR
+    # every process takes part in gathering sharded (FSDP2) adapter weights; only rank 0 writes them
+    adapter_state = adapter_state_dict(trainer.model) if world > 1 else None
     if main_process:
         atomic_write_json(run_dir / METRICS, metrics)
         atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
         manifest = artifacts.read_json(manifest_path)
-        adapter_dir = _save_adapter(trainer, tokenizer, run_dir, _model_card(manifest, metrics, cfg))
+        adapter_dir = save_adapter(trainer.model, tokenizer, run_dir, _model_card(manifest, metrics, cfg), adapter_state)
         extra = {"profile": profiler.summary} if profiler is not None and profiler.summary else {}
         artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics, **extra)
         if cfg.push_to_hub:

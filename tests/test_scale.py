@@ -25,13 +25,13 @@ def test_effective_batch_is_kept_across_processes():
     assert cfg.effective_batch == 32
 
 
-def test_dry_run_shows_processes(rows_file):
+def test_dry_run_shows_processes(rows_file, tiny_qwen2):
     from click.testing import CliRunner
 
     from rustcoder.cli import main
 
     r = CliRunner().invoke(main, ["train", "--preset", "small-batch", "--dataset", str(rows_file), "-n", "100",
-                                  "--num-processes", "2", "--dry-run"])
+                                  "--model", "tiny-qwen2", "--num-processes", "2", "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "effective batch 4 = 2 per device x 1 accumulation x 2 processes (preset: 2 x 2)" in r.output
 
@@ -96,6 +96,27 @@ def test_every_machine_of_a_multi_node_run_writes_the_one_run_directory(rows_fil
     r = CliRunner().invoke(main, [*common, "--machine-rank", "0"])
     assert r.exit_code == 2 and "a run over 2 machines needs --run-name" in r.output
     assert len(launched) == 2
+
+
+@pytest.mark.parametrize("name", ["deepspeed-zero2", "deepspeed-zero3"])
+def test_deepspeed_is_refused_at_start_with_the_reason(name, rows_file, tiny_qwen2, tmp_path, monkeypatch):
+    """DeepSpeed's accumulation is fixed at engine start while a step's backwards vary in number, and Accelerate runs
+    DeepSpeed only on GPUs, so that path is unverified here: refused before any run directory or process exists,
+    by name and when `accelerate launch` set it up (its environment variable)."""
+    from click.testing import CliRunner
+
+    from rustcoder.cli import main
+
+    common = ["train", "--model", "tiny-qwen2", "--dataset", str(rows_file), "-n", "40", "--report-to", "none",
+              "--output-dir", str(tmp_path / "runs")]
+    for extra in (["--dry-run"], []):
+        r = CliRunner().invoke(main, [*common, "--num-processes", "2", "--launch-config", name, *extra])
+        assert r.exit_code == 2, r.output
+        assert "DeepSpeed is refused" in r.output and "gradient accumulation" in r.output and "fsdp2" in r.output
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    r = CliRunner().invoke(main, [*common, "--dry-run"])
+    assert r.exit_code == 2 and "DeepSpeed is refused" in r.output, r.output
 
 
 def test_unknown_launch_config_named():

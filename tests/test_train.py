@@ -80,6 +80,21 @@ def test_train_moves_lora_not_base_and_writes_self_describing_run(rows_file, tin
     assert not train_ids & eval_ids
 
 
+    # token counts: the train and eval splits apart, each what tokenizing that split alone gives
+    from rustcoder.data.tokenize import tokenize_examples
+    from rustcoder.modeling import load_tokenizer
+
+    tokens = artifacts.read_json(run / "data_summary.json")["tokens"]
+    tok, _ = load_tokenizer(str(tiny_qwen2), model_type="qwen2")
+    plan = plan_training(cfg, device="cpu", count_forwards=False)
+    for split, examples in (("train", plan.data.train), ("eval", plan.data.eval)):
+        feats = tokenize_examples(tok, [e.messages for e in examples], cfg.max_length)
+        answer = sum(sum(1 for l in f["labels"] if l != -100) for f in feats)
+        assert tokens[split]["examples"] == len(examples) == manifest["dataset"][f"{split}_rows"]
+        assert (tokens[split]["tokens"], tokens[split]["answer_tokens"]) == (sum(f["length"] for f in feats), answer)
+        assert metrics[f"{split}_tokens"] == tokens[split]["tokens"]
+
+
 @pytest.mark.parametrize("data_path", ["grouped", "padded", "padding-free"])
 def test_dry_run_step_count_is_what_the_trainer_runs(rows_file, tiny_qwen2, tmp_path, data_path):
     # 41 rows -> 37 train rows; batch 3 -> 13 batches; accumulation 4 -> 4 steps per epoch (partial last one)
@@ -293,6 +308,62 @@ def test_resume_refuses_config_changes(rows_file, tmp_path):
     assert r.exit_code == 2 and "no run 'nope'" in r.output
 
 
+DRY_RUN_RSS_SCRIPT = """
+import json, resource, sys
+from rustcoder.config import resolve_config
+from rustcoder.train import plan_training
+
+plan = plan_training(resolve_config("small-batch", overrides={"model": "tiny-qwen2", "dataset": sys.argv[1]}),
+                     device="cpu")
+examples = plan.data.train + plan.data.eval
+print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rows": len(examples),
+                  "text": sum(len(m["content"].encode()) for e in examples for m in e.messages),
+                  "tokens": plan.tokens["train"]["tokens"] + plan.tokens["eval"]["tokens"],
+                  "forwards": plan.forwards["forwards"]}))
+"""
+
+
+def _strandset_rows(path, n):
+    """n distinct Strandset-shaped rows made from the built-in sample (real lengths: ~430 tokens a row here)."""
+    from rustcoder.data.strandset import read_rows
+
+    base = list(read_rows("sample", split="train"))
+    with path.open("w") as fh:
+        for i in range(n):
+            r = dict(base[i % len(base)], crate_name=f"{base[i % len(base)]['crate_name']}_{i}")
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+def test_dry_run_memory_stays_within_its_budget_per_row(tiny_qwen2, tmp_path):
+    """The dry run keeps each row's parsed text and one length, never every row's token ids: on 6,000 rows its peak
+    RSS above a 200-row dry run (the process's fixed cost) stays within memory.dry_run_rss_budget (per row, per
+    byte of text, one chunk of token lists). Holding every row's tokens as Python lists (~80 bytes a token, what
+    the dry run did) is about 3x that budget here."""
+    import os
+    import subprocess
+    import sys
+
+    from rustcoder.memory import TOKEN_LIST_BYTES, dry_run_rss_budget
+    from rustcoder.train import TOKENIZE_CHUNK
+
+    script = tmp_path / "rss.py"
+    script.write_text(DRY_RUN_RSS_SCRIPT)
+
+    def measure(n):
+        rows = _strandset_rows(tmp_path / f"rows{n}.jsonl", n)
+        r = subprocess.run([sys.executable, str(script), str(rows)], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    small, big = measure(200), measure(6000)
+    assert big["rows"] == 6000 and big["forwards"] > 0
+    budget = dry_run_rss_budget(big["rows"], big["text"], TOKENIZE_CHUNK)
+    assert big["tokens"] * TOKEN_LIST_BYTES > 2 * budget  # the budget tells holding every token apart
+    assert big["peak"] - small["peak"] <= budget, (big, small, budget)
+
+
 def test_empty_loss_mask_fails_fast():
     from rustcoder.errors import RustcoderError
     from rustcoder.train import check_loss_mask
@@ -300,6 +371,12 @@ def test_empty_loss_mask_fails_fast():
     check_loss_mask([[-100, 5, 6], [-100, -100, 7]])
     with pytest.raises(RustcoderError, match="1 of 2 training examples have no answer tokens"):
         check_loss_mask([[-100, 5, 6], [-100, -100, -100]])
+    import pyarrow as pa  # the Arrow column training passes, a record batch at a time (a slice keeps its offset)
+
+    labels = pa.array([[-100, 5], [-100, -100], [7], [-100]], type=pa.list_(pa.int32()))
+    check_loss_mask(pa.chunked_array([labels.slice(0, 1), labels.slice(2, 1)]))
+    with pytest.raises(RustcoderError, match="2 of 3 training examples"):
+        check_loss_mask(pa.chunked_array([labels.slice(0, 2), labels.slice(3, 1)]))
 
 
 def test_on_a_gpu_a_float32_base_is_trained_in_bf16_like_its_autocast(rows_file, tiny_qwen2, tmp_path, monkeypatch):
@@ -333,9 +410,11 @@ def test_tiny_max_length_still_trains_on_answers(rows_file, tiny_qwen2, tmp_path
     """Truncation keeps half the budget for the answer, so a tight --max-length never empties the mask."""
     cfg = _cfg(rows_file, tmp_path, max_length=16, num_examples=20, max_steps=2)
     result = train(cfg, progress=False, log=lambda *_: None)
-    summary = artifacts.read_json(result.run_dir / "data_summary.json")
-    assert summary["truncated_examples"] == 20
-    assert summary["answer_tokens"] >= 20 * 2  # every answer keeps its tokens up to half the budget
+    tokens = artifacts.read_json(result.run_dir / "data_summary.json")["tokens"]
+    assert tokens["train"]["truncated"] + tokens["eval"]["truncated"] == 20
+    for split in ("train", "eval"):  # every example truncated, every answer keeps its tokens up to half the budget
+        t = tokens[split]
+        assert t["truncated"] == t["examples"] > 0 and t["answer_tokens"] >= 2 * t["examples"]
 
 
 def test_push_to_hub_uploads_adapter_with_model_card(rows_file, tiny_qwen2, tmp_path, monkeypatch):
