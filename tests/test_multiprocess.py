@@ -102,7 +102,7 @@ def _run(cmd, env, timeout=300):
     return r
 
 
-def test_fsdp2_two_processes_save_the_adapter_a_single_process_saves(rows_file, tiny_qwen2, tmp_path):
+def test_fsdp2_two_processes_save_the_adapter_a_single_process_saves(rows_file, tiny_qwen2, tmp_path, monkeypatch):
     """Two gloo processes with the adapter sharded by FSDP2 (each holds half of every LoRA matrix) gather and
     save the whole adapter: same keys and shapes as one unsharded process running the same steps, and the same
     values up to float summation order (the step's loss is normalised over the whole step's answer tokens, and
@@ -117,7 +117,13 @@ def test_fsdp2_two_processes_save_the_adapter_a_single_process_saves(rows_file, 
     two, one = tmp_path / "two", tmp_path / "one"
     _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config_path("fsdp2")),
           "--num_processes", "2", "--mixed_precision", "no", str(script), json.dumps(overrides), str(two), "3"], env)
-    _run([sys.executable, str(script), json.dumps(overrides), str(one), "3"], env)
+    # the single-process reference runs the same script in this process (no second interpreter start-up)
+    import runpy
+
+    for var in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "argv", [str(script), json.dumps(overrides), str(one), "3"])
+    runpy.run_path(str(script), run_name="__main__")
 
     # the adapter really was sharded: each process held half of every LoRA matrix's rows
     local = json.loads((two / "local_shapes.json").read_text())
