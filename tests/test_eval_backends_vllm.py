@@ -125,3 +125,106 @@ def test_closing_the_vllm_backend_stops_its_engine(vllm_python, adapter_dir):
     line = next(x for x in res.stdout.splitlines() if x.startswith("engine processes"))
     started, alive = int(line.split()[2]), int(line.split()[-1])
     assert started >= 1 and alive == 0, line
+
+
+# ---- one stop rule, one prompt: the real model's base-like twin, its adapter and merge, every Qwen family -----------
+
+ANSWERS_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+from rustcoder.eval.backends import GenParams, GenRequest, ModelTarget, VLLMBackend
+
+if __name__ == "__main__":
+    spec = json.loads(open(sys.argv[1]).read())
+    out = {}
+    for name, job in spec["models"].items():
+        backend = VLLMBackend(job["path"], adapter_dir=job.get("adapter"), chat_template=job.get("template"),
+                              log=lambda *a: None)
+        reqs = [GenRequest(SimpleNamespace(messages=m, reference="")) for m in spec["messages"]]
+        for adapter in ([True, False] if job.get("adapter") else [False]):
+            target = ModelTarget("m", "local", "m", adapter_enabled=adapter)
+            out[name + (":adapter" if adapter else "")] = [
+                [g[0].text, g[0].finish_reason, g[0].tokens]
+                for _, g in backend.generate(reqs, GenParams(max_new_tokens=spec["max_new"]), target)]
+        out[name + ":stop_ids"] = backend.stop_ids
+        backend.close()
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def vllm_answers(python: str, tmp_path: Path, models: dict, messages: list, max_new: int) -> dict:
+    """Greedy answers of VLLMBackend in the vLLM environment: {name[:adapter]: [[text, finish, tokens], ...]}."""
+    (tmp_path / "answers.py").write_text(ANSWERS_SCRIPT)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"models": models, "messages": messages, "max_new": max_new}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    res = subprocess.run([python, str(tmp_path / "answers.py"), str(spec)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+
+
+def local_answers(path, messages, max_new, adapter=None, template=None, adapter_enabled=True):
+    from types import SimpleNamespace
+
+    from rustcoder.eval.backends import GenParams, GenRequest, ModelTarget, TransformersBackend
+
+    backend = TransformersBackend(str(path), adapter_dir=adapter, chat_template=template, log=lambda *_: None)
+    try:
+        reqs = [GenRequest(SimpleNamespace(messages=m, reference="")) for m in messages]
+        target = ModelTarget("m", "local", "m", adapter_enabled=adapter_enabled)
+        return [[g[0].text, g[0].finish_reason, g[0].tokens]
+                for _, g in backend.generate(reqs, GenParams(max_new_tokens=max_new), target)]
+    finally:
+        backend.close()
+
+
+REAL_MESSAGES = [[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": q}]
+                 for q in ("What is the capital of France? Answer in one sentence.",
+                           "Name one keyword Rust uses to declare a variable. Answer in a few words.",
+                           "Write a Rust function that adds two i32 numbers.")]
+
+
+def test_vllm_stops_at_the_end_of_turn_when_the_models_eos_is_another_token(vllm_python, smollm2, smollm2_run,
+                                                                           tmp_path):
+    """The regression: with eos <|endoftext|> (Qwen base models) vLLM ran past <|im_end|> into an invented next
+    user turn, because it stopped on the *string* <|im_end|>, which it removes before checking stop strings.
+    Now every backend stops on stop_token_ids: the base-like real model, its 3-step adapter as a LoRA request and
+    its merge answer as the transformers backend does, byte for byte, ending where it ends."""
+    run_dir, merged = smollm2_run
+    adapter = run_dir / "adapter"
+    template = (adapter / "chat_template.jinja").read_text()
+    max_new = 96
+    got = vllm_answers(vllm_python, tmp_path, {
+        "base": {"path": str(smollm2["base_like"])},
+        "run": {"path": str(smollm2["base_like"]), "adapter": str(adapter), "template": template},
+        "merged": {"path": str(merged.merged_dir)}}, REAL_MESSAGES, max_new)
+    want = {"base": local_answers(smollm2["base_like"], REAL_MESSAGES, max_new),
+            "run:adapter": local_answers(smollm2["base_like"], REAL_MESSAGES, max_new, str(adapter), template),
+            "merged": local_answers(merged.merged_dir, REAL_MESSAGES, max_new)}
+    assert got["base:stop_ids"] == [2, 0]
+    for name, answers in want.items():
+        same = sum(a == b for a, b in zip(got[name], answers))
+        print(f"\n{name}: vLLM vs transformers identical {same}/{len(answers)}")
+        assert got[name] == answers, name
+    stopped = [a for answers in want.values() for a in answers if a[1] == "stop"]
+    assert stopped and all(a[2] < max_new for a in stopped)  # answers that end on their own: the case that broke
+    assert got["run:adapter"] == got["merged"]  # adapter via LoRA and its merge
+
+
+def test_every_qwen_family_answers_alike_in_transformers_and_vllm(vllm_python, family_dir, tmp_path):
+    """Byte-identical prompts (rustcoder's template, thinking per family) and one stop rule: greedy answers of
+    every family fixture are identical in the transformers and vLLM backends."""
+    from conftest import families
+
+    names = [n for n, f in families().items() if f["thinking"] != "always"]
+    messages = [[{"role": "system", "content": "You write Rust."}, {"role": "user", "content": q}]
+                for q in ("Sum a Vec<i32>.", "fn main() { let x = 1; } What does it print?")]
+    got = vllm_answers(vllm_python, tmp_path, {n: {"path": str(family_dir(n))} for n in names}, messages, 16)
+    for n in names:
+        want = local_answers(family_dir(n), messages, 16)
+        same = sum(a == b for a, b in zip(got[n], want))
+        print(f"\n{n}: transformers vs vLLM identical {same}/{len(want)}")
+        assert got[n] == want, n
+        assert got[n + ":stop_ids"] == [151645, 151643]

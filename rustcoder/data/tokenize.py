@@ -3,7 +3,8 @@
 The prompt (system + user + the assistant header) is rendered with the chat template and tokenized
 on its own, exactly as at inference; the answer is tokenized separately and followed by the
 end-of-turn token. Labels are -100 on the prompt. Long examples keep the prompt's head and tail
-(the turn framing) and the start of the answer.
+(the user turn's <|im_end|> and the assistant header, measured on the template: 9 tokens for Qwen3
+with thinking off, 5 for plain ChatML with Qwen's vocabulary) and the start of the answer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IGNORE = -100
-PROMPT_TAIL_TOKENS = 8  # kept from the end of an over-long prompt: "<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass
@@ -30,13 +30,14 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
 
 
-def _fit(prompt: list[int], answer: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+def _fit(prompt: list[int], answer: list[int], max_length: int, tail_tokens: int
+         ) -> tuple[list[int], list[int], bool]:
     if len(prompt) + len(answer) <= max_length:
         return prompt, answer, False
     answer_keep = min(len(answer), max(max_length - len(prompt), max_length // 2))
     prompt_keep = max_length - answer_keep
     if len(prompt) > prompt_keep:
-        tail = min(PROMPT_TAIL_TOKENS, prompt_keep // 2)
+        tail = min(tail_tokens, prompt_keep // 2)
         prompt = prompt[: prompt_keep - tail] + (prompt[-tail:] if tail else [])
     return prompt, answer[:answer_keep], True
 
@@ -66,14 +67,17 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
 def tokenize_examples(tokenizer, conversations: list[list[dict]], max_length: int,
                       stats: TokenizeStats | None = None) -> list[dict]:
     """input_ids / labels / length for each conversation (system, user, assistant)."""
+    from ..modeling import prompt_tail_tokens
+
     end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    tail_tokens = prompt_tail_tokens(tokenizer)
     prompts = [render_prompt(tokenizer, m) for m in conversations]
     answers = [m[-1]["content"] for m in conversations]
     prompt_ids = encode_batch(tokenizer, prompts)
     answer_ids = encode_batch(tokenizer, answers)
     out = []
     for p, a in zip(prompt_ids, answer_ids):
-        p, a, cut = _fit(p, a + [end_id], max_length)
+        p, a, cut = _fit(p, a + [end_id], max_length, tail_tokens)
         if stats is not None:
             stats.examples += 1
             stats.truncated += int(cut)

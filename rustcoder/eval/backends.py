@@ -81,6 +81,7 @@ class ModelTarget:
     endpoint: str | None = None
     served_name: str | None = None
     identity: dict = field(default_factory=dict)  # what the generation fingerprint records
+    stop_token_ids: list[int] | None = None  # endpoint: sent as a raw vLLM server's stop_token_ids when known
 
     def describe(self) -> str:
         """One line: what this target is."""
@@ -231,7 +232,7 @@ def auto_batch_tokens(model, device: str) -> int:
 
 
 class TransformersBackend(Backend):
-    """Batched generation with transformers: left padding, greedy by default, stops at <|im_end|>.
+    """Batched generation with transformers: left padding, greedy by default, stops on ``stop_token_ids``.
 
     One loaded model serves both the adapter and, with the adapter disabled, its base. Batches are
     planned by ``plan_batches`` (a token budget with ``batch_tokens``; "auto": ``auto_batch_tokens``).
@@ -249,7 +250,8 @@ class TransformersBackend(Backend):
         import torch
         from transformers import GenerationConfig
 
-        from ..modeling import load_config, load_model, load_tokenizer, resolve_model
+        from ..modeling import (check_architecture, load_config, load_model, load_tokenizer, model_eos_ids,
+                                resolve_model, stop_token_ids)
 
         import warnings
 
@@ -266,6 +268,7 @@ class TransformersBackend(Backend):
         started = time.time()
         hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the eval's own progress
         config = load_config(path, revision)
+        check_architecture(config, path, log)
         self.tokenizer, _ = load_tokenizer(path, revision, config.model_type)
         if chat_template:
             self.tokenizer.chat_template = chat_template
@@ -290,10 +293,7 @@ class TransformersBackend(Backend):
         tok = self.tokenizer
         self.end_id = tok.convert_tokens_to_ids(END_OF_TURN)
         self.pad_id = tok.convert_tokens_to_ids(tok.pad_token)
-        stop = [self.end_id]
-        endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
-        if isinstance(endoftext, int) and endoftext != tok.unk_token_id and endoftext not in stop:
-            stop.append(endoftext)
+        stop = stop_token_ids(tok, model_eos_ids(path, revision))  # the one stop rule of every backend
         self.stop_ids = stop
         # The model's own generation_config (Qwen ships temperature 0.7, top_k 20, repetition_penalty
         # 1.05) would fill every setting left unset: the evaluation decides decoding, nothing else.
@@ -448,7 +448,8 @@ class VLLMBackend(Backend):
                  chat_template: str | None = None, dtype: str = "auto", seed: int = 0,
                  tensor_parallel_size: int | None = None, log=print):
         LLM, SamplingParams, LoRARequest = import_vllm()
-        from ..modeling import resolve_model, saved_dtype
+        from ..modeling import (check_architecture, load_config, load_tokenizer, model_eos_ids, resolve_model,
+                                saved_dtype, stop_token_ids)
 
         self._SamplingParams = SamplingParams
         model = resolve_model(path)
@@ -468,7 +469,13 @@ class VLLMBackend(Backend):
             # max_lora_rank from the adapter (its largest rank, rank_pattern included), one LoRA slot
             kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(read_adapter(adapter_dir).rank), max_loras=1)
             self.lora = LoRARequest("adapter", 1, str(adapter_dir))
-        self.chat_template = chat_template
+        # The prompt and the stop rule of the transformers backend: rustcoder's template (vLLM would render a
+        # hub model's stock one) and stop token ids (vLLM checks stop strings on text without <|im_end|>).
+        config = load_config(path, revision)
+        check_architecture(config, path, log)
+        tok, _ = load_tokenizer(path, revision, config.model_type)
+        self.chat_template = chat_template or tok.chat_template
+        self.stop_ids = stop_token_ids(tok, model_eos_ids(path, revision))
         started = time.time()
         self.llm = LLM(**kwargs)
         log(f"vLLM loaded {kwargs['model']}" + (f" with LoRA {adapter_dir}" if adapter_dir else "")
@@ -481,7 +488,8 @@ class VLLMBackend(Backend):
             by_n.setdefault(r.n, []).append(r)
         for n, reqs in by_n.items():
             sp = self._SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0
-                                      else 1.0, max_tokens=params.max_new_tokens, stop=[END_OF_TURN], seed=params.seed)
+                                      else 1.0, max_tokens=params.max_new_tokens, stop_token_ids=self.stop_ids,
+                                      seed=params.seed)
             outs = self.llm.chat([r.messages for r in reqs], sp, use_tqdm=False, chat_template=self.chat_template,
                                  add_generation_prompt=True,
                                  lora_request=self.lora if target.adapter_enabled else None)
@@ -564,14 +572,20 @@ class EndpointBackend(Backend):
         self.concurrency = max(1, concurrency)
         self.client = openai_client(endpoint, api_key=api_key, timeout=timeout, retries=retries)
 
-    def complete(self, messages: list[dict], params: GenParams, model: str | None, seed: int | None = None
-                 ) -> Generation:
-        """One chat completion; failures after the SDK's retries come back as finish_reason "error"."""
+    def complete(self, messages: list[dict], params: GenParams, model: str | None, seed: int | None = None,
+                 stop_ids: list[int] | None = None) -> Generation:
+        """One chat completion; failures after the SDK's retries come back as finish_reason "error".
+
+        ``stop_ids``: sent as vLLM's ``stop_token_ids`` (rustcoder's stop rule) to a raw vLLM server whose model is
+        known; a rustcoder server adds them itself and refuses unknown fields. The string stop stays for servers
+        that keep <|im_end|> in the text."""
         import openai
 
         kwargs: dict[str, Any] = {"messages": messages, "max_tokens": params.max_new_tokens,
                                   "temperature": params.temperature, "stop": [END_OF_TURN],
                                   "model": model or openai.omit}  # no name: the server's default model
+        if stop_ids:
+            kwargs["extra_body"] = {"stop_token_ids": list(stop_ids)}
         if params.temperature > 0:
             kwargs["top_p"] = params.top_p
         if seed is not None:
@@ -601,7 +615,8 @@ class EndpointBackend(Backend):
         model = target.served_name or self.default_model()
         with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="rustcoder-endpoint") as pool:
             futures = {pool.submit(self.complete, r.messages, params, model,
-                                   params.seed + r.start + j if params.temperature > 0 else None): (r, j)
+                                   params.seed + r.start + j if params.temperature > 0 else None,
+                                   target.stop_token_ids): (r, j)
                        for r, j in jobs}
             for fut in concurrent.futures.as_completed(futures):
                 r, j = futures[fut]

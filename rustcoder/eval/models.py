@@ -162,7 +162,9 @@ def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str 
     elif base_model:
         bp = resolve_path(base_model)
         res.base = ModelTarget("base", "local", base_model, path=bp, identity={"base": bp})
-    template = _template(Path(resolved)) if is_dir else None
+    # A merge carries the template its run trained with; any other model directory's chat_template.jinja is its
+    # stock one, which rustcoder replaces (modeling.load_tokenizer) as in training and serving
+    template = _template(Path(resolved)) if is_dir and res.kind == "merged" else None
     res.target = ModelTarget(tag, "local", model, path=resolved, chat_template=template,
                              identity={"model": str(resolved)})
     if res.base is not None and template and res.base.chat_template is None:

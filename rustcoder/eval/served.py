@@ -105,7 +105,7 @@ class ServedBackend(Backend):
         """Yield each request with its generations, through the engine serving ``target``."""
         server, name = self._server(target)
         client = EndpointBackend(server.base_url, api_key=server.spec.api_key, concurrency=self.cfg.concurrency)
-        try:
+        try:  # the engine stops on rustcoder's stop ids (serve's gateway adds them for vLLM)
             yield from client.generate(requests, params, dataclasses.replace(target, served_name=name))
         finally:
             client.close()

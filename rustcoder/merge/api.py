@@ -155,6 +155,10 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None, base: str |
 
     log(f"merging {src.adapter_dir} into {src.base_name} ({'streaming' if streaming else 'in memory'}, float32 -> "
         f"{dtype})")
+    from ..modeling import architecture_note
+
+    if architecture_note(base_config.get("model_type"), src.base_name):
+        log(architecture_note(base_config.get("model_type"), src.base_name))
     if src.base_overridden:
         log(f"note: --base {src.base_name!r} replaces the base the adapter was trained on ({src.trained_base!r})")
     plan = plan_merge(load_adapter_tensors(src.adapter_dir), src.adapter_config)

@@ -224,14 +224,29 @@ class RunningServer:
         self.stop()
 
 
+def served_stop_ids(spec: EngineSpec) -> tuple[int, ...]:
+    """``modeling.stop_token_ids`` of the served model (the adapter's tokenizer when there is one): the gateway adds
+    them to vLLM requests, so answers end at <|im_end|> even where the model's eos is <|endoftext|> (Qwen bases).
+    Empty when the tokenizer cannot be read here (a hub model not in the cache)."""
+    from ..errors import RustcoderError
+    from ..modeling import load_tokenizer, model_eos_ids, stop_token_ids
+
+    try:
+        tok, _ = load_tokenizer(spec.adapter_dir or spec.model, spec.revision)
+        return tuple(stop_token_ids(tok, model_eos_ids(spec.model, spec.revision)))
+    except (RustcoderError, OSError, ValueError):
+        return ()
+
+
 def start_gateway(spec: EngineSpec, limits=None):
     """The gateway for spec's engine (listening on spec's socket), serving spec's host:port once started."""
     from .gateway import Gateway, GatewayServer
 
     context, vocab = model_limits(spec.model, spec.max_model_len)
     hosts = ("127.0.0.1", "localhost", "::1") if is_loopback(spec.host) else None
+    stop = served_stop_ids(spec) if spec.engine == "vllm" else ()
     app = Gateway(served=spec.model_names, engine=spec.engine, api_key=spec.api_key, upstream_uds=spec.uds,
-                  limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts)
+                  limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts, stop_token_ids=stop)
     return GatewayServer(app, spec.host, spec.port)
 
 
@@ -383,6 +398,10 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
             raise RustcoderError(f"playground: {problem}. Pick another with --playground-port.")
     log(f"starting {spec.engine} on {spec.host}:{spec.port} for {spec.model}"
         + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else ""))
+    from ..modeling import architecture_note, saved_model_type
+
+    if architecture_note(saved_model_type(spec.model), spec.model):
+        log(architecture_note(saved_model_type(spec.model), spec.model))
     echo = None if quiet_engine else (lambda line: log(engine_line(spec.engine, line)))
 
     previous = {}

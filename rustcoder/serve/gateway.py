@@ -145,7 +145,7 @@ class Gateway:
                  upstream_uds: str | None = None, upstream_url: str = "http://engine",
                  upstream_models: dict[str, str] | None = None, limits: GatewayLimits | None = None,
                  context_length: int | None = None, vocab_size: int | None = None,
-                 allowed_hosts: tuple[str, ...] | None = None):
+                 allowed_hosts: tuple[str, ...] | None = None, stop_token_ids: tuple[int, ...] = ()):
         self.served = list(served)
         self.engine = engine
         self.api_key = api_key
@@ -156,7 +156,8 @@ class Gateway:
         slots = self.limits.max_concurrent or (32 if engine == "vllm" else 4)
         self.admission = Admission(slots, self.limits.max_queue, self.limits.queue_timeout)
         self.request_limits = RequestLimits(max_tokens=self.limits.max_tokens, context_length=context_length,
-                                            vocab_size=vocab_size, engine=engine)
+                                            vocab_size=vocab_size, engine=engine,
+                                            stop_token_ids=tuple(stop_token_ids))
         self.allowed_hosts = allowed_hosts
         self.created = int(time.time())
         self.progress: dict[str, float] = {}  # request id -> when its generation last made progress

@@ -250,6 +250,7 @@ class RequestLimits:
     context_length: int | None = None  # the model's context (prompt + answer); None: unknown
     vocab_size: int | None = None
     engine: str = "transformers"
+    stop_token_ids: tuple[int, ...] = ()  # vLLM: added to every request (modeling.stop_token_ids of the model)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's union members in an error's loc
@@ -317,6 +318,8 @@ def parse_chat_request(payload: dict, limits: RequestLimits) -> tuple[dict | Non
         value = getattr(req, field)
         if value is not None:
             out[field] = value
+    if limits.engine == "vllm" and limits.stop_token_ids:  # vLLM stops on its eos only, not at the end of turn
+        out["stop_token_ids"] = list(limits.stop_token_ids)
     return out, None
 
 
