@@ -161,11 +161,22 @@ ATTACKS = [
     Attack("inotify_watch", needs=FILTER, expect=("blocked",), forbid=("WATCHING",)),
     Attack("io_uring_probe", needs=FILTER, expect=("blocked",), forbid=("IO_URING",)),
     Attack("perf_bpf_probe", needs=FILTER, expect=("perf: blocked",), forbid=("OPENED", "GOT")),
+    # new namespaces (a user namespace gives CAP_NET_RAW: AF_PACKET rings that no cgroup counts)
+    Attack("namespace_escape", needs=FILTER, forbid=("ESCAPED",),
+           expect=("thread 42 spawn true", "clone: blocked", "clone3: blocked", "setns: blocked", "packet: blocked",
+                   "unshare: blocked")),
+    # the page cache of shared read-only files: eviction and residency probes
+    Attack("pagecache_probe", needs=FILTER, forbid=("ALLOWED",),
+           expect=("read 4096",) + tuple(f"{c}: blocked" for c in ("fadvise", "readahead", "preadv2", "mincore",
+                                                                   "madvise", "cachestat"))),
     # host paths
     Attack("proc1_cmdline_paths", needs=("mount-namespace",), expect=("environ unreadable",),
            forbid=("ENVIRON:", "env RUSTCODER_JOB"), check=no_host_path),
     Attack("mountinfo_paths", needs=("mount-namespace", "job-quota"), check=no_host_path),
     Attack("proc_self_cgroup", needs=("cgroup-namespace", "memory-cgroup"), check=no_host_path),
+    Attack("host_info", needs=("mount-namespace",), forbid=("SHOWS",),
+           expect=("hostname sandbox", "/proc/cmdline empty", "/proc/key-users empty", "/proc/kallsyms empty",
+                   "/proc/sys/kernel/random/boot_id empty", "/proc/loadavg empty")),
     # what a job leaves behind for the cleanup
     Attack("deep_dir_chain", subs={"depth": 1200}, check=equals("depth", 1200)),
     Attack("symlink_loops", check=both(at_most("links", 100), host_dir_intact)),
@@ -457,6 +468,45 @@ def test_one_broken_item_is_its_own_sandbox_error_and_the_batch_keeps_the_rest(c
     assert [r.stdout for r in results if r.status == "pass"] == ["0\n", "1\n", "2\n"]
 
 
+FORGED_LINKER = 'compile_error!("linker `cc` not found");\nfn main() {}'
+
+
+def test_an_answer_cannot_make_itself_an_excluded_sandbox_error(caps, monkeypatch):
+    """sandbox_error leaves the pass-rate denominator: the answer's own text (a forged "linker not found"
+    message, a lone surrogate, a huge program, a program the harness chokes on) must give a counted status."""
+    forged = run_rust(FORGED_LINKER, mode="run")
+    assert forged.status == "compile_error", forged
+    assert "linker `cc` not found" in forged.diagnostics
+    surrogate = run_rust("fn main() {} // \ud800", mode="run")
+    assert surrogate.status == "compile_error", surrogate
+    assert "not valid UTF-8 text" in surrogate.detail and "\\ud800" in surrogate.detail
+    in_tests = run_rust("pub fn f() {}", tests="#[test] fn t() {} // \udfff", tests_untrusted=True)
+    assert in_tests.status == "compile_error" and "its tests" in in_tests.detail, in_tests
+    huge = run_rust("fn main() {}\n" + "// x\n" * (sandbox_api.MAX_SOURCE_CHARS // 5 + 1), mode="run")
+    assert huge.status == "compile_error" and "over the sandbox's limit" in huge.detail, huge
+
+    def choke(*args, **kwargs):
+        raise RecursionError("the harness choked")
+
+    monkeypatch.setattr(sandbox_api, "build_harness", choke)
+    choked = run_rust("pub fn f() {}", tests="#[test] fn t() { f() }")
+    assert choked.status == "compile_error" and "RecursionError" in choked.detail, choked
+
+
+def test_a_missing_linker_is_still_a_sandbox_error(caps, monkeypatch):
+    """Where the set-up found no linker, rustc's own spanless "linker `cc` not found" error is the sandbox's."""
+    sandbox.get_setup()
+    fake = {"message": "linker `cc` not found", "level": "error", "code": None, "spans": [], "children": []}
+    real = sandbox_api.parse_diagnostics
+    monkeypatch.setattr(sandbox_api, "parse_diagnostics", lambda stderr: ([fake], []) if b"NOLINK" in stderr
+                        else real(stderr))
+    monkeypatch.setattr(sandbox.get_setup(), "linker", None)
+    result = run_rust('compile_error!("NOLINK");', mode="run")
+    assert result.status == "sandbox_error" and "no C linker" in result.detail, result
+    forged = run_rust(FORGED_LINKER, mode="run")  # the answer's own message has a span in its file
+    assert forged.status == "compile_error", forged
+
+
 def test_a_reused_uid_finds_no_key_of_the_job_before(caps, monkeypatch):
     """Force uid reuse (one slot): the second job runs as the first one's uid and must find nothing."""
     if "per-job-uid" not in caps["isolation"]:
@@ -516,12 +566,16 @@ def test_eval_with_hostile_answers_finishes_with_a_report_on_runs_and_reruns(cap
 
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps({"task_id": f"t/{i}", "prompt": ADD_PROMPT, "canonical_solution": "    a + b\n}",
-                                         "test": ADD_TEST, "entry_point": "add"}) + "\n" for i in range(3)))
+                                         "test": ADD_TEST, "entry_point": "add"}) + "\n" for i in range(5)))
     preds = tmp_path / "preds.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in [
         {"id": "t/0", "answer": f"```rust\n{LITTER}\n```"},
         {"id": "t/1", "answer": "```rust\npub fn add(a: i32, b: i32) -> i32 { a + b }\n```"},
         {"id": "t/2", "answer": "```rust\npub fn add(a: i32, b: i32) -> i32 { a - b }\n```"},
+        # a lone surrogate crashed the store (F18); a forged "linker not found" excluded the item (F17)
+        {"id": "t/3", "answer": "```rust\npub fn add(a: i32, b: i32) -> i32 { todo!() } // \ud800\n```"},
+        {"id": "t/4", "answer": "```rust\ncompile_error!(\"linker `cc` not found\");\n"
+                                "pub fn add(a: i32, b: i32) -> i32 { todo!() }\n```"},
     ]))
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "rustcoder", "eval", "--predictions", str(preds), "--benchmark", str(bench),
@@ -535,3 +589,8 @@ def test_eval_with_hostile_answers_finishes_with_a_report_on_runs_and_reruns(cap
     by_id = {k.split(":")[1]: r for k, r in scores.items()}
     assert by_id["t/1"]["status"] == "pass" and by_id["t/2"]["status"] != "pass"
     assert by_id["t/0"]["status"] == "pass", by_id["t/0"]  # a correct answer that littered: judged, cleaned up
+    assert by_id["t/3"]["status"] in ("test_fail", "compile_error") and by_id["t/3"]["passed"] == 0.0, by_id["t/3"]
+    assert by_id["t/4"]["status"] == "compile_error" and by_id["t/4"]["passed"] == 0.0, by_id["t/4"]
+    assert "\ufffd" in (out / "samples.jsonl").read_text(encoding="utf-8")  # stored, normalised
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "sandbox_error" not in json.dumps(metrics.get("statuses", metrics)), metrics

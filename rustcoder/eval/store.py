@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -30,6 +31,15 @@ STAGE_FILES = {
 STAGE_ORDER = ["generate", "execute", "score", "report"]
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def as_text(line: str) -> str:
+    """``line`` with every lone surrogate (from JSON such as ``"\\ud800"``, never valid UTF-8) replaced by U+FFFD,
+    so that any answer a model, a server or a predictions file gives can be written and read back."""
+    return _LONE_SURROGATE.sub("\ufffd", line)
+
+
 class JsonlStore:
     """An append-only JSONL file of records with a "key"; a torn last line (kill mid-write) is ignored."""
 
@@ -41,7 +51,7 @@ class JsonlStore:
         out: dict[str, dict] = {}
         if not self.path.is_file():
             return out
-        with self.path.open(encoding="utf-8") as fh:
+        with self.path.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
                     rec = json.loads(line)
@@ -64,7 +74,7 @@ class JsonlStore:
                     if rfh.read(1) != b"\n":
                         fh.write("\n")
             for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                fh.write(as_text(json.dumps(rec, ensure_ascii=False, default=str)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 

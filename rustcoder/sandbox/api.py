@@ -15,7 +15,8 @@ from .jobdir import Job, release_job
 from .cgroups import JobCgroup
 from .launch import chain_env, execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
 from .limits import rlimit_values
-from .policy import COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MODES, ExecutionResult, Limits, RustcNotFound, log
+from .policy import (COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MAX_SOURCE_CHARS, MODES, ExecutionResult, Limits,
+                     RustcNotFound, log)
 from .setup import Setup, get_setup, new_job, reset_setup
 from .toolchain import resolve_toolchain
 from .verdict import (NONCE_VAR, RUNTIME_CRATE, Harness, build_harness, count_tests, is_forbidden_diagnostic,
@@ -117,6 +118,7 @@ def run_rust(
     tests: str | None = None,
     tests_untrusted: bool = False,
     answer: str | None = None,
+    given: str | None = None,
     returns: dict[str, str] | None = None,
 ) -> ExecutionResult:
     """Compile (and, for modes "test"/"run", execute) one Rust source file in the sandbox.
@@ -125,8 +127,8 @@ def run_rust(
     verdict harness (``verdict.py``): a test passes only when it ran to its end, seen through a channel the code
     cannot write, and answers using what a correct answer never needs get status "forbidden".
     ``tests_untrusted=True`` swaps the roles (generated tests for given code); ``returns`` maps function names
-    to the return types the task fixes; ``answer`` is the untrusted part of ``source`` when the rest is given
-    (a task's context or prompt). Without ``tests`` a "test" run reports libtest's own summary.
+    to the return types the task fixes; ``answer`` and ``given`` split ``source`` into the model's part and
+    the task's (a context or prompt), so that only the model's is held to the harness's rules. Without ``tests`` a "test" run reports libtest's own summary.
 
     mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
     the tests; "run" builds a binary and runs ``main``. Never raises for anything the program
@@ -143,13 +145,22 @@ def run_rust(
     if not isinstance(source, str):
         raise TypeError(f"source must be str, got {type(source).__name__}")
     limits = limits or Limits()
+    if tests is not None and mode != "test":
+        raise ValueError("tests= needs mode='test'")
     if not source.strip():
         return ExecutionResult(status="empty_source", mode=mode, detail="source is empty")
+    refused = _refuse_text(source, tests, tests_untrusted)
+    if refused:  # the answer's own fault, so a status that counts (never the excluded sandbox_error)
+        return ExecutionResult(status="compile_error", mode=mode, detail=refused)
     harness = None
     if tests is not None:
-        if mode != "test":
-            raise ValueError("tests= needs mode='test'")
-        harness = build_harness(source, tests, tests_untrusted=tests_untrusted, answer=answer, returns=returns)
+        try:
+            harness = build_harness(source, tests, tests_untrusted=tests_untrusted, answer=answer, given=given,
+                                returns=returns)
+        except Exception as exc:  # noqa: BLE001 - an answer must not turn itself into an excluded sandbox_error
+            log.exception("verdict harness failure")
+            return ExecutionResult(status="compile_error", mode=mode,
+                                   detail=f"the verdict harness could not read the program ({type(exc).__name__}: {exc})")
         if harness.forbidden:
             return ExecutionResult(status="forbidden", mode=mode, detail="forbidden: " + "; ".join(harness.forbidden))
     setup = get_setup()
@@ -190,6 +201,24 @@ def run_rust(
             result.detail = (result.detail + "; " if result.detail else "") + "cleanup: " + "; ".join(left)
     result.job_uid = job.uid
     return result
+
+
+def _refuse_text(source: str, tests: str | None, tests_untrusted: bool) -> str | None:
+    """Why a program cannot be compiled as it is (not UTF-8 text, over the size cap), or None."""
+    parts = [("program", source)] + ([("tests", tests)] if tests is not None else [])
+    for what, text in parts:
+        if not isinstance(text, str):
+            raise TypeError(f"{what} must be str, got {type(text).__name__}")
+        if len(text) > MAX_SOURCE_CHARS:
+            who = "the answer" if what == "program" or tests_untrusted else "the task's"
+            return (f"{who} {what} is {len(text):,} characters, over the sandbox's limit of "
+                    f"{MAX_SOURCE_CHARS:,}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"the answer is not valid UTF-8 text: {text[exc.start]!r} (a lone surrogate) at character "
+                    f"{exc.start} of its {what}")
+    return None
 
 
 def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: str, mode: str,
@@ -235,8 +264,11 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
         result.detail = f"compilation exceeded {compile_timeout:g}s"
         return result
     if compiled.returncode != 0:
-        linker_missing = any("linker `" in str(d.get("message", "")) and "not found" in
-                             str(d.get("message", "")) for d in errors)
+        # "No linker" is the sandbox's fault (excluded from scores), so it is decided from the set-up, never from
+        # text: an answer writes any message it likes with compile_error!; rustc's own error has no span.
+        linker_missing = setup.linker is None and mode != "check" and any(
+            not d.get("spans") and not d.get("code") and "linker `" in str(d.get("message", ""))
+            and "not found" in str(d.get("message", "")) for d in errors)
         if linker_missing:
             result.status = "sandbox_error"
             result.detail = "no C linker (`cc`) found: install gcc (Debian: build-essential)"

@@ -6,8 +6,15 @@ never needs and what reaches past the job's namespaces: AF_VSOCK sockets (vsock 
 namespace), the kernel keyring (``add_key``, ``request_key``, ``keyctl``: user keyrings are per uid and outlive
 the job), file locks (``flock`` and fcntl record locks on shared read-only files are a channel between
 concurrent jobs), inotify/fanotify (watching shared files is another), io_uring (it creates sockets without
-the ``socket`` call), and ``bpf``/``perf_event_open``. Without pyseccomp or libseccomp there is no filter (no
-``syscall-filter`` tag) and the session keyring is still fresh per job (``private-keyring``).
+the ``socket`` call), and ``bpf``/``perf_event_open``. New namespaces: a user namespace would make the job
+root of its own namespaces, with CAP_NET_RAW for AF_PACKET rings whose kernel memory no cgroup counts, so
+``unshare``/``clone`` with a CLONE_NEW* flag the exec chain itself does not use are refused (EPERM), ``clone3``
+(whose flags sit in memory a filter cannot read) is ENOSYS so that glibc falls back to ``clone``, ``setns`` is
+refused, and AF_PACKET sockets too as a second line. The page cache of the shared read-only files: evicting
+(``fadvise64``, ``madvise`` COLD/PAGEOUT) and probing it (``mincore``, ``cachestat``, ``preadv2``/``pwritev2``
+with RWF_NOWAIT, ``readahead``) would be a channel between concurrent jobs. Without pyseccomp or libseccomp
+there is no filter (no ``syscall-filter`` tag) and the session keyring is still fresh per job
+(``private-keyring``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,18 @@ import tempfile
 from .policy import log
 
 AF_VSOCK = 40
+AF_PACKET = 17
+
+# CLONE_NEW* flags, and the `unshare` options of the exec chain that use them
+CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x80, 0x20000, 0x02000000, 0x04000000
+CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
+_NS_OPTIONS = {"--mount": CLONE_NEWNS, "--uts": CLONE_NEWUTS, "--ipc": CLONE_NEWIPC, "--net": CLONE_NEWNET,
+               "--pid": CLONE_NEWPID, "--user": CLONE_NEWUSER, "--map-root-user": CLONE_NEWUSER,
+               "--map-current-user": CLONE_NEWUSER, "--cgroup": CLONE_NEWCGROUP, "--time": CLONE_NEWTIME}
+_ALL_NS = (CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
+           CLONE_NEWNET)
+RWF_NOWAIT = 0x8
+_MADV_EVICT = (20, 21)  # MADV_COLD, MADV_PAGEOUT
 
 _DENIED = {  # syscall -> errno; documented in docs/sandbox.md
     "add_key": errno.EPERM,
@@ -34,13 +53,32 @@ _DENIED = {  # syscall -> errno; documented in docs/sandbox.md
     "io_uring_register": errno.ENOSYS,
     "bpf": errno.EPERM,
     "perf_event_open": errno.EPERM,
+    "clone3": errno.ENOSYS,  # glibc then uses clone, whose flags the filter reads
+    "setns": errno.EPERM,
+    "fadvise64": errno.EPERM,
+    "readahead": errno.EPERM,
+    "mincore": errno.ENOSYS,
+    "cachestat": errno.ENOSYS,
 }
+
+
+def chain_namespaces(unshare_argv: list[str]) -> int:
+    """The CLONE_NEW* flags the exec chain's own ``unshare`` needs (the filter is in place before it runs)."""
+    flags = 0
+    for arg in unshare_argv:
+        flags |= _NS_OPTIONS.get(arg, 0)
+    return flags
 
 _FCNTL_LOCKS = (5, 6, 7, 36, 37, 38)  # F_GETLK F_SETLK F_SETLKW F_OFD_GETLK F_OFD_SETLK F_OFD_SETLKW
 
 
-def build_filter(notes: list[str]) -> bytes | None:
-    """The job's seccomp filter as a BPF program, or None (with the reason in ``notes``)."""
+def build_filter(notes: list[str], chain_flags: int = 0) -> bytes | None:
+    """The job's seccomp filter as a BPF program, or None (with the reason in ``notes``).
+
+    ``chain_flags``: the CLONE_NEW* flags the exec chain's ``unshare`` uses (``chain_namespaces``); every other
+    namespace flag is refused. Those it uses stay allowed, which holds jobs back only where the job cannot
+    create them anyway: without a user namespace they need CAP_SYS_ADMIN, which a job run as root never keeps
+    (a chain that needs a user namespace itself, as a non-root evaluator, leaves them open: documented)."""
     if "syscall-filter" in os.environ.get("RUSTCODER_SANDBOX_DISABLE", ""):
         notes.append("syscall filter disabled: jobs may use vsock, keyrings, file locks and inotify")
         return None
@@ -53,7 +91,18 @@ def build_filter(notes: list[str]) -> bytes | None:
     try:
         flt = sc.SyscallFilter(sc.ALLOW)
         for call in ("socket", "socketpair"):
-            flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.EQ, AF_VSOCK))
+            for family in (AF_VSOCK, AF_PACKET):
+                flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.EQ, family))
+        for flag in _ALL_NS:
+            if flag & chain_flags:
+                continue
+            flt.add_rule(sc.ERRNO(errno.EPERM), "unshare", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+            if flag != CLONE_NEWTIME:  # in clone's flags that bit is part of the exit signal
+                flt.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+        for call in ("preadv2", "pwritev2"):
+            flt.add_rule(sc.ERRNO(errno.EINVAL), call, sc.Arg(5, sc.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
+        for advice in _MADV_EVICT:
+            flt.add_rule(sc.ERRNO(errno.EPERM), "madvise", sc.Arg(2, sc.EQ, advice))
         for call, err in _DENIED.items():
             try:
                 flt.add_rule(sc.ERRNO(err), call)

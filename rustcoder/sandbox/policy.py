@@ -47,7 +47,9 @@ ISOLATION_TAGS = {
     "pid-namespace": "fresh PID namespace: cannot signal other processes; all die together",
     "mount-namespace": "private mount namespace with a new root: read-only /usr, toolchain and "
                        "the job's own directory only (no host files, no path-based host sockets)",
-    "private-proc": "/proc mounted inside the job's PID namespace: only the job's own processes",
+    "private-proc": "/proc mounted inside the job's PID namespace: only the job's own processes; host-wide "
+                    "files (boot line, keys, disks, kernel symbols, boot id, load) masked; own UTS namespace "
+                    "(hostname 'sandbox')",
     "private-tmp": "private /tmp and /dev/shm (size-capped tmpfs), gone when the job ends",
     "ipc-namespace": "fresh System V IPC / POSIX message-queue namespace",
     "cgroup-namespace": "fresh cgroup namespace: /proc/self/cgroup shows the job's own group as /, not the "
@@ -61,8 +63,9 @@ ISOLATION_TAGS = {
     "memory-cgroup": "a memory cgroup per job: the whole process tree's memory, kernel memory (socket "
                      "buffers, inodes) and tmpfs pages included, is capped; no swap",
     "pids-cgroup": "a pids cgroup per job: the number of tasks of the job's process tree is capped",
-    "syscall-filter": "seccomp: no AF_VSOCK sockets, kernel keyrings, file locks, inotify, io_uring, bpf "
-                      "or perf events",
+    "syscall-filter": "seccomp: no AF_VSOCK or AF_PACKET sockets, new namespaces (user namespaces above all), "
+                      "kernel keyrings, file locks, inotify, io_uring, bpf, perf events, or page-cache "
+                      "eviction and residency probes",
     "private-keyring": "each job starts with a fresh session keyring of its own, not the evaluator's",
 }
 
@@ -100,6 +103,9 @@ COMPILE_OUTPUT_CAP = 4 * _MIB  # rustc JSON diagnostics kept in memory; the rest
 
 
 MAX_DIAGNOSTIC_CHARS = 4000
+
+
+MAX_SOURCE_CHARS = 256 * 1024  # a program (or its tests) longer than this is refused before any per-answer work
 
 
 TRUNCATION_MARKER = "\n[rustcoder: output truncated]\n"

@@ -21,6 +21,15 @@ JOB_DIR_VAR = "RUSTCODER_JOB_DIR"  # the job's host directory, handed to the job
 SCRIPT_VAR = "RUSTCODER_JOB_SCRIPT"  # the script itself: neither shows in the job's /proc/1/cmdline
 
 
+JOB_HOSTNAME = "sandbox"  # the job's own UTS namespace: the host's name is not visible
+
+
+# Host-wide /proc files a job's own /proc still shows (the host's boot line, other uids' keys, disks, kernel
+# symbols, boot id, the load of everyone's jobs): /dev/null is bound over those this kernel has, as runc does.
+PROC_MASKS = ("cmdline", "keys", "key-users", "diskstats", "partitions", "kallsyms", "modules", "timer_list",
+              "sched_debug", "latency_stats", "loadavg", "sys/kernel/random/boot_id")
+
+
 def _install_root() -> str:
     """Where rustcoder itself is installed (hidden from jobs when it is under /usr)."""
     return str(Path(__file__).resolve().parents[2])  # rustcoder/sandbox/root.py -> the directory holding rustcoder
@@ -38,7 +47,8 @@ def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str,
     job's mountinfo shows no host path for its root): empty mount points, the usual
     symlinks (``/bin -> usr/bin`` ...), and an fstab of what is mounted there inside each job's
     mount namespace: read-only /usr, the loader cache, /etc/alternatives (Debian's ``cc``) and the
-    toolchain's sysroot; a private /proc, /tmp and /dev/shm; /dev/null, zero, full, random, urandom.
+    toolchain's sysroot; a private /proc (host-wide files in it masked: ``PROC_MASKS``), /tmp and /dev/shm;
+    /dev/null, zero, full, random, urandom.
     World-readable data under /usr that compiling does not need (/usr/local, rustcoder's own
     install when it lives under /usr) is covered by an empty tmpfs. Nothing else of the host exists.
     """
@@ -79,6 +89,9 @@ def build_root(runs_root: str, sysroot: str, linker: str | None, setpriv: str,
         ("rustcoder-shm", f"{root}/dev/shm", "tmpfs",
          f"mode=1777,size={_TMPFS_SIZE},nr_inodes={_TMPFS_INODES},nosuid,nodev"),
     ]
+    for name in PROC_MASKS:
+        if os.path.isfile(f"/proc/{name}"):
+            entries.append(("/dev/null", f"{root}/proc/{name}", "none", "bind,ro,nosuid,noexec"))
     for dev in ("null", "zero", "full", "random", "urandom"):
         Path(f"{root}/dev/{dev}").touch(0o644)
         entries.append((f"/dev/{dev}", f"{root}/dev/{dev}", "none", "bind,nosuid,noexec"))
@@ -98,8 +111,8 @@ def job_root_script(root: str, skeleton: str, fstab: str, setpriv: str, tools: d
     """The script that runs as the PID namespace's init (root, but only inside fresh
     mount/pid/net/ipc namespaces): it mounts a small tmpfs at ``root`` and copies the skeleton in, mounts
     the rest from ``fstab`` (one ``mount -a``), binds the job's directory at /job, makes the root
-    read-only, pivots into it, detaches the host's tree, drops to the job's uid and runs the command as
-    its child.
+    read-only, pivots into it, detaches the host's tree, names its UTS namespace ``JOB_HOSTNAME``, drops to
+    the job's uid and runs the command as its child.
 
     Run as ``sh -c 'eval "$RUSTCODER_JOB_SCRIPT"' rustcoder-job UID GID COMMAND...`` with the job's host
     directory in $RUSTCODER_JOB_DIR: the job's /proc/1/cmdline shows no host path, and both variables are
@@ -119,6 +132,8 @@ def job_root_script(root: str, skeleton: str, fstab: str, setpriv: str, tools: d
         f"{pivot_root} . .old",
         f"{umount} -l /.old",
         f"cd {SANDBOX_JOB_DIR}",
+        f"echo {JOB_HOSTNAME} > /proc/sys/kernel/hostname",  # a UTS namespace of its own (unshare --uts)
+        "echo '(none)' > /proc/sys/kernel/domainname",
     ]
     return (
         "{ " + " &&\n  ".join(steps) + "\n} || { echo " + q(SETUP_FAILED_MARKER) + " >&2; exit 125; }\n"

@@ -14,7 +14,7 @@ import threading
 import time
 
 from .cgroups import CgroupBase, probe as probe_cgroups
-from .confine import build_filter, keyring_works
+from .confine import build_filter, chain_namespaces, keyring_works
 from .host import disabled, forget_warnings, run_quiet, warn_once, which
 from .jobdir import Job, create_job, make_runs_root, mount_tmpfs, remove_tree, unmount
 from .launch import job_root_argv, job_root_env, scrubbed_env
@@ -195,7 +195,7 @@ def _build_setup() -> Setup:
             and "mount" not in off \
             and os.path.realpath(toolchain.real_rustc) == os.path.realpath(
                 os.path.join(toolchain.sysroot, "bin", "rustc")):
-        mount_prefix = [unshare, "--mount", "--propagation", "private", *unshare_prefix[1:]]
+        mount_prefix = [unshare, "--mount", "--uts", "--propagation", "private", *unshare_prefix[1:]]
         sysroots = [lambda: toolchain.sysroot, lambda: mirror_sysroot(toolchain)]
         for attempt, get_sysroot in enumerate(sysroots):
             try:
@@ -267,7 +267,7 @@ def _build_setup() -> Setup:
         cgroup_base = probe_cgroups(notes)
     elif drop == "setpriv":
         notes.append("cgroups disabled: memory is limited per process only (RLIMIT_AS)")
-    filter_bpf = build_filter(notes) if is_linux else None
+    filter_bpf = build_filter(notes, chain_namespaces(unshare_prefix)) if is_linux else None
     keyring = is_linux and keyring_works()
     if is_linux and not keyring:
         notes.append("no fresh session keyring per job (keyctl refused or disabled): jobs share the "
