@@ -109,6 +109,19 @@ def test_names_the_given_code_defines_may_be_restated_and_unused_ones_redefined(
     assert verdict.forbidden("#[derive(PartialEq)] enum O { Some(u8) }", "#[test] fn t() { Some(1); }")
 
 
+def test_only_the_models_part_is_held_to_the_rules():
+    """A task's context may use `unsafe`; an answer restating it verbatim is not blamed for it, and the crate is
+    then built without -F unsafe_code (the textual check still holds the answer's own code)."""
+    ctx = "pub fn raw(v: &[u8]) -> u8 { unsafe { *v.get_unchecked(0) } }"
+    answer = ctx + "\npub fn first(v: &[u8]) -> u8 { raw(v) }"
+    h = verdict.build_harness(answer, TESTS, answer=answer, given=ctx)
+    assert h.forbidden == [] and not h.forbid_unsafe
+    h = verdict.build_harness(answer + "\nfn more() { unsafe {} }", TESTS, answer=answer + "\nfn more() { unsafe {} }",
+                              given=ctx)
+    assert any("unsafe" in r for r in h.forbidden)
+    assert verdict.build_harness(HONEST, TESTS).forbid_unsafe
+
+
 def test_lint_level_crate_attributes_are_dropped_and_the_rest_reported():
     code, others = verdict.crate_attributes("#![allow(dead_code)]\n#![deny(warnings)]\n#![no_std]\nfn f() {}")
     assert "allow" not in code and "deny" not in code and "#![no_std]" in code and others == ["no_std"]

@@ -116,19 +116,20 @@ class Program:
     tests: str | None = None  # the test source the harness runs against ``source``
     tests_untrusted: bool = False  # the tests are the answer's (test_generation); ``source`` is the given code
     returns: dict[str, str] | None = None  # return types the task fixes ({function: type})
-    answer: str | None = None  # the untrusted part of ``source`` (None: all of it, or the tests are the answer)
+    answer: str | None = None  # the model's part of ``source`` (None: all of it, or the tests are the answer)
+    given: str | None = None  # the task's part of ``source`` (a context, a prompt)
 
     def run_args(self) -> dict:
         """The per-program keyword arguments of ``sandbox.run_rust``."""
         if self.tests is None:
             return {}
         return {"tests": self.tests, "tests_untrusted": self.tests_untrusted, "returns": self.returns,
-                "answer": self.answer}
+                "answer": self.answer, "given": self.given}
 
     def key(self) -> tuple:
         """What makes two programs the same run."""
         return (self.source, self.mode, self.edition, self.tests, self.tests_untrusted,
-                tuple(sorted((self.returns or {}).items())), self.answer)
+                tuple(sorted((self.returns or {}).items())), self.answer, self.given)
 
 
 @dataclass
@@ -254,20 +255,22 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
         if status:
             return ProgramPlan(status=status, code=code)
 
-    def add(source: str, label: str, returns: dict | None = None, answer: str | None = None) -> None:
+    def add(source: str, label: str, returns: dict | None = None, answer: str | None = None,
+            given: str | None = None) -> None:
         plan.programs.append(Program(source, "test" if test else "check", edition, label + ("+test" if test else ""),
                                      bool(test), test or None, False, returns if test else None,
-                                     answer if test else None))
+                                     answer if test else None, given if test else None))
 
     if spec.program == "context":
         ctx = str(inp.get("code_context") or "")
         body = extract.strip_test_modules(code) if test else code
         returns = _signature_returns(str(inp.get("function_signature") or ""))
-        add(extract.merge_context(ctx, body), "context+code", returns, body)
+        add(extract.merge_context(ctx, body), "context+code", returns, body, ctx)
         if ctx.strip():
-            add(body, "code", returns, body)
+            add(body, "code", returns, body, ctx)
     elif spec.program == "completion":
-        add(str(inp.get("prefix") or "") + code + str(inp.get("suffix") or ""), "prefix+completion+suffix", None, code)
+        prefix, suffix = str(inp.get("prefix") or ""), str(inp.get("suffix") or "")
+        add(prefix + code + suffix, "prefix+completion+suffix", None, code, prefix + "\n" + suffix)
     elif spec.program == "tests_for_code":
         if "#[test]" not in code:
             return ProgramPlan(status="no_tests", code=code)
@@ -288,10 +291,10 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
 
             want = return_type(prompt + "\n}", entry)
             add(extract.join_rust(extract.prompt_uses(prompt, body), body), "code",
-                {entry: want} if want is not None else None, body)
+                {entry: want} if want is not None else None, body, prompt)
         else:  # the answer continues the prompt (a function body)
             cont = body if extract.brace_balance(prompt + "\n" + body) <= 0 else body + "\n}"
-            add(prompt + "\n" + cont + "\n", "prompt+body", None, body)
+            add(prompt + "\n" + cont + "\n", "prompt+body", None, body, prompt)
     else:  # pragma: no cover - registry typo
         raise ValueError(f"unknown program kind {spec.program!r}")
     return plan

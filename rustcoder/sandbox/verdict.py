@@ -414,21 +414,27 @@ class Harness:
 
 
 def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answer: str | None = None,
-                  returns: dict[str, str] | None = None) -> Harness:
+                  given: str | None = None, returns: dict[str, str] | None = None) -> Harness:
     """A harness for ``code`` (the code under test) and ``tests`` (test source with ``#[test]`` functions).
 
-    By default the code is the answer and the tests are trusted; ``answer`` narrows the untrusted part to that
-    text inside ``code`` (the rest, e.g. a task's context or prompt, is given). ``tests_untrusted=True`` is the
-    reverse (generated tests for given code). ``returns`` maps function names to the return type the task fixes
-    (whitespace ignored): an answer that changes one is refused.
+    By default the code is the answer and the tests are trusted. ``answer`` is the model's part of ``code`` and
+    ``given`` the task's (a context, a prompt): only the answer, minus any verbatim copy of the given code in
+    it, is checked for what no correct answer needs; names the given code defines may be restated.
+    ``tests_untrusted=True`` is the reverse (generated tests for given code). ``returns`` maps function names to
+    the return type the task fixes (whitespace ignored): an answer that changes one is refused.
     """
     if tests_untrusted:
         untrusted, trusted = tests, code
-    elif answer is not None and answer.strip() and answer.strip() in code:
-        untrusted, trusted = answer, code.replace(answer.strip(), "", 1) + "\n" + tests
     else:
-        untrusted, trusted = code, tests
-    given = code if tests_untrusted else (trusted if untrusted is not code else tests)
+        untrusted = code if answer is None else answer
+        if given and given.strip() and answer is None and given.strip() in untrusted:
+            untrusted = untrusted.replace(given.strip(), "", 1)
+        elif given and given.strip() and answer is not None:
+            untrusted = untrusted.replace(given.strip(), "")  # the answer restated the given code
+        if given is None and answer is not None and answer.strip() in code:
+            given = code.replace(answer.strip(), "", 1)  # what is not the answer's is the task's
+        trusted = (given or "") + "\n" + tests
+    given = code if tests_untrusted else trusted
     code, _ = crate_attributes(code)  # the given code's non-lint ones fail in include! (compile_error)
     # the return types a task fixes are given text too: an answer's own `bool` or `Option` would change them
     reasons = forbidden(untrusted, trusted + "\n" + " ".join((returns or {}).values()))
