@@ -488,6 +488,10 @@ def test_an_answer_cannot_make_itself_an_excluded_sandbox_error(caps, monkeypatc
     def choke(*args, **kwargs):
         raise RecursionError("the harness choked")
 
+    monkeypatch.setattr(sandbox_api.Harness, "judge", choke)  # the run's output is the answer's too
+    misread = run_rust("pub fn f() {}", tests="#[test] fn t() { f() }")
+    assert misread.status == "runtime_error" and "could not read the program's output" in misread.detail, misread
+
     monkeypatch.setattr(sandbox_api, "build_harness", choke)
     choked = run_rust("pub fn f() {}", tests="#[test] fn t() { f() }")
     assert choked.status == "compile_error" and "RecursionError" in choked.detail, choked

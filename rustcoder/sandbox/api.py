@@ -13,7 +13,7 @@ from typing import Iterable
 from .diagnostics import classify_compile_errors, codes, crash_reason, parse_diagnostics, render
 from .jobdir import Job, release_job
 from .cgroups import JobCgroup
-from .launch import chain_env, execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
+from .launch import Outcome, chain_env, execute, job_env, sandbox_argv, sandbox_failed, signal_of, text_of
 from .limits import rlimit_values
 from .policy import (COMPILE_OUTPUT_CAP, EDITIONS, ISOLATION_TAGS, MAX_SOURCE_CHARS, MODES, ExecutionResult, Limits,
                      RustcNotFound, log)
@@ -322,6 +322,21 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
     sig = signal_of(ran.returncode, wrapped)
     result.exit_code = None if ran.returncode < 0 else ran.returncode
     result.signal = sig
+    try:
+        _judge(result, ran, mode, harness, sig, run_timeout, max_output_bytes)
+    except Exception as exc:  # noqa: BLE001 - the output is the answer's: it must not make an excluded sandbox_error
+        log.exception("verdict failure")
+        result.status = "runtime_error"
+        result.detail = f"the verdict could not read the program's output ({type(exc).__name__}: {exc})"
+    if result.status == "runtime_error" and group is not None and group.out_of_memory():
+        result.detail += (f" (the job reached its memory limit of {limits.run_tree_memory_bytes >> 20} MiB "
+                          "for its whole process tree)")
+    return result
+
+
+def _judge(result: ExecutionResult, ran: Outcome, mode: str, harness: Harness | None, sig: str | None,
+           run_timeout: float, max_output_bytes: int) -> None:
+    """Set ``result``'s status from how the run ended and what it printed."""
     if mode == "test" and harness is None:
         count_tests(result, ran.stdout.decode("utf-8", errors="replace"))
     if ran.timed_out:
@@ -342,10 +357,6 @@ def _compile_and_run(setup: Setup, job: Job, group: JobCgroup | None, source: st
     else:
         result.status, result.detail = libtest_status(ran.stdout.decode("utf-8", errors="replace"),
                                                        ran.returncode, sig)
-    if result.status == "runtime_error" and group is not None and group.out_of_memory():
-        result.detail += (f" (the job reached its memory limit of {limits.run_tree_memory_bytes >> 20} MiB "
-                          "for its whole process tree)")
-    return result
 
 
 def run_many(sources: Iterable[str], *, workers: int | None = None, per_item: Iterable[dict] | None = None,

@@ -105,7 +105,7 @@ COMPILE_OUTPUT_CAP = 4 * _MIB  # rustc JSON diagnostics kept in memory; the rest
 MAX_DIAGNOSTIC_CHARS = 4000
 
 
-MAX_SOURCE_CHARS = 256 * 1024  # a program (or its tests) longer than this is refused before any per-answer work
+MAX_SOURCE_CHARS = 128 * 1024  # a program (or its tests) longer than this is refused before any per-answer work
 
 
 TRUNCATION_MARKER = "\n[rustcoder: output truncated]\n"
