@@ -304,3 +304,19 @@ def test_load_benchmark_runs_without_errors(capsys):
     out = capsys.readouterr().out
     assert "8 requests, 8 concurrent: 8 ok, 0 errors" in out and "latency  p50" in out
     assert serve_load.percentile([1, 2, 3, 4], 50) == 2.5
+
+
+def test_hostile_load_mix_runs_clean(capsys):
+    """benchmarks/serve_load.py --clients (smaller): normal, streamed, abandoned and malformed requests at once
+    against a `rustcoder serve` process: no error for a well-formed request, every malformed one a 4xx."""
+    needs_transformers_serving()
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    assert serve_load.main(["--clients", "16", "--duration", "4", "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "(0 errors)" in out and "(0 wrong)" in out and "server memory" in out, out
+    assert "/health ok (running 0)" in out, out

@@ -523,10 +523,11 @@ def test_a_client_that_leaves_stops_its_generation(served, stream):
             served.client.post("/v1/chat/completions", json=LONG, timeout=1.0)
     assert served.active() == 1 or stream or served.kind == "fake"
     assert _wait_idle(served, 2.0), "the generation went on after its client left"  # well before TIME_CAP
-    if served.engine_pid:  # the engine process itself is idle: its CPU time stops growing
-        before = _cpu_seconds(served.engine_pid)
+    if served.engine_pid:  # the engine's processes go idle: generating costs a core, idle a few percent of one
         time.sleep(1.0)
-        assert _cpu_seconds(served.engine_pid) - before < 0.3
+        before = _cpu_seconds(served.engine_pid)
+        time.sleep(2.0)
+        assert _cpu_seconds(served.engine_pid) - before < 0.5
     assert_normal(served)
 
 
@@ -561,13 +562,20 @@ def test_a_generation_ends_at_the_time_limit(served):
 
 def test_one_long_request_does_not_block_the_others(served):
     """While one request generates at the server's limits, others are admitted and answered."""
-    long = threading.Thread(target=lambda: served.client.post("/v1/chat/completions", json=LONG, timeout=30))
+    ended = {}
+
+    def long_request():
+        served.client.post("/v1/chat/completions", json=LONG, timeout=30)
+        ended["long"] = time.monotonic()
+
+    long = threading.Thread(target=long_request)
     long.start()
     time.sleep(0.3)
     assert served.active() >= 1
     assert_normal(served, idle=False)
-    assert served.active() >= 1  # still generating: the normal one was admitted beside it
+    ended["normal"] = time.monotonic()
     long.join()
+    assert ended["normal"] < ended["long"]  # answered while the long one was still generating
 
 
 def test_a_full_queue_answers_503_overloaded(served):
