@@ -82,3 +82,33 @@ def test_outputs_written_into_a_checkout_are_ignored_by_git():
     for path in ("evals-out/oracle/humaneval-rust/metrics.json", "comparison/comparison.md", "runs/x/manifest.json"):
         r = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, timeout=30)
         assert r.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_the_gpu_docs_point_at_a_wheelhouse_script_the_repository_ships():
+    """docs/gpu.md and scripts/gpu_checks.py name scripts/gpu_wheelhouse.sh (not a file outside the
+    repository), and every wheel it downloads is pinned in constraints.txt."""
+    import subprocess
+    import sys
+
+    for path in (ROOT / "docs" / "gpu.md", ROOT / "scripts" / "gpu_checks.py"):
+        text = path.read_text()
+        assert "shared/gpu" not in text and "prepare.sh" not in text, path
+        assert "scripts/gpu_wheelhouse.sh" in text, path
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_wheelhouse.sh"), "--list"], capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr
+    wheels = out.stdout.split()
+    pinned = {line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
+    assert {"transformers", "peft", "trl", "datasets", "fastapi", "openai"} <= {w.split("==")[0] for w in wheels}
+    assert set(wheels) <= pinned
+    unpinned = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_wheelhouse.sh"), "--list"], capture_output=True,
+                              text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
+                                                          "EXTRA_PKGS": "not-a-pinned-package"})
+    assert unpinned.returncode == 1 and "not-a-pinned-package is not pinned in constraints.txt" in unpinned.stderr
+
+
+def test_readme_says_what_the_test_command_costs_and_how_to_skip_vllm():
+    section = README.split("bash scripts/test.sh")[1].split("## ")[0]
+    assert "RUSTCODER_SKIP_VLLM=1" in section and "3.4 GB" in section
+    assert re.search(r"\d+-\d+ minutes", section), "the test command's time, as a range"
+    assert "RUSTCODER_SKIP_VLLM" in (ROOT / "scripts" / "test.sh").read_text()
