@@ -158,7 +158,7 @@ ATTACKS = [
     Attack("keyring_store", needs=FILTER, expect=("user: blocked",), forbid=("stored",)),
     Attack("keyring_read", needs=FILTER, expect=("found 0",), forbid=("LEAKED",)),
     Attack("keyring_session_read", needs=("private-keyring",), forbid=("key ",)),
-    Attack("inotify_watch", needs=FILTER, expect=("blocked",), forbid=("WATCHING",)),
+    Attack("inotify_watch", needs=FILTER, expect=("blocked", "dnotify: blocked"), forbid=("WATCHING",)),
     Attack("io_uring_probe", needs=FILTER, expect=("blocked",), forbid=("IO_URING",)),
     Attack("perf_bpf_probe", needs=FILTER, expect=("perf: blocked",), forbid=("OPENED", "GOT")),
     # new namespaces (a user namespace gives CAP_NET_RAW: AF_PACKET rings that no cgroup counts)

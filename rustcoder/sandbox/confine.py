@@ -5,7 +5,7 @@ The filter (compiled once per process with libseccomp through ``pyseccomp``) ref
 never needs and what reaches past the job's namespaces: AF_VSOCK sockets (vsock is not covered by a network
 namespace), the kernel keyring (``add_key``, ``request_key``, ``keyctl``: user keyrings are per uid and outlive
 the job), file locks (``flock`` and fcntl record locks on shared read-only files are a channel between
-concurrent jobs), inotify/fanotify (watching shared files is another), io_uring (it creates sockets without
+concurrent jobs), inotify/fanotify/dnotify and leases (watching shared files is another), io_uring (it creates sockets without
 the ``socket`` call), and ``bpf``/``perf_event_open``. New namespaces: a user namespace would make the job
 root of its own namespaces, with CAP_NET_RAW for AF_PACKET rings whose kernel memory no cgroup counts, so
 ``unshare``/``clone`` with a CLONE_NEW* flag the exec chain itself does not use are refused (EPERM), ``clone3``
@@ -70,6 +70,7 @@ def chain_namespaces(unshare_argv: list[str]) -> int:
     return flags
 
 _FCNTL_LOCKS = (5, 6, 7, 36, 37, 38)  # F_GETLK F_SETLK F_SETLKW F_OFD_GETLK F_OFD_SETLK F_OFD_SETLKW
+_FCNTL_WATCHES = (1024, 1026)  # F_SETLEASE, F_NOTIFY (dnotify: inotify's older twin on shared directories)
 
 
 def build_filter(notes: list[str], chain_flags: int = 0) -> bytes | None:
@@ -110,6 +111,8 @@ def build_filter(notes: list[str], chain_flags: int = 0) -> bytes | None:
                 pass
         for cmd in _FCNTL_LOCKS:
             flt.add_rule(sc.ERRNO(errno.ENOLCK), "fcntl", sc.Arg(1, sc.EQ, cmd))
+        for cmd in _FCNTL_WATCHES:
+            flt.add_rule(sc.ERRNO(errno.EPERM), "fcntl", sc.Arg(1, sc.EQ, cmd))
         with tempfile.TemporaryFile() as fh:
             flt.export_bpf(fh)
             fh.seek(0)
