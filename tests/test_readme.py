@@ -108,7 +108,7 @@ def test_the_gpu_docs_point_at_a_wheelhouse_script_the_repository_ships():
 
 
 def test_readme_says_what_the_test_command_costs_and_how_to_skip_vllm():
-    section = README.split("bash scripts/test.sh")[1].split("## ")[0]
+    section = README.split("bash scripts/test.sh", 1)[1].split("## ")[0]
     assert "RUSTCODER_SKIP_VLLM=1" in section and "3.4 GB" in section
     assert re.search(r"\d+-\d+ minutes", section), "the test command's time, as a range"
     assert "RUSTCODER_SKIP_VLLM" in (ROOT / "scripts" / "test.sh").read_text()
