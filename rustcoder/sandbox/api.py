@@ -132,7 +132,9 @@ def run_rust(
 
     mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
     the tests; "run" builds a binary and runs ``main``. Never raises for anything the program
-    does; raises ValueError for bad arguments and RustcNotFound when rustc is missing.
+    does; raises ValueError for bad arguments and RustcNotFound when rustc is missing. Nothing the program's
+    text or output does can make its status "sandbox_error" (which evaluations leave out of the pass rate):
+    text that is not UTF-8 or longer than ``MAX_SOURCE_CHARS`` is "compile_error" before anything runs.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
