@@ -543,8 +543,8 @@ def test_many_concurrent_aborts_leave_nothing_running(served):
 
     t = time.monotonic()
     asyncio.run(main())
-    assert time.monotonic() - t < 3.0  # so what runs after this is well before TIME_CAP
-    assert _wait_idle(served, 2.0)
+    assert _wait_idle(served, TIME_CAP + 3)
+    assert time.monotonic() - t < TIME_CAP - 0.5  # idle because the clients left, not because the time limit hit
     assert_normal(served)
 
 
