@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -24,16 +25,9 @@ def _note(line: str) -> None:
 
 
 def _path_arg(path) -> str:
-    """A path as a printed command's argument: absolute, so the command works from any directory."""
-    import shlex
+    from .terminal import path_arg
 
-    return shlex.quote(str(Path(path).resolve()))
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
+    return path_arg(path)
 
 
 def _fail(e: RustcoderError, debug: bool) -> None:
@@ -157,7 +151,7 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         from .terminal import stdout_to_stderr
         from .train import plan_training
 
-        with stdout_to_stderr() if as_json else _nothing():
+        with stdout_to_stderr() if as_json else nullcontext():
             load_config(cfg.model, cfg.model_revision)  # a model the real run cannot load fails here, as there
             plan = plan_training(cfg)
         if as_json:
@@ -679,7 +673,7 @@ def eval_cmd(model, by_task, as_json, **flags):
     if isinstance(values.get("categories"), str):
         values["categories"] = [c.strip() for c in values["categories"].split(",") if c.strip()]
     cfg = EvalConfig(model=model, **values)
-    with stdout_to_stderr() if as_json else _nothing():  # --json: stdout carries the JSON alone
+    with stdout_to_stderr() if as_json else nullcontext():  # --json: stdout carries the JSON alone
         if not (cfg.endpoint or cfg.oracle):  # with --endpoint, MODEL is the name the server gives it
             cfg.model = resolve_name(cfg.model, cfg.runs_dir)  # before any data is read or directory written
             settle_offline(log=_note)

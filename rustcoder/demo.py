@@ -8,7 +8,6 @@ the mechanics, not quality.
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -221,10 +220,8 @@ def next_commands(result: DemoResult) -> list[tuple[str, str]]:
     and they can run side by side (the dashboard and the playground have ports of their own)."""
     from .dashboard import DEFAULT_PORT
     from .serve.options import ServeOptions
+    from .terminal import path_arg as path
     from .terminal import rustcoder_command
-
-    def path(p: Path) -> str:
-        return shlex.quote(str(Path(p).resolve()))
 
     rc = rustcoder_command()
     out_dir = path(result.run_dir.parent) if result.run_dir else "runs"

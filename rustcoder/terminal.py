@@ -31,6 +31,11 @@ def rustcoder_command() -> str:
     return shlex.quote(str(script.absolute()))
 
 
+def path_arg(path) -> str:
+    """A path as an argument of a printed command: absolute (and quoted), so it works from any directory."""
+    return shlex.quote(str(Path(path).resolve()))
+
+
 def rewrite(text: str) -> str:
     """A third-party line as rustcoder says it (only Trackio's dashboard command, today)."""
     if "trackio show" not in text:
