@@ -9,6 +9,7 @@ questions asked are lexical: where are comments, strings and braces, which ident
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 _RAW_STRING = re.compile(r'b?r(#*)"')
@@ -16,6 +17,7 @@ _CHAR = re.compile(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])
 _OPEN = {"{": "}", "(": ")", "[": "]"}
 
 
+@functools.lru_cache(maxsize=512)  # one harness asks for the same text's mask several times
 def mask(source: str) -> str:
     """``source`` with comments and the insides of string and char literals blanked (same length and
     offsets; newlines kept), so that searching it finds only code."""
