@@ -222,10 +222,9 @@ def plot_eval_loss(rows: list[RunRow], path: Path) -> tuple[Path | None, int]:
     with_curves = [r for r in rows if r.eval_curve]
     if not with_curves:
         return None, 0
-    import matplotlib
+    from .extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # the plots extra; its absence names the install command
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for r in with_curves:
@@ -247,10 +246,9 @@ def plot_categories(rows: list[RunRow], path: Path) -> Path | None:
     evaluated = [r for r in rows if r.categories]
     if not evaluated:
         return None
-    import matplotlib
+    from .extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # the plots extra; its absence names the install command
 
     cats = sorted({c for r in evaluated for c in r.categories})
     width = 0.8 / len(evaluated)
