@@ -109,6 +109,46 @@ def test_names_the_given_code_defines_may_be_restated_and_unused_ones_redefined(
     assert verdict.forbidden("#[derive(PartialEq)] enum O { Some(u8) }", "#[test] fn t() { Some(1); }")
 
 
+@pytest.mark.parametrize("code", [
+    # F11: a raw C string (`cr#"a"b"#`, Rust 1.77+) once desynchronised the scanner and hid the code after it
+    'fn f() { let _h = cr#"a"b"#; for k in 0..64 { ::__rustcoder_verdict::run(k, || ()); } let _r = \'"\'; }',
+    'fn f() { let _h = c"a\\"b"; std::process::exit(0); let _r = \'"\'; }',
+    'fn f() { let _h = br##"a"#b"##; std::process::exit(0); }',
+])
+def test_every_literal_kind_is_lexed_so_nothing_hides_behind_one(code):
+    assert verdict.forbidden(code), code
+
+
+@pytest.mark.parametrize("code, why", [
+    ('fn f() { let _h = zr"a"; }', "literal prefix `zr`"),
+    ("fn f() { let _h = \"open; }", "never ends"),
+    ("fn f() { /* /* */ std::process::exit(0) }", "never ends"),
+])
+def test_text_the_scanner_cannot_read_as_rustc_does_is_refused(code, why):
+    """Fail closed: an unknown literal prefix or a literal/comment that never ends means the scanner and rustc
+    may disagree about what is code."""
+    reasons = verdict.forbidden(code)
+    assert any("could not be read" in r and why in r for r in reasons), reasons
+
+
+def test_scanner_reads_shebangs_raw_idents_lifetimes_and_nested_comments():
+    src = "#!/usr/bin/env run\nfn r#match<'a>(x: &'a str) -> char { /* a /* b */ c */ let _ = b'\\''; 'x' }"
+    masked = rustsrc.mask(src)
+    assert "usr" not in masked and "r#match<'a>(x: &'a str)" in masked and " c " not in masked
+    assert rustsrc.unreadable(src) == []
+
+
+def test_a_copy_of_the_given_code_hides_nothing_behind_a_comment():
+    """F24: `//` + the given prompt + code on the signature's line. Only a copy the scanner reads exactly as the
+    given code alone is set aside; here the `//` swallows the copy's first line, so the whole answer is checked."""
+    prompt = "// check the numbers\nfn below_zero(ops: &[i32]) -> bool {"
+    answer = "//" + prompt + " for k in 0..64 { ::__rustcoder_verdict::run(k, || ()); } std::process::exit(0)\n}"
+    h = verdict.build_harness(answer, TESTS, answer=answer, given=prompt)
+    assert any("reserved for the test harness" in r for r in h.forbidden), h.forbidden
+    honest = prompt + "\n    ops.iter().sum::<i32>() < 0\n}"
+    assert verdict.build_harness(honest, TESTS, answer=honest, given=prompt).forbidden == []
+
+
 def test_only_the_models_part_is_held_to_the_rules():
     """A task's context may use `unsafe`; an answer restating it verbatim is not blamed for it, and the crate is
     then built without -F unsafe_code (the textual check still holds the answer's own code)."""
@@ -249,6 +289,14 @@ LAYERS = [  # with every static check switched off, what the harness's structure
      {"compile_error"}),
     ("shadowed_some", "#[allow(non_snake_case)] fn Some<T>(_: T) -> Option<i32> { Option::Some(0) }\n"
      "pub fn add(a: i32, b: i32) -> i32 { 0 }", {"test_fail"}),
+    # F11: the module that prints verdict lines is private to the harness module (rustc's privacy, E0603), and
+    # the runtime crate only hands out the nonce once, to the harness, before any code under test runs
+    ("runtime_private_module", "pub fn add(a: i32, b: i32) -> i32 { for k in 0..8 { "
+     "crate::__rustcoder_harness::__rustcoder_rt::run(k, || ()); } std::process::exit(0) }", {"compile_error"}),
+    ("runtime_crate_run", "pub fn add(a: i32, b: i32) -> i32 { for k in 0..8 { ::__rustcoder_verdict::run(k, || ()); "
+     "} std::process::exit(0) }", {"compile_error"}),
+    ("runtime_crate_nonce", "pub fn add(a: i32, b: i32) -> i32 { let n = ::__rustcoder_verdict::take_nonce(); "
+     'for k in 0..8 { println!("\\nrustcoder-verdict:{}:{}", n, k); } std::process::exit(0) }', {"runtime_error"}),
 ]
 
 

@@ -12,16 +12,38 @@ import dataclasses
 import functools
 import re
 
-_RAW_STRING = re.compile(r'b?r(#*)"')
+_RAW_STRING = re.compile(r'[bc]?r(#*)"')  # r"..", br#".."#, cr#".."# (raw C strings, Rust 1.77+)
+_LITERAL_PREFIXES = ("b", "c")  # b"..", c"..", b'..': every other `ident"` / `ident'` is not Rust rustcoder knows
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_]")
 _CHAR = re.compile(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])'")
 _OPEN = {"{": "}", "(": ")", "[": "]"}
 
 
-@functools.lru_cache(maxsize=512)  # one harness asks for the same text's mask several times
 def mask(source: str) -> str:
     """``source`` with comments and the insides of string and char literals blanked (same length and
     offsets; newlines kept), so that searching it finds only code."""
+    return scan(source)[0]
+
+
+def unreadable(source: str) -> list[str]:
+    """Why the scanner may not read ``source`` the way rustc does (an unknown literal prefix, a literal or block
+    comment that never ends); empty when it reads it all. Callers refuse such text: fail closed."""
+    return list(scan(source)[1])
+
+
+def _prefix(source: str, i: int) -> str:
+    """The identifier characters right before index ``i``."""
+    k = i
+    while k > 0 and _IDENT_CHAR.match(source[k - 1]):
+        k -= 1
+    return source[k:i]
+
+
+@functools.lru_cache(maxsize=512)  # one harness asks for the same text's mask several times
+def scan(source: str) -> tuple[str, tuple[str, ...]]:
+    """(mask, problems): the masked text, and what the scanner could not read as rustc 1.95 lexes it."""
     out = list(source)
+    problems: list[str] = []
     i, n = 0, len(source)
 
     def blank(a: int, b: int) -> None:
@@ -29,6 +51,11 @@ def mask(source: str) -> str:
             if out[k] != "\n":
                 out[k] = " "
 
+    if source.startswith("#!") and not source[2:].lstrip().startswith("["):  # a shebang line
+        j = source.find("\n")
+        j = n if j < 0 else j
+        blank(0, j)
+        i = j
     while i < n:
         c, nxt = source[i], source[i + 1:i + 2]
         if c == "/" and nxt == "/":
@@ -45,21 +72,33 @@ def mask(source: str) -> str:
                     depth, j = depth - 1, j + 2
                 else:
                     j += 1
+            if depth:
+                problems.append(f"a block comment at character {i} never ends")
             blank(i, j)
             i = j
-        elif c in "rb" and (raw := _RAW_STRING.match(source, i, i + 260)) \
-                and (i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")):
+        elif c in "rbc" and (raw := _RAW_STRING.match(source, i, i + 260)) \
+                and (i == 0 or not _IDENT_CHAR.match(source[i - 1])):
             j = source.find('"' + raw.group(1), raw.end())
+            if j < 0:
+                problems.append(f"a raw string at character {i} never ends")
             j = n if j < 0 else j + 1 + len(raw.group(1))
             blank(raw.end(), j - 1 - len(raw.group(1)))
             i = j
         elif c == '"':
+            pre = _prefix(source, i)
+            if pre and pre not in _LITERAL_PREFIXES:
+                problems.append(f"the literal prefix `{pre[-20:]}` before a string at character {i} is unknown")
             j = i + 1
             while j < n and source[j] != '"':
                 j += 2 if source[j] == "\\" else 1
+            if j >= n:
+                problems.append(f"a string at character {i} never ends")
             blank(i + 1, j)
             i = j + 1
         elif c == "'":
+            pre = _prefix(source, i)
+            if pre and pre != "b":
+                problems.append(f"the literal prefix `{pre[-20:]}` before a quote at character {i} is unknown")
             m = _CHAR.match(source, i, i + 14)
             if m:
                 blank(i + 1, i + m.end() - i - 1)
@@ -68,7 +107,19 @@ def mask(source: str) -> str:
                 i += 1
         else:
             i += 1
-    return "".join(out)
+    masked = "".join(out)
+    depth = 0
+    stack: list[str] = []
+    for ch in masked:  # delimiters must pair up once literals and comments are gone
+        if ch in _OPEN:
+            stack.append(_OPEN[ch])
+        elif ch in ")]}":
+            if not stack or stack.pop() != ch:
+                depth = -1
+                break
+    if depth < 0 or stack:
+        problems.append("its brackets do not pair up once comments and literals are set aside")
+    return masked, tuple(problems)
 
 
 def matching(masked: str, open_index: int) -> int | None:

@@ -84,86 +84,120 @@ NONCE_VAR = "RUSTCODER_VERDICT_NONCE"
 MARK = "rustcoder-verdict"
 
 RUNTIME_SOURCE = r'''
-//! rustcoder's verdict runtime, linked into harnessed test binaries: a test's wrapper calls `run`, which
-//! prints `rustcoder-verdict:<nonce>:<index>` once the test has returned successfully.
-use std::io::Write;
-use std::sync::OnceLock;
+//! rustcoder's verdict runtime crate: only what needs `unsafe` (the crate under test is compiled with
+//! `-F unsafe_code`). It hands the nonce out ONCE: the harness's private module takes it before any code under
+//! test runs, so a later call (from code under test) gets "". Everything that prints a verdict line lives in
+//! that private module, which the code under test cannot name.
+use std::sync::atomic::{AtomicBool, Ordering};
 
-static NONCE: OnceLock<String> = OnceLock::new();
+static TAKEN: AtomicBool = AtomicBool::new(false);
 
 #[cfg(target_os = "linux")]
 extern "C" {
     fn prctl(option: i32, ...) -> i32;
+    static mut environ: *mut *mut u8;
 }
 
-fn nonce() -> &'static str {
-    NONCE.get_or_init(|| {
-        // Runs before any code under test (every wrapper calls it first; the others wait here). After
-        // it, /proc/self/{mem,environ} belong to root (PR_SET_DUMPABLE 0) and the nonce has left the
-        // environment, so the code under test and the processes it spawns cannot learn it.
-        #[cfg(target_os = "linux")]
-        unsafe {
-            prctl(4, 0usize, 0usize, 0usize, 0usize);
-        }
-        let n = std::env::var("RUSTCODER_VERDICT_NONCE").unwrap_or_default();
-        std::env::remove_var("RUSTCODER_VERDICT_NONCE");
-        n
-    })
-}
-
-pub trait Outcome {
-    fn succeeded(&self) -> bool;
-}
-
-impl Outcome for () {
-    fn succeeded(&self) -> bool {
-        true
+pub fn take_nonce() -> String {
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return String::new();
     }
-}
-
-impl<T, E> Outcome for Result<T, E> {
-    fn succeeded(&self) -> bool {
-        self.is_ok()
-    }
-}
-
-fn done(index: usize) {
-    let line = format!("\nrustcoder-verdict:{}:{}\n", nonce(), index);
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
-}
-
-pub fn run<T: Outcome>(index: usize, test: fn() -> T) {
-    nonce();
-    let outcome = test();
-    let ok = outcome.succeeded();
-    drop(outcome);
-    if !ok {
-        panic!("the test returned an error");
-    }
-    done(index);
-}
-
-pub fn run_should_panic<T>(index: usize, expected: Option<&str>, test: fn() -> T) {
-    nonce();
-    match std::panic::catch_unwind(test) {
-        Ok(value) => {
-            drop(value);
-            panic!("the test did not panic");
-        }
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned());
-            drop(payload);
-            if let Some(want) = expected {
-                if !message.as_deref().unwrap_or("").contains(want) {
-                    panic!("the test panicked with {:?}, not with a message containing {:?}", message, want);
+    // After this, /proc/self/{mem,environ} belong to root (PR_SET_DUMPABLE 0), and the nonce has left the
+    // environment: its bytes in the environment block are overwritten in place (remove_var alone would only
+    // unlink the pointer and leave the text on the stack).
+    let n = std::env::var("RUSTCODER_VERDICT_NONCE").unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    unsafe {
+        prctl(4, 0usize, 0usize, 0usize, 0usize);
+        let key = b"RUSTCODER_VERDICT_NONCE=";
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let entry = *p;
+            let mut len = 0usize;
+            while *entry.add(len) != 0 {
+                len += 1;
+            }
+            if len >= key.len() && std::slice::from_raw_parts(entry, key.len()) == key {
+                for k in key.len()..len {
+                    std::ptr::write_volatile(entry.add(k), b'0');
                 }
             }
-            done(index);
+            p = p.add(1);
+        }
+    }
+    std::env::remove_var("RUSTCODER_VERDICT_NONCE");
+    n
+}
+'''
+
+# The module that prints verdict lines: a PRIVATE module of the harness module, so code at the crate root (the
+# code under test) cannot name it whatever it hides from the static checks (privacy, checked by rustc).
+RT_MODULE = "__rustcoder_rt"
+RT_SOURCE = '''
+mod __rustcoder_rt {
+    use ::std::io::Write;
+    static NONCE: ::std::sync::OnceLock<::std::string::String> = ::std::sync::OnceLock::new();
+
+    fn nonce() -> &'static str {
+        // every wrapper calls this first; the others wait here, so no code under test runs before it
+        NONCE.get_or_init(::__rustcoder_verdict::take_nonce)
+    }
+
+    pub trait Outcome {
+        fn succeeded(&self) -> bool;
+    }
+
+    impl Outcome for () {
+        fn succeeded(&self) -> bool {
+            true
+        }
+    }
+
+    impl<T, E> Outcome for ::std::result::Result<T, E> {
+        fn succeeded(&self) -> bool {
+            self.is_ok()
+        }
+    }
+
+    fn done(index: usize) {
+        let line = ::std::format!("\\nrustcoder-verdict:{}:{}\\n", nonce(), index);
+        let mut out = ::std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+
+    pub fn run<T: Outcome>(index: usize, test: fn() -> T) {
+        nonce();
+        let outcome = test();
+        let ok = outcome.succeeded();
+        ::std::mem::drop(outcome);
+        if !ok {
+            ::std::panic!("the test returned an error");
+        }
+        done(index);
+    }
+
+    pub fn run_should_panic<T>(index: usize, expected: ::std::option::Option<&str>, test: fn() -> T) {
+        nonce();
+        match ::std::panic::catch_unwind(test) {
+            ::std::result::Result::Ok(value) => {
+                ::std::mem::drop(value);
+                ::std::panic!("the test did not panic");
+            }
+            ::std::result::Result::Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<::std::string::String>().cloned());
+                ::std::mem::drop(payload);
+                if let ::std::option::Option::Some(want) = expected {
+                    if !message.as_deref().unwrap_or("").contains(want) {
+                        ::std::panic!("the test panicked with {:?}, not with a message containing {:?}",
+                                      message, want);
+                    }
+                }
+                done(index);
+            }
         }
     }
 }
@@ -257,6 +291,9 @@ def forbidden(untrusted: str, trusted: str = "") -> list[str]:
     name the answer redefines counts only where ``trusted`` uses it (every name, when ``trusted`` is empty)."""
     masked = rustsrc.mask(untrusted)
     reasons = [why for pattern, why in _CHECKS if pattern.search(masked)]
+    problems = [p for p in rustsrc.unreadable(untrusted) if "brackets" not in p]  # an answer may be a fragment
+    if problems:
+        reasons.append("could not be read by the checks the way rustc reads it (" + "; ".join(problems[:3]) + ")")
     _, attrs = crate_attributes(untrusted)
     reasons += [f"sets the crate attribute `#![{a}]`" for a in dict.fromkeys(attrs)]
     given = {name for _, name, _ in rustsrc.defined_names(trusted)}
@@ -367,7 +404,7 @@ class Harness:
     def files(self) -> dict[str, str]:
         """{file name: text} to write into the job directory before compiling."""
         module = "#[allow(unused_imports, dead_code, non_snake_case, unused_macros)]\nmod __rustcoder_harness {\n" \
-                 "    #[allow(unused_imports)]\n    use super::*;\n"
+                 "    #[allow(unused_imports)]\n    use super::*;\n" + RT_SOURCE
         if self.tests_untrusted:
             module += f'    include!("{self.tests_file}");\n}}\n'
         else:
@@ -413,6 +450,21 @@ class Harness:
         return "pass", f"{passed} of {total} test(s) ran to their end", passed, 0
 
 
+def _blank_copies(text: str, copy: str) -> str:
+    """``text`` with each verbatim copy of ``copy`` blanked (same length, newlines kept), but only a copy that the
+    scanner reads exactly as it reads ``copy`` alone (never one that a comment or literal around it swallows, or
+    that opens one for its neighbours): the checks then see the rest of ``text`` as rustc does."""
+    masked, alone = rustsrc.mask(text), rustsrc.mask(copy)
+    out, start = text, 0
+    while (k := text.find(copy, start)) >= 0:
+        end = k + len(copy)
+        before = masked[k - 1] if k else "\n"
+        if masked[k:end] == alone and (before.isspace() or before in ";}{"):
+            out = out[:k] + re.sub(r"[^\n]", " ", copy) + out[end:]
+        start = end
+    return out
+
+
 def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answer: str | None = None,
                   given: str | None = None, returns: dict[str, str] | None = None) -> Harness:
     """A harness for ``code`` (the code under test) and ``tests`` (test source with ``#[test]`` functions).
@@ -427,10 +479,8 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
         untrusted, trusted = tests, code
     else:
         untrusted = code if answer is None else answer
-        if given and given.strip() and answer is None and given.strip() in untrusted:
-            untrusted = untrusted.replace(given.strip(), "", 1)
-        elif given and given.strip() and answer is not None:
-            untrusted = untrusted.replace(given.strip(), "")  # the answer restated the given code
+        if given and given.strip():  # the answer restated the given code: that copy is not held to the rules
+            untrusted = _blank_copies(untrusted, given.strip())
         if given is None and answer is not None and answer.strip() in code:
             given = code.replace(answer.strip(), "", 1)  # what is not the answer's is the task's
         trusted = (given or "") + "\n" + tests
@@ -438,6 +488,9 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
     code, _ = crate_attributes(code)  # the given code's non-lint ones fail in include! (compile_error)
     # the return types a task fixes are given text too: an answer's own `bool` or `Option` would change them
     reasons = forbidden(untrusted, trusted + "\n" + " ".join((returns or {}).values()))
+    whole = [p for p in rustsrc.unreadable(code) if "brackets" in p]
+    if whole and not any(r.startswith("could not be read") for r in reasons):  # fail closed: scanner != rustc
+        reasons.append("the program could not be read by the checks the way rustc reads it (" + whole[0] + ")")
     for name, want in (returns or {}).items():
         got = return_type(code, name)
         if got is not None and got != re.sub(r"\s+", "", want):
@@ -447,10 +500,10 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
     inserts: list[tuple[int, str]] = []
     for i, case in enumerate(cases):
         if case.should_panic:
-            call = (f"::{RUNTIME_CRATE}::run_should_panic({i}, "
+            call = (f"crate::__rustcoder_harness::{RT_MODULE}::run_should_panic({i}, "
                     f"{'Some(' + _literal(case.expected) + ')' if case.expected is not None else 'None'}, {case.name})")
         else:
-            call = f"::{RUNTIME_CRATE}::run({i}, {case.name})"
+            call = f"crate::__rustcoder_harness::{RT_MODULE}::run({i}, {case.name})"
         inserts.append((case.body_end, f"\n#[test]\nfn __rustcoder_t{i}() {{ {call} }}\n"))
     line = "" if tests_untrusted else _imports(tests)
     inserts += [(start, "\n" + line) for _, start, _ in rustsrc.module_spans(rustsrc.mask(tests)) if line]
