@@ -419,7 +419,7 @@ def smollm2_run(smollm2, tmp_path_factory, _isolated_cache):
 
     out = tmp_path_factory.mktemp("real-run")
     cfg = resolve_config("small-batch", overrides=dict(model=str(smollm2["base_like"]), dataset="sample",
-                                                       num_examples=16, max_steps=3, max_length=256,
+                                                       num_examples=16, max_steps=3, max_length=256, eval_steps=3,
                                                        output_dir=str(out / "runs"), report_to="none", lr=1e-3,
                                                        run_name="real"))
     run_dir = train(cfg, progress=False, log=lambda *_: None).run_dir

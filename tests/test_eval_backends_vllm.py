@@ -143,9 +143,9 @@ if __name__ == "__main__":
         reqs = [GenRequest(SimpleNamespace(messages=m, reference="")) for m in spec["messages"]]
         for adapter in ([True, False] if job.get("adapter") else [False]):
             target = ModelTarget("m", "local", "m", adapter_enabled=adapter)
-            out[name + (":adapter" if adapter else "")] = [
-                [g[0].text, g[0].finish_reason, g[0].tokens]
-                for _, g in backend.generate(reqs, GenParams(max_new_tokens=spec["max_new"]), target)]
+            got = {id(r): [g[0].text, g[0].finish_reason, g[0].tokens]
+                   for r, g in backend.generate(reqs, GenParams(max_new_tokens=spec["max_new"]), target)}
+            out[name + (":adapter" if adapter else "")] = [got[id(r)] for r in reqs]
         out[name + ":stop_ids"] = backend.stop_ids
         backend.close()
     print("RESULT " + json.dumps(out))
@@ -174,8 +174,9 @@ def local_answers(path, messages, max_new, adapter=None, template=None, adapter_
     try:
         reqs = [GenRequest(SimpleNamespace(messages=m, reference="")) for m in messages]
         target = ModelTarget("m", "local", "m", adapter_enabled=adapter_enabled)
-        return [[g[0].text, g[0].finish_reason, g[0].tokens]
-                for _, g in backend.generate(reqs, GenParams(max_new_tokens=max_new), target)]
+        got = {id(r): [g[0].text, g[0].finish_reason, g[0].tokens]
+               for r, g in backend.generate(reqs, GenParams(max_new_tokens=max_new), target)}
+        return [got[id(r)] for r in reqs]  # in message order
     finally:
         backend.close()
 
