@@ -167,7 +167,7 @@ def main() -> None:
         from rustcoder.train import TOKENIZE_CHUNK
 
         r = results["dry-run"]
-        budget = (DRY_RUN_BASE_BYTES + dry_run_rss_budget(r["rows"], r["text_bytes"], TOKENIZE_CHUNK)) / 2**20
+        budget = (DRY_RUN_BASE_BYTES + dry_run_rss_budget(r["rows"], r["text_bytes"], r["tokens"], TOKENIZE_CHUNK)) / 2**20
         print(f"\ndry run: {r['tokens']:,} tokens, {r['text_bytes'] / 1e6:.0f} MB of text; peak RSS "
               f"{r['peak_rss_mb']:.0f} MB, budget {budget:.0f} MB ({'within' if r['peak_rss_mb'] <= budget else 'OVER'})")
 

@@ -245,21 +245,21 @@ def peak_flops(device: str) -> float | None:
 
 
 
-# Host memory of a dry run (`rustcoder train --dry-run`), per row and per byte of the rows' text, from what it holds.
-# It keeps every parsed row (Example: messages dicts, strings, id; ~1.5 KB of Python objects) and one int length per
-# row; the text itself at most three times over (raw cells being parsed, parsed fields, chat messages). Token ids
-# exist only for one chunk of rows at a time (rustcoder.train.TOKENIZE_CHUNK), as Python lists: input_ids and labels
-# at 8 bytes a pointer + 28 an int each, plus the tokenizer's Encoding, about 80 bytes a token; a byte-level BPE
-# never makes more tokens than bytes of text. Holding every row's tokens that way instead is 80 bytes a token, about
-# 30 per byte of text with Strandset's ~2.6 bytes a token: the regression this budget is there to catch.
+# Host memory of a dry run (`rustcoder train --dry-run`), per row, per byte of the rows' text and per token, from
+# what it holds. It keeps every parsed row (Example: messages dicts, strings, id; ~1.5 KB of Python objects) and one
+# int length per row; the text itself at most three times over (raw cells being parsed, parsed fields, chat
+# messages). Token ids exist only for one chunk of rows at a time (rustcoder.train.TOKENIZE_CHUNK), as Python lists:
+# the encoder's ids, input_ids and labels at 8 bytes a pointer each, plus int objects and the tokenizer's Encoding,
+# at most about 80 bytes a token. Holding every row's tokens that way (what the dry run did: 6.8 GB at 191,008 rows)
+# is what this budget is there to catch.
 DRY_RUN_BASE_BYTES = 512 * 2**20  # the interpreter with torch, transformers and a tokenizer loaded (430 MB here)
 DRY_RUN_ROW_BYTES = 2048
 DRY_RUN_TEXT_COPIES = 3
 TOKEN_LIST_BYTES = 80
 
 
-def dry_run_rss_budget(rows: int, text_bytes: int, chunk_rows: int) -> int:
-    """Bytes a dry run over ``rows`` rows holding ``text_bytes`` of message text, tokenized ``chunk_rows`` at a time,
-    may add to the process's fixed cost (DRY_RUN_BASE_BYTES), per the constants above."""
-    chunk_text = text_bytes * min(1.0, chunk_rows / rows) if rows else 0
-    return int(rows * DRY_RUN_ROW_BYTES + DRY_RUN_TEXT_COPIES * text_bytes + TOKEN_LIST_BYTES * chunk_text)
+def dry_run_rss_budget(rows: int, text_bytes: int, tokens: int, chunk_rows: int) -> int:
+    """Bytes a dry run over ``rows`` rows holding ``text_bytes`` of message text and ``tokens`` tokens, tokenized
+    ``chunk_rows`` at a time, may add to the process's fixed cost (DRY_RUN_BASE_BYTES), per the constants above."""
+    chunk_tokens = tokens * min(1.0, chunk_rows / rows) if rows else 0
+    return int(rows * DRY_RUN_ROW_BYTES + DRY_RUN_TEXT_COPIES * text_bytes + TOKEN_LIST_BYTES * chunk_tokens)
