@@ -15,7 +15,7 @@ import pytest
 
 from rustcoder import sandbox
 from rustcoder.errors import DataError, RustcoderError
-from rustcoder.eval import EvalConfig, evaluate
+from rustcoder.eval import EvalConfig, evaluate, tasks
 from rustcoder.eval.suites import dataset_suite, load_items
 from rustcoder.sandbox import rustc_available
 
@@ -353,3 +353,51 @@ def test_a_sandbox_that_breaks_mid_run_is_caught_by_the_batchs_own_self_check(sa
     result = evaluate(EvalConfig(**cfg), **QUIET)
     assert result.metrics["models"]["predictions"]["overall"]["statuses"]["pass"] == len(
         sample_items["code_generation"] + sample_items["code_review"])
+
+
+# ---- F20 / F13 / F3: the context and the signature are the task's ----------------------------------
+
+POINT_ROW = {"input_data": {"code_context": "#[derive(Debug, PartialEq)]\npub struct Point { pub x: i32, pub y: i32 }",
+                            "function_signature": "pub fn midpoint(a: Point, b: Point) -> Point"},
+             "output_data": {"code": "pub fn midpoint(a: Point, b: Point) -> Point { Point { x: (a.x + b.x) / 2, "
+                                     "y: (a.y + b.y) / 2 } }"},
+             "test": "#[test] fn halves() { assert_eq!(midpoint(Point { x: 0, y: 0 }, Point { x: 2, y: 4 }), "
+                     "Point { x: 1, y: 2 }); }"}
+
+
+def _answer(code: str) -> str:
+    return f"```rust\n{code}\n```"
+
+
+def test_an_answer_redefining_the_contexts_type_gets_no_answer_alone_fallback():
+    """F20: the fallback after duplicate-definition errors drops only context items the answer restates
+    identically; an answer with its own `Point` (an always-true `==`) keeps the first program's compile error."""
+    spec = tasks.task_of("code_generation")
+    forge = ("#[derive(Debug)]\npub struct Point { pub x: i32, pub y: i32 }\n"
+             "impl PartialEq for Point { fn eq(&self, _o: &Self) -> bool { true } }\n"
+             "pub fn midpoint(a: Point, _b: Point) -> Point { a }")
+    plan = tasks.build_programs(spec, POINT_ROW, _answer(forge))
+    assert [p.label for p in plan.programs] == ["context+code+test"]
+    honest = POINT_ROW["input_data"]["code_context"] + "\n" + POINT_ROW["output_data"]["code"]
+    plan = tasks.build_programs(spec, POINT_ROW, _answer(honest))
+    assert [p.label for p in plan.programs] == ["context+code+test", "code+test"]
+    assert "pub struct Point" in plan.programs[1].source
+    # the context quoted inside a comment is not a restatement: the context stays in the first program
+    quoted = "/*\n" + POINT_ROW["input_data"]["code_context"] + "\n*/\n" + POINT_ROW["output_data"]["code"]
+    assert tasks.build_programs(spec, POINT_ROW, _answer(quoted)).programs[0].source.count("pub struct Point") == 2
+
+
+def test_the_signature_is_pinned_for_rustc_from_the_row_or_the_reference():
+    """F3/F13: the harness holds `const _: fn(..) -> T = super::f;` built from the row's signature, or from the
+    reference code's when the row gives none, so rustc refuses an answer whose real function has another type."""
+    from rustcoder.sandbox import verdict
+
+    spec = tasks.task_of("code_generation")
+    plan = tasks.build_programs(spec, POINT_ROW, _answer(POINT_ROW["output_data"]["code"]))
+    assert plan.programs[0].signatures == {"midpoint": "pub fn midpoint(a: Point, b: Point) -> Point"}
+    row = {**POINT_ROW, "input_data": {"code_context": POINT_ROW["input_data"]["code_context"]}}
+    plan = tasks.build_programs(spec, row, _answer(POINT_ROW["output_data"]["code"]))
+    assert plan.programs[0].signatures == {"midpoint": "pub fn midpoint(a: Point, b: Point) -> Point"}
+    assert plan.programs[0].returns == {"midpoint": "Point"}
+    h = verdict.build_harness("fn f() {}", POINT_ROW["test"], signatures=plan.programs[0].signatures)
+    assert "const _: fn(Point, Point) -> Point = super::midpoint;" in h.files()[h.root]

@@ -82,6 +82,10 @@ def test_should_panic_tests_keep_their_expected_message():
     ("fn drop<T>(_: T) {}", "`drop`"),
     ("impl<T> PartialEq<T> for X { fn eq(&self, _: &T) -> bool { true } }", "between different types"),
     ("fn __rustcoder_t0() {}", "reserved for the test harness"),
+    ("use std::cmp::PartialEq as Pe;\nimpl Pe<bool> for M { fn eq(&self, _: &bool) -> bool { true } }",
+     "standard trait under another name"),
+    ("macro_rules! m { ($t:ident) => { impl $t<bool> for M { fn eq(&self, _: &bool) -> bool { true } } } }",
+     "macro variable"),
 ])
 def test_what_no_correct_answer_needs_is_forbidden(code, why):
     reasons = verdict.forbidden(code)

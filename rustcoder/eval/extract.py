@@ -248,8 +248,14 @@ def merge_context(context: str, code: str) -> str:
     that the code repeats are dropped (a second identical ``use`` is E0252).
     """
     ctx = (context or "").strip()
-    if not ctx or ctx in code:
+    if not ctx:
         return code
+    if ctx in code:  # restated as code, not quoted inside a comment or a string (the scanner reads it as alone)
+        from ..sandbox.rustsrc import mask
+
+        k = code.find(ctx)
+        if mask(code)[k:k + len(ctx)] == mask(ctx):
+            return code
     seen = _use_lines(code)
     kept = [line for line in ctx.splitlines()
             if not (line.strip().startswith("use ") and re.sub(r"\s+", "", line) in seen)]

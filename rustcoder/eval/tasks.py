@@ -118,18 +118,20 @@ class Program:
     returns: dict[str, str] | None = None  # return types the task fixes ({function: type})
     answer: str | None = None  # the model's part of ``source`` (None: all of it, or the tests are the answer)
     given: str | None = None  # the task's part of ``source`` (a context, a prompt)
+    signatures: dict[str, str] | None = None  # function heads the task fixes; rustc checks the answer's types
 
     def run_args(self) -> dict:
         """The per-program keyword arguments of ``sandbox.run_rust``."""
         if self.tests is None:
             return {}
         return {"tests": self.tests, "tests_untrusted": self.tests_untrusted, "returns": self.returns,
-                "answer": self.answer, "given": self.given}
+                "answer": self.answer, "given": self.given, "signatures": self.signatures}
 
     def key(self) -> tuple:
         """What makes two programs the same run."""
         return (self.source, self.mode, self.edition, self.tests, self.tests_untrusted,
-                tuple(sorted((self.returns or {}).items())), self.answer, self.given)
+                tuple(sorted((self.returns or {}).items())), self.answer, self.given,
+                tuple(sorted((self.signatures or {}).items())))
 
 
 @dataclass
@@ -233,6 +235,48 @@ def _signature_returns(signature: str) -> dict[str, str] | None:
     return None if ret is None else {m.group(1): ret}
 
 
+def _without_restated(context: str, code: str) -> str | None:
+    """The fallback program of an answer that restated the context (defined twice): the context without the items
+    the answer restates IDENTICALLY (comments and whitespace aside), then the answer. None when the answer
+    restates a context item differently (its own `Point` with an always-true `==`, F20): the context's items are
+    part of the task, so the duplicate-definition error of the first program stands."""
+    from ..sandbox.rustsrc import top_items
+
+    def norm(text: str) -> str:
+        return re.sub(r"\s+", "", extract.strip_comments(text))
+
+    mine = {}
+    for key, text in top_items(code):
+        mine.setdefault(key, set()).add(norm(text))
+    kept = []
+    for key, text in top_items(context):
+        if key in mine:
+            if mine[key] != {norm(text)}:
+                return None
+            continue
+        kept.append(text)
+    return extract.join_rust("\n".join(kept), code)
+
+
+def _reference_signatures(item_data: dict, test: str) -> dict[str, str]:
+    """{function: head} of the reference solution's top-level functions that the tests call (rows that give no
+    function_signature): the answer must keep their types."""
+    from ..sandbox.rustsrc import mask
+    from ..sandbox.verdict import signature_of
+
+    ref = str((item_data.get("output_data") or {}).get("code") or "")
+    masked = mask(ref)
+    called = set(re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*\(", mask(test)))
+    out = {}
+    for m in re.finditer(r"\bfn\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)", masked):
+        name = m.group(1)
+        if name in called and name not in out and masked[:m.start()].count("{") == masked[:m.start()].count("}"):
+            head = signature_of(ref, name)
+            if head:
+                out[name] = head
+    return out
+
+
 def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition: str = "2021") -> ProgramPlan:
     """The programs that check an answer (or the status that makes running one pointless).
 
@@ -256,18 +300,28 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
             return ProgramPlan(status=status, code=code)
 
     def add(source: str, label: str, returns: dict | None = None, answer: str | None = None,
-            given: str | None = None) -> None:
+            given: str | None = None, signatures: dict | None = None) -> None:
         plan.programs.append(Program(source, "test" if test else "check", edition, label + ("+test" if test else ""),
                                      bool(test), test or None, False, returns if test else None,
-                                     answer if test else None, given if test else None))
+                                     answer if test else None, given if test else None,
+                                     signatures if test else None))
 
     if spec.program == "context":
         ctx = str(inp.get("code_context") or "")
         body = extract.strip_test_modules(code) if test else code
-        returns = _signature_returns(str(inp.get("function_signature") or ""))
-        add(extract.merge_context(ctx, body), "context+code", returns, body, ctx)
-        if ctx.strip():
-            add(body, "code", returns, body, ctx)
+        sig = str(inp.get("function_signature") or "")
+        returns = _signature_returns(sig)
+        signatures = {next(iter(returns)): sig} if returns else None
+        if returns is None and test:  # no signature given: the reference's fixes the functions the tests call (F13)
+            signatures = _reference_signatures(item_data, test)
+            returns = {}
+            for name, head in signatures.items():
+                returns.update(_signature_returns(head) or {})
+            returns = returns or None
+        add(extract.merge_context(ctx, body), "context+code", returns, body, ctx, signatures)
+        fallback = _without_restated(ctx, body) if ctx.strip() else None
+        if fallback is not None:
+            add(fallback, "code", returns, body, ctx, signatures)
     elif spec.program == "completion":
         prefix, suffix = str(inp.get("prefix") or ""), str(inp.get("suffix") or "")
         add(prefix + code + suffix, "prefix+completion+suffix", None, code, prefix + "\n" + suffix)
@@ -289,9 +343,12 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
         if entry and f"fn {entry}" in body:  # the answer is the whole function: its return type is the prompt's
             from ..sandbox.verdict import return_type
 
+            from ..sandbox.verdict import signature_of
+
             want = return_type(prompt + "\n}", entry)
+            head = signature_of(prompt + "\n}", entry)
             add(extract.join_rust(extract.prompt_uses(prompt, body), body), "code",
-                {entry: want} if want is not None else None, body, prompt)
+                {entry: want} if want is not None else None, body, prompt, {entry: head} if head else None)
         else:  # the answer continues the prompt (a function body)
             cont = body if extract.brace_balance(prompt + "\n" + body) <= 0 else body + "\n}"
             add(prompt + "\n" + cont + "\n", "prompt+body", None, body, prompt)

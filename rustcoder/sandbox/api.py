@@ -120,6 +120,7 @@ def run_rust(
     answer: str | None = None,
     given: str | None = None,
     returns: dict[str, str] | None = None,
+    signatures: dict[str, str] | None = None,
 ) -> ExecutionResult:
     """Compile (and, for modes "test"/"run", execute) one Rust source file in the sandbox.
 
@@ -127,7 +128,8 @@ def run_rust(
     verdict harness (``verdict.py``): a test passes only when it ran to its end, seen through a channel the code
     cannot write, and answers using what a correct answer never needs get status "forbidden".
     ``tests_untrusted=True`` swaps the roles (generated tests for given code); ``returns`` maps function names
-    to the return types the task fixes; ``answer`` and ``given`` split ``source`` into the model's part and
+    to the return types the task fixes and ``signatures`` to the function heads it fixes (rustc checks them);
+    ``answer`` and ``given`` split ``source`` into the model's part and
     the task's (a context or prompt), so that only the model's is held to the harness's rules. Without ``tests`` a "test" run reports libtest's own summary.
 
     mode "check" type-checks it as a library; "test" builds it with ``rustc --test`` and runs
@@ -158,7 +160,7 @@ def run_rust(
     if tests is not None:
         try:
             harness = build_harness(source, tests, tests_untrusted=tests_untrusted, answer=answer, given=given,
-                                returns=returns)
+                                returns=returns, signatures=signatures)
         except Exception as exc:  # noqa: BLE001 - an answer must not turn itself into an excluded sandbox_error
             log.exception("verdict harness failure")
             return ExecutionResult(status="compile_error", mode=mode,

@@ -247,3 +247,46 @@ def defined_names(source: str) -> list[tuple[str, str, int]]:
         for v in re.finditer(r"(?:^|,)\s*(?:#\s*\[[^\]]*\]\s*)*" + _IDENT, body):
             out.append(("variant", v.group(1), depth_at(masked, m.start()) + 1))
     return out
+
+
+_ITEM_KEY = re.compile(r"\b(struct|enum|union|trait|type|fn|const|static|mod|macro_rules\s*!)\s+(?:mut\s+)?"
+                       + _IDENT)
+
+
+def top_items(source: str) -> list[tuple[str, str]]:
+    """(key, text) of each top-level item of ``source`` in order, its attributes and doc comments included. The
+    key names what it defines (``struct Point``, ``fn f``, ``impl PartialEq for Point`` with whitespace removed,
+    ``use ...``); one linear pass over the masked text."""
+    masked = mask(source)
+    out, start, depth, i, n = [], 0, 0, 0, len(masked)
+    while i < n:
+        c = masked[i]
+        if c in "{([":
+            depth += 1
+        elif c in "})]":
+            depth -= 1
+            if depth == 0 and c == "}":
+                # an item ends at its closing brace unless a `;` follows on the same item (`struct S {..};` no)
+                text = source[start:i + 1]
+                out.append((_item_key(mask(text)), text))
+                start = i + 1
+        elif c == ";" and depth == 0:
+            text = source[start:i + 1]
+            out.append((_item_key(mask(text)), text))
+            start = i + 1
+        i += 1
+    if source[start:].strip():
+        out.append((_item_key(masked[start:]), source[start:]))
+    return [(k, t) for k, t in out if t.strip()]
+
+
+def _item_key(masked_item: str) -> str:
+    body = re.sub(r"#\s*!?\s*\[[^\]]*\]", " ", masked_item)
+    head = body.split("{", 1)[0]
+    impl = re.search(r"\bimpl\b(.*)", head, re.DOTALL)
+    if impl:
+        return "impl " + re.sub(r"\s+", "", impl.group(1))
+    m = _ITEM_KEY.search(head)
+    if m:
+        return re.sub(r"\s+", "", m.group(1)) + " " + m.group(2)
+    return re.sub(r"\s+", " ", head).strip()

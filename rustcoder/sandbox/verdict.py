@@ -258,6 +258,12 @@ _CHECKS = (
     (re.compile(r"\b(?:set_hook|take_hook)\b"), "installs a panic hook (`std::panic::set_hook`)"),
     (re.compile(r"\bimpl\b[^{;]*\b(?:PartialEq|PartialOrd)\s*<"),
      "implements `PartialEq`/`PartialOrd` between different types (a value that equals anything)"),
+    # the check above reads trait names: they may not hide behind a rename or a macro's variable (F3)
+    (re.compile(r"\b(?:PartialEq|PartialOrd|Eq|Ord|Deref|DerefMut|Hash|Debug|Display|Index|IndexMut|Not|Iterator"
+                r"|IntoIterator|From|Into|AsRef|Borrow|ToString|FromStr|Clone|Default)\s+as\s+(?!_\b)[A-Za-z_]"),
+     "imports a standard trait under another name (`use std::cmp::PartialEq as Pe`)"),
+    (re.compile(r"\bimpl\b[^{;]*\$\s*[A-Za-z_][A-Za-z0-9_]*\s*<[^{;]*\bfor\b"),
+     "implements a trait named by a macro variable with type parameters"),
 )
 
 
@@ -352,6 +358,73 @@ def return_type(code: str, function: str) -> str | None:
     return re.sub(r"\s+", "", head[2:]) if head.startswith("->") else ""
 
 
+def fn_pointer_type(signature: str, function: str) -> str | None:
+    """The fn-pointer type of the free function ``function`` as ``signature`` (any text holding its head) declares
+    it, e.g. ``for<'a> fn(&'a str, usize) -> &'a str``; None where no fn pointer can stand for it (type or const
+    generics, ``impl Trait``, a ``self`` receiver, ``async``, a ``where`` clause, no such function)."""
+    masked = rustsrc.mask(signature)
+    m = re.search(r"(\basync\s+(?:unsafe\s+)?)?\bfn\s+(?:r#)?" + re.escape(function) + r"\b\s*", masked)
+    if not m or m.group(1):
+        return None
+    j, lifetimes = m.end(), []
+    if masked.startswith("<", j):
+        close = masked.find(">", j)
+        if close < 0:
+            return None
+        params = [p.strip() for p in masked[j + 1:close].split(",") if p.strip()]
+        if not all(re.fullmatch(r"'[A-Za-z_][A-Za-z0-9_]*", p) for p in params):
+            return None  # type/const generics, or bounded lifetimes (early-bound)
+        lifetimes, j = params, close + 1
+    if not masked.startswith("(", j):
+        return None
+    close = rustsrc.matching(masked, j)
+    if close is None:
+        return None
+    args, depth, start = [], 0, j + 1
+    for k in range(j + 1, close + 1):
+        c = masked[k]
+        if c in "([{<":
+            depth += 1
+        elif c in ")]}" or (c == ">" and masked[k - 1] != "-"):
+            depth -= 1
+        if (c == "," and depth == 0) or k == close:
+            part = signature[start:k].strip()
+            start = k + 1
+            if not part:
+                continue
+            colon = re.search(r"(?<!:):(?!:)", rustsrc.mask(part))
+            if colon is None:
+                return None  # `self`, `&self`, `&mut self`
+            ty = part[colon.end():].strip()
+            if re.search(r"\bimpl\b|\bSelf\b", ty):
+                return None
+            args.append(ty)
+    ret = return_type(signature + (" {}" if "{" not in masked[close:] else ""), function)
+    rest = masked[close + 1:]
+    stop = re.search(r"[{;]", rest)
+    if ret is None or re.search(r"\bwhere\b", rest[:stop.start() if stop else len(rest)]) or \
+            re.search(r"\bimpl\b|\bSelf\b", ret):
+        return None
+    head = rest[:stop.start() if stop else len(rest)].strip()
+    ret_text = signature[close + 1:close + 1 + len(rest[:stop.start() if stop else len(rest)])].strip()
+    ret_text = ret_text[2:].strip() if head.startswith("->") else ""
+    binder = f"for<{', '.join(lifetimes)}> " if lifetimes else ""
+    return f"{binder}fn({', '.join(args)})" + (f" -> {ret_text}" if ret_text else "")
+
+
+def signature_of(code: str, function: str) -> str | None:
+    """The head of the first ``fn function`` in ``code`` (from its qualifiers to just before its body), or None."""
+    masked = rustsrc.mask(code)
+    m = re.search(r"(?:\bpub\s*(?:\([^)]*\))?\s*)?(?:(?:const|async|unsafe)\s+)*\bfn\s+(?:r#)?"
+                  + re.escape(function) + r"\b", masked)
+    if not m:
+        return None
+    body = masked.find("{", m.end())
+    semi = masked.find(";", m.end())
+    end = min(x for x in (body, semi, len(masked)) if x >= 0)
+    return code[m.start():end].strip()
+
+
 # ---- the harness -------------------------------------------------------------------------------
 
 def _literal(text: str) -> str:
@@ -383,6 +456,7 @@ class Harness:
     forbidden: list[str]  # non-empty: do not run it (status "forbidden")
     forbid_unsafe: bool  # -F unsafe_code for the whole crate (the trusted parts have no unsafe)
     imports: str = ""  # the absolute std macro imports each module of trusted tests gets
+    pins: str = ""  # `const _: fn(..) -> T = super::f;` lines: rustc checks the task's signatures (F3/F13)
     nonce: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
     tag: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
@@ -404,7 +478,7 @@ class Harness:
     def files(self) -> dict[str, str]:
         """{file name: text} to write into the job directory before compiling."""
         module = "#[allow(unused_imports, dead_code, non_snake_case, unused_macros)]\nmod __rustcoder_harness {\n" \
-                 "    #[allow(unused_imports)]\n    use super::*;\n" + RT_SOURCE
+                 "    #[allow(unused_imports)]\n    use super::*;\n" + RT_SOURCE + self.pins
         if self.tests_untrusted:
             module += f'    include!("{self.tests_file}");\n}}\n'
         else:
@@ -466,14 +540,18 @@ def _blank_copies(text: str, copy: str) -> str:
 
 
 def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answer: str | None = None,
-                  given: str | None = None, returns: dict[str, str] | None = None) -> Harness:
+                  given: str | None = None, returns: dict[str, str] | None = None,
+                  signatures: dict[str, str] | None = None) -> Harness:
     """A harness for ``code`` (the code under test) and ``tests`` (test source with ``#[test]`` functions).
 
     By default the code is the answer and the tests are trusted. ``answer`` is the model's part of ``code`` and
     ``given`` the task's (a context, a prompt): only the answer, minus any verbatim copy of the given code in
     it, is checked for what no correct answer needs; names the given code defines may be restated.
     ``tests_untrusted=True`` is the reverse (generated tests for given code). ``returns`` maps function names to
-    the return type the task fixes (whitespace ignored): an answer that changes one is refused.
+    the return type the task fixes (whitespace ignored): an answer that changes one is refused. ``signatures``
+    maps function names to the head the task fixes (``fn f(a: &[f32]) -> bool``): where a fn pointer can stand for
+    it, the harness holds ``const _: fn(&[f32]) -> bool = super::f;``, so rustc itself refuses (compile_error)
+    an answer whose real item has another type, whatever decoy text the answer shows the static checks.
     """
     if tests_untrusted:
         untrusted, trusted = tests, code
@@ -511,8 +589,13 @@ def build_harness(code: str, tests: str, *, tests_untrusted: bool = False, answe
         tests = tests[:pos] + text + tests[pos:]
     forbid_unsafe = not re.search(r"\bunsafe\b|\bno_mangle\b|\bexport_name\b|\blink_section\b",
                                   rustsrc.mask(given))
+    pins = ""
+    for name, sig in ({} if tests_untrusted else (signatures or {})).items():
+        ptr = fn_pointer_type(sig, name)
+        if ptr is not None:
+            pins += f"    const _: {ptr} = super::{name};\n"
     return Harness(code=code, tests=tests, tests_untrusted=tests_untrusted, cases=cases, forbidden=reasons,
-                   forbid_unsafe=forbid_unsafe, imports=line)
+                   forbid_unsafe=forbid_unsafe, imports=line, pins=pins)
 
 
 def stage(harness: Harness, workdir: str, runtime: str) -> None:
