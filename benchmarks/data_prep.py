@@ -157,7 +157,8 @@ def main() -> None:
               f"{r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['trained_tokens']:>15}")
     if "rustcoder" in results and "trl" in results:
         a, b = results["rustcoder"], results["trl"]
-        print(f"\nspeed ratio rustcoder / TRL way: {(a['rows'] / a['seconds']) / (b['rows'] / b['seconds']):.2f}x; "
+        speed = (a["rows"] / a["seconds"]) / (b["rows"] / b["seconds"])
+        print(f"\nspeed ratio rustcoder / TRL way: {speed:.2f}x; "
               f"peak memory ratio: {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
         if a["trained_tokens"] != b["trained_tokens"]:
             print(f"note: trained-token counts differ ({a['trained_tokens']} vs {b['trained_tokens']}): "
@@ -167,9 +168,11 @@ def main() -> None:
         from rustcoder.train import TOKENIZE_CHUNK
 
         r = results["dry-run"]
-        budget = (DRY_RUN_BASE_BYTES + dry_run_rss_budget(r["rows"], r["text_bytes"], r["tokens"], TOKENIZE_CHUNK)) / 2**20
+        added = dry_run_rss_budget(r["rows"], r["text_bytes"], r["tokens"], TOKENIZE_CHUNK)
+        budget = (DRY_RUN_BASE_BYTES + added) / 2**20
         print(f"\ndry run: {r['tokens']:,} tokens, {r['text_bytes'] / 1e6:.0f} MB of text; peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB, budget {budget:.0f} MB ({'within' if r['peak_rss_mb'] <= budget else 'OVER'})")
+              f"{r['peak_rss_mb']:.0f} MB, budget {budget:.0f} MB "
+              f"({'within' if r['peak_rss_mb'] <= budget else 'OVER'})")
 
 
 if __name__ == "__main__":

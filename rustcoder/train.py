@@ -811,7 +811,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         atomic_write_json(run_dir / METRICS, metrics)
         atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
         manifest = artifacts.read_json(manifest_path)
-        adapter_dir = save_adapter(trainer.model, tokenizer, run_dir, _model_card(manifest, metrics, cfg), adapter_state)
+        card = _model_card(manifest, metrics, cfg)
+        adapter_dir = save_adapter(trainer.model, tokenizer, run_dir, card, adapter_state)
         extra = {"profile": profiler.summary} if profiler is not None and profiler.summary else {}
         artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics, **extra)
         if cfg.push_to_hub:
