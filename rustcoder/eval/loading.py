@@ -32,13 +32,13 @@ def default_backend_factory(target: ModelTarget, plan: EvalPlan) -> Backend:
 
         return VLLMBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
                            chat_template=target.chat_template, dtype=cfg.dtype, seed=cfg.seed,
-                           tensor_parallel_size=cfg.tensor_parallel_size)
+                           tensor_parallel_size=cfg.tensor_parallel_size, log=getattr(plan, "log", print))
     from .backends import TransformersBackend
 
     return TransformersBackend(target.path, revision=target.revision, adapter_dir=target.adapter_dir,
                                chat_template=target.chat_template, dtype=cfg.dtype, batch_size=cfg.batch_size,
                                batch_tokens="auto" if cfg.batch_tokens is None else (cfg.batch_tokens or None),
-                               kv_cache=cfg.kv_cache)
+                               kv_cache=cfg.kv_cache, log=getattr(plan, "log", print))  # the eval's log, not stdout
 
 
 class Backends:
