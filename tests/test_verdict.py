@@ -86,6 +86,13 @@ def test_should_panic_tests_keep_their_expected_message():
      "standard trait under another name"),
     ("macro_rules! m { ($t:ident) => { impl $t<bool> for M { fn eq(&self, _: &bool) -> bool { true } } } }",
      "macro variable"),
+    # F2: a trait method found by method probing before the deref target's (or an inherent &self) method
+    ("pub struct Anything;\nimpl Anything { pub fn contains(&self, _n: &str) -> bool { true } }\n"
+     "pub trait Lower { fn to_lowercase(&self) -> Anything; }\n"
+     "impl Lower for String { fn to_lowercase(&self) -> Anything { Anything } }", "`to_lowercase`"),
+    ("pub trait AsDeref { fn as_deref(self) -> u8; }\nimpl AsDeref for Option<String> { fn as_deref(self) -> u8 { 0 } }",
+     "`as_deref`"),
+    ("trait T { fn len(&self) -> usize; }\nimpl<X> T for X { fn len(&self) -> usize { 3 } }", "`len`"),
 ])
 def test_what_no_correct_answer_needs_is_forbidden(code, why):
     reasons = verdict.forbidden(code)
@@ -98,6 +105,9 @@ def test_what_no_correct_answer_needs_is_forbidden(code, why):
     "#[derive(Debug, PartialEq)] pub struct P(u8);\nimpl PartialEq for Q { fn eq(&self, o: &Self) -> bool { true } }",
     'fn f() -> String { let s = "std::process::exit(0) unsafe include_str!"; s.to_string() } // unsafe',
     "fn f() { #![allow(unused)] let x = 1; }",
+    "struct P;\nimpl std::fmt::Display for P { fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { Ok(()) } }",
+    "pub trait Largest { fn largest_item(&self) -> Option<&u8>; }\n"
+    "impl Largest for Vec<u8> { fn largest_item(&self) -> Option<&u8> { self.iter().max() } }",
 ])
 def test_ordinary_code_is_not_forbidden(code):
     assert verdict.forbidden(code) == []

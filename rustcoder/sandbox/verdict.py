@@ -322,10 +322,43 @@ def forbidden(untrusted: str, trusted: str = "") -> list[str]:
             shadowed.append(name)
         elif kind == "fn" and (name in _VALUE_NAMES or (depth == 0 and name in PRELUDE_FUNCTIONS)):
             shadowed.append(name)
+    mine = rustsrc.defined_names(untrusted)
+    hidden = _shadowing_methods(masked, given | {name for kind, name, _depth in mine
+                                                  if kind in ("struct", "enum", "union", "type")},
+                                {name for kind, name, _depth in mine if kind == "trait"} - given)
+    if hidden:
+        reasons.append("implements a method named like a standard one for a type the task does not define (it "
+                       "would stand in for the method the tests call): " + ", ".join(f"`{n}`" for n in hidden[:5]))
     if shadowed:
         reasons.append("redefines standard name(s) the tests rely on: "
                        + ", ".join(f"`{n}`" for n in dict.fromkeys(shadowed)))
     return reasons
+
+
+_IMPL_FOR = re.compile(r"\bimpl\b(?:\s*<[^{;]*?>)?\s*([^{;]*?)\s+for\s+([^{;]*?)\s*(?:\bwhere\b[^{;]*)?\{")
+
+
+def _shadowing_methods(masked: str, own_types: set[str], own_traits: set[str]) -> list[str]:
+    """Methods of impls of the answer's own traits (``own_traits``: the orphan rule lets only a local trait be
+    implemented for a foreign type) for types not in ``own_types`` (std types, type parameters) named like a method of a
+    standard type (F2: `impl Lower for String { fn to_lowercase(&self) -> Anything }` wins method probing over
+    `str::to_lowercase`; a by-value `as_deref(self)` on `Option<String>` wins over the inherent one)."""
+    from .std_methods import STD_METHOD_NAMES
+
+    ends = rustsrc.pairs(masked)
+    found = []
+    for m in _IMPL_FOR.finditer(masked):
+        target = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"'[A-Za-z_]\w*|\b(?:mut|dyn|const)\b", " ",
+                                                            m.group(2)))
+        head = next((t for t in target if t not in ("std", "core", "alloc", "crate", "super", "self")), "")
+        trait = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"<.*", "", m.group(1), flags=re.DOTALL))
+        if head in own_types or not trait or trait[-1] not in own_traits:
+            continue
+        close = ends.get(m.end() - 1, len(masked))
+        for f in re.finditer(r"\bfn\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)", masked[m.end():close]):
+            if f.group(1) in STD_METHOD_NAMES:
+                found.append(f.group(1))
+    return list(dict.fromkeys(found))
 
 
 def return_type(code: str, function: str) -> str | None:
