@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE = -100
+from .data.tokenize import IGNORE  # the loss mask's 'not trained' label, defined once
 LAYOUTS = ("padded", "grouped", "padding-free")
 
 

@@ -43,13 +43,13 @@ def cache_root() -> Path:
 
 def _tokenizer_corpus() -> list[str]:
     from .data.categories import CATEGORIES
-    from .data.strandset import _iter_jsonl, sample_path
+    from .data.strandset import iter_rows, sample_path
 
     texts = [c.system for c in CATEGORIES.values()]
     for split in ("train", "test"):
         p = sample_path(split)
         if p.exists():
-            for row in _iter_jsonl(p):
+            for row in iter_rows(p):
                 texts.extend([row.get("input_data", ""), row.get("output_data", ""), row.get("test", "")])
     texts.append("fn main() { let mut v: Vec<i32> = Vec::new(); println!(\"{:?}\", v); }")
     return texts

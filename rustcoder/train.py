@@ -647,7 +647,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
     import torch
     from peft import LoraConfig
 
-    from .fast_paths import add_answer_head, use_fast_dropout
+    from .answer_loss import add_answer_head
+    from .lora_dropout import use_fast_dropout
     from .ranks import RUN_DIR_ENV, process_rank
     from .memory import ModelShape, dense_mask_tokens, peak_flops, train_flops_per_token
     from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model

@@ -200,20 +200,20 @@ def test_run_trained_on_a_local_file_is_scored_on_its_held_out_split(rows_file, 
 
 def test_model_resolution_run_adapter_merged_and_plan_defaults(items, tmp_path, monkeypatch):
     from rustcoder.eval import plan_eval
-    from rustcoder.eval.models import resolve_model
+    from rustcoder.eval.models import resolve_eval_targets
 
     monkeypatch.chdir(tmp_path)
     leaked = [items["code_search"][0].id]
     run = _fake_run(tmp_path, leaked)
     (run / "adapter" / "chat_template.jinja").write_text("{{ 'template' }}")
 
-    res = resolve_model(None, runs_dir=str(tmp_path / "runs"))  # the newest finished run
+    res = resolve_eval_targets(None, runs_dir=str(tmp_path / "runs"))  # the newest finished run
     assert res.picked_newest and res.kind == "run" and res.run_dir == run and res.train_ids == set(leaked)
     assert res.target.adapter_dir == str(run / "adapter") and res.target.adapter_enabled
     assert res.base.path == res.target.path and res.base.adapter_enabled is False  # one load serves both
     assert res.target.chat_template == "{{ 'template' }}" and res.trained_dataset == "sample"
 
-    as_adapter = resolve_model(str(run / "adapter"))
+    as_adapter = resolve_eval_targets(str(run / "adapter"))
     assert as_adapter.kind == "run" and as_adapter.run_dir == run
 
     merged = run / "merged"
@@ -221,7 +221,7 @@ def test_model_resolution_run_adapter_merged_and_plan_defaults(items, tmp_path, 
     (merged / "config.json").write_text("{}")
     (merged / "merge_report.json").write_text(json.dumps({"run_dir": str(run),
                                                           "base": {"name": "tiny", "dir": str(tmp_path / "base")}}))
-    res = resolve_model(str(merged))
+    res = resolve_eval_targets(str(merged))
     assert res.kind == "merged" and res.target.tag == "merged" and res.target.adapter_dir is None
     assert res.base.path == str(tmp_path / "base") and res.train_ids == set(leaked)
 

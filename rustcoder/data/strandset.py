@@ -224,8 +224,6 @@ def iter_rows(path: Path) -> Iterator[dict]:
         yield row
 
 
-_iter_jsonl = iter_rows  # the name tiny.py imports (until it imports iter_rows)
-
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
     import pyarrow

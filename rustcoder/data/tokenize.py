@@ -48,19 +48,11 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     Same ids as ``tokenizer(texts, add_special_tokens=False)`` without building offsets or
     attention masks (a test holds the two equal).
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        # A padded call elsewhere (generation) leaves padding/truncation switched on in the backend.
-        padding, truncation = backend.padding, backend.truncation
-        backend.no_padding()
-        backend.no_truncation()
-        try:
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        finally:
-            if padding:
-                backend.enable_padding(**padding)
-            if truncation:
-                backend.enable_truncation(**truncation)
+    from ..compat import encode_without_state
+
+    ids = encode_without_state(tokenizer, texts)  # the Rust backend, its padding/truncation state left as found
+    if ids is not None:
+        return ids
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
 

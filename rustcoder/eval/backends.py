@@ -192,16 +192,16 @@ def plan_batches(requests: list[GenRequest], lengths: list[int], params: GenPara
 
 
 def _no_padding(tok) -> None:
-    """Switch the fast tokenizer's Rust backend back to no padding.
+    """Switch the fast tokenizer's Rust backend back to no padding (``compat.reset_backend_padding``).
 
     ``tok(texts, padding=True)`` leaves padding enabled on ``tok.backend_tokenizer``; the
     teacher-forced stage encodes with that backend directly (``data.tokenize.encode_batch``), which
     would then pad every prompt of a batch to the longest (with this backend's last padding side)
     and change the loss of whatever is scored after a generation in the same process.
     """
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None and getattr(backend, "padding", None) is not None:
-        backend.no_padding()
+    from ..compat import reset_backend_padding
+
+    reset_backend_padding(tok)
 
 
 def shard_units(backend: str, requests: list[GenRequest], params: GenParams, batch_size: int,
@@ -520,43 +520,8 @@ class VLLMBackend(Backend):
 
 # ---- OpenAI-compatible endpoint -----------------------------------------------------------------
 
-OPENAI_INSTALL = "pip install 'rustcoder[serve]'   # or: pip install openai"
-
-
-def chat_url(endpoint: str) -> str:
-    """.../v1/chat/completions for a base URL given with or without /v1 (or the full path)."""
-    url = endpoint.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if not url.endswith("/v1"):
-        url += "/v1"
-    return url + "/chat/completions"
-
-
-def base_url(endpoint: str) -> str:
-    """The OpenAI base URL (``.../v1``) of an endpoint given with or without /v1 (or the full path)."""
-    return chat_url(endpoint)[: -len("/chat/completions")]
-
-
-def openai_client(endpoint: str, *, api_key: str | None = None, timeout: float = 300, retries: int = 3):
-    """The OpenAI SDK client for an endpoint; it retries connection errors, 408, 409, 429 and 5xx with
-    backoff (``retries`` times). MissingExtraError with the install command when the SDK is missing."""
-    try:
-        from openai import OpenAI
-    except ImportError:
-        raise MissingExtraError("the OpenAI client (the endpoint and served backends)", OPENAI_INSTALL) from None
-    return OpenAI(base_url=base_url(endpoint), api_key=api_key or "none", timeout=timeout, max_retries=retries)
-
-
-def served_models(endpoint: str, api_key: str | None = None) -> list[str]:
-    """Model names an OpenAI-compatible server lists at /v1/models (RustcoderError when it cannot say)."""
-    import openai
-
-    try:
-        return [m.id for m in openai_client(endpoint, api_key=api_key, timeout=30, retries=1).models.list()
-                if getattr(m, "id", None)]
-    except openai.OpenAIError as e:
-        raise RustcoderError(f"cannot list the models at {base_url(endpoint)}: {e}") from None
+# The one OpenAI client and URL normaliser are rustcoder.openai_client's (served_models: re-exported for callers).
+from ..openai_client import chat_url, openai_client, served_models  # noqa: E402,F401
 
 
 class EndpointBackend(Backend):

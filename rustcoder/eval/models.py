@@ -81,9 +81,10 @@ def _run_facts(res: ResolvedModel, run_dir: Path) -> None:
     res.trained_dataset = res.trained_dataset or cfg.get("dataset")
 
 
-def resolve_model(model: str | None, *, runs_dir: str = "runs", base_model: str | None = None,
-                  endpoint: str | None = None) -> ResolvedModel:
-    """Resolve MODEL (None: the newest finished run under runs_dir) without loading anything."""
+def resolve_eval_targets(model: str | None, *, runs_dir: str = "runs", base_model: str | None = None,
+                         endpoint: str | None = None) -> ResolvedModel:
+    """The targets MODEL names (None: the newest finished run under runs_dir) and its base, without loading
+    anything. (``modeling.resolve_model`` is the other resolution: a name to a loadable path.)"""
     from ..modeling import resolve_model as resolve_path
 
     if endpoint:

@@ -22,7 +22,7 @@ from . import extract, metrics, tasks, throughput
 from .backends import EndpointBackend, GenParams, GenRequest, ModelTarget, api_key_from_env
 from .config import EvalConfig
 from .loading import BackendFactory, Backends, default_backend_factory  # noqa: F401 - part of the pipeline's API
-from .models import ResolvedModel, reference_model, resolve_model, slug
+from .models import ResolvedModel, reference_model, resolve_eval_targets, slug
 from .plan import EvalPlan
 from .store import (CONFIG_FILE, EVAL_FORMAT, EXECUTIONS, JUDGMENTS, METRICS, PLOT,  # noqa: F401 - re-exported
                     REPORT, SAMPLES, SCORES, STAGE_FILES, STAGE_ORDER, TEACHER_FORCED, JsonlStore, sample_key,
@@ -124,7 +124,8 @@ def plan_eval(cfg: EvalConfig, log=print) -> EvalPlan:
         resolved = ResolvedModel("predictions", Path(cfg.predictions).name, None,
                                  slug=slug(Path(cfg.predictions).stem))
     else:
-        resolved = resolve_model(cfg.model, runs_dir=cfg.runs_dir, base_model=cfg.base_model, endpoint=cfg.endpoint)
+        resolved = resolve_eval_targets(cfg.model, runs_dir=cfg.runs_dir, base_model=cfg.base_model,
+                                        endpoint=cfg.endpoint)
         if resolved.picked_newest:
             log(f"evaluating the newest finished run: {resolved.run_dir}")
 
