@@ -152,7 +152,15 @@ ATTACKS = [
            limits=Limits(run_tree_memory_bytes=96 * MIB), check=at_most("held", 96, required=False)),
     Attack("scm_rights_flood", ("pass", "runtime_error"), needs=MEMCG,
            limits=Limits(run_tree_memory_bytes=128 * MIB), check=at_most("held", 128, required=False)),
-    # what namespaces do not cover: vsock, keyrings, inotify, io_uring, perf, bpf
+    # netlink receive queues: kernel memory no cgroup counts (red team F4b: 242 MiB queued against 128 MiB)
+    Attack("netlink_memory", needs=MEMCG + FILTER, limits=Limits(run_tree_memory_bytes=128 * MIB),
+           check=at_most("queued", 128)),
+    # what namespaces do not cover: socket families beyond unix/inet (an allow-list), vsock, keyrings, inotify, ...
+    Attack("socket_families", needs=FILTER,
+           expect=("unix: opened", "inet: opened", "inet6: opened", "netlink: refused 97", "packet: refused 97",
+                   "alg: refused 97", "key: refused 97", "xdp: refused 97", "vsock: refused 97",
+                   "unknown: refused 97", "netlink_high_bits: refused 97", "netlink pair: refused 97",
+                   "unix pair: opened")),
     Attack("vsock_bind", needs=FILTER, expect=("blocked",), forbid=("BOUND", "socket made")),
     Attack("vsock_connect", needs=FILTER, expect=("blocked",), forbid=("CONNECTED", "socket made")),
     Attack("keyring_store", needs=FILTER, expect=("user: blocked",), forbid=("stored",)),

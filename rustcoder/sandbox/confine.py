@@ -1,20 +1,20 @@
 """What a job's first process does to itself before it execs the exec chain: join the job's cgroup, take a
 fresh session keyring of its own, and install a seccomp filter that every later process of the job inherits.
 
-The filter (compiled once per process with libseccomp through ``pyseccomp``) refuses what a correct answer
-never needs and what reaches past the job's namespaces: AF_VSOCK sockets (vsock is not covered by a network
-namespace), the kernel keyring (``add_key``, ``request_key``, ``keyctl``: user keyrings are per uid and outlive
-the job), file locks (``flock`` and fcntl record locks on shared read-only files are a channel between
-concurrent jobs), inotify/fanotify/dnotify and leases (watching shared files is another), io_uring (it creates sockets without
-the ``socket`` call), and ``bpf``/``perf_event_open``. New namespaces: a user namespace would make the job
-root of its own namespaces, with CAP_NET_RAW for AF_PACKET rings whose kernel memory no cgroup counts, so
-``unshare``/``clone`` with a CLONE_NEW* flag the exec chain itself does not use are refused (EPERM), ``clone3``
-(whose flags sit in memory a filter cannot read) is ENOSYS so that glibc falls back to ``clone``, ``setns`` is
-refused, and AF_PACKET sockets too as a second line. The page cache of the shared read-only files: evicting
-(``fadvise64``, ``madvise`` COLD/PAGEOUT) and probing it (``mincore``, ``cachestat``, ``preadv2``/``pwritev2``
-with RWF_NOWAIT, ``readahead``) would be a channel between concurrent jobs. Without pyseccomp or libseccomp
-there is no filter (no ``syscall-filter`` tag) and the session keyring is still fresh per job
-(``private-keyring``).
+The filter (compiled once per process with libseccomp through ``pyseccomp``) refuses what a correct answer never
+needs and what reaches past the job's namespaces: the kernel keyring (``add_key``, ``request_key``, ``keyctl``:
+user keyrings are per uid and outlive the job), every socket family but AF_UNIX, AF_INET and AF_INET6 (an allow-
+list: AF_NETLINK queues kernel memory that no cgroup counts, AF_PACKET and AF_VSOCK reach past the namespaces),
+file locks (``flock`` and fcntl record locks on shared read-only files are a channel between concurrent jobs),
+inotify/fanotify/dnotify and leases (watching shared files is another), io_uring (it creates sockets without the
+``socket`` call), and ``bpf``/``perf_event_open``. New namespaces: a user namespace would make the job root of its
+own namespaces, with CAP_NET_RAW for AF_PACKET rings whose kernel memory no cgroup counts, so ``unshare``/``clone``
+with a CLONE_NEW* flag the exec chain itself does not use are refused (EPERM), ``clone3`` (whose flags sit in
+memory a filter cannot read) is ENOSYS so that glibc falls back to ``clone``, and ``setns`` is refused (AF_PACKET
+is outside the socket allow-list as a second line). The page cache of the shared read-only files: evicting
+(``fadvise64``, ``madvise`` COLD/PAGEOUT) and probing it (``mincore``, ``cachestat``, ``preadv2``/``pwritev2`` with
+RWF_NOWAIT, ``readahead``) would be a channel between concurrent jobs. Without pyseccomp or libseccomp there is no
+filter (no ``syscall-filter`` tag) and the session keyring is still fresh per job (``private-keyring``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,15 @@ import tempfile
 
 from .policy import log
 
-AF_VSOCK = 40
-AF_PACKET = 17
+AF_UNIX, AF_INET, AF_INET6, AF_PACKET, AF_NETLINK, AF_VSOCK = 1, 2, 10, 17, 16, 40
+# Socket families a job may create; every other one is EAFNOSUPPORT. AF_UNIX: std's pipes-free IPC, glibc (nscd,
+# syslog) and tests that use UnixStream. AF_INET/AF_INET6: a correct answer may use std::net (a test binding
+# 127.0.0.1:0); inside the job's empty network namespace (loopback down) no packet is ever delivered, so their
+# queues stay empty, and calls fail with the usual errors (ENETUNREACH, EADDRNOTAVAIL) rather than a surprising
+# EAFNOSUPPORT. The rest reach past what a network namespace or the memory cgroup covers: AF_NETLINK receive
+# queues (kernel memory no cgroup counts, F4b), AF_PACKET rings, AF_VSOCK (not namespaced), AF_ALG, AF_KEY, AF_XDP.
+ALLOWED_FAMILIES = (AF_UNIX, AF_INET, AF_INET6)
+_FAMILY_CEILING = 64  # above AF_MAX (46 in Linux 6.x): every family number the kernel knows is below it
 
 # CLONE_NEW* flags, and the `unshare` options of the exec chain that use them
 CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x80, 0x20000, 0x02000000, 0x04000000
@@ -92,8 +99,13 @@ def build_filter(notes: list[str], chain_flags: int = 0) -> bytes | None:
     try:
         flt = sc.SyscallFilter(sc.ALLOW)
         for call in ("socket", "socketpair"):
-            for family in (AF_VSOCK, AF_PACKET):
-                flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.EQ, family))
+            # an allow-list: every family below _FAMILY_CEILING but AF_UNIX/AF_INET/AF_INET6 is refused, and so
+            # is anything at or above it (compared on all 64 bits: a family with high bits set, which the kernel
+            # truncates to an int, is >= the ceiling and refused too)
+            for family in range(_FAMILY_CEILING):
+                if family not in ALLOWED_FAMILIES:
+                    flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.EQ, family))
+            flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.GE, _FAMILY_CEILING))
         for flag in _ALL_NS:
             if flag & chain_flags:
                 continue

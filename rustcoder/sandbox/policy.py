@@ -63,7 +63,8 @@ ISOLATION_TAGS = {
     "memory-cgroup": "a memory cgroup per job: the whole process tree's memory, kernel memory (socket "
                      "buffers, inodes) and tmpfs pages included, is capped; no swap",
     "pids-cgroup": "a pids cgroup per job: the number of tasks of the job's process tree is capped",
-    "syscall-filter": "seccomp: no AF_VSOCK or AF_PACKET sockets, new namespaces (user namespaces above all), "
+    "syscall-filter": "seccomp: sockets of AF_UNIX, AF_INET and AF_INET6 only (no netlink, packet or vsock), no "
+                      "new namespaces (user namespaces above all), "
                       "kernel keyrings, file locks, inotify, io_uring, bpf, perf events, or page-cache "
                       "eviction and residency probes",
     "private-keyring": "each job starts with a fresh session keyring of its own, not the evaluator's",
