@@ -330,3 +330,24 @@ def test_the_gaming_files_name_a_status_for_every_answer():
 
     spec = yaml.safe_load((Path(__file__).parent / "gaming" / "humaneval_tricks.yaml").read_text())
     assert len(spec["tricks"]) >= 30 and all(t.get("status") and t.get("class") for t in spec["tricks"])
+
+
+@pytest.mark.parametrize("unit", ["impl ", "fn g{k}() {{}}\n", "impl PartialEq for X where process::{{ ", "mod m{k} {{ "])
+def test_the_static_checks_scale_linearly(unit):
+    """F12: the checks ran a regex from each `impl` to the end of the text and re-counted braces from the start
+    for each item (quadratic: 40 KB of `impl ` took 33 s). Four times the text must cost well under 16 times the
+    work: the best of three timings of n and 4n repetitions, ratio bound (not an absolute time)."""
+    import time
+
+    def cost(n: int) -> float:
+        answer = "pub fn add(a: i32, b: i32) -> i32 { a + b }\n" + "".join(unit.format(k=k) for k in range(n))
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            rustsrc.scan.cache_clear()
+            verdict.build_harness(answer, TESTS)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    small, large = cost(1500), cost(6000)
+    assert large / small < 8, (unit, small, large)

@@ -138,9 +138,28 @@ def matching(masked: str, open_index: int) -> int | None:
 
 
 def depth_at(masked: str, index: int) -> int:
-    """Curly-brace nesting depth at ``index`` of masked text."""
-    head = masked[:index]
-    return head.count("{") - head.count("}")
+    """Curly-brace nesting depth at ``index`` of masked text (a prefix array computed once per text: F12)."""
+    return _depths(masked)[index]
+
+
+@functools.lru_cache(maxsize=64)
+def _depths(masked: str) -> list[int]:
+    out, depth = [0], 0
+    for c in masked:
+        depth += (c == "{") - (c == "}")
+        out.append(depth)
+    return out
+
+
+def segments(masked: str) -> list[tuple[int, str]]:
+    """(start, text) of the runs of masked text between ``{``, ``}`` and ``;`` (each run ends just before one), in
+    one pass: item headers (``impl .. for ..``, ``use ..``) lie within one run, so per-run checks stay linear."""
+    out, start = [], 0
+    for m in re.finditer(r"[{};]", masked):
+        out.append((start, masked[start:m.start()]))
+        start = m.end()
+    out.append((start, masked[start:]))
+    return out
 
 
 _MOD = re.compile(r"\bmod\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)\s*\{")
@@ -149,8 +168,9 @@ _MOD = re.compile(r"\bmod\s+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)\s*\{")
 def module_spans(masked: str) -> list[tuple[str, int, int]]:
     """(name, index just after its ``{``, index of its ``}``) of every inline ``mod NAME { ... }``."""
     spans = []
+    ends = pairs(masked)
     for m in _MOD.finditer(masked):
-        close = matching(masked, m.end() - 1)
+        close = ends.get(m.end() - 1)
         if close is not None:
             spans.append((m.group(1), m.end(), close))
     return spans
@@ -239,8 +259,9 @@ def defined_names(source: str) -> list[tuple[str, str, int]]:
     for m in re.finditer(r"\bas\s+" + _IDENT, masked):
         if re.search(r"\buse\b[^;]*$", masked[max(0, m.start() - 400):m.start()]):
             out.append(("use-as", m.group(1), depth_at(masked, m.start())))
+    ends = pairs(masked)
     for m in re.finditer(r"\benum\s+" + _IDENT + r"[^{;]*\{", masked):
-        close = matching(masked, m.end() - 1)
+        close = ends.get(m.end() - 1)
         if close is None:
             continue
         body = masked[m.end():close]

@@ -253,18 +253,48 @@ _CHECKS = (
     (re.compile(r"\bunsafe\b"), "uses `unsafe`"),
     (re.compile(r"\b(?:no_mangle|export_name|link_section|link_name)\b"),
      "changes symbols or link sections (`#[no_mangle]`, `#[export_name]`, `#[link_section]`)"),
-    (re.compile(r"\bprocess\s*::\s*(?:exit|abort)\b|\bprocess\s*::\s*\{[^}]*\b(?:exit|abort)\b"),
-     "ends the process (`std::process::exit` / `abort`)"),
+    (re.compile(r"\bprocess\s*::\s*(?:exit|abort)\b"), "ends the process (`std::process::exit` / `abort`)"),
     (re.compile(r"\b(?:set_hook|take_hook)\b"), "installs a panic hook (`std::panic::set_hook`)"),
-    (re.compile(r"\bimpl\b[^{;]*\b(?:PartialEq|PartialOrd)\s*<"),
-     "implements `PartialEq`/`PartialOrd` between different types (a value that equals anything)"),
+
     # the check above reads trait names: they may not hide behind a rename or a macro's variable (F3)
     (re.compile(r"\b(?:PartialEq|PartialOrd|Eq|Ord|Deref|DerefMut|Hash|Debug|Display|Index|IndexMut|Not|Iterator"
                 r"|IntoIterator|From|Into|AsRef|Borrow|ToString|FromStr|Clone|Default)\s+as\s+(?!_\b)[A-Za-z_]"),
      "imports a standard trait under another name (`use std::cmp::PartialEq as Pe`)"),
-    (re.compile(r"\bimpl\b[^{;]*\$\s*[A-Za-z_][A-Za-z0-9_]*\s*<[^{;]*\bfor\b"),
+)
+
+# Checks of one item header (the text after its first `impl`, up to the next `{`/`}`/`;`): run per segment, so
+# the work stays linear however many `impl` an answer repeats (F12: a regex from each `impl` to the end was not).
+_HEADER_CHECKS = (
+    (re.compile(r"\b(?:PartialEq|PartialOrd)\s*<"),
+     "implements `PartialEq`/`PartialOrd` between different types (a value that equals anything)"),
+    (re.compile(r"\$\s*[A-Za-z_][A-Za-z0-9_]*\s*<.*\bfor\b", re.DOTALL),
      "implements a trait named by a macro variable with type parameters"),
 )
+_IMPL = re.compile(r"\bimpl\b")
+
+
+def _header_reasons(masked: str) -> list[str]:
+    """What the item headers of masked text show that no correct answer needs (``_HEADER_CHECKS``), plus
+    `process::{.., exit}` imports; linear in the text."""
+    found = []
+    for _start, seg in rustsrc.segments(masked):
+        m = _IMPL.search(seg)
+        if m:
+            tail = seg[m.end():]
+            found += [why for pattern, why in _HEADER_CHECKS if pattern.search(tail)]
+    # `use std::process::{exit, ..}`: an exit/abort token inside a brace group that follows `process::`
+    ends = rustsrc.pairs(masked)
+    stops = [m.start() for m in re.finditer(r"\b(?:exit|abort)\b", masked)]
+    import bisect
+
+    for m in re.finditer(r"\bprocess\s*::\s*\{", masked):
+        close = ends.get(m.end() - 1, len(masked))
+        k = bisect.bisect_left(stops, m.end())
+        if k < len(stops) and stops[k] < close:
+            found.append("ends the process (`std::process::exit` / `abort`)")
+            break
+    return list(dict.fromkeys(found))
+
 
 
 def crate_attributes(code: str) -> tuple[str, list[str]]:
@@ -275,7 +305,7 @@ def crate_attributes(code: str) -> tuple[str, list[str]]:
     for m in re.finditer(r"#\s*!\s*\[", masked):
         if rustsrc.depth_at(masked, m.start()) != 0:
             continue
-        close = rustsrc.matching(masked, m.end() - 1)
+        close = rustsrc.pairs(masked).get(m.end() - 1)
         if close is None:
             continue
         name = re.match(r"\s*([A-Za-z_][A-Za-z0-9_:]*)", masked[m.end():close])
@@ -297,6 +327,7 @@ def forbidden(untrusted: str, trusted: str = "") -> list[str]:
     name the answer redefines counts only where ``trusted`` uses it (every name, when ``trusted`` is empty)."""
     masked = rustsrc.mask(untrusted)
     reasons = [why for pattern, why in _CHECKS if pattern.search(masked)]
+    reasons += [why for why in _header_reasons(masked) if why not in reasons]
     problems = [p for p in rustsrc.unreadable(untrusted) if "brackets" not in p]  # an answer may be a fragment
     if problems:
         reasons.append("could not be read by the checks the way rustc reads it (" + "; ".join(problems[:3]) + ")")
@@ -347,7 +378,13 @@ def _shadowing_methods(masked: str, own_types: set[str], own_traits: set[str]) -
 
     ends = rustsrc.pairs(masked)
     found = []
-    for m in _IMPL_FOR.finditer(masked):
+    for start, seg in rustsrc.segments(masked):
+        i = _IMPL.search(seg)
+        if not i or start + len(seg) >= len(masked) or masked[start + len(seg)] != "{":
+            continue
+        m = _IMPL_FOR.match(masked, start + i.start(), start + len(seg) + 1)
+        if not m:
+            continue
         target = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"'[A-Za-z_]\w*|\b(?:mut|dyn|const)\b", " ",
                                                             m.group(2)))
         head = next((t for t in target if t not in ("std", "core", "alloc", "crate", "super", "self")), "")
