@@ -8,6 +8,7 @@ refused, and sandbox failures stop the evaluation instead of shrinking the denom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -401,3 +402,18 @@ def test_the_signature_is_pinned_for_rustc_from_the_row_or_the_reference():
     assert plan.programs[0].returns == {"midpoint": "Point"}
     h = verdict.build_harness("fn f() {}", POINT_ROW["test"], signatures=plan.programs[0].signatures)
     assert "const _: fn(Point, Point) -> Point = super::midpoint;" in h.files()[h.root]
+
+
+def test_a_crate_the_task_never_names_counts_as_a_failure_not_an_exclusion(sample_items):
+    """F17: `use made_up::x;` made an answer needs_crate, which left the denominator; now only a crate the task's
+    own text names is excluded, any other keeps the needs_crate status and scores 0."""
+    from rustcoder.eval.pipeline import score_sample
+
+    roman = next(i for i in sample_items["code_generation"] if "to_roman" in json.dumps(i.data))
+    sample = {"key": "m:x:0", "model": "m", "sample_index": 0, "answer": "```rust\nuse made_up::x;\n```"}
+    rec = score_sample(roman, sample, {"status": "needs_crate", "missing_crates": ["made_up"], "has_tests": True})
+    assert rec["status"] == "needs_crate" and rec["primary"] == 0.0
+    data = {**roman.data, "input_data": {**roman.data["input_data"], "code_context": "use made_up::x;"}}
+    named = dataclasses.replace(roman, data=data)
+    rec = score_sample(named, sample, {"status": "needs_crate", "missing_crates": ["made_up"], "has_tests": True})
+    assert rec["status"] == "needs_crate" and rec["primary"] is None

@@ -635,6 +635,10 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
                 rec[name] = ex[name]
         m["has_tests"] = bool(ex.get("has_tests"))
         m["passed"] = None if status in tasks.EXCLUDED_STATUSES else float(status == "pass")
+        if status == "needs_crate" and not tasks.reference_needs(item.data, ex.get("missing_crates") or []):
+            # F17: a crate the task's own code never names is the answer's choice, not the task's: it counts as a
+            # failure (status kept), so `use made_up::x;` cannot take a hard item out of the denominator
+            m["passed"], m["compiled"] = 0.0, False
         rec["error_codes"] = ex.get("error_codes") or []
         rec["missing_crates"] = ex.get("missing_crates") or []
         if "code_preserved" in spec.checks:

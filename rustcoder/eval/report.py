@@ -62,7 +62,7 @@ def _category(recs: list[dict], spec: tasks.TaskSpec, tf_recs: list[dict], judge
         "items": len({r["id"] for r in recs}),
         "samples": len(recs),
         "scored": sum(1 for r in recs if r.get("primary") is not None),
-        "excluded": sum(statuses[s] for s in tasks.EXCLUDED_STATUSES),
+        "excluded": sum(1 for r in recs if r["status"] in tasks.EXCLUDED_STATUSES and r.get("primary") is None),
         "primary": sum(item_means.values()) / len(item_means) if item_means else None,
         "statuses": dict(statuses.most_common()),
         "truncated": sum(1 for r in recs if r.get("finish_reason") == "length"),

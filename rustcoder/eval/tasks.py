@@ -258,6 +258,16 @@ def _without_restated(context: str, code: str) -> str | None:
     return extract.join_rust("\n".join(kept), code)
 
 
+def reference_needs(item_data: dict, crates: list[str]) -> bool:
+    """Whether the task's own text (context, reference code, prompt, canonical solution, tests) names every one of
+    ``crates``: only then is a ``needs_crate`` answer excluded from the denominator rather than failed (F17)."""
+    parts = [str(item_data.get(k) or "") for k in ("prompt", "canonical_solution", "test")]
+    for field in ("input_data", "output_data"):
+        parts += [str(v) for v in (item_data.get(field) or {}).values()]
+    text = "\n".join(parts)
+    return bool(crates) and all(re.search(rf"\b{re.escape(c)}\b", text) for c in crates)
+
+
 def _reference_signatures(item_data: dict, test: str) -> dict[str, str]:
     """{function: head} of the reference solution's top-level functions that the tests call (rows that give no
     function_signature): the answer must keep their types."""
