@@ -417,3 +417,14 @@ def test_a_crate_the_task_never_names_counts_as_a_failure_not_an_exclusion(sampl
     named = dataclasses.replace(roman, data=data)
     rec = score_sample(named, sample, {"status": "needs_crate", "missing_crates": ["made_up"], "has_tests": True})
     assert rec["status"] == "needs_crate" and rec["primary"] is None
+
+
+@pytest.mark.parametrize("indices, why", [([2000], "over the limit"), ([0, 2], "sample 1 is missing")])
+def test_sample_indices_are_capped_and_dense_per_id(sample_items, tmp_path, indices, why):
+    """F19: one line with `"sample_index": 2000` made the eval build items x 2000 missing records (1.5 GB);
+    indices must be 0..N-1 per id and under the cap, else a DataError naming the file, line and field."""
+    roman = next(i for i in sample_items["code_generation"] if "to_roman" in json.dumps(i.data))
+    preds = _write(tmp_path / "p.jsonl", [{"id": roman.id, "answer": "x", "sample_index": k} for k in indices])
+    with pytest.raises(DataError, match=rf"p\.jsonl:\d+: .*sample_index.*{why}|p\.jsonl:\d+: .*{why}"):
+        evaluate(EvalConfig(predictions=str(preds), dataset="sample", categories=["code_generation"],
+                            output_dir=str(tmp_path / "e"), workers=2), **QUIET)

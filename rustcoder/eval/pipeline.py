@@ -96,6 +96,9 @@ def _read_predictions(path: str, by_id: dict[str, EvalItem]) -> tuple[dict[str, 
             index = next_index[(tag, item_id)]
         elif isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise DataError(f"{p}:{lineno}: sample_index must be a whole number >= 0, got {index!r}.")
+        elif index >= MAX_PREDICTION_SAMPLES:  # F19: every item gets a record per index up to the largest
+            raise DataError(f"{p}:{lineno}: sample_index {index} is over the limit of {MAX_PREDICTION_SAMPLES - 1}; "
+                            "sample indices number each id's samples 0, 1, ..., N-1.")
         first_line.setdefault((tag, item_id), lineno)
         next_index[(tag, item_id)] = max(next_index[(tag, item_id)], int(index) + 1)
         item = by_id[item_id]
@@ -109,7 +112,21 @@ def _read_predictions(path: str, by_id: dict[str, EvalItem]) -> tuple[dict[str, 
                     "finish_reason": "length" if rec.get("finish_reason") == "length" else "stop",
                     "tokens": rec.get("tokens") if isinstance(rec.get("tokens"), int) else None,
                     "backend": "predictions", "line": lineno}
+    seen: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for rec in out.values():
+        seen.setdefault((rec["model"], rec["id"]), []).append((rec["sample_index"], rec["line"]))
+    for (tag, item_id), got in seen.items():
+        indices = sorted(i for i, _ in got)
+        if indices != list(range(len(indices))):
+            gap = next(k for k, i in enumerate(indices) if i != k)
+            line = max(ln for _, ln in got)
+            raise DataError(f"{p}:{line}: id {item_id!r} (model {tag!r}) has sample_index values {indices[:5]}"
+                            f"{'...' if len(indices) > 5 else ''}, but sample {gap} is missing; sample indices "
+                            f"must be 0..N-1 (here 0..{len(indices) - 1}) for each id.")
     return out, tags, unknown
+
+
+MAX_PREDICTION_SAMPLES = 1000  # samples per item a predictions file may number (sample_index 0..999)
 
 
 def plan_eval(cfg: EvalConfig, log=print) -> EvalPlan:
