@@ -158,7 +158,7 @@ def start_engine(engine: str, tmp_path_factory) -> Served:
     port = free_port()
     result = serve(model_dir, engine=engine, port=port, api_key=KEY, block=False, quiet_engine=True,
                    log=lambda *_: None, health_timeout=600, max_request_seconds=TIME_CAP, body_timeout=1.0,
-                   max_concurrent=4, queue_timeout=30.0, **kw)
+                   queue_timeout=30.0, **kw)
     served = Served(engine, port, result.stop, engine_pid=result.server.process.pid,
                     gateway=result.server.gateway.config.app)
     served.result = result
@@ -562,6 +562,9 @@ def test_a_generation_ends_at_the_time_limit(served):
 
 def test_one_long_request_does_not_block_the_others(served):
     """While one request generates at the server's limits, others are admitted and answered."""
+    if served.gateway.admission.slots == 1:
+        pytest.skip("transformers serve's plain engine generates one request at a time: a long one delays the "
+                    "others up to --max-request-seconds (docs/serve.md); vLLM and the fake engine batch")
     ended = {}
 
     def long_request():

@@ -242,6 +242,12 @@ def start_gateway(spec: EngineSpec, limits=None):
     """The gateway for spec's engine (listening on spec's socket), serving spec's host:port once started."""
     from .gateway import Gateway, GatewayServer
 
+    from .gateway import GatewayLimits
+
+    limits = limits or GatewayLimits()
+    if limits.max_concurrent is None:  # transformers serve's plain engine generates one request at a time
+        batching = spec.engine == "vllm" or "--continuous-batching" in spec.engine_args
+        limits = dataclasses.replace(limits, max_concurrent=32 if spec.engine == "vllm" else 8 if batching else 1)
     context, vocab = model_limits(spec.model, spec.max_model_len)
     hosts = ("127.0.0.1", "localhost", "::1") if is_loopback(spec.host) else None
     stop = served_stop_ids(spec) if spec.engine == "vllm" else ()

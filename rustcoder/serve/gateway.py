@@ -40,7 +40,7 @@ class GatewayLimits:
     max_body_bytes: int = 2 * 1024 * 1024
     max_tokens: int = 4096
     max_request_seconds: float = 300.0
-    max_concurrent: int | None = None  # None: 4 on transformers, 32 on vLLM
+    max_concurrent: int | None = None  # None: 32 on vLLM, 8 on transformers --continuous-batching, else 1
     max_queue: int = 256
     queue_timeout: float = 120.0
     stall_seconds: float = 120.0
@@ -153,7 +153,7 @@ class Gateway:
         self.upstream_url = upstream_url
         self.upstream_models = upstream_models or {name: name for name in served}
         self.limits = limits or GatewayLimits()
-        slots = self.limits.max_concurrent or (32 if engine == "vllm" else 4)
+        slots = self.limits.max_concurrent or (32 if engine == "vllm" else 1)
         self.admission = Admission(slots, self.limits.max_queue, self.limits.queue_timeout)
         self.request_limits = RequestLimits(max_tokens=self.limits.max_tokens, context_length=context_length,
                                             vocab_size=vocab_size, engine=engine,
