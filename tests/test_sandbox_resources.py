@@ -538,6 +538,39 @@ def test_a_reused_uid_finds_no_key_of_the_job_before(caps, monkeypatch):
         sandbox.reset_setup()
 
 
+def test_each_job_runs_in_a_cpu_group_of_its_own_with_the_default_share(caps):
+    """CPU fairness between concurrent jobs comes from a CPU cgroup per job (siblings with equal shares), not
+    from the kernel's sched_autogroup: two running jobs are in two distinct groups holding their processes,
+    each with the default share, and both groups are gone afterwards."""
+    from rustcoder.sandbox.setup import get_setup
+
+    if "cpu-share" not in caps["isolation"]:
+        pytest.skip("no CPU cgroup per job on this machine: " + "; ".join(caps.get("warnings", [])))
+    base = get_setup().cgroups
+    prefix = f"rustcoder-{os.getpid()}-"
+    sleeper = "fn main() { std::thread::sleep(std::time::Duration::from_millis(2500)); }"
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(run_many, [sleeper, sleeper], workers=2, mode="run")
+    seen: dict[str, str] = {}
+    while not future.done():
+        for name in os.listdir(base.cpu):
+            if not name.startswith(prefix):
+                continue
+            try:
+                procs = Path(base.cpu, name, "cgroup.procs").read_text().split()
+                share = Path(base.cpu, name, "cpu.weight" if base.version == 2 else "cpu.shares").read_text()
+            except OSError:
+                continue  # made or removed meanwhile
+            if procs:
+                seen[name] = share.strip()
+        time.sleep(0.05)
+    pool.shutdown()
+    assert [r.status for r in future.result()] == ["pass", "pass"], future.result()
+    assert len(seen) >= 2, f"jobs' processes were not seen in CPU groups of their own: {seen}"
+    assert set(seen.values()) == {"100" if base.version == 2 else "1024"}, seen  # the kernel's defaults
+    assert not [n for n in os.listdir(base.cpu) if n.startswith(prefix)], "a job's CPU group was left"
+
+
 def test_degraded_hosts_say_which_resource_protections_are_missing(caps, monkeypatch):
     monkeypatch.setenv("RUSTCODER_SANDBOX_DISABLE", "cgroup,syscall-filter,keyring,job-quota")
     sandbox.reset_setup()

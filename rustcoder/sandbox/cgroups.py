@@ -1,6 +1,9 @@
 """A control group per job: the total memory of the job's process tree (kernel memory such as socket buffers,
 tmpfs pages and page tables included) and its number of tasks, bounded by the kernel; and everything left in
-it killed when the job ends.
+it killed when the job ends. Where the ``cpu`` controller can be had too, each job also gets a CPU group of its
+own with the default share (v1 ``cpu.shares`` 1024, v2 ``cpu.weight`` 100): concurrent jobs then get equal CPU
+time however many tasks each runs, without relying on the kernel's ``sched_autogroup`` (which only groups tasks
+of the root CPU group). A machine without it loses only that (the ``cpu-share`` tag).
 
 cgroup v2 is used where this process may give a child group the ``memory`` and ``pids`` controllers, the v1
 ``memory`` and ``pids`` hierarchies otherwise (v1 charges kernel memory to ``memory.usage_in_bytes``). Where
@@ -33,7 +36,7 @@ def _mounts() -> dict[str, str]:
                 if fstype == "cgroup2":
                     found.setdefault("cgroup2", point)
                 elif fstype == "cgroup":
-                    for ctrl in ("memory", "pids"):
+                    for ctrl in ("memory", "pids", "cpu"):
                         if ctrl in options.split(","):
                             found.setdefault(ctrl, point)
     except OSError:
@@ -70,6 +73,7 @@ class CgroupBase:
     version: int
     memory: str  # parent directory of the jobs' memory groups (v2: of the jobs' groups)
     pids: str | None  # v1: parent directory of the jobs' pids groups (None: no pids limit)
+    cpu: str | None = None  # parent directory of the jobs' CPU groups (v2: ``memory``; None: no CPU share)
 
 
 def probe(notes: list[str]) -> CgroupBase | None:
@@ -87,19 +91,48 @@ def probe(notes: list[str]) -> CgroupBase | None:
             if not {"memory", "pids"} <= set(available):
                 raise OSError(f"controllers here are {available or 'none'} (memory and pids are elsewhere)")
             _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
-            return _checked(CgroupBase(2, base, None))
+            cpu = None
+            if "cpu" in available:
+                try:
+                    _write(os.path.join(base, "cgroup.subtree_control"), "+cpu")
+                    cpu = base
+                except OSError as exc:
+                    notes.append(f"no CPU group per job (cgroup v2 at {base}: {exc})")
+            return _checked(CgroupBase(2, base, None, cpu))
         except OSError as exc:
             errors.append(f"cgroup v2 at {base}: {exc}")
     if "memory" in mounts:
         memory = os.path.join(mounts["memory"], own.get("memory", "/").lstrip("/"))
         pids = os.path.join(mounts["pids"], own.get("pids", "/").lstrip("/")) if "pids" in mounts else None
+        cpu = os.path.join(mounts["cpu"], own.get("cpu", "/").lstrip("/")) if "cpu" in mounts else None
         try:
-            return _checked(CgroupBase(1, memory, pids))
+            return _checked(CgroupBase(1, memory, pids, _cpu_usable(CgroupBase(1, memory, pids, cpu), notes)))
         except OSError as exc:
             errors.append(f"cgroup v1 at {memory}: {exc}")
     notes.append("no memory cgroup per job (" + ("; ".join(errors) or "no cgroup hierarchy mounted")
                  + "): memory is limited per process only (RLIMIT_AS), not for the job's whole process tree")
     return None
+
+
+def _cpu_usable(base: CgroupBase, notes: list[str]) -> str | None:
+    """``base.cpu`` where a job's CPU group can be made there (v1), else None with the reason in ``notes``."""
+    if not base.cpu:
+        return None
+    path = os.path.join(base.cpu, f"rustcoder-{os.getpid()}-probe")
+    try:
+        os.mkdir(path, 0o755)
+        try:
+            _write(os.path.join(path, "cpu.shares"), str(CPU_SHARES))
+        finally:
+            os.rmdir(path)
+    except OSError as exc:
+        notes.append(f"no CPU group per job (cgroup v1 at {base.cpu}: {exc})")
+        return None
+    return base.cpu
+
+
+CPU_SHARES = 1024  # v1 default: every job the same share, whatever its number of tasks
+CPU_WEIGHT = 100  # v2 default
 
 
 def _checked(base: CgroupBase) -> CgroupBase:
@@ -111,7 +144,7 @@ def _checked(base: CgroupBase) -> CgroupBase:
 
 def _sweep_stale(base: CgroupBase) -> None:
     """Kill and remove the groups of rustcoder processes that no longer exist (an evaluator that was SIGKILLed)."""
-    for parent in (base.memory, base.pids):
+    for parent in (base.memory, base.pids, base.cpu if base.version == 1 else None):
         if not parent:
             continue
         try:
@@ -147,6 +180,15 @@ class JobCgroup:
                 if base.pids:
                     os.mkdir(os.path.join(base.pids, name), 0o755)
                     group.dirs.append(os.path.join(base.pids, name))
+                if base.cpu:
+                    os.mkdir(os.path.join(base.cpu, name), 0o755)
+                    group.dirs.append(os.path.join(base.cpu, name))
+            if base.cpu:
+                cpu_dir = group.dirs[-1]
+                if base.version == 2:
+                    _write(os.path.join(cpu_dir, "cpu.weight"), str(CPU_WEIGHT))
+                else:
+                    _write(os.path.join(cpu_dir, "cpu.shares"), str(CPU_SHARES))
             group.set_limits(memory_bytes=memory_bytes, max_tasks=max_tasks)
         except OSError:
             group.remove()
@@ -178,8 +220,14 @@ class JobCgroup:
                 _write(tcp, str(memory_bytes))
             except OSError:
                 pass
-        if len(self.dirs) > 1:
+        if self.base.pids and len(self.dirs) > 1:
             _write(os.path.join(self.dirs[1], "pids.max"), str(max_tasks))
+
+    def cpu_dir(self) -> str | None:
+        """The job's CPU group (v2: its one directory), or None where there is none."""
+        if not self.base.cpu or not self.dirs:
+            return None
+        return self.dirs[-1]
 
     def join_paths(self) -> list[str]:
         """The ``cgroup.procs`` files a process writes its pid to, to join the group (before it execs)."""

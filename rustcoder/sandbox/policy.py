@@ -63,6 +63,8 @@ ISOLATION_TAGS = {
     "memory-cgroup": "a memory cgroup per job: the whole process tree's memory, kernel memory (socket "
                      "buffers, inodes) and tmpfs pages included, is capped; no swap",
     "pids-cgroup": "a pids cgroup per job: the number of tasks of the job's process tree is capped",
+    "cpu-share": "a CPU cgroup per job with the default share: concurrent jobs get equal CPU time whatever "
+                 "their number of tasks (not left to the kernel's sched_autogroup)",
     "syscall-filter": "seccomp: sockets of AF_UNIX, AF_INET and AF_INET6 only (no netlink, packet or vsock), no "
                       "new namespaces (user namespaces above all), "
                       "kernel keyrings, file locks, inotify, io_uring, bpf, perf events, or page-cache "

@@ -305,6 +305,8 @@ def _build_setup() -> Setup:
         isolation.append("memory-cgroup")
         if cgroup_base.version == 2 or cgroup_base.pids:
             isolation.append("pids-cgroup")
+        if cgroup_base.cpu:
+            isolation.append("cpu-share")
     if filter_bpf:
         isolation.append("syscall-filter")
     if keyring:
