@@ -93,6 +93,11 @@ def test_should_panic_tests_keep_their_expected_message():
     ("pub trait AsDeref { fn as_deref(self) -> u8; }\nimpl AsDeref for Option<String> { fn as_deref(self) -> u8 { 0 } }",
      "`as_deref`"),
     ("trait T { fn len(&self) -> usize; }\nimpl<X> T for X { fn len(&self) -> usize { 3 } }", "`len`"),
+    # F1: the red team's safe memory read (rustc #25860) that stole the nonce; the elided (no `for<`) form too
+    ("static UNIT: &'static &'static () = &&();\n"
+     "fn lt<'a, 'b, T: ?Sized>(_a: &'a &'b (), b: &'b mut T) -> &'a mut T { b }\n"
+     "fn expand_mut<'a, 'b, T: ?Sized>(x: &'a mut T) -> &'b mut T {\n"
+     "    let f: fn(_, &mut T) -> &'b mut T = lt;\n    f(UNIT, x)\n}", "known soundness hole"),
 ])
 def test_what_no_correct_answer_needs_is_forbidden(code, why):
     reasons = verdict.forbidden(code)

@@ -255,6 +255,11 @@ _CHECKS = (
      "changes symbols or link sections (`#[no_mangle]`, `#[export_name]`, `#[link_section]`)"),
     (re.compile(r"\bprocess\s*::\s*(?:exit|abort)\b"), "ends the process (`std::process::exit` / `abort`)"),
     (re.compile(r"\b(?:set_hook|take_hook)\b"), "installs a panic hook (`std::panic::set_hook`)"),
+    # F1: the known shape of rustc's soundness hole #25860 (a safe transmute through the implied bounds of a
+    # reference to a reference, coerced to a higher-ranked fn pointer). Fragile by nature: docs/sandbox.md states
+    # "safe Rust is memory-safe apart from refused shapes" as an assumption of the threat model.
+    (re.compile(r"&\s*'[A-Za-z_][A-Za-z0-9_]*\s+(?:mut\s+)?&\s*'[A-Za-z_]"),
+     "uses a reference to a reference with named lifetimes (`&'a &'b`), the shape of a known soundness hole"),
 
     # the check above reads trait names: they may not hide behind a rename or a macro's variable (F3)
     (re.compile(r"\b(?:PartialEq|PartialOrd|Eq|Ord|Deref|DerefMut|Hash|Debug|Display|Index|IndexMut|Not|Iterator"
