@@ -428,3 +428,25 @@ def test_sample_indices_are_capped_and_dense_per_id(sample_items, tmp_path, indi
     with pytest.raises(DataError, match=rf"p\.jsonl:\d+: .*sample_index.*{why}|p\.jsonl:\d+: .*{why}"):
         evaluate(EvalConfig(predictions=str(preds), dataset="sample", categories=["code_generation"],
                             output_dir=str(tmp_path / "e"), workers=2), **QUIET)
+
+
+def test_comment_generation_must_add_a_comment_and_completions_may_not_be_stubs(sample_items, tmp_path):
+    """F23: the input code handed back without a comment passed comment_generation; F14: `todo!()` as a
+    completion / a snippet of empty functions passed code_completion / code_search (they only compile)."""
+    preds, want = [], {}
+    for cat, answer, status in [
+        ("comment_generation", lambda it: f"```rust\n{it.data['input_data']['code']}\n```", "no_change"),
+        ("comment_generation", lambda it: it.reference, "pass"),
+        ("code_completion", lambda it: "```rust\ntodo!()\n```", "stub"),
+        ("code_search", lambda it: "```rust\nfn _nothing() {}\n```", "stub"),
+        ("code_search", lambda it: it.reference, "pass")]:
+        it = sample_items[cat][0]
+        k = len([p for p in preds if p["id"] == it.id])
+        preds.append({"model": cat, "id": it.id, "sample_index": k, "answer": answer(it)})
+        want[f"{cat}:{it.id}:{k}"] = status
+    out = tmp_path / "e"
+    evaluate(EvalConfig(predictions=str(_write(tmp_path / "p.jsonl", preds)), dataset="sample",
+                        categories=["comment_generation", "code_completion", "code_search"], output_dir=str(out),
+                        workers=2), **QUIET)
+    scores = _scores(out)
+    assert {k: scores[k]["status"] for k in want} == want

@@ -666,6 +666,14 @@ def score_sample(item: EvalItem, sample: dict, execution: dict | None) -> dict:
             if status == "pass" and not m["code_preserved"]:  # comments were asked for, not other code
                 status = "code_changed"
                 m["passed"] = 0.0
+
+            def comments(text: str) -> int:  # characters of comment text (whitespace aside)
+                return (len(metrics.normalize_code(text).replace(" ", ""))
+                        - len(metrics.normalize_code(extract.strip_comments(text)).replace(" ", "")))
+
+            if status == "pass" and comments(code) <= comments(original):  # F23: no comment added
+                status = "no_change"
+                m["passed"] = 0.0
     if spec.text_field:
         reference = str(out_data.get(spec.text_field) or "")
         if spec.answer_kind == "text+code":

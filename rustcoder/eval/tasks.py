@@ -25,6 +25,7 @@ STATUSES = EXEC_STATUSES + (
     "no_change",         # fix/review/refactor/optimize: the answer's code is the given code (comments aside)
     "unrelated",         # fix/review/refactor/optimize: the answer's code shares (almost) nothing with the given code
     "code_changed",      # comment_generation: the code is not the input code once comments are removed
+    "stub",              # completion/search: the answer's code is a todo!/unimplemented!/unreachable! stub
     "missing",           # --predictions: no answer for this item (or sample): scored 0
     "not_executed",      # --no-exec: code was extracted but not compiled
     "match",             # name / API tasks: exact match after normalisation
@@ -258,6 +259,22 @@ def _without_restated(context: str, code: str) -> str | None:
     return extract.join_rust("\n".join(kept), code)
 
 
+_STUB = r"(?:::)?(?:std\s*::\s*|core\s*::\s*)?(?:todo|unimplemented|unreachable)\s*!\s*(?:\([^()]*\)|\[[^\]]*\]|\{[^{}]*\})"
+
+
+def _is_stub(code: str) -> bool:
+    """Whether completion/search code is, or has as a whole function body or match arm, a ``todo!()``-family
+    macro (F14), or defines nothing but empty functions."""
+    from ..sandbox.rustsrc import mask
+
+    m = mask(code).strip()
+    if re.fullmatch(_STUB + r"\s*[;,]?", m):
+        return True
+    if re.search(r"=>\s*" + _STUB + r"|\{\s*" + _STUB + r"\s*;?\s*\}", m):
+        return True
+    return bool(re.fullmatch(r"(?:(?:pub\s*)?fn\s+\w+\s*\(\s*\)\s*\{\s*\}\s*)+", m))
+
+
 def reference_needs(item_data: dict, crates: list[str]) -> bool:
     """Whether the task's own text (context, reference code, prompt, canonical solution, tests) names every one of
     ``crates``: only then is a ``needs_crate`` answer excluded from the denominator rather than failed (F17)."""
@@ -316,6 +333,8 @@ def build_programs(spec: TaskSpec, item_data: dict, answer: str, default_edition
                                      answer if test else None, given if test else None,
                                      signatures if test else None))
 
+    if spec.name in ("code_completion", "code_search") and _is_stub(code):
+        return ProgramPlan(status="stub", code=code)
     if spec.program == "context":
         ctx = str(inp.get("code_context") or "")
         body = extract.strip_test_modules(code) if test else code
