@@ -187,31 +187,39 @@ REAL_MESSAGES = [[{"role": "system", "content": "You are a helpful assistant."},
                            "Write a Rust function that adds two i32 numbers.")]
 
 
-def test_vllm_stops_at_the_end_of_turn_when_the_models_eos_is_another_token(vllm_python, smollm2, smollm2_run,
-                                                                           tmp_path):
+def test_vllm_stops_at_the_end_of_turn_when_the_models_eos_is_another_token(vllm_python, smollm2, tmp_path):
     """The regression: with eos <|endoftext|> (Qwen base models) vLLM ran past <|im_end|> into an invented next
-    user turn, because it stopped on the *string* <|im_end|>, which it removes before checking stop strings.
-    Now every backend stops on stop_token_ids: the base-like real model, its 3-step adapter as a LoRA request and
-    its merge answer as the transformers backend does, byte for byte, ending where it ends."""
+    user turn, because it stopped on the *string* <|im_end|>, which it removes before checking stop strings. Now
+    every backend stops on stop_token_ids: the base-like real model answers in vLLM as in transformers, byte for
+    byte, ending where it ends."""
+    max_new = 96
+    got = vllm_answers(vllm_python, tmp_path, {"base": {"path": str(smollm2["base_like"])}}, REAL_MESSAGES, max_new)
+    want = local_answers(smollm2["base_like"], REAL_MESSAGES, max_new)
+    assert got["base:stop_ids"] == [2, 0]
+    print(f"\nbase-like real model: vLLM vs transformers identical {sum(a == b for a, b in zip(got['base'], want))}"
+          f"/{len(want)}")
+    assert got["base"] == want
+    stopped = [a for a in want if a[1] == "stop"]
+    assert stopped and all(a[2] < max_new for a in stopped)  # answers that end on their own: the case that broke
+
+
+def test_vllm_adapter_and_merge_of_a_real_model_answer_as_transformers(vllm_python, smollm2, smollm2_run, tmp_path):
+    """The 3-step adapter on the base-like real model as a vLLM LoRA request, and its merge, answer as the
+    transformers backend's adapter does (and as each other)."""
     run_dir, merged = smollm2_run
     adapter = run_dir / "adapter"
     template = (adapter / "chat_template.jinja").read_text()
     max_new = 96
     got = vllm_answers(vllm_python, tmp_path, {
-        "base": {"path": str(smollm2["base_like"])},
         "run": {"path": str(smollm2["base_like"]), "adapter": str(adapter), "template": template},
         "merged": {"path": str(merged.merged_dir)}}, REAL_MESSAGES, max_new)
-    want = {"base": local_answers(smollm2["base_like"], REAL_MESSAGES, max_new),
-            "run:adapter": local_answers(smollm2["base_like"], REAL_MESSAGES, max_new, str(adapter), template),
+    want = {"run:adapter": local_answers(smollm2["base_like"], REAL_MESSAGES, max_new, str(adapter), template),
             "merged": local_answers(merged.merged_dir, REAL_MESSAGES, max_new)}
-    assert got["base:stop_ids"] == [2, 0]
     for name, answers in want.items():
-        same = sum(a == b for a, b in zip(got[name], answers))
-        print(f"\n{name}: vLLM vs transformers identical {same}/{len(answers)}")
+        print(f"\n{name}: vLLM vs transformers identical {sum(a == b for a, b in zip(got[name], answers))}"
+              f"/{len(answers)}")
         assert got[name] == answers, name
-    stopped = [a for answers in want.values() for a in answers if a[1] == "stop"]
-    assert stopped and all(a[2] < max_new for a in stopped)  # answers that end on their own: the case that broke
-    assert got["run:adapter"] == got["merged"]  # adapter via LoRA and its merge
+    assert got["run:adapter"] == got["merged"]
 
 
 def test_every_qwen_family_answers_alike_in_transformers_and_vllm(vllm_python, family_dir, tmp_path):
