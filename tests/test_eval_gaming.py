@@ -450,3 +450,11 @@ def test_comment_generation_must_add_a_comment_and_completions_may_not_be_stubs(
                         workers=2), **QUIET)
     scores = _scores(out)
     assert {k: scores[k]["status"] for k in want} == want
+
+
+@pytest.mark.parametrize("extra", ["\nconst _: () = ();", "\nfn _x() {}", "\n#[allow(dead_code)]\nstatic _S: u8 = 0;"])
+def test_a_no_op_item_added_to_the_given_code_is_no_change(extra):
+    """F5: the given code plus `const _: () = ();` counted as a change and passed bug_detection & co."""
+    given = "pub fn mean(v: &[f64]) -> f64 { v.iter().sum::<f64>() / v.len() as f64 }"
+    assert tasks.change_status(given, given + extra)[0] == "no_change"
+    assert tasks.change_status(given, given.replace("v.len()", "v.len().max(1)"))[0] is None

@@ -187,6 +187,26 @@ def _tokens(code: str) -> set[str]:
     return {t for t in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\d[\d_]*(?:\.\d+)?", mask(code)) if t not in KEYWORDS}
 
 
+_NOOPS = re.compile(
+    r"\bconst\s+_\s*:[^=;]*=[^;]*;"                                  # const _: () = ();
+    r"|\bstatic\s+_\w*\s*:[^=;]*=[^;]*;"
+    r"|(?:pub\s*)?fn\s+_\w*\s*\(\s*\)\s*(?:->\s*\(\s*\)\s*)?\{\s*\}"     # fn _x() {}
+    r"|#\s*\[\s*(?:allow|warn|inline|must_use|doc|rustfmt::skip|cold|track_caller)\b[^\]]*\]"  # inert attributes
+    r"|\blet\s+_\s*=\s*\(\s*\)\s*;"
+    r"|;\s*(?=;)")  # stray semicolons
+
+
+def _without_noops(code: str) -> str:
+    """``code`` without comments and without items or attributes that change nothing (F5: `const _: () = ();`
+    added to the given code made a "change")."""
+    text = extract.strip_comments(code)
+    while True:
+        new = _NOOPS.sub(" ", text)
+        if new == text:
+            return text
+        text = new
+
+
 def change_status(given: str, code: str) -> tuple[str | None, str]:
     """(status, detail) for an answer's code that must rework ``given``: "no_change" when it is the given code with
     only comments or whitespace changed, "unrelated" when it keeps less than ``RELATED_SHARE`` of the given code's
@@ -195,7 +215,7 @@ def change_status(given: str, code: str) -> tuple[str | None, str]:
         return None, ""
     from .metrics import normalize_code
 
-    same = normalize_code(extract.strip_comments(given)) == normalize_code(extract.strip_comments(code))
+    same = normalize_code(_without_noops(given)) == normalize_code(_without_noops(code))
     if same:
         return "no_change", "the answer's code is the given code (comments and whitespace aside)"
     want, got = _tokens(given), _tokens(code)
