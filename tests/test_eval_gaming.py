@@ -141,7 +141,9 @@ def test_mutants_change_one_value_at_a_time_and_skip_equivalent_bodies():
     code = ("pub fn percent(part: u64, whole: u64) -> u8 { if whole == 0 { return 0; } 7 }\n"
             "fn none() -> Option<u8> { None }\nimpl S { fn set(&mut self) { self.0 = 1; } }\n")
     made = dict((what, src) for src, what in mutants(code))
-    assert list(made)[:3] == ["percent returns 0", "none returns Default::default()", "set returns at once"]
+    assert list(made)[:3] == ["percent result perturbed (+ 1)", "none returns Default::default()",
+                              "set returns at once"]  # F21: the nudged result comes first
+    assert ".wrapping_add(1)" in made["percent result perturbed (+ 1)"]
     assert "none returns None" not in made  # the same body: not a wrong value
     assert "{ 0 }" in made["percent returns 0"] and "self.0 = 1" in made["percent returns 0"]
     assert "fn set(&mut self) {  }" in made["set returns at once"]

@@ -393,8 +393,14 @@ def mutants(source: str) -> list[tuple[str, str]]:
             continue
         ret = return_type(signature + " {}", name)
         body = re.sub(r"\s+", "", source[a:b])
-        per_fn.append([(source[:a] + "{ " + v + " }" + source[b:], f"{name} returns {v or 'at once'}")
-                       for v in _wrong_values(ret or "") if re.sub(r"\s+", "", "{" + v + "}") != body])
+        variants = [(source[:a] + "{ " + v + " }" + source[b:], f"{name} returns {v or 'at once'}")
+                    for v in _wrong_values(ret or "") if re.sub(r"\s+", "", "{" + v + "}") != body]
+        if ret in _INTEGERS or ret == "bool":  # F21: the right value nudged, not a constant
+            inner = f"(move || -> {ret} {source[a:b]})()"
+            nudged = f"!{inner}" if ret == "bool" else f"{inner}.wrapping_add(1)"
+            variants.insert(0, (source[:a] + "{ " + nudged + " }" + source[b:],
+                                f"{name} result perturbed ({'negated' if ret == 'bool' else '+ 1'})"))
+        per_fn.append(variants)
     out = []
     for rank in range(max((len(v) for v in per_fn), default=0)):
         out += [v[rank] for v in per_fn if rank < len(v)]

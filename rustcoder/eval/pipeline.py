@@ -579,6 +579,11 @@ def _execute_chunk(part, c, chunk, total, proof, run_programs, store, by_id, exe
                                "panicking bodies")
                 else:
                     detail += f"; the check against broken code was inconclusive ({b['status']})"
+            elif any("result perturbed" in p.label and m in viable and m not in killed
+                     for p, m in zip(mutants[i], runs)):
+                status = "weak_tests"
+                detail = (f"all {r['tests_passed']} test(s) also pass when the result of the code under test is "
+                          "nudged (+ 1, or negated): they do not check the value (F21)")
             elif viable and not killed:
                 status = "weak_tests"
                 detail = (f"all {r['tests_passed']} test(s) also pass against every one of {len(viable)} wrong-valued "
