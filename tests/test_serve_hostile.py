@@ -42,6 +42,7 @@ class FakeEngine:
         self.delay = delay
         self.active = 0  # generations running now
         self.requests: list[dict] = []
+        self.deaf_until = 0.0  # until then no request is read (as an engine whose loop sits in a long prefill)
         self.dir = tempfile.mkdtemp(prefix="fake-engine-")
         self.uds = os.path.join(self.dir, "engine.sock")
 
@@ -55,6 +56,8 @@ class FakeEngine:
         if scope["path"] == "/health":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             return await send({"type": "http.response.body", "body": b"{}"})
+        while time.monotonic() < self.deaf_until:
+            await asyncio.sleep(0.05)
         body = b""
         while True:
             message = await receive()
@@ -545,6 +548,41 @@ def test_many_concurrent_aborts_leave_nothing_running(served):
     asyncio.run(main())
     assert _wait_idle(served, TIME_CAP + 3)
     assert time.monotonic() - t < TIME_CAP - 0.5  # idle because the clients left, not because the time limit hit
+    assert_normal(served)
+
+
+def test_clients_that_leave_during_a_long_prefill_release_the_engine_connections(served):
+    """F25: 150 clients send large bodies while the engine is deaf (a long prefill), then leave: the gateway's
+    connections to the engine are released, so the next request is answered instead of a PoolTimeout 503."""
+    if served.kind != "fake":
+        pytest.skip("measured on the fake engine (its prefill is cheap to hold)")
+    from rustcoder.serve.gateway import Gateway, GatewayLimits, GatewayServer
+
+    app = Gateway(served=[MODEL], engine="transformers", upstream_uds=served.engine.uds,
+                  limits=GatewayLimits(max_concurrent=200, max_queue=8, max_request_seconds=TIME_CAP))
+    port = free_port()
+    wide = GatewayServer(app, "127.0.0.1", port).start()
+    try:
+        body = json.dumps(with_(messages=[{"role": "user", "content": "x " * 150_000}], max_tokens=2)).encode()
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        served.engine.deaf_until = time.monotonic() + 4
+        socks = []
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(request)
+            socks.append(s)
+        time.sleep(1.0)
+        for s in socks:
+            s.close()
+        while time.monotonic() < served.engine.deaf_until:
+            time.sleep(0.05)
+        t = time.monotonic()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=with_(max_tokens=2), timeout=30)
+        assert r.status_code == 200, r.text  # before the fix: 503 "the engine is not reachable (PoolTimeout)"
+        assert time.monotonic() - t < 3
+    finally:
+        wide.stop()
     assert_normal(served)
 
 

@@ -170,10 +170,11 @@ class Gateway:
         if self._client is None:
             import httpx
 
-            transport = httpx.AsyncHTTPTransport(uds=self.upstream_uds) if self.upstream_uds else None
+            # F25: httpx ignores the client's `limits` when given a transport: the pool's limits go to the transport
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
+            transport = httpx.AsyncHTTPTransport(uds=self.upstream_uds, limits=limits) if self.upstream_uds else None
             self._client = httpx.AsyncClient(transport=transport, base_url=self.upstream_url,
-                                             timeout=httpx.Timeout(10.0, read=None),
-                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=16))
+                                             timeout=httpx.Timeout(10.0, read=None), limits=limits)
         return self._client
 
     async def aclose(self) -> None:
@@ -423,45 +424,54 @@ class Job:
         """Stream the engine's answer (forwarding chunks to a streaming client); True when it was answered
         with an error already."""
         g = self.g
-        async with g.client().stream("POST", CHAT_PATH, json=self.request) as r:
-            if r.status_code != 200:
-                raw = b""
-                async for part in r.aiter_bytes():
-                    raw += part
-                    if len(raw) > ERROR_BODY_CAP:
-                        break
-                status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
-                await self._answer_error(status, json.loads(body))
-                return True
-            async for line in r.aiter_lines():
-                g.progress[self.id] = time.monotonic()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+        client = g.client()
+        r = await client.send(client.build_request("POST", CHAT_PATH, json=self.request), stream=True)
+        try:
+            return await self._read_upstream(r)
+        finally:  # F25: released even when this task is cancelled (a client left): never a pooled connection lost
+            await asyncio.shield(r.aclose())
+
+    async def _read_upstream(self, r) -> bool:
+        """The engine's response R read to its end (see _relay)."""
+        g = self.g
+        if r.status_code != 200:
+            raw = b""
+            async for part in r.aiter_bytes():
+                raw += part
+                if len(raw) > ERROR_BODY_CAP:
                     break
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    continue
-                if not isinstance(chunk, dict):
-                    continue
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    message = err.get("message") if isinstance(err, dict) else str(err)
-                    await self._answer_error(500, openai_error(f"the engine failed: {message}", "server_error"))
-                    return True
-                self.created = chunk.get("created", self.created)
-                if chunk.get("usage"):
-                    self.usage_seen = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        self.text.append(delta["content"])
-                    if choice.get("finish_reason"):
-                        self.finish = choice["finish_reason"]
-                if self.stream:
-                    await self._forward(chunk)
+            status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
+            await self._answer_error(status, json.loads(body))
+            return True
+        async for line in r.aiter_lines():
+            g.progress[self.id] = time.monotonic()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                message = err.get("message") if isinstance(err, dict) else str(err)
+                await self._answer_error(500, openai_error(f"the engine failed: {message}", "server_error"))
+                return True
+            self.created = chunk.get("created", self.created)
+            if chunk.get("usage"):
+                self.usage_seen = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    self.text.append(delta["content"])
+                if choice.get("finish_reason"):
+                    self.finish = choice["finish_reason"]
+            if self.stream:
+                await self._forward(chunk)
         return False
 
     async def _forward(self, chunk: dict) -> None:
