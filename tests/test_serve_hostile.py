@@ -124,7 +124,8 @@ def start_fake() -> Served:
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    limits = GatewayLimits(max_tokens=4096, max_request_seconds=TIME_CAP, body_timeout=1.0, max_concurrent=4,
+    limits = GatewayLimits(max_tokens=4096, max_request_seconds=TIME_CAP, body_timeout=1.0, header_timeout=1.0,
+                           max_concurrent=4,
                            max_queue=64, queue_timeout=2.0, stall_seconds=1.0)
     app = Gateway(served=[MODEL], engine="transformers", api_key=KEY, upstream_uds=engine.uds, limits=limits,
                   context_length=32768, vocab_size=1024, allowed_hosts=("127.0.0.1", "localhost", "::1"))
@@ -584,6 +585,29 @@ def test_clients_that_leave_during_a_long_prefill_release_the_engine_connections
     finally:
         wide.stop()
     assert_normal(served)
+
+
+def test_idle_connections_do_not_take_the_server_down(served):
+    """F8: 300 connections that never send a request: /health and chat still answer, and the gateway closes
+    connections that sent no complete request headers within its header deadline."""
+    if served.kind != "fake":
+        pytest.skip("measured on the fake gateway (cheap to hold sockets against)")
+    socks = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(300)]
+    try:
+        socks[0].sendall(b"GET /health HTTP/1.1\r\nHo")  # one that sends half its headers and stops
+        time.sleep(0.3)
+        assert httpx.get(served.base + "/health", timeout=10).status_code == 200  # before the fix: 503
+        assert_normal(served)
+        t = time.monotonic()
+        for s in (socks[0], socks[-1]):
+            s.settimeout(10)
+            got = s.recv(1024)
+            assert got.startswith(b"HTTP/1.1 408"), got  # closed at the header deadline, with a 408
+            assert s.recv(1024) == b""
+        assert time.monotonic() - t < 5
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_a_generation_ends_at_the_time_limit(served):

@@ -379,7 +379,7 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
           quiet_engine: bool = False, block: bool = True, max_body_bytes: int = 2 * 1024 * 1024,
           max_tokens: int = 4096, max_request_seconds: float = 300.0, max_concurrent: int | None = None,
           max_queue: int = 256, queue_timeout: float = 120.0, stall_seconds: float = 120.0,
-          body_timeout: float = 30.0) -> ServeResult:
+          body_timeout: float = 30.0, header_timeout: float = 10.0) -> ServeResult:
     """Serve a model with vLLM or transformers behind an OpenAI-compatible API until Ctrl-C or SIGTERM.
 
     Resolves the model (see ``build_spec``), refuses a used port before starting anything, starts
@@ -420,7 +420,7 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
         limits = GatewayLimits(max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                                max_request_seconds=max_request_seconds, max_concurrent=max_concurrent,
                                max_queue=max_queue, queue_timeout=queue_timeout, stall_seconds=stall_seconds,
-                               body_timeout=body_timeout)
+                               body_timeout=body_timeout, header_timeout=header_timeout)
         result.server = start_server(spec, echo=echo, log_path=engine_log, health_timeout=health_timeout,
                                      limits=limits)
         result.ready_seconds = result.server.ready_seconds

@@ -45,6 +45,7 @@ class GatewayLimits:
     queue_timeout: float = 120.0
     stall_seconds: float = 120.0
     body_timeout: float = 30.0
+    header_timeout: float = 10.0  # a connection's request headers must be complete within it (F8)
 
 
 def openai_error(message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -502,10 +503,14 @@ class GatewayServer:
     def __init__(self, app: Gateway, host: str, port: int):
         import uvicorn
 
-        limit = app.admission.slots + app.limits.max_queue + 64  # connections beyond it get uvicorn's 503
-        self.config = uvicorn.Config(app, host=host, port=port, http="h11", ws="none", lifespan="on",
-                                     log_level="warning", access_log=False, timeout_graceful_shutdown=3,
-                                     timeout_keep_alive=5, limit_concurrency=limit, server_header=False)
+        from .protocol import header_deadline_protocol
+
+        # No uvicorn limit_concurrency (F8): it counts open connections, so idle sockets would make every request
+        # 503; the admission queue bounds generations and the header deadline closes idle connections.
+        self.config = uvicorn.Config(app, host=host, port=port, http=header_deadline_protocol(app.limits.header_timeout),
+                                     ws="none", lifespan="on", log_level="warning", access_log=False,
+                                     timeout_graceful_shutdown=3, timeout_keep_alive=5, limit_concurrency=None,
+                                     server_header=False)
         self.server = uvicorn.Server(self.config)
         self.thread: threading.Thread | None = None
         self.failed: BaseException | None = None

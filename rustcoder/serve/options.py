@@ -60,6 +60,8 @@ class ServeOptions:
                              show_default=True)
     body_timeout: float = _f(30.0, "Longest time a request body may take to arrive (slower: 408).", metavar="SECONDS",
                              show_default=True)
+    header_timeout: float = _f(10.0, "Longest time a connection may take to send its request headers (slower or "
+                               "idle: closed with 408).", metavar="SECONDS", show_default=True)
     stall_seconds: float = _f(120.0, "/health answers 503 'stuck' when generations are in flight and none made "
                               "progress for this long.", metavar="SECONDS", show_default=True)
     engine_log: str | None = _f(None, "Also write the engine's output to FILE.", metavar="FILE")
@@ -80,6 +82,7 @@ class ServeOptions:
         kw["playground_auth"] = self.playground_auth()
         problems = [f"--{name.replace('_', '-')} must be positive" for name in
                     ("max_tokens", "max_request_seconds", "max_queue", "queue_timeout", "max_body_bytes", "stall_seconds", "body_timeout",
+                     "header_timeout",
                      "max_concurrent") if kw[name] is not None and kw[name] <= 0]
         if problems:
             raise UsageError(" ".join(problems))
