@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
+from . import artifacts, compat
 from .artifacts import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG, DATA_SUMMARY, EVAL_SPLIT, METRICS, TRAIN_IDS,
                         atomic_write_json, atomic_write_text, atomic_write_yaml)
 from .config import TrainConfig, default_run_name, grad_accum_per_process, steps_for
 from .data.strandset import PreparedData, prepare_data
+from .data.tokenize import IGNORE
 from .errors import RustcoderError
 
 
-IGNORE_LABEL = -100  # label of a token outside the loss (rustcoder.data.tokenize.IGNORE)
 EVAL_SHARE = 0.2  # evaluation may cost at most this share of a run's training compute (forward = 1/3 of a step)
 
 
@@ -310,7 +310,7 @@ def check_loss_mask(labels) -> None:
     chunks = labels.chunks if isinstance(labels, pa.ChunkedArray) else [pa.array(labels, type=pa.list_(pa.int32()))]
     empty = total = 0
     for chunk in chunks:
-        answer = pc.not_equal(pc.list_flatten(chunk), IGNORE_LABEL).cast(pa.int8()).to_numpy(zero_copy_only=False)
+        answer = pc.not_equal(pc.list_flatten(chunk), IGNORE).cast(pa.int8()).to_numpy(zero_copy_only=False)
         parents = pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False)
         per_row = np.bincount(parents, weights=answer, minlength=len(chunk))
         empty += int((per_row == 0).sum())
@@ -344,11 +344,11 @@ def train_dtype(requested: str) -> str:
 def one_gpu_per_process(args, world: int, log=print) -> None:
     """A single process (no launcher) on a machine with several GPUs trains on one: Trainer would wrap the model
     in nn.DataParallel, which TRL's SFTTrainer refuses. transformers does the same for a model split over
-    devices (``args._n_gpu = 1``)."""
+    devices (``compat.train_on_one_device``)."""
     if world == 1 and args.n_gpu > 1:
         log(f"note: {args.n_gpu} GPUs are visible to this one process: training on {args.device}; "
             f"`--num-processes {args.n_gpu}` trains on all of them (data parallel)")
-        args._n_gpu = 1
+        compat.train_on_one_device(args)
 
 
 def sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
@@ -414,7 +414,7 @@ def _trainer_class():
     from transformers.trainer_utils import EvalLoopOutput
     from trl import SFTTrainer
 
-    from .packing import IGNORE, StepSampler, collate_forward, process_forwards
+    from .packing import StepSampler, collate_forward, process_forwards
 
     class StepTimer(TrainerCallback):
         """Wall time and non-pad tokens of optimizer steps only (no evaluation, no checkpoint saves, not the
@@ -497,7 +497,7 @@ def _trainer_class():
                 batch = forwards[-1] if padding else forwards[i]
                 last = i == runs - 1
                 # DeepSpeed steps its optimizer inside backward when gradients sync: only after the last forward
-                acc.gradient_state._set_sync_gradients(last)
+                acc.sync_gradients = last
                 with contextlib.nullcontext() if last else acc.no_sync(model):
                     nll, n_valid, n_correct = self._answer_forward(model, batch)
                     loss = nll / denom * world  # DDP averages gradients over processes
@@ -513,9 +513,7 @@ def _trainer_class():
             if world > 1:
                 stats = acc.gather(stats.unsqueeze(0)).sum(0)
             correct, valid, tokens = stats.tolist()
-            self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
-            self._total_train_tokens += int(tokens)
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            compat.record_train_metrics(self, correct / valid if valid else 0.0, tokens)
             self.rc_forwards.append(len(forwards))
             self.rc_last_tokens = tokens  # counted by the StepTimer with the step's time
             return step_loss
