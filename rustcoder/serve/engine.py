@@ -251,8 +251,12 @@ def start_gateway(spec: EngineSpec, limits=None):
     context, vocab = model_limits(spec.model, spec.max_model_len)
     hosts = ("127.0.0.1", "localhost", "::1") if is_loopback(spec.host) else None
     stop = served_stop_ids(spec) if spec.engine == "vllm" else ()
+    from .tokens import PromptTokens
+
+    counter = PromptTokens.from_dir(spec.adapter_dir, spec.model)
     app = Gateway(served=spec.model_names, engine=spec.engine, api_key=spec.api_key, upstream_uds=spec.uds,
-                  limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts, stop_token_ids=stop)
+                  limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts, stop_token_ids=stop,
+                  prompt_tokens=counter)
     return GatewayServer(app, spec.host, spec.port)
 
 

@@ -146,7 +146,8 @@ class Gateway:
                  upstream_uds: str | None = None, upstream_url: str = "http://engine",
                  upstream_models: dict[str, str] | None = None, limits: GatewayLimits | None = None,
                  context_length: int | None = None, vocab_size: int | None = None,
-                 allowed_hosts: tuple[str, ...] | None = None, stop_token_ids: tuple[int, ...] = ()):
+                 allowed_hosts: tuple[str, ...] | None = None, stop_token_ids: tuple[int, ...] = (),
+                 prompt_tokens=None):
         self.served = list(served)
         self.engine = engine
         self.api_key = api_key
@@ -158,7 +159,9 @@ class Gateway:
         self.admission = Admission(slots, self.limits.max_queue, self.limits.queue_timeout)
         self.request_limits = RequestLimits(max_tokens=self.limits.max_tokens, context_length=context_length,
                                             vocab_size=vocab_size, engine=engine,
-                                            stop_token_ids=tuple(stop_token_ids))
+                                            stop_token_ids=tuple(stop_token_ids), prompt_tokens=prompt_tokens)
+        if prompt_tokens is not None:
+            self.request_limits.special_tokens = prompt_tokens.special_tokens
         self.allowed_hosts = allowed_hosts
         self.created = int(time.time())
         self.progress: dict[str, float] = {}  # request id -> when its generation last made progress
@@ -336,8 +339,8 @@ class Gateway:
             elif requested not in (None, *self.served):
                 return await self._error(send, 404, f"The model `{str(requested)[:100]}` does not exist. This "
                                          f"server serves `{self.served[0]}`.", "model", "model_not_found")
-        if problem is None:
-            request, problem = parse_chat_request(payload, self.request_limits)
+        if problem is None:  # in a thread: counting a long prompt's tokens must not stall the other requests
+            request, problem = await asyncio.to_thread(parse_chat_request, payload, self.request_limits)
         if problem is not None:
             return await self._problem(send, problem)
         name = payload.get("model") or self.served[0]
@@ -408,6 +411,12 @@ class Job:
                 return await self._answer_error(503, openai_error(
                     f"the engine is not reachable ({type(e).__name__}); check /health", "server_error"))
             cut = True
+        if cut and not self.text:  # no token before the time cap: "busy", never a 200 with empty content (F6)
+            async with asyncio.timeout(10):
+                return await self._answer_error(504, openai_error(
+                    f"no token was generated within the server's time limit ({g.limits.max_request_seconds:g} s, "
+                    "rustcoder serve --max-request-seconds): the server is busy or the prompt is too long; retry "
+                    "later or with a shorter prompt", "server_error", "timeout"))
         finish, usage = (self.finish or "stop", self.usage_seen) if not cut else ("length", None)
         # at the limit: the engine's connection is closed; the answer ends here (rustcoder serve --max-request-seconds)
         async with asyncio.timeout(10):  # the last words to a client that does not read are not waited on

@@ -15,8 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .tokens import DEFAULT_SPECIAL_TOKENS
+
 MAX_DEPTH = 32  # nesting of JSON arrays/objects; a chat request needs 5
 MAX_MESSAGES = 1024
+
 MAX_STOP = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit
@@ -197,6 +200,13 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class ResponseFormat(BaseModel):
+    """``response_format``: only plain text (the others are refused as unsupported before this model)."""
+
+    model_config = _STRICT
+    type: Literal["text"]
+
+
 class ChatRequest(BaseModel):
     """The OpenAI chat-completions request fields this server serves, with OpenAI's ranges."""
 
@@ -216,6 +226,12 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(None, max_length=256)
+    # accepted and ignored (OpenAI's SDKs and wrappers send them): nothing is stored, no tiers, text answers
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None  # true is refused as unsupported before this model
+    store: bool | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -251,6 +267,8 @@ class RequestLimits:
     vocab_size: int | None = None
     engine: str = "transformers"
     stop_token_ids: tuple[int, ...] = ()  # vLLM: added to every request (modeling.stop_token_ids of the model)
+    prompt_tokens: Any = None  # a tokens.PromptTokens: prompt + max_tokens beyond the context is refused (F6)
+    special_tokens: tuple[str, ...] = DEFAULT_SPECIAL_TOKENS  # refused inside message content (F9)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's union members in an error's loc
@@ -291,6 +309,11 @@ def parse_chat_request(payload: dict, limits: RequestLimits) -> tuple[dict | Non
         req = ChatRequest.model_validate(payload)
     except ValidationError as e:
         return None, _problem_from(e)
+    if req.stream_options is not None and not req.stream:  # as OpenAI answers it
+        return None, Problem("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                             "stream_options")
+    if req.metadata and any(len(k) > 64 or len(v) > 512 for k, v in req.metadata.items()):
+        return None, Problem("metadata: keys are at most 64 characters and values at most 512", "metadata")
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     which = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     if asked is not None and limits.context_length and asked >= limits.context_length:
@@ -314,6 +337,22 @@ def parse_chat_request(payload: dict, limits: RequestLimits) -> tuple[dict | Non
     out: dict[str, Any] = {"messages": [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                                         for m in req.messages],
                            "max_tokens": asked or _default_tokens(limits)}
+    for i, message in enumerate(out["messages"]):  # content is text: a control token in it would forge turns (F9)
+        found = next((t for t in limits.special_tokens if t in message["content"]), None)
+        if found:
+            return None, Problem(f"messages[{i}].content contains the chat-template control token {found}, which "
+                                 "this server refuses in content (it would be read as the start or end of a turn); "
+                                 "remove it", f"messages[{i}].content")
+    if limits.prompt_tokens is not None and limits.context_length:
+        prompt = limits.prompt_tokens.count(out["messages"])
+        room = limits.context_length - prompt
+        if asked is None and room >= 1:  # as OpenAI: absent, the answer may use what the prompt leaves
+            out["max_tokens"] = min(out["max_tokens"], room)
+        elif prompt + out["max_tokens"] > limits.context_length:
+            return None, Problem(f"This model's maximum context length is {limits.context_length} tokens. However, "
+                                 f"your messages resulted in about {prompt} tokens and {which} asks for "
+                                 f"{out['max_tokens']}. Please reduce the length of the messages or {which}.",
+                                 "messages", "context_length_exceeded")
     for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "stop", "logit_bias"):
         value = getattr(req, field)
         if value is not None:
