@@ -51,6 +51,29 @@ def require_gradio():
     return gradio
 
 
+KEY_USERNAME = "api"  # the login name when the password is the endpoint's API key
+
+
+def login_for(auth: tuple[str, str] | None, *api_keys: str | None) -> tuple[str, str] | None:
+    """The playground's login: AUTH when given; else, when the endpoint has an API key, user ``api`` with that
+    key as password (the playground must not re-serve a key-protected API to anyone: red-team F7); else None."""
+    key = next((k for k in api_keys if k), None)
+    return auth or ((KEY_USERNAME, key) if key else None)
+
+
+def host_check_middleware(host: str) -> list:
+    """Starlette's TrustedHostMiddleware for a playground bound to loopback (refuses a Host naming another
+    machine: DNS rebinding, as the gateway does); none when it binds a network address."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from .net import is_loopback
+
+    if not is_loopback(host):
+        return []
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1"])]
+
+
 def check_bind(host: str, auth: tuple[str, str] | None) -> None:
     """Refuse to expose the playground beyond this machine without a username and password."""
     from .net import is_loopback
@@ -348,9 +371,13 @@ def launch_playground(endpoint: str, compare: str | None = None, *, api_key: str
                       auth: tuple[str, str] | None = None, share: bool = False, block: bool = True):
     """Build and launch the playground on HOST:PORT; returns (app, local URL). Blocks unless block=False.
 
+    With an API key and no AUTH the login is user ``api``, password the key (``login_for``); on loopback a
+    Host header naming another machine is refused (400).
+
     With ``models`` listing two or more models and no COMPARE, side B shows the endpoint's second
     model (e.g. the base model next to a LoRA adapter served by vLLM).
     """
+    auth = login_for(auth, api_key, compare_api_key)
     check_bind(host, auth)
     if share and not auth:
         raise UsageError("--share publishes the playground on a public link: it requires --username and --password.")
@@ -364,7 +391,8 @@ def launch_playground(endpoint: str, compare: str | None = None, *, api_key: str
         _stop_on_signals()  # before the port opens: a signal sent once it answers must stop it
     try:
         app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=True,
-                   quiet=True, show_error=True, inbrowser=False, footer_links=[])
+                   quiet=True, show_error=True, inbrowser=False, footer_links=[],
+                   app_kwargs={"middleware": host_check_middleware(host)})
     except OSError as e:
         raise RustcoderError(f"playground: cannot listen on {host}:{port} ({e}). Pick another with --port.") from None
     except KeyboardInterrupt:  # Ctrl-C while it was still starting

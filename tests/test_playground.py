@@ -355,3 +355,30 @@ def test_playground_started_with_sigint_ignored_stops_on_sigint():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_key_protected_endpoint_gets_a_login_and_a_host_check():
+    """F7: with the endpoint's API key and no --username, the playground's login is `api` + the key (its
+    routes refuse anyone else), and on loopback a Host naming another machine (DNS rebinding) is refused."""
+    pytest.importorskip("gradio")
+    import httpx
+
+    key = "playground-key-0123"
+    endpoint = ScriptedEndpoint("fn main() {}", api_key=key, delay=0.0)
+    port = free_port()
+    app, url = pg.launch_playground(endpoint.url, api_key=key, port=port, block=False)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/config", timeout=10).status_code == 401  # no login: nothing
+        call = httpx.post(base + "/gradio_api/call/respond", json={"data": []}, timeout=10)
+        assert call.status_code in (401, 403), call.text[:200]
+        evil = httpx.get(base + "/", headers={"Host": f"evil.example:{port}"}, timeout=10)
+        assert evil.status_code == 400
+        with httpx.Client(base_url=base, timeout=10) as c:
+            assert c.post("/login", data={"username": "api", "password": "wrong"}).status_code == 400
+            assert c.post("/login", data={"username": "api", "password": key}).status_code == 200
+            assert c.get("/config").status_code == 200
+    finally:
+        app.close()
+        endpoint.close()
+    assert pg.login_for(("me", "pw"), key) == ("me", "pw") and pg.login_for(None, None) is None
