@@ -307,7 +307,7 @@ def curl_example(spec: EngineSpec) -> str:
             f"-d {shlex.quote(json.dumps(body))}")
 
 
-def banner(server: RunningServer, playground_url: str | None = None) -> str:
+def banner(server: RunningServer, playground_url: str | None = None, login: bool = False) -> str:
     """What `rustcoder serve` prints once the engine is ready."""
     spec = server.spec
     model = spec.served_model_name
@@ -325,7 +325,8 @@ def banner(server: RunningServer, playground_url: str | None = None) -> str:
         lines.append(f"  API key    required (Authorization: Bearer ...); the curl line reads it from ${API_KEY_ENV}")
     lines += ["  try it:", "    " + curl_example(spec)]
     if playground_url:
-        lines.append(f"  playground {playground_url}")
+        lines.append(f"  playground {playground_url}" + ("   (login: user api, password the API key)"
+                                                          if spec.api_key and not login else ""))
     else:
         key = f" --api-key \"${API_KEY_ENV}\"" if spec.api_key else ""
         lines.append(f"  playground: rustcoder playground --endpoint {spec.base_url}{key}")
@@ -399,10 +400,10 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
                       chat_template=chat_template, vllm_python=vllm_python, dtype=dtype, device=device,
                       engine_args=engine_args, runs_dir=runs_dir)
     if playground:
-        from ..playground import check_bind, require_gradio
+        from ..playground import check_bind, login_for, require_gradio
 
         require_gradio()
-        check_bind(playground_host, playground_auth)
+        check_bind(playground_host, login_for(playground_auth, spec.api_key))
         problem = port_problem(playground_host, playground_port)
         if problem:
             raise RustcoderError(f"playground: {problem}. Pick another with --playground-port.")
@@ -435,7 +436,7 @@ def serve(model_dir: str | Path | None = None, *, engine: str | None = None, hos
             result.playground, playground_url = launch_playground(
                 spec.base_url, api_key=spec.api_key, models=spec.model_names, host=playground_host,
                 port=playground_port, auth=playground_auth, block=False)
-        log(banner(result.server, playground_url))
+        log(banner(result.server, playground_url, login=bool(playground_auth)))
         if not block:
             result.stopped_by = "return"
             return result
