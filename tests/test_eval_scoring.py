@@ -101,7 +101,8 @@ def test_hand_written_predictions_get_the_right_statuses(items, tmp_path):
     assert st("wrong", roman)["status"] == "test_fail" and st("wrong", roman)["compiled"] is True
     assert st("typeerr", roman)["status"] == "compile_error" and st("typeerr", roman)["error_codes"] == ["E0308"]
     crate = st("crate", roman)
-    assert crate["status"] == "needs_crate" and crate["missing_crates"] == ["serde"] and crate["primary"] is None
+    # the task never names serde: the answer's missing crate counts against it (F17: not excluded from the rate)
+    assert crate["status"] == "needs_crate" and crate["missing_crates"] == ["serde"] and crate["primary"] == 0.0
     assert st("empty", roman)["status"] == "empty_answer" and st("empty", roman)["primary"] == 0.0
     assert st("prose", roman)["status"] == "no_code"
     assert st("good", percent)["status"] == "pass"
@@ -120,11 +121,11 @@ def test_hand_written_predictions_get_the_right_statuses(items, tmp_path):
     assert st("wrong", summary)["primary"] == pytest.approx(chrf("It sorts things.", ref))
     assert st("good", bug)["status"] == "pass" and st("good", bug)["chrf"] == pytest.approx(100.0)
 
-    # needs_crate is counted on its own, outside the pass-rate denominator; the category's other item,
-    # which "crate" did not answer, is missing and scores 0
+    # needs_crate is counted on its own and, as the task never names the crate, stays in the pass-rate
+    # denominator (scored 0); the category's other item, which "crate" did not answer, is missing and scores 0
     crate_cat = result.metrics["models"]["crate"]["categories"]["code_generation"]
     assert crate_cat["needs_crate"] == 1 and crate_cat["statuses"]["missing"] == crate_cat["items"] - 1
-    assert crate_cat["scored"] == crate_cat["items"] - 1 and crate_cat["primary"] == 0.0
+    assert crate_cat["scored"] == crate_cat["items"] and crate_cat["primary"] == 0.0
     typeerr = result.metrics["models"]["typeerr"]["categories"]["code_generation"]
     assert typeerr["error_codes"] == {"E0308": 1} and typeerr["compile_rate"] == 0.0
     # the program that was compiled is kept, for a person to read
