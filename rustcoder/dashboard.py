@@ -37,12 +37,13 @@ def open_dashboard(project: str, port: int = DEFAULT_PORT) -> int:
     child = start_group([sys.executable, "-m", "trackio.cli", "show", "--project", project], die_with_parent=True,
                         env=env, stdout=pipe, stderr=pipe, text=True if pipe else None)
     copies = []
-    if pipe:
-        copies = [threading.Thread(target=_copy, args=(src, dst, p), daemon=True)
-                  for src, dst, p in ((child.stdout, sys.stdout, plain[0]), (child.stderr, sys.stderr, plain[1]))]
-        for t in copies:
-            t.start()
-    try:
+    try:  # from here on, Ctrl-C at any moment stops the group
+        if pipe:
+            copies = [threading.Thread(target=_copy, args=(src, dst, p), daemon=True)
+                      for src, dst, p in ((child.stdout, sys.stdout, plain[0]),
+                                          (child.stderr, sys.stderr, plain[1]))]
+            for t in copies:
+                t.start()
         code = child.wait()
     except KeyboardInterrupt:
         stop_group(child, timeout=10)

@@ -197,7 +197,7 @@ def served(request, tmp_path_factory):
     t = time.monotonic()
     server.stop()
     took = time.monotonic() - t
-    assert took < 15, f"stopping the server took {took:.1f} s"
+    assert took < 20, f"stopping the server took {took:.1f} s (the force kill comes at 20 s)"
     if getattr(server, "result", None) is not None:
         assert server.result.exit_code not in (-9, 137), "the engine needed SIGKILL"
 

@@ -458,7 +458,8 @@ def test_offline_hub_model_fails_with_a_clear_message(tmp_path):
 
 
 def test_offline_hub_dataset_fails_with_a_clear_message():
-    r = CliRunner().invoke(main, ["train", "--dry-run"])
+    # a local model, so the dry run gets past the model (checked first since the dry run loads its config)
+    r = CliRunner().invoke(main, ["train", "--dry-run", "--model", "tiny-qwen2"])
     assert r.exit_code == 1, r.output
     assert "could not load 'Fortytwo-Network/Strandset-Rust-v1'" in r.output
     assert "Traceback" not in r.output
