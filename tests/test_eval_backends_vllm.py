@@ -227,6 +227,8 @@ def test_vllm_adapter_and_merge_of_a_real_model_answer_as_transformers(vllm_pyth
     assert texts(got["run:adapter"]) == texts(got["merged"])
 
 
+@pytest.mark.skipif(os.environ.get("RUSTCODER_FAMILY_PARITY") != "1",
+                    reason="eight vLLM engine starts (about 15 minutes on 2 cores): set RUSTCODER_FAMILY_PARITY=1")
 def test_every_qwen_family_answers_alike_in_transformers_and_vllm(vllm_python, family_dir, tmp_path):
     """Byte-identical prompts (rustcoder's template, thinking per family) and one stop rule: greedy answers of
     every family fixture are identical in the transformers and vLLM backends."""
