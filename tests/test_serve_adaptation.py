@@ -36,6 +36,7 @@ def test_the_transformers_serve_internals_rustcoder_adapts_are_where_it_expects_
     for attribute in ("self._parser", "self._cancelled", "self._first", "self._tokenizer", "self.total_tokens"):
         assert attribute in source, f"DirectStreamer no longer has {attribute}"
     assert issubclass(serving_utils._GenerationCancelled, BaseException)
+    assert callable(serving_utils.CBStreamer.cancel) and callable(streamer.cancel)
     assert callable(cli.app)
 
 
@@ -48,10 +49,56 @@ def test_installing_the_adaptation_replaces_exactly_those_internals(monkeypatch,
     targets = [(model_manager.ModelManager, "_load_processor"), (model_manager.ModelManager, "load_model_and_processor"),
                (server, "build_server"), (serving_utils.BaseHandler, "_build_generation_config"),
                (chat_completion, "build_response_parser"), (chat_completion, "parse_assistant_message"),
-               (serving_utils.DirectStreamer, "put"), (serving_utils.DirectStreamer, "end")]
+               (serving_utils.DirectStreamer, "put"), (serving_utils.DirectStreamer, "end"),
+               (serving_utils.DirectStreamer, "__init__"), (serving_utils.CBStreamer, "__init__")]
     for owner, name in targets:  # restored after the test, whatever install_patches does
         monkeypatch.setattr(owner, name, getattr(owner, name))
     before = {(id(o), n): getattr(o, n) for o, n in targets}
     install_patches("model", "served", None, None, None)
     changed = [n for o, n in targets if getattr(o, n) is not before[(id(o), n)]]
     assert changed == [n for _, n in targets]
+
+
+def _chat_through_the_adapter(leave_before_the_answer: bool):
+    """A chat request through EngineAdapter to an app that starts a generation (a DirectStreamer) before its
+    response, as transformers serve does; the client leaves before the answer or reads it to its end."""
+    import asyncio
+
+    from transformers.cli.serving import utils as serving_utils
+
+    from rustcoder.serve.transformers_engine import EngineAdapter, install_cancel_with_request
+
+    install_cancel_with_request()
+    made = []
+
+    async def app(scope, receive, send):
+        await receive()  # the (replayed) body
+        made.append(serving_utils.DirectStreamer(None, asyncio.get_running_loop(), asyncio.Queue()))
+        if leave_before_the_answer:  # the client is gone before the first chunk: as Starlette does, just return
+            assert (await receive())["type"] == "http.disconnect"
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done", "more_body": False})
+
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}
+    asyncio.run(EngineAdapter(app, "model")(scope, receive, send))
+    return made[0]
+
+
+def test_a_generation_whose_client_left_before_its_first_chunk_is_cancelled(monkeypatch):
+    """transformers serve starts generating before its stream is read and cancels only from inside the stream:
+    a request the gateway abandoned that early generated to max_tokens while later requests queued behind it."""
+    from transformers.cli.serving import utils as serving_utils
+
+    monkeypatch.setattr(serving_utils.DirectStreamer, "__init__", serving_utils.DirectStreamer.__init__)
+    monkeypatch.setattr(serving_utils.CBStreamer, "__init__", serving_utils.CBStreamer.__init__)
+    assert _chat_through_the_adapter(leave_before_the_answer=True)._cancelled.is_set()
+    assert not _chat_through_the_adapter(leave_before_the_answer=False)._cancelled.is_set()  # answered: left alone

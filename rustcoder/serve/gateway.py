@@ -379,6 +379,7 @@ class Job:
         self.g, self.request, self.name, self.stream, self.usage, self.send = gateway, request, name, stream, usage, send
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.started = False
+        self.deadline = float("inf")  # the loop time at which --max-request-seconds cuts it (set when admitted)
 
     async def run(self) -> None:
         """Admit, generate, answer; any refusal or engine failure in OpenAI's error shape."""
@@ -400,8 +401,11 @@ class Job:
         g = self.g
         self.text, self.finish, self.usage_seen, self.created = [], None, None, int(time.time())
         cut = False
-        try:  # the deadline covers the client's side too: one that stops reading cannot hold a slot past it
-            async with asyncio.timeout(g.limits.max_request_seconds):
+        # the deadline covers the client's side too: one that stops reading cannot hold a slot past it. Checked on
+        # every line as well: a cancellation absorbed below (httpx/anyio) must not let a generation run past it.
+        self.deadline = asyncio.get_running_loop().time() + g.limits.max_request_seconds
+        try:
+            async with asyncio.timeout_at(self.deadline):
                 if await self._relay():
                     return
         except TimeoutError:
@@ -453,7 +457,10 @@ class Job:
             status, body = openai_error_response(r.status_code, raw[:ERROR_BODY_CAP])
             await self._answer_error(status, json.loads(body))
             return True
+        loop = asyncio.get_running_loop()
         async for line in r.aiter_lines():
+            if loop.time() >= self.deadline:
+                raise TimeoutError
             g.progress[self.id] = time.monotonic()
             if not line.startswith("data:"):
                 continue

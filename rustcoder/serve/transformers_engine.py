@@ -10,16 +10,18 @@ tests/test_serve_adaptation.py fails loudly when an upgrade moves one of them.
 from __future__ import annotations
 
 import argparse
+import contextvars
+import json
 import os
 import sys
 from pathlib import Path
-
-import json
 
 from .gateway import stream_delta
 from .spec import API_KEY_ENV, HEALTH_PATH
 
 ENGINE_ROUTES = {HEALTH_PATH: "GET", "/v1/chat/completions": "POST"}
+# the streamers (generations) the current chat request started: cancelled when its ASGI call ends
+REQUEST_STREAMERS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rustcoder_streamers", default=None)
 
 
 class EngineAdapter:
@@ -70,7 +72,25 @@ class EngineAdapter:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await self.app(scope, replay, send)
+        # transformers serve starts the generation before its stream is first read and cancels it only from
+        # inside that stream: a client (the gateway) that leaves before the first chunk left a generation
+        # running to max_tokens, and every later request queued behind it. Whatever ends this call ends them.
+        streamers: list = []
+        answered = False
+
+        async def send_and_note(message):
+            nonlocal answered
+            await send(message)
+            answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
+
+        token = REQUEST_STREAMERS.set(streamers)
+        try:
+            return await self.app(scope, replay, send_and_note)
+        finally:
+            REQUEST_STREAMERS.reset(token)
+            if not answered:  # ended before its answer did
+                for streamer in streamers:
+                    streamer.cancel()
 
 def install_patches(model: str, served_name: str, api_key: str | None, adapter: str | None,
                     chat_template: str | None, uds: str | None = None) -> None:
@@ -213,6 +233,27 @@ def install_consistent_text_patches() -> None:
         return original_end(self)
 
     streamer.put, streamer.end = put, end
+    install_cancel_with_request()
+
+
+def install_cancel_with_request() -> None:
+    """Every streamer (plain and continuous batching) registers with the chat request that created it, so the
+    EngineAdapter cancels it when that request ends (normally, or because its client left)."""
+    from transformers.cli.serving import utils as serving_utils
+
+    for cls in (serving_utils.DirectStreamer, serving_utils.CBStreamer):
+        original_init = cls.__init__
+        if getattr(original_init, "_rustcoder", False):
+            continue
+
+        def __init__(self, *args, _original=original_init, **kwargs):
+            _original(self, *args, **kwargs)
+            streamers = REQUEST_STREAMERS.get()
+            if streamers is not None:
+                streamers.append(self)
+
+        __init__._rustcoder = True
+        cls.__init__ = __init__
 
 
 def engine_main(argv: list[str]) -> None:
