@@ -333,7 +333,7 @@ def test_a_sandbox_that_breaks_mid_run_is_caught_by_the_batchs_own_self_check(sa
     """Every batch runs the self-check beside its programs: when the sandbox breaks after the first check, the
     batch's results are not recorded (nothing is blamed on the model) and the evaluation stops; a rerun with a
     working sandbox finishes them."""
-    from rustcoder.eval import pipeline
+    from rustcoder.eval import store
 
     real = sandbox.sandbox_self_check
     calls = []
@@ -350,7 +350,7 @@ def test_a_sandbox_that_breaks_mid_run_is_caught_by_the_batchs_own_self_check(sa
     with pytest.raises(RustcoderError, match="the sandbox does not work here \\(alongside this batch\\)"):
         evaluate(EvalConfig(**cfg), **QUIET)
     assert len(calls) == 2  # before the first batch, then alongside it
-    executions = tmp_path / "e" / pipeline.EXECUTIONS
+    executions = tmp_path / "e" / store.EXECUTIONS
     assert not executions.exists() or not executions.read_text().strip()  # the unproven batch was not kept
     monkeypatch.setattr(sandbox, "sandbox_self_check", real)
     result = evaluate(EvalConfig(**cfg), **QUIET)
@@ -409,7 +409,7 @@ def test_the_signature_is_pinned_for_rustc_from_the_row_or_the_reference():
 def test_a_crate_the_task_never_names_counts_as_a_failure_not_an_exclusion(sample_items):
     """F17: `use made_up::x;` made an answer needs_crate, which left the denominator; now only a crate the task's
     own text names is excluded, any other keeps the needs_crate status and scores 0."""
-    from rustcoder.eval.pipeline import score_sample
+    from rustcoder.eval.score_rules import score_sample
 
     roman = next(i for i in sample_items["code_generation"] if "to_roman" in json.dumps(i.data))
     sample = {"key": "m:x:0", "model": "m", "sample_index": 0, "answer": "```rust\nuse made_up::x;\n```"}

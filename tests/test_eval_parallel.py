@@ -23,7 +23,8 @@ from rustcoder.errors import ConfigError, RustcoderError, UsageError
 from rustcoder.eval import EvalConfig, evaluate, plan_eval
 from rustcoder.eval import parallel
 from rustcoder.eval.backends import GenParams, GenRequest, ModelTarget, plan_batches, shard_units
-from rustcoder.eval.pipeline import SAMPLES, prepare_eval_dir
+from rustcoder.eval.evaldir import prepare_eval_dir
+from rustcoder.eval.store import SAMPLES
 from rustcoder.eval.suites import dataset_suite, load_items
 from rustcoder.sandbox import rustc_available
 

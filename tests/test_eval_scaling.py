@@ -54,7 +54,8 @@ def test_served_data_parallel_is_vllms_own(adapter):
 
 def test_served_data_parallel_starts_no_worker_processes(adapter):
     from rustcoder.eval.loading import Backends, default_backend_factory
-    from rustcoder.eval.pipeline import data_parallel_workers, plan_eval
+    from rustcoder.eval.generate import data_parallel_workers
+    from rustcoder.eval.plan import plan_eval
 
     _, adapter_dir = adapter
     plan = plan_eval(EvalConfig(model=str(adapter_dir), backend="served", engine="vllm", data_parallel=4,

@@ -14,7 +14,7 @@ load a model.
 """
 
 from .config import EvalConfig
-from .pipeline import EvalResult, evaluate, plan_eval
-from .plan import EvalPlan
+from .pipeline import EvalResult, evaluate
+from .plan import EvalPlan, plan_eval
 
 __all__ = ["EvalConfig", "EvalPlan", "EvalResult", "evaluate", "plan_eval"]
