@@ -331,7 +331,9 @@ class Gateway:
                 return
             extra = [(b"connection", b"close")] if body.status in (408, 413) else None
             return await self._error(send, body.status, body.message, body.param, body.code, headers=extra)
-        payload, problem = parse_json_body(body)
+        # in a thread, as the validation below: scanning and parsing a body of up to --max-body-bytes must not
+        # stall the other requests' streams
+        payload, problem = await asyncio.to_thread(parse_json_body, body)
         if problem is None:
             requested = payload.get("model")
             if requested is not None and not isinstance(requested, str):
