@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -174,19 +177,31 @@ def smollm2_gguf() -> Path | None:
     return Path(found[0].locate()) if found else None
 
 
+@contextlib.contextmanager
+def building(out_dir: Path):
+    """A temporary folder beside ``out_dir`` to build a cached model into: it replaces ``out_dir`` when the block
+    ends and is removed when the block fails, so a killed or failed build never leaves a half-built cache."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
 def build_smollm2(out_dir: Path, gguf: Path) -> Path:
     """De-quantize the GGUF into a normal float32 checkpoint (config, safetensors, tokenizer, generation config).
 
     transformers refuses to save a GGUF-loaded model ("quantized with gguf"), so the weights are loaded into a
     LlamaForCausalLM built from the config without its quantization config (platform notes)."""
-    import shutil
-    import tempfile
-
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building(out_dir) as tmp:
         src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if hasattr(cfg, "quantization_config"):
@@ -204,37 +219,25 @@ def build_smollm2(out_dir: Path, gguf: Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         del src, model
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
 def make_base_like(instruct_dir: Path, out_dir: Path) -> Path:
     """The same weights with eos <|endoftext|> in config, generation config and tokenizer, as Qwen base models
     ship (Qwen2.5-7B, Qwen2.5-Coder-7B): the chat turn still ends with <|im_end|>, which is not the eos."""
-    import shutil
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    for f in instruct_dir.iterdir():
-        if f.suffix == ".safetensors":
-            os.symlink(f.resolve(), tmp / f.name)
-        elif f.is_file():
-            shutil.copy(f, tmp / f.name)
-    tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
-    tok_cfg["eos_token"] = "<|endoftext|>"
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    for name in ("config.json", "generation_config.json"):
-        cfg = json.loads((tmp / name).read_text())
-        cfg["eos_token_id"] = 0
-        (tmp / name).write_text(json.dumps(cfg, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with building(out_dir) as tmp:
+        for f in instruct_dir.iterdir():
+            if f.suffix == ".safetensors":
+                os.symlink(f.resolve(), tmp / f.name)
+            elif f.is_file():
+                shutil.copy(f, tmp / f.name)
+        tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
+        tok_cfg["eos_token"] = "<|endoftext|>"
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+        for name in ("config.json", "generation_config.json"):
+            cfg = json.loads((tmp / name).read_text())
+            cfg["eos_token_id"] = 0
+            (tmp / name).write_text(json.dumps(cfg, indent=2))
     return out_dir
 
 
@@ -350,16 +353,11 @@ def build_family(name: str, out_dir: Path, bpe, *, hidden_size: int = 64, seed: 
     """A random model of family ``name`` (families.json): its config (model type, vocabulary, tying, bos/eos),
     generation_config.json and tokenizer as shipped, at width ``hidden_size``, 2 layers, head_dim 32 (vLLM's
     CPU attention needs >= 32), saved in float32."""
-    import shutil
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig
 
     fam = families()[name]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building(out_dir) as tmp:
         build_qwen_tokenizer(tmp, bpe, fam)
         heads = hidden_size // 32
         kw = dict(vocab_size=fam["vocab_size"], hidden_size=hidden_size, intermediate_size=2 * hidden_size,
@@ -376,12 +374,6 @@ def build_family(name: str, out_dir: Path, bpe, *, hidden_size: int = 64, seed: 
         model.generation_config = GenerationConfig(**fam["generation_config"])
         model.save_pretrained(tmp)
         (tmp / "rustcoder_family.json").write_text(json.dumps({"family": name, "recipe": FAMILIES_RECIPE}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

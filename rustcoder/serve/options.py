@@ -1,5 +1,6 @@
 """Every option of ``rustcoder serve``, described once: a typed dataclass whose field help is the CLI help (the
-command's flags are generated from it, as train's and eval's are)."""
+command's flags are generated from it, as train's and eval's are). A field marked ``positive=True`` is a limit
+that must be above zero; ``check_limits`` is the one check of them all."""
 
 from __future__ import annotations
 
@@ -47,23 +48,25 @@ class ServeOptions:
     health_timeout: float = _f(600.0, "How long to wait for the engine to become ready.", metavar="SECONDS",
                                show_default=True)
     max_tokens: int = _f(4096, "Most new tokens one request may ask for (more is a 400); also the default when a "
-                         "request gives none (capped at half the context).", metavar="TOKENS", show_default=True)
+                         "request gives none (capped at half the context).", metavar="TOKENS", show_default=True,
+                         positive=True)
     max_request_seconds: float = _f(300.0, "Wall-time limit of one generation; at it the answer ends with "
-                                    "finish_reason 'length'.", metavar="SECONDS", show_default=True)
+                                    "finish_reason 'length'.", metavar="SECONDS", show_default=True, positive=True)
     max_concurrent: int | None = _f(None, "Generations run at once (default 32 with vLLM, 8 with transformers "
                                     "--continuous-batching, else 1: its plain engine runs one at a time); others "
-                                    "queue.", metavar="N")
+                                    "queue.", metavar="N", positive=True)
     max_queue: int = _f(256, "Requests that may wait for a slot; beyond, 503 overloaded.", metavar="N",
-                        show_default=True)
-    queue_timeout: float = _f(120.0, "Longest wait for a slot before a 503.", metavar="SECONDS", show_default=True)
+                        show_default=True, positive=True)
+    queue_timeout: float = _f(120.0, "Longest wait for a slot before a 503.", metavar="SECONDS", show_default=True,
+                              positive=True)
     max_body_bytes: int = _f(2 * 1024 * 1024, "Largest request body (bigger: 413).", metavar="BYTES",
-                             show_default=True)
+                             show_default=True, positive=True)
     body_timeout: float = _f(30.0, "Longest time a request body may take to arrive (slower: 408).", metavar="SECONDS",
-                             show_default=True)
+                             show_default=True, positive=True)
     header_timeout: float = _f(10.0, "Longest time a connection may take to send its request headers (slower or "
-                               "idle: closed with 408).", metavar="SECONDS", show_default=True)
+                               "idle: closed with 408).", metavar="SECONDS", show_default=True, positive=True)
     stall_seconds: float = _f(120.0, "/health answers 503 'stuck' when generations are in flight and none made "
-                              "progress for this long.", metavar="SECONDS", show_default=True)
+                              "progress for this long.", metavar="SECONDS", show_default=True, positive=True)
     engine_log: str | None = _f(None, "Also write the engine's output to FILE.", metavar="FILE")
     quiet_engine: bool = _f(False, "Do not echo the engine's output.")
 
@@ -80,13 +83,15 @@ class ServeOptions:
             kw.pop(name)
         kw["engine_args"] = kw["engine_args"] or ()
         kw["playground_auth"] = self.playground_auth()
-        problems = [f"--{name.replace('_', '-')} must be positive" for name in
-                    ("max_tokens", "max_request_seconds", "max_queue", "queue_timeout", "max_body_bytes", "stall_seconds", "body_timeout",
-                     "header_timeout",
-                     "max_concurrent") if kw[name] is not None and kw[name] <= 0]
+        self.check_limits()
+        return kw
+
+    def check_limits(self) -> None:
+        """UsageError naming every limit (a field marked ``positive``) that is set to zero or less."""
+        problems = [f"--{f.name.replace('_', '-')} must be positive" for f in fields(self)
+                    if f.metadata.get("positive") and getattr(self, f.name) is not None and getattr(self, f.name) <= 0]
         if problems:
             raise UsageError(" ".join(problems))
-        return kw
 
 
 def option_fields():
