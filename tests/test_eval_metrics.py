@@ -153,6 +153,16 @@ def test_rust_lexing_helpers():
         == 'let x = 1; let y = "// kept";'
 
 
+def test_extract_reads_rust_with_the_sandbox_scanner():
+    """One lexer for the project (sandbox/rustsrc): a quote in a char literal, a raw string holding `//` and
+    braces, nested block comments and a test module quoted in a string are read as rustc reads them."""
+    src = 'let q = \'"\'; let r = r#"// no comment {"#; /* a /* nested */ comment */ let z = 1; // end'
+    assert extract.strip_comments(src) == 'let q = \'"\'; let r = r#"// no comment {"#; let z = 1;'
+    assert extract.brace_balance(src) == 0 and extract.brace_balance('let s = r"}"; fn f() {') == 1
+    quoted = 'const S: &str = "mod tests { #[test] fn t() {} }";\nfn f() {}\n'
+    assert not extract.has_test_module(quoted) and extract.strip_test_modules(quoted) == quoted
+
+
 def test_merge_context_drops_repeated_uses_and_whole_context():
     ctx = "use std::collections::HashMap;\nuse std::fmt;"
     code = "use std::collections::HashMap;\nfn f() {}"
@@ -255,7 +265,8 @@ def test_deltas_get_an_interval_only_with_enough_paired_items():
     for n, expect_ci in ((MIN_PAIRS_FOR_CI - 1, False), (10, True)):
         scores = recs("adapter", n, 100.0) | recs("base", n, 0.0)
         models = {t: {"overall": {"score": v}, "categories": {"c": {}}} for t, v in (("adapter", 100.0), ("base", 0.0))}
-        comp = compare_models(scores, {}, "adapter", "base", ["c"], {str(i) for i in range(n)}, models)
+        comp = compare_models(scores, {}, mine="adapter", base="base", categories=["c"],
+                              ids={str(i) for i in range(n)}, models=models)
         e = comp["categories"]["c"]
         assert e["delta"] == 100.0 and e["n_pairs"] == n
         assert (e["ci"] is not None) is expect_ci and e["significant"] is expect_ci

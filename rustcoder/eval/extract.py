@@ -120,64 +120,25 @@ def unfence(answer: str) -> str:
     return text
 
 
-# ---- a minimal Rust lexer: enough to match braces outside strings, chars and comments ---------------
-
-def _scan(source: str):
-    """Yield (index, char) of every brace/paren/bracket outside comments, strings and char literals."""
-    i, n = 0, len(source)
-    depth_block = 0
-    while i < n:
-        c = source[i]
-        nxt = source[i + 1] if i + 1 < n else ""
-        if c == "/" and nxt == "/":
-            j = source.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if c == "/" and nxt == "*":
-            depth_block, i = 1, i + 2
-            while i < n and depth_block:
-                if source.startswith("/*", i):
-                    depth_block, i = depth_block + 1, i + 2
-                elif source.startswith("*/", i):
-                    depth_block, i = depth_block - 1, i + 2
-                else:
-                    i += 1
-            continue
-        raw = re.match(r'b?r(#*)"', source[i:i + 260]) if c in "rb" else None
-        if raw and (i == 0 or not (source[i - 1].isalnum() or source[i - 1] == "_")):
-            closing = '"' + raw.group(1)
-            j = source.find(closing, i + raw.end())
-            i = n if j < 0 else j + len(closing)
-            continue
-        if c == '"':
-            i += 1
-            while i < n and source[i] != '"':
-                i += 2 if source[i] == "\\" else 1
-            i += 1
-            continue
-        if c == "'":
-            m = re.match(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]{1,6}\}|.)|[^\\'\n])'", source[i:i + 14])
-            i += m.end() if m else 1  # otherwise a lifetime or label
-            continue
-        if c in "{}()[]":
-            yield i, c
-        i += 1
-
+# ---- braces and comments, read by the sandbox's Rust scanner (``rustsrc``: one lexer for the project) ------
 
 def brace_balance(source: str) -> int:
     """Open minus close curly braces outside strings and comments (> 0: unclosed)."""
-    return sum(1 if c == "{" else -1 for _, c in _scan(source) if c in "{}")
+    masked = _masked(source)
+    return masked.count("{") - masked.count("}")
 
 
-def _matching_close(source: str, open_index: int) -> int | None:
+def _matching_close(masked: str, open_index: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_index`` of masked text, counting curly braces only."""
     depth = 0
-    for i, c in _scan(source[open_index:]):
+    for i in range(open_index, len(masked)):
+        c = masked[i]
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return open_index + i
+                return i
     return None
 
 
@@ -189,51 +150,36 @@ def strip_test_modules(source: str) -> str:
 
     Used when the row or benchmark brings its own tests: two ``mod tests`` would collide (E0428).
     """
+    masked = _masked(source)
     out, pos = [], 0
-    for m in _TEST_MOD.finditer(source):
-        if m.start() < pos:
+    for start, end in _test_spans(masked):
+        if start < pos:  # a test module inside one already removed
             continue
-        close = _matching_close(source, m.end() - 1)
-        if close is None:
-            continue
-        block = source[m.start():close + 1]
-        if block.startswith("#[cfg(test)]") or "#[test]" in block:
-            out.append(source[pos:m.start()])
-            pos = close + 1
+        out.append(source[pos:start])
+        pos = end
     out.append(source[pos:])
     return "".join(out)
 
 
 def has_test_module(source: str) -> bool:
     """True when the code already wraps its #[test] functions in a module."""
-    for m in _TEST_MOD.finditer(source):
-        close = _matching_close(source, m.end() - 1)
-        if close is not None and "#[test]" in source[m.start():close + 1]:
+    masked = _masked(source)
+    for m in _TEST_MOD.finditer(masked):
+        close = _matching_close(masked, m.end() - 1)
+        if close is not None and "#[test]" in masked[m.start():close + 1]:
             return True
     return False
 
 
 def strip_comments(source: str) -> str:
     """Source with // and /* */ comments removed (strings kept), whitespace collapsed."""
-    out, i, n = [], 0, len(source)
-    while i < n:
-        if source.startswith("//", i):
-            j = source.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if source.startswith("/*", i):
-            j = source.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            continue
-        if source[i] == '"':
-            j = i + 1
-            while j < n and source[j] != '"':
-                j += 2 if source[j] == "\\" else 1
-            out.append(source[i:j + 1])
-            i = j + 1
-            continue
-        out.append(source[i])
-        i += 1
+    from ..sandbox.rustsrc import comment_spans
+
+    out, pos = [], 0
+    for start, end in comment_spans(source):
+        out.append(source[pos:start])
+        pos = end
+    out.append(source[pos:])
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 

@@ -42,8 +42,21 @@ def _prefix(source: str, i: int) -> str:
 @functools.lru_cache(maxsize=512)  # one harness asks for the same text's mask several times
 def scan(source: str) -> tuple[str, tuple[str, ...]]:
     """(mask, problems): the masked text, and what the scanner could not read as rustc 1.95 lexes it."""
+    masked, problems, _ = _lex(source)
+    return masked, problems
+
+
+@functools.lru_cache(maxsize=64)
+def comment_spans(source: str) -> tuple[tuple[int, int], ...]:
+    """(start, end) of every comment of ``source`` (line, nested block, a shebang line), as ``scan`` reads them."""
+    return _lex(source)[2]
+
+
+def _lex(source: str) -> tuple[str, tuple[str, ...], tuple[tuple[int, int], ...]]:
+    """(mask, problems, comment spans): the one pass both ``scan`` and ``comment_spans`` read."""
     out = list(source)
     problems: list[str] = []
+    comments: list[tuple[int, int]] = []
     i, n = 0, len(source)
 
     def blank(a: int, b: int) -> None:
@@ -55,6 +68,7 @@ def scan(source: str) -> tuple[str, tuple[str, ...]]:
         j = source.find("\n")
         j = n if j < 0 else j
         blank(0, j)
+        comments.append((0, j))
         i = j
     while i < n:
         c, nxt = source[i], source[i + 1:i + 2]
@@ -62,6 +76,7 @@ def scan(source: str) -> tuple[str, tuple[str, ...]]:
             j = source.find("\n", i)
             j = n if j < 0 else j
             blank(i, j)
+            comments.append((i, j))
             i = j
         elif c == "/" and nxt == "*":
             depth, j = 1, i + 2
@@ -75,6 +90,7 @@ def scan(source: str) -> tuple[str, tuple[str, ...]]:
             if depth:
                 problems.append(f"a block comment at character {i} never ends")
             blank(i, j)
+            comments.append((i, min(j, n)))
             i = j
         elif c in "rbc" and (raw := _RAW_STRING.match(source, i, i + 260)) \
                 and (i == 0 or not _IDENT_CHAR.match(source[i - 1])):
@@ -119,7 +135,7 @@ def scan(source: str) -> tuple[str, tuple[str, ...]]:
                 break
     if depth < 0 or stack:
         problems.append("its brackets do not pair up once comments and literals are set aside")
-    return masked, tuple(problems)
+    return masked, tuple(problems), tuple(comments)
 
 
 def matching(masked: str, open_index: int) -> int | None:
