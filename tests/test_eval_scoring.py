@@ -401,6 +401,29 @@ def test_endpoint_errors_become_generation_error_samples_and_are_retried(tmp_pat
     assert len(calls) == 2
 
 
+
+def test_without_matplotlib_the_chart_names_its_install_command_and_the_report_is_written(items, tmp_path,
+                                                                                          monkeypatch):
+    """The chart is the plots extra: without matplotlib plot_scores raises MissingExtraError with the exact install
+    command, and an evaluation still writes its metrics and report (no chart), saying how to get one."""
+    import sys
+
+    from rustcoder import extras
+    from rustcoder.errors import MissingExtraError
+    from rustcoder.eval.report import plot_scores
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is not installed
+    with pytest.raises(MissingExtraError) as e:
+        plot_scores({}, tmp_path / "x.png")
+    assert extras.install_command("matplotlib") in str(e.value)
+    preds = _write(tmp_path / "preds.jsonl", [{"id": i.id, "answer": "parse_config"} for i in items["function_naming"]])
+    lines: list[str] = []
+    result = evaluate(EvalConfig(predictions=str(preds), dataset="sample", categories=["function_naming"],
+                                 output_dir=str(tmp_path / "e")), log=lines.append)
+    assert result.plot_path is None and result.metrics["plot"] is None and not (tmp_path / "e" / "scores.png").exists()
+    assert "per-category scores" not in result.report_path.read_text()
+    assert any(extras.install_command("matplotlib") in line for line in lines), lines
+
 # ---- vLLM: a clear message when it is not installed ----------------------------------------------
 
 def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, monkeypatch):

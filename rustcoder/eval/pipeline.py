@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import artifacts
+from ..errors import MissingExtraError
 from . import throughput
 from .config import EvalConfig
 from .evaldir import prepare_eval_dir
@@ -42,15 +43,20 @@ class EvalResult:
 
 
 def stage_report(plan: EvalPlan, samples: dict[str, dict], executions: dict[str, dict], scores: dict[str, dict],
-                 judgments: dict[str, dict]) -> tuple[dict, Path | None]:
-    """Write metrics.json, report.md and the chart from the stages' records; returns (metrics, chart path)."""
+                 judgments: dict[str, dict], log) -> tuple[dict, Path | None]:
+    """Write metrics.json, report.md and the chart from the stages' records; returns (metrics, chart path).
+    Without matplotlib (the plots extra) there is no chart: the log says how to install it."""
     from .report import build_metrics, plot_scores, render_report
 
     tf = JsonlStore(plan.eval_dir / TEACHER_FORCED).load()
     result_metrics = build_metrics(plan, samples, executions, scores, tf, judgments)
     speed = JsonlStore(plan.eval_dir / throughput.STATS_FILE).load()
     result_metrics["generation_speed"] = throughput.speed_table(speed)
-    plot_path = plot_scores(result_metrics, plan.eval_dir / PLOT)
+    try:
+        plot_path = plot_scores(result_metrics, plan.eval_dir / PLOT)
+    except MissingExtraError as e:  # the chart is optional: the numbers and the report do not need it
+        plot_path = None
+        log(f"note: no {PLOT}: {e}")
     result_metrics["plot"] = str(plot_path) if plot_path else None
     artifacts.atomic_write_json(plan.eval_dir / METRICS, result_metrics)  # with its plot key
     report = render_report(result_metrics).rstrip("\n") + "\n"
@@ -80,5 +86,5 @@ def evaluate(cfg: EvalConfig, *, log=print, backend_factory: BackendFactory | No
     executions = stage_execute(plan, samples, log)
     scores = stage_score(plan, samples, executions, log)
     judgments = stage_judge(plan, samples, log)
-    result_metrics, plot_path = stage_report(plan, samples, executions, scores, judgments)
+    result_metrics, plot_path = stage_report(plan, samples, executions, scores, judgments, log)
     return EvalResult(plan.eval_dir, result_metrics, plan.eval_dir / REPORT, plot_path, plan)

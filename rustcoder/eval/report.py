@@ -139,7 +139,7 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
     tags = [t.tag for t in plan.targets]
     if "base" in tags and len(tags) > 1:
         mine = next(t for t in tags if t != "base")
-        comparison = compare_models(scores, tf, mine, "base", categories, ids, models)
+        comparison = compare_models(scores, tf, mine=mine, base="base", categories=categories, ids=ids, models=models)
 
     sandbox = None
     if executions and not plan.cfg.no_exec:
@@ -177,7 +177,10 @@ def build_metrics(plan, samples: dict, executions: dict, scores: dict, tf: dict,
     return out
 
 
-def compare_models(scores: dict, tf: dict, mine: str, base: str, categories: list[str], ids: set, models: dict) -> dict:
+def compare_models(scores: dict, tf: dict, *, mine: str, base: str, categories: list[str], ids: set,
+                   models: dict) -> dict:
+    """Model ``mine`` against ``base`` on the items both answered (``ids``): per-category and overall deltas with
+    paired bootstrap intervals, and the teacher-forced loss deltas (``tf``)."""
     cats = {}
     all_deltas = []
     for cat in categories:
@@ -519,16 +522,12 @@ def score_interval(metric: str, entry: dict, items: list[float] | None = None) -
     return None, None
 
 
-def plot_scores(m: dict, path: Path) -> Path | None:
-    """A horizontal bar chart of per-category primary scores (base vs model when compared); None
-    when matplotlib is missing."""
-    try:
-        import matplotlib
+def plot_scores(m: dict, path: Path) -> Path:
+    """A horizontal bar chart of per-category primary scores (base vs model when compared), written to ``path``;
+    MissingExtraError (with the install command of the plots extra) when matplotlib is missing."""
+    from ..extras import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = pyplot()
     cats = list(m["primary_metric"])
     tags = list(m["models"])
     comp = m.get("comparison")
