@@ -25,13 +25,6 @@ RELIES_ON = {
     "reset_backend_padding": "tokenizers.Tokenizer padding / no_padding",
 }
 
-# A private method of transformers' Trainer that rustcoder's trainer overrides (there is no public hook for the
-# sampler): the signature it relies on, checked by tests/test_compat.py.
-OVERRIDES = {
-    "transformers.Trainer._get_train_sampler": "(self, train_dataset=None) -> Sampler, called by "
-                                               "get_train_dataloader: the step sampler (rustcoder.packing.StepSampler)",
-}
-
 # Vocabulary columns per tile of the chunked log-probabilities: TRL's own default tile width (it keeps it in a
 # private constant; rustcoder owns the number instead of importing it).
 VOCAB_CHUNK = 32768

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, compat
+from . import artifacts
 from .artifacts import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG, DATA_SUMMARY, EVAL_SPLIT, METRICS, TRAIN_IDS,
                         atomic_write_json, atomic_write_text, atomic_write_yaml)
 from .config import TrainConfig, default_run_name, grad_accum_per_process, steps_for
@@ -341,232 +341,6 @@ def train_dtype(requested: str) -> str:
     return str(pick_dtype(requested)).removeprefix("torch.")
 
 
-def one_gpu_per_process(args, world: int, log=print) -> None:
-    """A single process (no launcher) on a machine with several GPUs trains on one: Trainer would wrap the model
-    in nn.DataParallel, which TRL's SFTTrainer refuses. transformers does the same for a model split over
-    devices (``compat.train_on_one_device``)."""
-    if world == 1 and args.n_gpu > 1:
-        log(f"note: {args.n_gpu} GPUs are visible to this one process: training on {args.device}; "
-            f"`--num-processes {args.n_gpu}` trains on all of them (data parallel)")
-        compat.train_on_one_device(args)
-
-
-def sft_args(plan: TrainPlan, run_dir: Path, progress: bool):
-    import torch
-    from trl import SFTConfig
-
-    from .modeling import pick_dtype
-
-    c = plan.config
-    dtype = pick_dtype(c.dtype)
-    on_gpu = plan.device == "cuda"
-    per_process = c.batch_size * grad_accum_per_process(c)
-    return SFTConfig(
-        output_dir=str(run_dir / CHECKPOINTS_DIR),
-        run_name=run_dir.name,
-        project=c.project,
-        report_to=["trackio"] if c.report_to == "trackio" else [],
-        trackio_static_space_id=False,
-        num_train_epochs=c.epochs,
-        max_steps=c.max_steps,
-        learning_rate=c.lr,
-        # One dataloader batch is a process's whole share of an optimizer step; the trainer splits it into
-        # packed forwards itself (RustcoderSFTTrainer.training_step), so the Trainer accumulates nothing.
-        per_device_train_batch_size=per_process,
-        per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=1,
-        use_cpu=plan.device == "cpu",
-        ddp_find_unused_parameters=False if c.num_processes > 1 else None,
-        warmup_steps=plan.warmup_steps,
-        lr_scheduler_type=c.lr_scheduler,
-        weight_decay=c.weight_decay,
-        max_grad_norm=c.max_grad_norm,  # 0 disables clipping
-        seed=c.seed,
-        data_seed=c.seed,
-        logging_steps=c.logging_steps,
-        eval_strategy="steps",
-        eval_steps=plan.eval_steps,
-        save_strategy="steps",
-        save_steps=c.save_steps,
-        save_total_limit=c.save_total_limit,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        activation_checkpointing=plan.gradient_checkpointing,
-        max_length=None,  # examples are truncated by rustcoder's tokenizer step
-        padding_free=False,  # rustcoder's step collator lays out forwards itself (rustcoder.packing)
-        train_sampling_strategy="random",  # replaced by rustcoder's step sampler (same order in the dry run)
-        dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=on_gpu,
-        push_to_hub=False,
-        save_only_model=False,
-    )
-
-
-def _trainer_class():
-    """SFTTrainer that runs each optimizer step as packed forwards with the answer-only LM head."""
-    import contextlib
-
-    import torch
-    from transformers import TrainerCallback
-    from transformers.trainer_utils import EvalLoopOutput
-    from trl import SFTTrainer
-
-    from .packing import StepSampler, collate_forward, process_forwards
-
-    class StepTimer(TrainerCallback):
-        """Wall time and non-pad tokens of optimizer steps only (no evaluation, no checkpoint saves, not the
-        profiled step), for tokens/s and MFU."""
-
-        def __init__(self, trainer):
-            self.trainer = trainer
-            self.started = None
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            t = self.trainer
-            if self.started is not None and state.global_step != t.rc_profile_step:
-                if torch.cuda.is_available() and t.args.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - self.started
-                t.rc_window_seconds += dt
-                t.rc_step_seconds += dt
-                t.rc_window_tokens += t.rc_last_tokens
-                t.rc_tokens += t.rc_last_tokens
-                t.rc_timed_steps += 1
-            self.started = None
-
-    class RustcoderSFTTrainer(SFTTrainer):
-        rc_plan: TrainPlan | None = None
-        rc_pad_id = 0
-        rc_flops_per_token: float | None = None
-        rc_peak_flops: float | None = None
-        rc_trl_head = False  # FSDP/DeepSpeed shard the LM head: use TRL's fused head there
-        rc_profile_step: int | None = None  # profiled (slower) step, left out of tokens/s
-
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.rc_forwards: list[int] = []
-            self.rc_window_tokens = self.rc_window_seconds = 0.0
-            self.rc_tokens = self.rc_step_seconds = self.rc_last_tokens = 0.0
-            self.rc_timed_steps = self.rc_padding_forwards = 0
-            self.add_callback(StepTimer(self))
-
-        def _get_train_sampler(self, train_dataset=None):
-            ds = train_dataset if train_dataset is not None else self.train_dataset
-            c = self.rc_plan.config
-            return StepSampler(list(ds["length"]), c.batch_size * grad_accum_per_process(c) * c.num_processes,
-                               c.seed, self.rc_plan.data_path == "grouped")
-
-        def _answer_forward(self, model, batch):
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            with self.compute_loss_context_manager():
-                if self.rc_trl_head:
-                    out = model(**inputs, labels=batch["labels"], fused_lm_head=True)
-                    return -out.log_probs.float().sum(), out.label_mask.sum(), out.is_top1.sum()
-                out = model(**inputs, labels=batch["labels"], answer_loss=True)
-            return out["nll"], out["n_valid"], out["n_correct"]
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            """One optimizer step's forwards and backwards; the loss is normalised over the answer tokens of the
-            whole step (every process), exactly as transformers does with gradient accumulation."""
-            model.train()
-            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
-                self.optimizer.train()
-            forwards = self._prepare_inputs(inputs)["forwards"]
-            acc = self.accelerator
-            device = forwards[0]["input_ids"].device
-            world = acc.num_processes
-            items = torch.stack([(f["labels"][:, 1:] != IGNORE).sum() for f in forwards]).sum()
-            runs = len(forwards)
-            if world > 1:  # answer tokens of the whole step, and the most forwards any process packed it into
-                both = acc.gather(torch.stack([items, torch.tensor(runs, device=device)]).reshape(1, 2))
-                items, runs = both[:, 0].sum(), int(both[:, 1].max())
-            denom = items.clamp(min=1).float()
-            step_loss = torch.zeros((), device=device)
-            stats = torch.zeros(3, device=device, dtype=torch.float64)  # correct, valid, non-pad tokens
-            # Every process runs as many forwards as the one with most: FSDP gathers weights in each forward and
-            # ZeRO-2/3 reduce in each backward, so unequal counts would hang; a padding forward repeats this
-            # process's last one with its loss times zero (no gradient, no metric).
-            for i in range(runs):
-                padding = i >= len(forwards)
-                batch = forwards[-1] if padding else forwards[i]
-                last = i == runs - 1
-                # DeepSpeed steps its optimizer inside backward when gradients sync: only after the last forward
-                acc.sync_gradients = last
-                with contextlib.nullcontext() if last else acc.no_sync(model):
-                    nll, n_valid, n_correct = self._answer_forward(model, batch)
-                    loss = nll / denom * world  # DDP averages gradients over processes
-                    acc.backward(loss * 0.0 if padding else loss)
-                if padding:
-                    self.rc_padding_forwards += 1
-                    continue
-                step_loss += loss.detach()
-                tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-                stats += torch.stack([torch.as_tensor(n_correct, device=device).double(),
-                                      torch.as_tensor(n_valid, device=device).double(),
-                                      torch.as_tensor(tokens, device=device).double()])
-            if world > 1:
-                stats = acc.gather(stats.unsqueeze(0)).sum(0)
-            correct, valid, tokens = stats.tolist()
-            compat.record_train_metrics(self, correct / valid if valid else 0.0, tokens)
-            self.rc_forwards.append(len(forwards))
-            self.rc_last_tokens = tokens  # counted by the StepTimer with the step's time
-            return step_loss
-
-        def floating_point_ops(self, inputs):
-            return sum(super(RustcoderSFTTrainer, self).floating_point_ops(f) for f in inputs["forwards"])
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            """Token-weighted loss and token accuracy over every answer token of the eval set, in forwards
-            packed by the same token budget as training (no gradients kept)."""
-            ds = dataloader.dataset
-            plan = self.rc_plan
-            layout = "grouped" if plan.data_path == "padded" else plan.data_path
-            acc = self.accelerator
-            groups = process_forwards(list(ds["length"]), acc.process_index, acc.num_processes, layout,
-                                      plan.tokens_per_forward, plan.config.batch_size)
-            model = self.model
-            model.eval()
-            sums = torch.zeros(3, device=self.args.device, dtype=torch.float64)
-            runs = len(groups)
-            if acc.num_processes > 1:  # equal forward counts on every process, as in training (sharded weights)
-                runs = int(acc.gather(torch.tensor([runs], device=self.args.device)).max())
-            with torch.no_grad():
-                for i in range(runs):
-                    g = groups[i] if i < len(groups) else (groups[-1] if groups else [0])  # padding: discarded
-                    rows = ds[g]
-                    feats = [{"input_ids": ids, "labels": lab} for ids, lab in zip(rows["input_ids"], rows["labels"])]
-                    batch = self._prepare_input(collate_forward(feats, layout, self.rc_pad_id, plan.varlen_kwargs))
-                    nll, n_valid, n_correct = self._answer_forward(model, batch)
-                    if i >= len(groups):
-                        continue
-                    sums += torch.stack([nll.double(), torch.as_tensor(n_valid).double().to(sums.device),
-                                         torch.as_tensor(n_correct).double().to(sums.device)])
-            if acc.num_processes > 1:
-                sums = acc.gather(sums.unsqueeze(0)).sum(0)
-            nll, valid, correct = sums.tolist()
-            metrics = {f"{metric_key_prefix}_loss": nll / valid if valid else 0.0,
-                       f"{metric_key_prefix}_mean_token_accuracy": correct / valid if valid else 0.0}
-            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(ds))
-
-        def log(self, logs, start_time=None):
-            if "loss" in logs and self.rc_window_seconds > 0:
-                tps = self.rc_window_tokens / self.rc_window_seconds
-                logs["tokens_per_second"] = round(tps, 1)
-                if self.rc_flops_per_token and self.rc_peak_flops:
-                    logs["mfu"] = round(tps * self.rc_flops_per_token / self.rc_peak_flops, 4)
-                self.rc_window_tokens = self.rc_window_seconds = 0.0
-            super().log(logs, start_time)
-
-    return RustcoderSFTTrainer
-
-
 def _model_card(manifest: dict, metrics: dict, cfg: TrainConfig) -> str:
     m = metrics
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
@@ -639,24 +413,41 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     return new_run_dir(cfg)
 
 
-def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          callbacks: list | None = None, log=print) -> TrainResult:
-    """Train a LoRA adapter as cfg says; with resume=True continue run_dir from its last checkpoint."""
-    import torch
-    from peft import LoraConfig
+@dataclass
+class TrainingInputs:
+    """What a run is built from, loaded and checked before its run directory exists: the base's config (read
+    once), its shape, the tokenizer and chat template, the tokenized splits and the plan."""
 
-    from .answer_loss import add_answer_head
-    from .lora_dropout import use_fast_dropout
-    from .ranks import RUN_DIR_ENV, process_rank
-    from .memory import ModelShape, dense_mask_tokens, peak_flops, train_flops_per_token
-    from .modeling import check_architecture, load_config, load_model, load_tokenizer, resolve_model
-    from .packing import StepCollator
+    base_path: str
+    model_config: Any
+    shape: Any  # memory.ModelShape
+    tokenizer: Any
+    template: str
+    train_table: Any  # pyarrow Tables: input_ids, labels, length
+    eval_table: Any
+    stats: dict  # {"train": TokenizeStats, "eval": TokenizeStats}
+    plan: TrainPlan
 
-    rank, world = process_rank()
-    main_process = rank == 0
-    if not main_process:
-        log = lambda *_: None  # noqa: E731 - one console report, from rank 0
-    # Everything that can fail on bad input fails before a run directory exists.
+    @property
+    def mean_length(self) -> float:
+        """Mean tokens of a training example (truncation included)."""
+        s = self.stats["train"]
+        return (s.prompt_tokens + s.answer_tokens) / s.examples if s.examples else 0.0
+
+    @property
+    def answer_share(self) -> float:
+        """Share of the training tokens that are trained (labels are -100 on exactly the prompt tokens)."""
+        s = self.stats["train"]
+        total = s.prompt_tokens + s.answer_tokens
+        return s.answer_tokens / total if total else 1.0
+
+
+def load_training_inputs(cfg: TrainConfig, log=print) -> TrainingInputs:
+    """Read the base's config once, load the tokenizer, read, split and tokenize the data, and plan the run:
+    everything that can fail on bad input fails here, before a run directory exists."""
+    from .memory import ModelShape
+    from .modeling import check_architecture, load_config, load_tokenizer, resolve_model
+
     base_path = resolve_model(cfg.model)
     model_config = load_config(cfg.model, cfg.model_revision)
     check_architecture(model_config, cfg.model, log)
@@ -666,13 +457,16 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
                         max_bad_fraction=cfg.max_bad_fraction, keep_fields=False)
     train_table, eval_table, stats = _datasets(tokenizer, cfg, data)
     check_loss_mask(train_table["labels"])
-    train_lengths = train_table["length"].to_pylist()
-    plan = plan_training(cfg, data=data, lengths=train_lengths, eval_lengths=eval_table["length"].to_pylist(),
-                         shape=ModelShape.from_config(model_config), token_stats=stats)
-    from datasets import Dataset
+    shape = ModelShape.from_config(model_config)
+    plan = plan_training(cfg, data=data, lengths=train_table["length"].to_pylist(),
+                         eval_lengths=eval_table["length"].to_pylist(), shape=shape, token_stats=stats)
+    return TrainingInputs(base_path, model_config, shape, tokenizer, template, train_table, eval_table, stats, plan)
 
-    train_ds, eval_ds = Dataset(train_table), Dataset(eval_table)
-    log(plan.render())
+
+def _run_directory(cfg: TrainConfig, run_dir: Path | None, world: int) -> Path:
+    """The run directory: the one given, the launcher's (shared by every rank), OUTPUT_DIR/RUN_NAME under several
+    processes, else a new unique one."""
+    from .ranks import RUN_DIR_ENV
 
     if run_dir is None and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])  # chosen once by the launcher, shared by every rank
@@ -680,22 +474,34 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
     run_dir = Path(run_dir) if run_dir else prepare_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
-    log(f"run directory: {run_dir}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
+    return run_dir
 
+
+def _write_run_files(cfg: TrainConfig, run_dir: Path, inputs: TrainingInputs, resume: bool) -> None:
+    """The run directory's description before training: data summary, config, split ids, eval split, manifest."""
+    plan = inputs.plan
     summary = plan.data.summary() | {"tokens": plan.tokens}  # train and eval counted apart
     manifest_path = run_dir / artifacts.MANIFEST
-    if main_process:
-        atomic_write_json(run_dir / DATA_SUMMARY, summary)
-        atomic_write_yaml(run_dir / CONFIG, cfg.to_dict())
-        atomic_write_text(run_dir / TRAIN_IDS, "".join(e.id + "\n" for e in plan.data.train))
-        atomic_write_text(run_dir / EVAL_SPLIT, "".join(json.dumps(e.to_record()) + "\n" for e in plan.data.eval))
-        if not (resume and manifest_path.exists()):
-            manifest = artifacts.new_manifest(cfg, run_dir, summary, template, base_path)
-            manifest["plan"] = {k: v for k, v in plan.to_dict().items() if k not in ("config", "data")}
-            atomic_write_json(manifest_path, manifest)
-        artifacts.update_manifest(run_dir, status="running", updated_at=time.time())
+    atomic_write_json(run_dir / DATA_SUMMARY, summary)
+    atomic_write_yaml(run_dir / CONFIG, cfg.to_dict())
+    atomic_write_text(run_dir / TRAIN_IDS, "".join(e.id + "\n" for e in plan.data.train))
+    atomic_write_text(run_dir / EVAL_SPLIT, "".join(json.dumps(e.to_record()) + "\n" for e in plan.data.eval))
+    if not (resume and manifest_path.exists()):
+        manifest = artifacts.new_manifest(cfg, run_dir, summary, inputs.template, inputs.base_path)
+        manifest["plan"] = {k: v for k, v in plan.to_dict().items() if k not in ("config", "data")}
+        atomic_write_json(manifest_path, manifest)
+    artifacts.update_manifest(run_dir, status="running", updated_at=time.time())
 
+
+def _load_base(cfg: TrainConfig, inputs: TrainingInputs, run_dir: Path, main_process: bool, log=print):
+    """The base model in its training dtype with the plan's attention; a kernel that cannot load here falls back
+    to SDPA's block mask (the plan, its token budget and the manifest say so)."""
+    import torch
+
+    from .memory import dense_mask_tokens
+    from .modeling import load_model
+
+    plan = inputs.plan
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, cfg.model_revision, train_dtype(cfg.dtype))
     model.config.use_cache = False
@@ -705,56 +511,138 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
         except Exception as e:  # a kernel that cannot load here: SDPA's block mask is exact too
             log(f"note: attention {plan.attention} unavailable ({str(e).splitlines()[0]}); using SDPA block mask")
             plan.attention, plan.attn_implementation, plan.varlen_kwargs = "SDPA block-diagonal mask", "sdpa", False
-            cap = max(dense_mask_tokens(ModelShape.from_config(model_config)), cfg.max_length)
+            cap = max(dense_mask_tokens(inputs.shape), cfg.max_length)
             if plan.data_path == "padding-free" and cfg.tokens_per_forward is None and plan.tokens_per_forward > cap:
                 log(f"  tokens per forward {plan.tokens_per_forward} -> {cap}: a block mask attends over the whole "
                     "forward")
                 plan.tokens_per_forward = cap
             if main_process:
                 artifacts.update_manifest(run_dir, attention=plan.attention)
+    return model
+
+
+def build_trainer(cfg: TrainConfig, inputs: TrainingInputs, model, run_dir: Path, *, progress: bool = True,
+                  callbacks: list | None = None, world: int = 1, log=print):
+    """rustcoder's SFTTrainer (``rustcoder.trainer``) for a loaded base: LoRA as cfg says, the plan's step packing,
+    the answer-only LM head, fast LoRA dropout where the plan says."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from . import trainer as trainer_module
+    from .answer_loss import add_answer_head
+    from .lora_dropout import use_fast_dropout
+    from .memory import peak_flops, train_flops_per_token
+    from .packing import StepCollator
+    from .progress import use_compact_progress
+    from .terminal import quiet_known_warnings
+
+    plan, tokenizer = inputs.plan, inputs.tokenizer
     targets = "all-linear" if cfg.lora_target_modules == "all-linear" else \
         [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
-    args = sft_args(plan, run_dir, progress)
-    one_gpu_per_process(args, world, log)
+    args = trainer_module.sft_args(plan, run_dir, progress)
+    trainer_module.one_gpu_per_process(args, world, log)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
     collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
-    from .progress import use_compact_progress
-    from .terminal import quiet_known_warnings
-
+    peak = peak_flops(plan.device)
     quiet_known_warnings()  # peft's deprecated-property FutureWarning, on every run
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, peft_config=lora, data_collator=collator,
-                               callbacks=callbacks or [])
+    trainer = trainer_module.RustcoderSFTTrainer(
+        model=model, args=args, train_dataset=Dataset(inputs.train_table), eval_dataset=Dataset(inputs.eval_table),
+        processing_class=tokenizer, peft_config=lora, data_collator=collator, callbacks=callbacks or [],
+        plan=plan, pad_id=pad_id, profile_step=cfg.profile_step,
+        flops_per_token=train_flops_per_token(inputs.shape, inputs.mean_length, inputs.answer_share),
+        peak_flops=peak * world if peak else None)  # tokens/s is summed over every process's device
     use_compact_progress(trainer)  # log events as one line beside the progress bar
-    trainer.rc_plan, trainer.rc_pad_id = plan, pad_id
-    if getattr(trainer, "is_fsdp_enabled", False) and not trainer.accelerator.is_fsdp2:
-        raise RustcoderError("FSDP version 1 is not supported: set `fsdp_version: 2` in the launch config "
-                             "(rustcoder's fsdp2 config does); the adapter is gathered from FSDP2's shards.")
     if world > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
         log("note: Accelerate shards with FSDP only on GPUs: these CPU processes run plain data parallel (DDP)")
-    # sharded engines (whatever the launch config file is called) shard the LM head: TRL's fused head there
-    trainer.rc_trl_head = bool(getattr(trainer, "is_fsdp_enabled", False)
-                               or getattr(trainer, "is_deepspeed_enabled", False))
     add_answer_head(trainer.model.get_base_model())
-    shape = ModelShape.from_config(model_config)
-    mean_len = (sum(train_lengths) / len(train_lengths)) if train_lengths else 0
-    trained = stats["train"]  # labels are -100 on exactly the prompt tokens: the answer share without reading them
-    answer_share = (trained.answer_tokens / (trained.prompt_tokens + trained.answer_tokens)
-                    if trained.prompt_tokens + trained.answer_tokens else 1.0)
-    trainer.rc_flops_per_token = train_flops_per_token(shape, mean_len, answer_share)
-    peak = peak_flops(plan.device)
-    trainer.rc_peak_flops = peak * world if peak else None  # tokens/s is summed over every process's device
     if plan.fast_paths:
         use_fast_dropout(trainer.model)
+    return trainer
+
+
+def run_metrics(trainer, out, plan: TrainPlan, wall_time_s: float) -> dict[str, Any]:
+    """metrics.json of a finished run: losses, steps, forwards, throughput (tokens/s, MFU where known)."""
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        eval_metrics = last_eval
+    else:
+        eval_metrics = trainer.evaluate()
+    metrics = {
+        "train_loss": out.training_loss,
+        "eval_loss": eval_metrics.get("eval_loss"),
+        "eval_mean_token_accuracy": eval_metrics.get("eval_mean_token_accuracy"),
+        "steps": trainer.state.global_step,
+        "planned_steps": plan.total_steps,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": out.metrics.get("train_runtime"),
+        "wall_time_s": wall_time_s,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "train_tokens": plan.tokens["train"]["tokens"],  # one epoch of the train split (eval apart)
+        "eval_tokens": plan.tokens["eval"]["tokens"],
+        "forwards": sum(trainer.rc_forwards),
+        "forwards_per_step_max": max(trainer.rc_forwards, default=0),
+        "padding_forwards": trainer.rc_padding_forwards,  # run to match another process's count (zero loss)
+        "planned_forwards": (plan.forwards or {}).get("forwards"),
+        "tokens_per_forward": plan.tokens_per_forward,
+        "attention": plan.attention,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "tokens_per_second": trainer.rc_tokens / trainer.rc_step_seconds if trainer.rc_step_seconds else None,
+        "timed_steps": trainer.rc_timed_steps,  # the steps tokens/s is over (not a profiled step)
+        "timed_tokens": trainer.rc_tokens,
+        "flops_per_token": trainer.rc_flops_per_token,
+    }
+    if metrics["tokens_per_second"] and trainer.rc_peak_flops:
+        metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
+    return metrics
+
+
+def _save_outputs(cfg: TrainConfig, trainer, tokenizer, run_dir: Path, metrics: dict, profile: dict | None,
+                  world: int, main_process: bool, log=print) -> Path:
+    """Metrics, log history, adapter and model card, the finished manifest (and the hub push) of a run."""
+    adapter_dir = run_dir / ADAPTER_DIR
+    # every process takes part in gathering sharded (FSDP2) adapter weights; only rank 0 writes them
+    adapter_state = adapter_state_dict(trainer.model) if world > 1 else None
+    if main_process:
+        atomic_write_json(run_dir / METRICS, metrics)
+        atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
+        card = _model_card(artifacts.read_json(run_dir / artifacts.MANIFEST), metrics, cfg)
+        adapter_dir = save_adapter(trainer.model, tokenizer, run_dir, card, adapter_state)
+        extra = {"profile": profile} if profile else {}
+        artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics, **extra)
+        if cfg.push_to_hub:
+            url = push_adapter(adapter_dir, cfg.push_to_hub)
+            artifacts.update_manifest(run_dir, pushed_to=url)
+            log(f"pushed adapter to {url}")
+    return adapter_dir
+
+
+def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          callbacks: list | None = None, log=print) -> TrainResult:
+    """Train a LoRA adapter as cfg says; with resume=True continue run_dir from its last checkpoint."""
+    from .ranks import process_rank
+
+    rank, world = process_rank()
+    main_process = rank == 0
+    if not main_process:
+        log = lambda *_: None  # noqa: E731 - one console report, from rank 0
+    inputs = load_training_inputs(cfg, log)
+    plan = inputs.plan
+    log(plan.render())
+    run_dir = _run_directory(cfg, run_dir, world)
+    checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
+    log(f"run directory: {run_dir}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
+    if main_process:
+        _write_run_files(cfg, run_dir, inputs, resume)
+    model = _load_base(cfg, inputs, run_dir, main_process, log)
+    trainer = build_trainer(cfg, inputs, model, run_dir, progress=progress, callbacks=callbacks, world=world, log=log)
     profiler = None
     if cfg.profile_step:
         from .profiling import PROFILE_DIR, step_profiler
 
         profiler = step_profiler(cfg.profile_step, run_dir / PROFILE_DIR, plan.device, log)
         trainer.add_callback(profiler)
-        trainer.rc_profile_step = cfg.profile_step
     started = time.time()
     try:
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -772,51 +660,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, resume: bool = False
             f"{(checkpoint and int(checkpoint.name.rsplit('-', 1)[1])) or 0} + 1 to {trainer.state.global_step}")
     if trainer.state.max_steps != plan.total_steps:  # the dry run promised this number
         log(f"warning: trainer ran {trainer.state.max_steps} steps, the plan said {plan.total_steps}")
-    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
-        eval_metrics = last_eval
-    else:
-        eval_metrics = trainer.evaluate()
-    metrics = {
-        "train_loss": out.training_loss,
-        "eval_loss": eval_metrics.get("eval_loss"),
-        "eval_mean_token_accuracy": eval_metrics.get("eval_mean_token_accuracy"),
-        "steps": trainer.state.global_step,
-        "planned_steps": plan.total_steps,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": out.metrics.get("train_runtime"),
-        "wall_time_s": time.time() - started,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "train_tokens": plan.tokens["train"]["tokens"],  # one epoch of the train split (eval apart)
-        "eval_tokens": plan.tokens["eval"]["tokens"],
-        "forwards": sum(trainer.rc_forwards),
-        "forwards_per_step_max": max(trainer.rc_forwards, default=0),
-        "padding_forwards": trainer.rc_padding_forwards,  # run to match another process's count (zero loss)
-        "planned_forwards": (plan.forwards or {}).get("forwards"),
-        "tokens_per_forward": plan.tokens_per_forward,
-        "attention": plan.attention,
-        "gradient_checkpointing": plan.gradient_checkpointing,
-        "tokens_per_second": trainer.rc_tokens / trainer.rc_step_seconds if trainer.rc_step_seconds else None,
-        "timed_steps": trainer.rc_timed_steps,  # the steps tokens/s is over (not a profiled step)
-        "timed_tokens": trainer.rc_tokens,
-    }
-    metrics["flops_per_token"] = trainer.rc_flops_per_token
-    if metrics["tokens_per_second"] and trainer.rc_peak_flops:
-        metrics["mfu"] = metrics["tokens_per_second"] * trainer.rc_flops_per_token / trainer.rc_peak_flops
-    adapter_dir = run_dir / ADAPTER_DIR
-    # every process takes part in gathering sharded (FSDP2) adapter weights; only rank 0 writes them
-    adapter_state = adapter_state_dict(trainer.model) if world > 1 else None
-    if main_process:
-        atomic_write_json(run_dir / METRICS, metrics)
-        atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
-        manifest = artifacts.read_json(manifest_path)
-        card = _model_card(manifest, metrics, cfg)
-        adapter_dir = save_adapter(trainer.model, tokenizer, run_dir, card, adapter_state)
-        extra = {"profile": profiler.summary} if profiler is not None and profiler.summary else {}
-        artifacts.update_manifest(run_dir, status="finished", finished_at=time.time(), metrics=metrics, **extra)
-        if cfg.push_to_hub:
-            url = push_adapter(adapter_dir, cfg.push_to_hub)
-            artifacts.update_manifest(run_dir, pushed_to=url)
-            log(f"pushed adapter to {url}")
+    metrics = run_metrics(trainer, out, plan, time.time() - started)
+    adapter_dir = _save_outputs(cfg, trainer, inputs.tokenizer, run_dir, metrics,
+                                profiler.summary if profiler is not None else None, world, main_process, log)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir=run_dir, adapter_dir=adapter_dir, metrics=metrics)

@@ -110,12 +110,16 @@ def test_fast_tokenizer_backend_state_is_left_as_found(tiny_qwen2):
     assert compat.encode_without_state(object(), texts) is None  # no fast backend: the caller's slow path
 
 
-def test_transformers_trainer_train_sampler_hook_that_rustcoders_trainer_overrides():
-    """Trainer._get_train_sampler(self, train_dataset=None) is how get_train_dataloader gets its sampler: rustcoder's
-    trainer overrides it with the step sampler (the same order the dry run replays)."""
-    from transformers import Trainer
+def test_rustcoders_trainer_overrides_no_private_method_of_trl_or_transformers():
+    """The trainer (rustcoder/trainer.py) customises TRL's SFTTrainer through public methods only (the step
+    sampler through get_train_dataloader, not Trainer._get_train_sampler): a private method it defines is its
+    own, never one a TRL or transformers release may rename under it."""
+    from trl import SFTTrainer
 
-    assert "transformers.Trainer._get_train_sampler" in compat.OVERRIDES
-    params = inspect.signature(Trainer._get_train_sampler).parameters
-    assert list(params)[:2] == ["self", "train_dataset"] and params["train_dataset"].default is None
-    assert "self._get_train_sampler" in inspect.getsource(Trainer.get_train_dataloader)
+    from rustcoder.trainer import RustcoderSFTTrainer
+
+    own = [n for n in vars(RustcoderSFTTrainer) if n.startswith("_") and not n.startswith("__")]
+    assert own, "the scan sees the class"
+    assert [n for n in own if hasattr(SFTTrainer, n)] == []
+    public = [n for n in vars(RustcoderSFTTrainer) if not n.startswith("_") and callable(getattr(SFTTrainer, n, None))]
+    assert {"get_train_dataloader", "training_step", "evaluation_loop", "log"} <= set(public)

@@ -234,7 +234,8 @@ def test_plan_decides_checkpointing_from_mocked_free_memory(rows_file, tiny_qwen
     from rustcoder import memory
     from rustcoder.config import resolve_config
     from rustcoder.memory import ModelShape
-    from rustcoder.train import sft_args, plan_training
+    from rustcoder.train import plan_training
+    from rustcoder.trainer import sft_args
 
     cfg = resolve_config("baseline", overrides=dict(model="tiny-qwen2", dataset=str(rows_file), num_examples=40))
     shape = ModelShape(**QWEN2_7B)

@@ -481,7 +481,7 @@ def test_an_attention_kernel_that_cannot_load_falls_back_to_sdpa_and_says_so(row
 def test_one_process_on_a_machine_with_several_gpus_trains_on_one(rows_file, tiny_qwen2, tmp_path, monkeypatch):
     """Without a launcher, Trainer puts every visible GPU under nn.DataParallel, which TRL's SFTTrainer refuses
     (a ValueError at start). rustcoder trains on one GPU and says how to use them all."""
-    import rustcoder.train as tr
+    import rustcoder.trainer as tr
 
     real = tr.sft_args
 
