@@ -636,6 +636,28 @@ def test_clients_that_leave_during_a_long_prefill_release_the_engine_connections
     assert_normal(served)
 
 
+def test_abandoned_huge_prompts_do_not_hold_the_gateway(served):
+    """40 clients each send a 1.9 MB prompt (under the body cap, far past the context) and leave a second later: the
+    gateway stops counting their tokens (it tokenized each whole: 7.6 s and 400 MB apiece, and 150 of them
+    held it at 2.6 GB for minutes with no other request answered), and the next request is answered."""
+    body = json.dumps(with_(messages=[{"role": "user", "content": "fn main() {} " * 145_000}], max_tokens=1)).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+               + b"\r\n\r\n" + body)
+    socks = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", served.port))
+        s.sendall(request)
+        socks.append(s)
+    time.sleep(1.0)  # the bodies are in: the gateway is parsing them
+    for s in socks:
+        s.close()
+    assert_normal(served)
+    one = chat(with_(messages=[{"role": "user", "content": "fn main() {} " * 145_000}], max_tokens=1), served=served)
+    assert_error(one, 400, "context_length_exceeded", "messages")  # and one that stays is still refused, at once
+    assert_normal(served)
+
+
 def test_idle_connections_do_not_take_the_server_down(served):
     """F8: 300 connections that never send a request: /health and chat still answer, and the gateway closes
     connections that sent no complete request headers within its header deadline."""

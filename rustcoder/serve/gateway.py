@@ -331,33 +331,15 @@ class Gateway:
                 return
             extra = [(b"connection", b"close")] if body.status in (408, 413) else None
             return await self._error(send, body.status, body.message, body.param, body.code, headers=extra)
-        # in a thread, as the validation below: scanning and parsing a body of up to --max-body-bytes must not
-        # stall the other requests' streams
-        payload, problem = await asyncio.to_thread(parse_json_body, body)
-        if problem is None:
-            requested = payload.get("model")
-            if requested is not None and not isinstance(requested, str):
-                problem = Problem("model: must be a string (the name /v1/models lists)", "model")
-            elif requested not in (None, *self.served):
-                return await self._error(send, 404, f"The model `{str(requested)[:100]}` does not exist. This "
-                                         f"server serves `{self.served[0]}`.", "model", "model_not_found")
-        if problem is None:  # in a thread: counting a long prompt's tokens must not stall the other requests
-            request, problem = await asyncio.to_thread(parse_chat_request, payload, self.request_limits)
-        if problem is not None:
-            return await self._problem(send, problem)
-        name = payload.get("model") or self.served[0]
-        request["model"] = self.upstream_models.get(name, name)
-        request["stream"] = True  # always streamed from the engine: a client that leaves stops the generation
-        if self.engine == "vllm":
-            request["stream_options"] = {"include_usage": True}
-        stream = bool(payload.get("stream"))
-        job = Job(self, request, name, stream, wants_usage_in_stream(payload) if stream else True, send)
-
+        # from here on a client that leaves ends its request: while its body is parsed and its prompt counted
+        # (a long prompt's count stops at its next piece) and while it is queued or generating
+        cancelled = threading.Event()
         disconnected = asyncio.create_task(_wait_disconnect(receive))
-        work = asyncio.create_task(job.run())
+        work = asyncio.create_task(self._validate_and_run(body, send, cancelled))
         try:
             await asyncio.wait({disconnected, work}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            cancelled.set()
             disconnected.cancel()
             while not work.done():  # again until it ends: a cancel can be absorbed by a wait that just completed
                 work.cancel()
@@ -367,6 +349,30 @@ class Gateway:
                     await task
         if work.done() and not work.cancelled() and work.exception() is not None:
             raise work.exception()
+
+    async def _validate_and_run(self, body: bytes, send, cancelled: threading.Event) -> None:
+        """Parse and validate BODY (400s in OpenAI's shape), then run it as a Job."""
+        # in threads: scanning and parsing a body of up to --max-body-bytes, and counting a long prompt's tokens,
+        # must not stall the other requests' streams
+        payload, problem = await asyncio.to_thread(parse_json_body, body)
+        if problem is None:
+            requested = payload.get("model")
+            if requested is not None and not isinstance(requested, str):
+                problem = Problem("model: must be a string (the name /v1/models lists)", "model")
+            elif requested not in (None, *self.served):
+                return await self._error(send, 404, f"The model `{str(requested)[:100]}` does not exist. This "
+                                         f"server serves `{self.served[0]}`.", "model", "model_not_found")
+        if problem is None:
+            request, problem = await asyncio.to_thread(parse_chat_request, payload, self.request_limits, cancelled)
+        if problem is not None:
+            return await self._problem(send, problem)
+        name = payload.get("model") or self.served[0]
+        request["model"] = self.upstream_models.get(name, name)
+        request["stream"] = True  # always streamed from the engine: a client that leaves stops the generation
+        if self.engine == "vllm":
+            request["stream_options"] = {"include_usage": True}
+        stream = bool(payload.get("stream"))
+        await Job(self, request, name, stream, wants_usage_in_stream(payload) if stream else True, send).run()
 
 
 async def _wait_disconnect(receive) -> None:

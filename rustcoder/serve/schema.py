@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -295,8 +296,10 @@ def _problem_from(error: ValidationError) -> Problem:
     return Problem(f"{param}: {msg}{shown}" if param else msg, param, "invalid_value")
 
 
-def parse_chat_request(payload: dict, limits: RequestLimits) -> tuple[dict | None, Problem | None]:
+def parse_chat_request(payload: dict, limits: RequestLimits,
+                       cancelled: threading.Event | None = None) -> tuple[dict | None, Problem | None]:
     """(the request as the engine gets it, None) or (None, Problem) for a parsed /v1/chat/completions body.
+    CANCELLED set (the client left): the prompt's count stops (tokens.CountCancelled).
 
     ``max_tokens`` beyond the model's context or the server's cap is a 400 (as OpenAI answers a
     max_tokens beyond a model's limit), never silently clamped; absent, it is the server's cap.
@@ -344,13 +347,14 @@ def parse_chat_request(payload: dict, limits: RequestLimits) -> tuple[dict | Non
                                  "this server refuses in content (it would be read as the start or end of a turn); "
                                  "remove it", f"messages[{i}].content")
     if limits.prompt_tokens is not None and limits.context_length:
-        prompt = limits.prompt_tokens.count(out["messages"])
+        prompt, exact = limits.prompt_tokens.count(out["messages"], limits.context_length - (asked or 1), cancelled)
         room = limits.context_length - prompt
         if asked is None and room >= 1:  # as OpenAI: absent, the answer may use what the prompt leaves
             out["max_tokens"] = min(out["max_tokens"], room)
         elif prompt + out["max_tokens"] > limits.context_length:
             return None, Problem(f"This model's maximum context length is {limits.context_length} tokens. However, "
-                                 f"your messages resulted in about {prompt} tokens and {which} asks for "
+                                 f"your messages resulted in {'about' if exact else 'more than'} {prompt} tokens "
+                                 f"and {which} asks for "
                                  f"{out['max_tokens']}. Please reduce the length of the messages or {which}.",
                                  "messages", "context_length_exceeded")
     for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "stop", "logit_bias"):
