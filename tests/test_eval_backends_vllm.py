@@ -147,18 +147,25 @@ if __name__ == "__main__":
                    for r, g in backend.generate(reqs, GenParams(max_new_tokens=spec["max_new"]), target)}
             out[name + (":adapter" if adapter else "")] = [got[id(r)] for r in reqs]
         out[name + ":stop_ids"] = backend.stop_ids
+        sp = backend._SamplingParams(max_tokens=1, temperature=0)  # the prompt ids the engine itself tokenized
+        out[name + ":prompt_ids"] = [list(o.prompt_token_ids) for o in backend.llm.chat(
+            spec["messages"], sp, use_tqdm=False, chat_template=backend.chat_template, add_generation_prompt=True)]
         backend.close()
     print("RESULT " + json.dumps(out))
 """
 
 
-def vllm_answers(python: str, tmp_path: Path, models: dict, messages: list, max_new: int) -> dict:
-    """Greedy answers of VLLMBackend in the vLLM environment: {name[:adapter]: [[text, finish, tokens], ...]}."""
+def vllm_answers(python: str, tmp_path: Path, models: dict, messages: list, max_new: int,
+                 compile_: bool = True) -> dict:
+    """Greedy answers of VLLMBackend in the vLLM environment: {name[:adapter]: [[text, finish, tokens], ...]}.
+
+    ``compile_=False``: the CPU build runs the model traced but without inductor's compilation (VLLM_CPU_CI_ENV, the
+    switch vLLM's own CPU CI uses because compiling costs more than tiny models run), as a LoRA engine always does."""
     (tmp_path / "answers.py").write_text(ANSWERS_SCRIPT)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"models": models, "messages": messages, "max_new": max_new}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-           "VLLM_CPU_KVCACHE_SPACE": "1"}
+           "VLLM_CPU_KVCACHE_SPACE": "1", **({} if compile_ else {"VLLM_CPU_CI_ENV": "1"})}
     res = subprocess.run([python, str(tmp_path / "answers.py"), str(spec)], capture_output=True, text=True, env=env,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -227,20 +234,131 @@ def test_vllm_adapter_and_merge_of_a_real_model_answer_as_transformers(vllm_pyth
     assert texts(got["run:adapter"]) == texts(got["merged"])
 
 
-@pytest.mark.skipif(os.environ.get("RUSTCODER_FAMILY_PARITY") != "1",
-                    reason="eight vLLM engine starts (about 15 minutes on 2 cores): set RUSTCODER_FAMILY_PARITY=1")
-def test_every_qwen_family_answers_alike_in_transformers_and_vllm(vllm_python, family_dir, tmp_path):
-    """Byte-identical prompts (rustcoder's template, thinking per family) and one stop rule: greedy answers of
-    every family fixture are identical in the transformers and vLLM backends."""
+# ---- every Qwen family: one prompt and one stop rule (no engine), one answer per architecture (engines) ---------------
+#
+# What can differ between the transformers and vLLM backends per family: (a) the prompt (template, thinking off for
+# hybrids, special and added tokens), (b) the stop rule, (c) the architecture's numerics. (a) and (b) are checked for
+# every family without an engine: VLLMBackend runs with vLLM's LLM replaced by one that builds the engine config and
+# renderer as LLM does and captures what LLM.chat would hand the engine (prompt token ids, SamplingParams). (c) needs
+# an engine once per architecture; the engine runs also report their prompt ids, tying the capture to the real path.
+# RUSTCODER_FAMILY_PARITY=1 starts an engine for every family instead (about 15 minutes on 2 cores).
+
+FAMILY_MESSAGES = [[{"role": "system", "content": "You write Rust."}, {"role": "user", "content": q}]
+                   for q in ("Sum a Vec<i32>.", "fn main() { let x = 1; } What does it print?",
+                             "Explain <think> and <tool_call> in `fn f() {}`.")]  # added, non-special tokens
+ARCHITECTURES = {"qwen2": "qwen2.5-coder-base",  # untied, vocabulary 152064, eos <|endoftext|>
+                 "qwen3": "qwen3-instruct-2507",  # tied embeddings
+                 "qwen3_moe": "qwen3-moe-hybrid"}  # experts; thinking off
+
+RENDER_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+
+import vllm
+from vllm.engine.arg_utils import EngineArgs
+from vllm.renderers import renderer_from_config
+
+CAPTURED = []
+
+
+class RenderOnlyLLM(vllm.LLM):
+    # vLLM's LLM without its engine: the config and renderer LLM builds, and what LLM.chat adds to the engine
+    def __init__(self, **kwargs):
+        config = EngineArgs(**kwargs).create_engine_config()
+        self.model_config, self.renderer, self.chat_template = config.model_config, renderer_from_config(config), None
+
+    def _render_and_add_requests(self, prompts, params, *, lora_requests=None, priorities=None):
+        CAPTURED.extend((p, params[i]) for i, p in enumerate(prompts))
+        return []
+
+    def _run_engine(self, *, output_type, use_tqdm=True):
+        return [SimpleNamespace(outputs=[SimpleNamespace(text="", finish_reason="length", token_ids=[])])
+                for _ in CAPTURED]
+
+
+if __name__ == "__main__":
+    vllm.LLM = RenderOnlyLLM
+    from rustcoder.eval.backends import GenParams, GenRequest, ModelTarget, VLLMBackend
+
+    spec = json.loads(open(sys.argv[1]).read())
+    out = {}
+    for name, path in spec["models"].items():
+        CAPTURED.clear()
+        backend = VLLMBackend(path, log=lambda *a: None)
+        reqs = [GenRequest(SimpleNamespace(messages=m, reference="")) for m in spec["messages"]]
+        list(backend.generate(reqs, GenParams(max_new_tokens=spec["max_new"]), ModelTarget("m", "local", "m")))
+        out[name] = [{"prompt": p["prompt"], "ids": list(p["prompt_token_ids"]), "stop_token_ids": sp.stop_token_ids,
+                      "stop": sp.stop, "temperature": sp.temperature, "max_tokens": sp.max_tokens}
+                     for p, sp in CAPTURED]
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def run_script(python: str, script: Path, spec: dict, timeout: float = 900) -> dict:
+    """Run a script in the vLLM environment with a JSON spec; its RESULT line, parsed."""
+    path = script.with_suffix(".json")
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    res = subprocess.run([python, str(script), str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+
+
+def transformers_prompts(path: Path, messages: list) -> tuple[list[str], list[list[int]], list[int]]:
+    """(prompt texts, prompt token ids, stop ids) exactly as the transformers backend feeds generate."""
+    from rustcoder.eval.backends import TransformersBackend
+
+    backend = TransformersBackend(str(path), log=lambda *_: None)
+    try:
+        texts_ = [backend.prompt_text(m) for m in messages]
+        return texts_, backend.tokenizer(texts_, add_special_tokens=False)["input_ids"], backend.stop_ids
+    finally:
+        backend.close()
+
+
+def test_every_qwen_family_renders_one_prompt_and_one_stop_rule_in_transformers_and_vllm(vllm_python, family_dir,
+                                                                                        tmp_path):
+    """(a) + (b) for every family, no engine: vLLM's own renderer and tokenizer give the transformers backend's prompt
+    byte for byte and token for token (rustcoder's template, thinking off for hybrids, added tokens such as <think> and
+    <tool_call> as the tokenizer splits them), and the SamplingParams stop on token ids (end of turn, then the eos)."""
     from conftest import families
 
     names = [n for n, f in families().items() if f["thinking"] != "always"]
-    messages = [[{"role": "system", "content": "You write Rust."}, {"role": "user", "content": q}]
-                for q in ("Sum a Vec<i32>.", "fn main() { let x = 1; } What does it print?")]
-    got = vllm_answers(vllm_python, tmp_path, {n: {"path": str(family_dir(n))} for n in names}, messages, 16)
+    (tmp_path / "render.py").write_text(RENDER_SCRIPT)
+    got = run_script(vllm_python, tmp_path / "render.py",
+                     {"models": {n: str(family_dir(n)) for n in names}, "messages": FAMILY_MESSAGES, "max_new": 16})
     for n in names:
-        want = local_answers(family_dir(n), messages, 16)
+        prompts, ids, stop = transformers_prompts(family_dir(n), FAMILY_MESSAGES)
+        vllm = got[n]
+        same = sum(v["prompt"] == p and v["ids"] == i for v, p, i in zip(vllm, prompts, ids))
+        print(f"\n{n}: vLLM-rendered prompts identical to the transformers backend's {same}/{len(prompts)}")
+        assert [v["prompt"] for v in vllm] == prompts, n
+        assert [v["ids"] for v in vllm] == ids, n
+        assert prompts[0].endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n"
+                                                                if families()[n]["thinking"] == "hybrid" else ""))
+        assert all(v["stop_token_ids"] == stop == [151645, 151643] for v in vllm), n  # no string stop either
+        assert all(not v["stop"] and v["temperature"] == 0 and v["max_tokens"] == 16 for v in vllm), n
+
+
+def test_each_qwen_architecture_answers_alike_in_transformers_and_vllm(vllm_python, family_dir, tmp_path):
+    """(c): one engine per architecture (qwen2, qwen3, qwen3_moe; every family with RUSTCODER_FAMILY_PARITY=1), in one
+    process: greedy answers identical to the transformers backend's, from the prompt ids the render check captured."""
+    from conftest import families
+
+    if os.environ.get("RUSTCODER_FAMILY_PARITY") == "1":
+        names = [n for n, f in families().items() if f["thinking"] != "always"]
+    else:
+        names = list(ARCHITECTURES.values())
+    assert {families()[n]["model_type"] for n in names} == set(ARCHITECTURES)
+    # not compiled: three inductor compilations cost more than the tiny models run (the real model's test compiles)
+    got = vllm_answers(vllm_python, tmp_path, {n: {"path": str(family_dir(n))} for n in names}, FAMILY_MESSAGES, 16,
+                       compile_=False)
+    for n in names:
+        _, ids, _ = transformers_prompts(family_dir(n), FAMILY_MESSAGES)
+        assert got[n + ":prompt_ids"] == ids, n  # the engine's prompt is the one the render check compares
+        want = local_answers(family_dir(n), FAMILY_MESSAGES, 16)
         same = sum(a == b for a, b in zip(texts(got[n]), texts(want)))
-        print(f"\n{n}: transformers vs vLLM identical {same}/{len(want)}")
+        print(f"\n{n} ({families()[n]['model_type']}): transformers vs vLLM identical {same}/{len(want)}")
         assert texts(got[n]) == texts(want), n
         assert got[n + ":stop_ids"] == [151645, 151643]
