@@ -173,9 +173,9 @@ def check_no_cross_attention(model_dir: Path, rows_path: Path, device: str) -> s
     from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
     from rustcoder.packing import isolation_errors
-    from rustcoder.train import plan_training, resolve_data_path
+    from rustcoder.train import plan_training, resolve_forward_layout
 
-    layout = resolve_data_path("auto", device)
+    layout = resolve_forward_layout("auto")
     path = choose_attention(device, layout)
     cfg = resolve_config("small-batch", overrides=dict(model=str(model_dir), dataset=str(rows_path), num_examples=40))
     plan = plan_training(cfg, device=device, count_forwards=False)
@@ -228,7 +228,7 @@ def liger_usable(device: str) -> bool:
 
 
 def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str,
-                  fast_paths: bool | None = None) -> dict:
+                  fast_dropout: bool | None = None) -> dict:
     import torch
 
     from rustcoder import artifacts
@@ -239,8 +239,8 @@ def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, a
     cfg = resolve_config(preset, overrides=dict(
         model=str(model_dir), dataset=str(rows_path), num_examples=a.rows, batch_size=batch, grad_accum=accum,
         max_steps=a.steps, lr=2e-4, warmup_ratio=0.1, eval_steps=10**6, save_steps=10**6, report_to="none",
-        output_dir=str(work / "runs"), run_name=f"rustcoder-{preset}-{fast_paths}", logging_steps=1,
-        fast_paths=fast_paths, profile_step=max(1, a.warmup_steps) if a.profile else None))
+        output_dir=str(work / "runs"), run_name=f"rustcoder-{preset}-{fast_dropout}", logging_steps=1,
+        fast_dropout=fast_dropout, profile_step=max(1, a.warmup_steps) if a.profile else None))
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg, progress=False, callbacks=[clock], log=lambda *_: None)
@@ -248,12 +248,12 @@ def run_rustcoder(model_dir: Path, rows_path: Path, work: Path, a, batch: int, a
     tps, s_per_step, timed = timed_throughput(history, clock.times, a.warmup_steps)
     manifest = artifacts.read_json(result.run_dir / "manifest.json")
     plan = manifest["plan"]
-    label = (f"rustcoder {plan['data_path']}, {plan['forwards']['forwards_per_step_mean']:g} fwd/step"
+    label = (f"rustcoder {plan['forward_layout']}, {plan['forwards']['forwards_per_step_mean']:g} fwd/step"
              + (", ckpt" if plan["gradient_checkpointing"] else "")
-             + (" + fast dropout" if plan.get("fast_paths") else ""))
+             + (" + fast dropout" if plan.get("fast_dropout") else ""))
     return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": result.metrics["eval_loss"],
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None,
-            "data_path": label, "attention": plan["attention"], "profile": manifest.get("profile")}
+            "setup": label, "attention": plan["attention"], "profile": manifest.get("profile")}
 
 
 def run_trl(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: int, preset: str,
@@ -320,7 +320,7 @@ def run_trl(model_dir: Path, rows_path: Path, work: Path, a, batch: int, accum: 
     else:
         label = f"TRL defaults (padded, random{ckpt})"
     return {"tps": tps, "s_per_step": s_per_step, "timed": timed, "eval_loss": loss, "peak_gib": peak,
-            "data_path": label}
+            "setup": label}
 
 
 def project_study(measured: dict[str, dict], mean_len: float) -> list[str]:
@@ -424,7 +424,7 @@ def main() -> None:
                     ("rustcoder", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum, name))]
             if a.breakdown:
                 runs.insert(1, ("no fast dropout", lambda: run_rustcoder(model_dir, rows_path, work, a, batch, accum,
-                                                                          name, fast_paths=False)))
+                                                                          name, fast_dropout=False)))
             results = {}
             for label, fn in runs:
                 results[label] = fn()
@@ -438,7 +438,7 @@ def main() -> None:
             for label, r in results.items():
                 mfu = f"{r['tps'] * fpt / peak:.1%}" if peak else "n/a"
                 gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-                print(f"{label:<16} {r['data_path']:<52} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
+                print(f"{label:<16} {r['setup']:<52} {r['tps']:>13.0f} {r['s_per_step']:>7.3f} {gib:>8} "
                       f"{mfu:>6} {r['eval_loss']:>9.4f}")
             ours = results["rustcoder"]
             for trl_side in ("TRL defaults", "TRL best"):

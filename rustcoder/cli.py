@@ -74,7 +74,7 @@ def main(debug: bool) -> None:
 
 def _field_options(func):
     """One flag per TrainConfig field; default None means 'not typed' (so presets and files show)."""
-    from .config import config_fields, flag_aliases, flag_name
+    from .config import RENAMED, config_fields, flag_aliases, flag_name
 
     for f in reversed(config_fields()):
         t = str(f.type)
@@ -95,6 +95,10 @@ def _field_options(func):
         else:
             kw["type"] = str
         func = click.option(*decls, f.name, **kw)(func)
+    for old, new in RENAMED.items():  # the old flags still work, hidden; config.rename_settings says the new name
+        t = next(str(f.type) for f in config_fields() if f.name == new)
+        decls = [f"{flag_name(old)}/--no-{old.replace('_', '-')}"] if t.startswith("bool") else [flag_name(old)]
+        func = click.option(*decls, old, default=None, hidden=True)(func)
     return func
 
 
@@ -133,10 +137,11 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
       rustcoder train --preset small-batch --lr 3e-5 --dry-run
       rustcoder train --preset small-batch --model tiny-qwen2 --dataset sample
     """
-    from .config import resolve_config
+    from .config import rename_settings, resolve_config
 
     from .hub import settle_offline
 
+    overrides = rename_settings(overrides, "the command line")
     if config_arg is not None:
         preset, config_file = _config_argument(config_arg, preset, config_file)
     if resume:
@@ -147,13 +152,14 @@ def train(config_arg, preset, config_file, dry_run, resume, as_json, num_machine
         cfg, run_dir = resolve_config(preset, config_file, overrides), None
     settle_offline(log=_note)
     if dry_run:
-        from .modeling import load_config
+        from .modeling import check_architecture, load_config
         from .terminal import stdout_to_stderr
         from .train import plan_training
 
         with stdout_to_stderr() if as_json else nullcontext():
-            load_config(cfg.model, cfg.model_revision)  # a model the real run cannot load fails here, as there
-            plan = plan_training(cfg)
+            base_config = load_config(cfg.model, cfg.model_revision)  # a model the real run cannot load fails here
+            check_architecture(base_config, cfg.model)  # the dry run says what training says
+            plan = plan_training(cfg, base_config=base_config)
         if as_json:
             import json
 

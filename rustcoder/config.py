@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -111,18 +112,17 @@ class TrainConfig(ConfigSchema):
     lora_target_modules: str = _f("all-linear", "Modules that get adapters: 'all-linear' or a "
                                   "comma-separated list (q_proj,k_proj,...).")
 
-    # Data path and precision
-    data_path: str = _f("auto", "How a step's examples are laid out in forwards: 'auto' (padding-free), "
-                        "'grouped' (length-grouped steps, padded forwards of similar lengths), "
-                        "'padding-free' (flattened forwards, no padding) or 'padded' (the preset's micro-batches "
-                        "as they are, TRL's default).",
-                        choices=("auto", "grouped", "padding-free", "padded"))
+    # Forward layout and precision
+    forward_layout: str = _f("auto", "How a step's examples are laid out in forwards: 'auto' (padding-free), "
+                             "'grouped' (length-grouped steps, padded forwards of similar lengths), "
+                             "'padding-free' (flattened forwards, no padding) or 'padded' (the preset's "
+                             "micro-batches as they are, TRL's default). Formerly data_path.",
+                             choices=("auto", "grouped", "padding-free", "padded"))
     tokens_per_forward: int | None = _f(None, "Token budget of one forward pass: a step's examples are packed into "
                                         "as few forwards as it allows (default: from the device's free memory and "
                                         "the model's size on a GPU, 1024 on CPU). Never changes the step's math.")
-    fast_paths: bool | None = _f(None, "Fast LoRA dropout (16-bit slices of 48-bit random draws; default: on on "
-                                 "CPU, where torch's Bernoulli is slow). The LM head runs on answer tokens only "
-                                 "on every device.")
+    fast_dropout: bool | None = _f(None, "Fast LoRA dropout (16-bit slices of 48-bit random draws; default: on on "
+                                   "CPU, where torch's Bernoulli is slow). Formerly fast_paths.")
     dtype: str = _f("auto", "Weights dtype: auto (bf16 on a GPU that has it, float16 on one without, float32 "
                     "on CPU), bfloat16, float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
     gradient_checkpointing: bool | None = _f(None, "Trade compute for memory (default: by need, on only when a "
@@ -241,6 +241,39 @@ HF_ALIASES = {
 }
 ALIAS_NOTES = {"bf16": "use dtype: bfloat16", "fp16": "use dtype: float16"}
 
+# Settings renamed to say what they hold: old key -> new key. The old key still works (YAML files, --set values and
+# flags in the wild use it), with a RenamedSettingWarning naming the new one; saved run configs are read silently.
+RENAMED = {"data_path": "forward_layout", "fast_paths": "fast_dropout"}
+
+
+class RenamedSettingWarning(FutureWarning):
+    """A setting given by its old name (``RENAMED``): it still works, under its new name."""
+
+
+def current_name(key: str, source: str) -> str:
+    """The field a key sets now: KEY itself, or its new name (``RENAMED``) with a RenamedSettingWarning that names
+    SOURCE (the file, --set, the command line) and the new key and flag."""
+    new = RENAMED.get(key)
+    if new is None:
+        return key
+    warnings.warn(f"{key!r} ({flag_name(key)}) in {source} is deprecated: it is now {new!r} ({flag_name(new)}); "
+                  f"rename it, the old name will stop working in a future release", RenamedSettingWarning, stacklevel=3)
+    return new
+
+
+def rename_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """VALUES with keys given by an old name (``RENAMED``) under the new one (``current_name``). A None value (a
+    flag not typed) never replaces a value; both names given is a ConfigError."""
+    out: dict[str, Any] = {k: v for k, v in values.items() if k not in RENAMED}
+    for old, v in values.items():
+        if old not in RENAMED or v is None:
+            continue
+        new = current_name(old, source)
+        if out.get(new) is not None:
+            raise ConfigError([f"{old!r} and {new!r} in {source} both set {new!r}: keep {new!r}"])
+        out[new] = v
+    return out
+
 
 def flag_aliases(name: str) -> list[str]:
     """The extra flags of a field (--learning-rate for lr, ...)."""
@@ -262,7 +295,7 @@ def apply_aliases(values: dict[str, Any], source: str) -> tuple[dict[str, Any], 
     """VALUES with aliased keys renamed to their fields; problems for an alias and its field both set."""
     out, given, problems = {}, {}, []
     for k, v in values.items():
-        target = HF_ALIASES[k] if k in HF_ALIASES else k
+        target = HF_ALIASES[k] if k in HF_ALIASES else current_name(k, source)
         if target is None:
             problems.append(f"{k!r} in {source} is not a rustcoder setting: {ALIAS_NOTES.get(k, 'drop it')}")
         elif target in given:
@@ -361,7 +394,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
     A config file may name a preset (``preset: aggressive-lr``); a preset given explicitly wins.
     Every problem (unknown keys, unreadable or impossible values) is reported in one ConfigError.
     """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = rename_settings({k: v for k, v in (overrides or {}).items() if v is not None}, "overrides")
     problems = _check_keys(overrides, "overrides")
     file_values = read_config_file(config_file) if config_file else {}
     preset = preset or file_values.get("preset") or DEFAULT_PRESET
@@ -387,6 +420,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Rebuild a saved config (a run's config.yaml) without re-applying presets."""
     known = {f.name for f in fields(TrainConfig)}
+    values = {RENAMED.get(k, k): v for k, v in values.items()}  # a run saved before a rename
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
 
 

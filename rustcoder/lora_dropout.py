@@ -1,4 +1,4 @@
-"""Fast LoRA dropout (the ``fast_paths`` setting; on by default on CPU): the same keep probability (to 2**-16)
+"""Fast LoRA dropout (the ``fast_dropout`` setting; on by default on CPU): the same keep probability (to 2**-16)
 and scaling as ``nn.Dropout``, drawing 16 random bits per element from 64-bit draws instead of one Bernoulli
 sample per element; torch's CPU Bernoulli was a quarter of a LoRA training step here.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import artifacts
-from .config import _coerce, default_run_name, field_names, flag_name, preset_names, resolve_config
+from .config import _coerce, current_name, default_run_name, field_names, flag_name, preset_names, resolve_config
 from .errors import ConfigError, RustcoderError, UsageError, did_you_mean
 
 SWEEP_FILE = "sweep.json"
@@ -33,7 +33,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
             problems.append(f"--grid {spec!r}: expected FIELD=V1,V2 (e.g. lr=1e-5,2e-5)")
             continue
         key, values = spec.split("=", 1)
-        key = key.strip().replace("-", "_")
+        key = current_name(key.strip().replace("-", "_"), "--grid")
         if key not in field_names():
             problems.append(f"--grid: unknown field {key!r}{did_you_mean(key, field_names())}")
             continue
@@ -51,7 +51,7 @@ def parse_settings(specs: list[str]) -> dict[str, Any]:
     values, problems = {}, []
     for spec in specs:
         key, sep, value = spec.partition("=")
-        key = key.strip().replace("-", "_")
+        key = current_name(key.strip().replace("-", "_"), "--set")
         if not sep:
             problems.append(f"--set {spec!r}: expected FIELD=VALUE (e.g. model=tiny-qwen2)")
         elif key not in field_names():

@@ -37,9 +37,9 @@ class TrainPlan:
     total_steps: int
     warmup_steps: int
     eval_steps: int
-    data_path: str
+    forward_layout: str  # how a step's examples are laid out in forwards: grouped, padding-free or padded
     device: str
-    fast_paths: bool = False
+    fast_dropout: bool = False
     tokens_per_forward: int = 0
     gradient_checkpointing: bool = False
     checkpointing_reason: str = ""
@@ -63,9 +63,9 @@ class TrainPlan:
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "eval_steps": self.eval_steps,
-            "data_path": self.data_path,
+            "forward_layout": self.forward_layout,
             "device": self.device,
-            "fast_paths": self.fast_paths,
+            "fast_dropout": self.fast_dropout,
             "tokens_per_forward": self.tokens_per_forward,
             "gradient_checkpointing": self.gradient_checkpointing,
             "checkpointing_reason": self.checkpointing_reason,
@@ -98,8 +98,8 @@ class TrainPlan:
                 f"{split} {t['tokens']:,} ({t['prompt_tokens']:,} prompt + {t['answer_tokens']:,} answer, "
                 f"{t['truncated']:,} examples truncated to {c.max_length})" for split, t in self.tokens.items()))
         accum = grad_accum_per_process(c)
-        lines.append(f"batching: {self.data_path} on {self.device}, answer-only LM head"
-                     + (" + fast LoRA dropout" if self.fast_paths else ""))
+        lines.append(f"batching: {self.forward_layout} on {self.device}, answer-only LM head"
+                     + (" + fast LoRA dropout" if self.fast_dropout else ""))
         lines.append(f"effective batch {c.effective_batch} = {c.batch_size} per device x {accum} accumulation"
                      + f" x {c.num_processes} process{'es' if c.num_processes > 1 else ''}"
                      + (f" (preset: {c.batch_size} x {c.grad_accum})" if accum != c.grad_accum else ""))
@@ -108,7 +108,7 @@ class TrainPlan:
                          "processes; the effective batch differs from the preset's")
         per_process = c.batch_size * accum
         lines.append(f"step packing: the {per_process} examples of a step{' per process' if c.num_processes > 1 else ''}"
-                     f" in forwards of up to {self.tokens_per_forward} tokens ({self.data_path}); "
+                     f" in forwards of up to {self.tokens_per_forward} tokens ({self.forward_layout}); "
                      f"attention: {self.attention}")
         if self.forwards:
             f = self.forwards
@@ -130,8 +130,8 @@ def detect_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_data_path(requested: str, device: str) -> str:
-    """The forward layout for a device: padding-free everywhere unless asked otherwise.
+def resolve_forward_layout(requested: str) -> str:
+    """The forward layout a run uses (the ``forward_layout`` setting): padding-free on every device unless asked.
 
     Padding-free forwards keep the preset's random step order (TRL's) and compute on no padding; on
     a GPU they keep the card busy. On CPU, `grouped` (length-grouped steps in padded forwards) is
@@ -155,15 +155,17 @@ def auto_eval_steps(total_steps: int, train_tokens: float | None, eval_tokens: f
     return every, note
 
 
-def _model_shape(cfg: TrainConfig):
-    """The model's shape from its config (no weights); None when the config cannot be read here."""
-    from .memory import ModelShape
-    from .modeling import load_config
+def _base_config(cfg: TrainConfig):
+    """The base model's transformers config (read once; no weights), its architecture note said as training says
+    it; None when the config cannot be read here (an offline hub id: the dry run still reports data and steps)."""
+    from .modeling import check_architecture, load_config
 
     try:
-        return ModelShape.from_config(load_config(cfg.model, cfg.model_revision))
-    except Exception:  # offline hub id, unreadable config: no estimate
+        config = load_config(cfg.model, cfg.model_revision)
+    except Exception:
         return None
+    check_architecture(config, cfg.model)
+    return config
 
 
 TOKENIZE_CHUNK = 512  # rows tokenized at once: their token-id lists are the only per-token memory, then freed
@@ -185,14 +187,14 @@ def token_lengths(tokenizer, examples, max_length: int, stats=None) -> list[int]
     return lengths
 
 
-def _token_lengths(cfg: TrainConfig, data: PreparedData):
+def _token_lengths(cfg: TrainConfig, data: PreparedData, model_type: str | None):
     """Token counts of the train and eval rows (what the trainer will see) and each split's TokenizeStats, or a
     reason they are unknown."""
     from .data.tokenize import TokenizeStats
     from .modeling import load_tokenizer
 
     try:
-        tokenizer, _ = load_tokenizer(cfg.model, cfg.model_revision, _model_type(cfg))
+        tokenizer, _ = load_tokenizer(cfg.model, cfg.model_revision, model_type)
     except Exception as e:  # offline hub model: the dry run still reports the data and steps
         return None, None, None, str(e).splitlines()[0] or f"no tokenizer for {cfg.model!r} here"
     stats = {"train": TokenizeStats(), "eval": TokenizeStats()}
@@ -208,26 +210,16 @@ def token_counts(stats: dict) -> dict:
             for split, st in stats.items()}
 
 
-def _model_type(cfg: TrainConfig) -> str | None:
-    from .modeling import check_architecture, load_config
-
-    try:
-        config = load_config(cfg.model, cfg.model_revision)
-        check_architecture(config, cfg.model)  # the dry run says what training says
-        return config.model_type
-    except Exception:
-        return None
-
-
 def plan_training(cfg: TrainConfig, device: str | None = None, *, data: PreparedData | None = None,
                   lengths: list[int] | None = None, eval_lengths: list[int] | None = None, shape=None,
-                  free_bytes: int | None = None, count_forwards: bool = True, token_stats: dict | None = None
-                  ) -> TrainPlan:
+                  free_bytes: int | None = None, count_forwards: bool = True, token_stats: dict | None = None,
+                  base_config=None) -> TrainPlan:
     """Load and split the data, count the steps and lay out every step's forwards; never loads the weights.
 
     The forwards per step come from the same sampler and grouping the trainer uses, on the token
     lengths of the rows (tokenized here unless given; unknown when the tokenizer cannot be loaded).
-    ``token_stats`` ({"train": TokenizeStats, "eval": TokenizeStats}) go with given lengths.
+    ``token_stats`` ({"train": TokenizeStats, "eval": TokenizeStats}) go with given lengths. The base model's
+    config (``base_config``, read here once when not given) gives its shape and tokenizer family.
     """
     from .launch import check_engine
     from .memory import device_free_bytes, plan_memory
@@ -241,13 +233,18 @@ def plan_training(cfg: TrainConfig, device: str | None = None, *, data: Prepared
     per_epoch, total = steps_for(len(data.train), cfg)
     warmup = math.ceil(cfg.warmup_ratio * total)
     device = device or detect_device()
-    fast = cfg.fast_paths if cfg.fast_paths is not None else device == "cpu"
-    layout = resolve_data_path(cfg.data_path, device)
+    fast = cfg.fast_dropout if cfg.fast_dropout is not None else device == "cpu"
+    layout = resolve_forward_layout(cfg.forward_layout)
     note = ""
-    if lengths is None and count_forwards:
-        lengths, eval_lengths, token_stats, note = _token_lengths(cfg, data)
-    if shape is None:
-        shape = _model_shape(cfg)
+    counting = lengths is None and count_forwards
+    if base_config is None and (counting or shape is None):
+        base_config = _base_config(cfg)
+    if counting:
+        lengths, eval_lengths, token_stats, note = _token_lengths(cfg, data, getattr(base_config, "model_type", None))
+    if shape is None and base_config is not None:
+        from .memory import ModelShape
+
+        shape = ModelShape.from_config(base_config)
     if free_bytes is None:
         free_bytes = device_free_bytes(device)
     dtype_bytes = 2 if cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device == "cuda") else 4
@@ -459,7 +456,8 @@ def load_training_inputs(cfg: TrainConfig, log=print) -> TrainingInputs:
     check_loss_mask(train_table["labels"])
     shape = ModelShape.from_config(model_config)
     plan = plan_training(cfg, data=data, lengths=train_table["length"].to_pylist(),
-                         eval_lengths=eval_table["length"].to_pylist(), shape=shape, token_stats=stats)
+                         eval_lengths=eval_table["length"].to_pylist(), shape=shape, token_stats=stats,
+                         base_config=model_config)
     return TrainingInputs(base_path, model_config, shape, tokenizer, template, train_table, eval_table, stats, plan)
 
 
@@ -512,7 +510,7 @@ def _load_base(cfg: TrainConfig, inputs: TrainingInputs, run_dir: Path, main_pro
             log(f"note: attention {plan.attention} unavailable ({str(e).splitlines()[0]}); using SDPA block mask")
             plan.attention, plan.attn_implementation, plan.varlen_kwargs = "SDPA block-diagonal mask", "sdpa", False
             cap = max(dense_mask_tokens(inputs.shape), cfg.max_length)
-            if plan.data_path == "padding-free" and cfg.tokens_per_forward is None and plan.tokens_per_forward > cap:
+            if plan.forward_layout == "padding-free" and cfg.tokens_per_forward is None and plan.tokens_per_forward > cap:
                 log(f"  tokens per forward {plan.tokens_per_forward} -> {cap}: a block mask attends over the whole "
                     "forward")
                 plan.tokens_per_forward = cap
@@ -544,7 +542,7 @@ def build_trainer(cfg: TrainConfig, inputs: TrainingInputs, model, run_dir: Path
     args = trainer_module.sft_args(plan, run_dir, progress)
     trainer_module.one_gpu_per_process(args, world, log)
     pad_id = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
-    collator = StepCollator(pad_id, plan.data_path, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
+    collator = StepCollator(pad_id, plan.forward_layout, plan.tokens_per_forward, cfg.batch_size, plan.varlen_kwargs)
     peak = peak_flops(plan.device)
     quiet_known_warnings()  # peft's deprecated-property FutureWarning, on every run
     trainer = trainer_module.RustcoderSFTTrainer(
@@ -557,7 +555,7 @@ def build_trainer(cfg: TrainConfig, inputs: TrainingInputs, model, run_dir: Path
     if world > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
         log("note: Accelerate shards with FSDP only on GPUs: these CPU processes run plain data parallel (DDP)")
     add_answer_head(trainer.model.get_base_model())
-    if plan.fast_paths:
+    if plan.fast_dropout:
         use_fast_dropout(trainer.model)
     return trainer
 

@@ -151,7 +151,7 @@ class RustcoderSFTTrainer(SFTTrainer):
         ds = self.train_dataset
         c = self.rc_plan.config
         sampler = StepSampler(list(ds["length"]), c.batch_size * grad_accum_per_process(c) * c.num_processes,
-                              c.seed, self.rc_plan.data_path == "grouped")
+                              c.seed, self.rc_plan.forward_layout == "grouped")
         loader = DataLoader(ds, batch_size=self.args.per_device_train_batch_size, sampler=sampler,
                             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                             pin_memory=self.args.dataloader_pin_memory, drop_last=self.args.dataloader_drop_last)
@@ -218,7 +218,7 @@ class RustcoderSFTTrainer(SFTTrainer):
         packed by the same token budget as training (no gradients kept)."""
         ds = dataloader.dataset
         plan = self.rc_plan
-        layout = "grouped" if plan.data_path == "padded" else plan.data_path
+        layout = "grouped" if plan.forward_layout == "padded" else plan.forward_layout
         acc = self.accelerator
         groups = process_forwards(list(ds["length"]), acc.process_index, acc.num_processes, layout,
                                   plan.tokens_per_forward, plan.config.batch_size)

@@ -212,3 +212,61 @@ def test_resume_accepts_the_categories_the_run_was_started_with(tmp_path, monkey
     assert got is cfg and run_dir.name == "r"
     with pytest.raises(UsageError, match="cannot change --categories"):
         resume_target({"output_dir": str(tmp_path / "runs"), "run_name": "r", "categories": "bug_detection"})
+
+
+def test_renamed_settings_still_work_under_their_old_names_and_say_the_new_one(tmp_path):
+    """data_path -> forward_layout, fast_paths -> fast_dropout: old YAML keys, --set values and overrides still
+    set the field, each with a warning naming the new key; both names at once is refused; a saved run config with
+    the old names loads silently (a run started before the rename resumes)."""
+    import warnings
+
+    from rustcoder.config import RenamedSettingWarning, config_from_dict
+    from rustcoder.sweep import parse_settings
+
+    f = tmp_path / "old.yaml"
+    f.write_text("data_path: padded\nfast_paths: false\n")
+    with pytest.warns(RenamedSettingWarning) as seen:
+        cfg = resolve_config(config_file=f)
+    assert (cfg.forward_layout, cfg.fast_dropout) == ("padded", False)
+    messages = [str(w.message) for w in seen]
+    assert any("'data_path'" in m and "'forward_layout' (--forward-layout)" in m and str(f) in m for m in messages)
+    assert any("'fast_paths'" in m and "'fast_dropout' (--fast-dropout)" in m for m in messages)
+    with pytest.warns(RenamedSettingWarning, match="forward_layout"):
+        assert resolve_config(overrides={"data_path": "grouped"}).forward_layout == "grouped"
+    with pytest.warns(RenamedSettingWarning, match="--set"):
+        assert parse_settings(["fast-paths=true"]) == {"fast_dropout": True}
+    f.write_text("data_path: padded\nforward_layout: grouped\n")
+    with pytest.warns(RenamedSettingWarning), pytest.raises(ConfigError, match="both set 'forward_layout'"):
+        resolve_config(config_file=f)
+    saved = TrainConfig(forward_layout="padded", fast_dropout=True).to_dict()
+    saved["data_path"], saved["fast_paths"] = saved.pop("forward_layout"), saved.pop("fast_dropout")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old_run = config_from_dict(saved)
+    assert (old_run.forward_layout, old_run.fast_dropout) == ("padded", True)
+
+
+def test_renamed_flags_still_work_hidden_from_help(monkeypatch):
+    """`train --data-path X --no-fast-paths` sets forward_layout and fast_dropout (with the warning); --help shows
+    only the new flags."""
+    import rustcoder.modeling as modeling
+    import rustcoder.train as train_module
+    from rustcoder.config import RenamedSettingWarning
+
+    seen = {}
+
+    def stop(cfg, **kw):
+        seen["cfg"] = cfg
+        raise UsageError("planned")
+
+    monkeypatch.setattr(modeling, "load_config", lambda *a, **k: None)
+    monkeypatch.setattr(train_module, "plan_training", stop)
+    with pytest.warns(RenamedSettingWarning) as warned:
+        r = CliRunner().invoke(main, ["train", "--data-path", "grouped", "--no-fast-paths", "--dry-run"])
+    renamed = [str(w.message).split(" in ")[0] for w in warned if w.category is RenamedSettingWarning]
+    assert sorted(renamed) == ["'data_path' (--data-path)", "'fast_paths' (--fast-paths)"]
+    assert r.exit_code == 2 and "planned" in r.output, r.output
+    assert (seen["cfg"].forward_layout, seen["cfg"].fast_dropout) == ("grouped", False)
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--forward-layout" in help_text and "--fast-dropout" in help_text
+    assert "--data-path" not in help_text and "--fast-paths" not in help_text

@@ -53,7 +53,7 @@ def test_packed_training_on_cuda_runs_the_planned_forwards(rows_file, tiny_qwen2
                                                     tokens_per_forward=600, logging_steps=1))
     result = train(cfg, progress=False, log=lambda *_: None)
     plan = artifacts.read_json(result.run_dir / "manifest.json")["plan"]
-    assert plan["device"] == "cuda" and plan["data_path"] == "padding-free"
+    assert plan["device"] == "cuda" and plan["forward_layout"] == "padding-free"
     assert plan["attention"] and not plan["gradient_checkpointing"]  # a tiny model fits any card
     assert result.metrics["forwards"] == plan["forwards"]["forwards"] > result.metrics["steps"]
     history = artifacts.read_json(result.run_dir / "log_history.json")

@@ -136,15 +136,15 @@ def test_two_process_cpu_training_matches_single_process(rows_file, tiny_qwen2, 
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "RUSTCODER_PEAK_TFLOPS": "1"}
     two = subprocess.run([sys.executable, "-m", "rustcoder", "train", "--preset", "baseline", *common,
                           "--batch-size", "2", "--grad-accum", "2", "--num-processes", "2", "--keep-effective-batch",
-                          "--data-path", "padding-free", "--tokens-per-forward", "160",
+                          "--forward-layout", "padding-free", "--tokens-per-forward", "160",
                           "--output-dir", str(tmp_path / "two"), "--run-name", "dp"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "2 processes" in two.stdout
     one = subprocess.run([sys.executable, "-m", "rustcoder", "train", "--preset", "baseline", *common,
-                          "--batch-size", "4", "--grad-accum", "1", "--data-path", "padded",
+                          "--batch-size", "4", "--grad-accum", "1", "--forward-layout", "padded",
                           "--output-dir", str(tmp_path / "one"),
-                          "--run-name", "single", "--no-fast-paths"],
+                          "--run-name", "single", "--no-fast-dropout"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
 
@@ -223,7 +223,7 @@ def test_two_process_packed_step_gradients_equal_the_unpacked_step(tiny_qwen2, t
     rows = write_jsonl(tmp_path / "mixed.jsonl", make_rows(4, answer_words=lambda i: 1 + (i * 17) % 60))
     overrides = dict(model="tiny-qwen2", dataset=str(rows), num_examples=60, batch_size=3, grad_accum=2,
                      num_processes=2, max_steps=2, warmup_ratio=0.0, lr=5e-3, lora_dropout=0.0, max_grad_norm=0.0,
-                     eval_steps=100, save_steps=1000, report_to="none", data_path="padding-free",
+                     eval_steps=100, save_steps=1000, report_to="none", forward_layout="padding-free",
                      tokens_per_forward=400, output_dir=str(tmp_path / "runs"), run_name="dp-grads", dtype="float32")
     script = tmp_path / "capture.py"
     script.write_text(CAPTURE_SCRIPT)

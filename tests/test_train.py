@@ -95,12 +95,12 @@ def test_train_moves_lora_not_base_and_writes_self_describing_run(rows_file, tin
         assert metrics[f"{split}_tokens"] == tokens[split]["tokens"]
 
 
-@pytest.mark.parametrize("data_path", ["grouped", "padded", "padding-free"])
-def test_dry_run_step_count_is_what_the_trainer_runs(rows_file, tiny_qwen2, tmp_path, data_path):
+@pytest.mark.parametrize("layout", ["grouped", "padded", "padding-free"])
+def test_dry_run_step_count_is_what_the_trainer_runs(rows_file, tiny_qwen2, tmp_path, layout):
     # 41 rows -> 37 train rows; batch 3 -> 13 batches; accumulation 4 -> 4 steps per epoch (partial last one)
     args = ["--model", "tiny-qwen2", "--dataset", str(rows_file), "-n", "41", "--batch-size", "3",
             "--grad-accum", "4", "--epochs", "2", "--output-dir", str(tmp_path / "runs"), "--report-to", "none",
-            "--data-path", data_path, "--run-name", "steps", "--tokens-per-forward", "200"]
+            "--forward-layout", layout, "--run-name", "steps", "--tokens-per-forward", "200"]
     r = CliRunner().invoke(main, ["train", *args, "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.output)
@@ -131,9 +131,9 @@ class _CaptureStep(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("data_path,budget", [("padded", None), ("padding-free", 4096), ("padding-free", 96),
+@pytest.mark.parametrize("layout,budget", [("padded", None), ("padding-free", 4096), ("padding-free", 96),
                                               ("grouped", 96)])
-def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, budget):
+def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, layout, budget):
     """Loss and LoRA gradients of a step of mixed lengths with grad accumulation (3 x 2) equal those of the same
     examples run as the preset's padded micro-batches through transformers' own loss (gradient accumulation
     normalised over the step's answer tokens), however the step is packed into forwards."""
@@ -147,7 +147,7 @@ def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, b
 
     mixed = write_jsonl(tmp_path / "mixed.jsonl", make_rows(4, answer_words=lambda i: 1 + (i * 17) % 60))
     cfg = _cfg(mixed, tmp_path, num_examples=60, batch_size=3, grad_accum=2, max_steps=2, warmup_ratio=0.0,
-               lora_dropout=0.0, max_grad_norm=0.0, logging_steps=1, eval_steps=100, data_path=data_path,
+               lora_dropout=0.0, max_grad_norm=0.0, logging_steps=1, eval_steps=100, forward_layout=layout,
                tokens_per_forward=budget, dtype="float32")
     capture = _CaptureStep(step=1)  # the second step: lora_B has moved off zero, so every gradient is non-trivial
     result = train(cfg, progress=False, callbacks=[capture], log=lambda *_: None)
@@ -162,10 +162,10 @@ def test_packed_step_equals_the_unpacked_step(tiny_qwen2, tmp_path, data_path, b
     plan = plan_training(cfg, device="cpu", count_forwards=False)
     tok, _ = load_tokenizer("tiny-qwen2", model_type="qwen2")
     feats = tokenize_examples(tok, [e.messages for e in plan.data.train], cfg.max_length)
-    order = list(StepSampler([f["length"] for f in feats], 6, cfg.seed, grouped=data_path == "grouped"))
+    order = list(StepSampler([f["length"] for f in feats], 6, cfg.seed, grouped=layout == "grouped"))
     step = [feats[i] for i in order[6:12]]
     lengths = sorted(f["length"] for f in step)
-    if data_path != "grouped":  # grouped steps hold examples of similar length by design
+    if layout != "grouped":  # grouped steps hold examples of similar length by design
         assert lengths[-1] > 2 * lengths[0]  # mixed lengths
 
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
@@ -202,7 +202,7 @@ def test_eval_loss_is_token_weighted_over_the_held_out_set(rows_file, tiny_qwen2
     from rustcoder.data.tokenize import tokenize_examples
     from rustcoder.modeling import load_tokenizer
 
-    cfg = _cfg(rows_file, tmp_path, num_examples=80, max_steps=2, tokens_per_forward=128, data_path="padding-free",
+    cfg = _cfg(rows_file, tmp_path, num_examples=80, max_steps=2, tokens_per_forward=128, forward_layout="padding-free",
                lora_dropout=0.0, dtype="float32")
     result = train(cfg, progress=False, log=lambda *_: None)
     plan = plan_training(cfg, device="cpu", count_forwards=False)
