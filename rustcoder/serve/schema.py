@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import threading
 from typing import Any, Literal
 
@@ -66,32 +67,26 @@ def _no_duplicates(pairs):
     return obj
 
 
-def nesting_depth(text: str, limit: int) -> int:
-    """The deepest nesting of JSON arrays/objects in TEXT, scanning no further than the first level beyond LIMIT.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
-    Written by hand because Python's json has no depth limit (a deep body is a RecursionError): one linear
-    pass that skips string contents, run before json.loads."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    return deepest
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+
+def nesting_depth(text: str, limit: int) -> int:
+    """The deepest nesting of JSON arrays/objects in TEXT, or the first level beyond LIMIT.
+
+    Written by hand because Python's json has no depth limit (a deep body is a RecursionError); run before
+    json.loads. In C-speed passes (``re``, not a Python loop over characters: that held the GIL for 0.23 s per
+    1.9 MB body and starved the gateway's event loop under 150 of them): strings and everything but brackets
+    removed, then one pass per level removing the innermost pairs. Unbalanced brackets stop the passes early
+    (their leading unclosed openers still count; json.loads then reports the body as invalid)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = 0
+    while brackets and depth <= limit:  # a marker, so that removing "[]" cannot make a "{}" removed in this pass
+        fewer = brackets.replace("[]", "\0").replace("{}", "\0").replace("\0", "")
+        if len(fewer) == len(brackets):  # unbalanced: its unclosed openers count too ("[" * 10**6 is deep)
+            return depth + len(brackets) - len(brackets.lstrip("[{"))
+        brackets, depth = fewer, depth + 1
+    return depth
 
 
 def _path(loc) -> str:
@@ -144,6 +139,8 @@ def parse_json_body(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[dict | Non
     except _DuplicateKey as e:
         return None, Problem(f"the request body has the key {str(e)!r} twice in one object; send it once",
                              str(e), "duplicate_key")
+    except RecursionError:  # not reached after the depth check; kept so that no body can make this a 500
+        return None, Problem(f"the request body nests JSON deeper than {max_depth} levels", None, "invalid_json")
     except ValueError as e:
         return None, Problem(f"the request body is not valid JSON ({e}); send a JSON object with "
                              "Content-Type: application/json", None, "invalid_json")
