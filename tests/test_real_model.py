@@ -98,3 +98,56 @@ def test_merge_of_a_real_model_is_exact_and_answers_as_its_adapter(smollm2_run):
     finally:
         merged.close()
     assert any(finish == "stop" for _, finish, _ in with_adapter)
+
+
+# ---- the base-like twin served: both engines stop where the transformers backend stops ------------------------------
+
+def served_answers(model, engine: str, **cfg):
+    """answers() through `rustcoder serve`'s engine (started as eval's served backend starts it)."""
+    from rustcoder.eval import EvalConfig
+    from rustcoder.eval.backends import ModelTarget
+    from rustcoder.eval.served import ServedBackend
+
+    target = ModelTarget("model", "local", "m", path=str(model))
+    backend = ServedBackend(target, EvalConfig(model=str(model), backend="served", engine=engine, **cfg),
+                            log=lambda *_: None)
+    try:
+        return answers(backend, target)
+    finally:
+        backend.close()
+
+
+def _text_and_finish(got):
+    return [(text, finish) for text, finish, _ in got]  # token counts: vLLM counts the stop token, transformers not
+
+
+def test_served_transformers_engine_answers_the_base_like_model_as_the_backend(smollm2, instruct_answers):
+    """The eos is <|endoftext|>, the turn ends with <|im_end|>: the served engine stops there too, byte for byte the
+    transformers backend's answers (which test_a_model_whose_eos_is_not... pins to the instruct model's)."""
+    from rustcoder.serve import transformers_serving_missing
+
+    if transformers_serving_missing():
+        pytest.skip("transformers serving is not installed: pip install 'rustcoder[serve]'")
+    served = served_answers(smollm2["base_like"], "transformers")
+    same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
+    print(f"\nbase-like real model, served transformers engine vs transformers backend: {same}/{len(served)}")
+    assert _text_and_finish(served) == _text_and_finish(instruct_answers)
+    assert all(finish == "stop" for _, finish, _ in served)
+
+
+@pytest.mark.vllm
+def test_served_vllm_engine_answers_the_base_like_model_as_the_backend(smollm2, instruct_answers):
+    """The same through vLLM's server: the gateway sends rustcoder's stop_token_ids (a string stop on <|im_end|>
+    never fires there: vLLM drops it from the text first)."""
+    from pathlib import Path
+
+    from conftest import vllm_python_or_skip
+
+    python = vllm_python_or_skip()
+    config = Path(__file__).resolve().parent.parent / "serve" / "vllm-cpu.yaml"
+    served = served_answers(smollm2["base_like"], "vllm", vllm_python=python, dtype="float32",
+                            engine_args=f"--config {config} --max-model-len 2048")
+    same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
+    print(f"\nbase-like real model, served vLLM engine vs transformers backend: {same}/{len(served)}")
+    assert _text_and_finish(served) == _text_and_finish(instruct_answers)
+    assert all(finish == "stop" for _, finish, _ in served)
