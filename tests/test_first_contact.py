@@ -366,9 +366,13 @@ def test_peft_deprecation_warning_is_filtered_by_its_message_only(tiny_qwen2):
             warnings.warn("another FutureWarning", FutureWarning)
         return [str(w.message) for w in seen]
 
+    import peft
+    from packaging.version import Version
+
     quiet = False
-    assert any("is_gradient_checkpointing" in m for m in wrap())  # the source, as it is today
-    quiet = True
+    source = any("is_gradient_checkpointing" in m for m in wrap())
+    assert source or Version(peft.__version__) >= Version("0.22"), "the pinned peft warns on every wrap"
+    quiet = True  # the filter hides that warning (where it still comes) and nothing else
     assert [m for m in wrap() if "FutureWarning" in m or "gradient_checkpointing" in m] == ["another FutureWarning"]
 
 
