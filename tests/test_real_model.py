@@ -103,7 +103,8 @@ def test_merge_of_a_real_model_is_exact_and_answers_as_its_adapter(smollm2_run):
 # ---- the base-like twin served: both engines stop where the transformers backend stops ------------------------------
 
 def served_answers(model, engine: str, **cfg):
-    """answers() through `rustcoder serve`'s engine (started as eval's served backend starts it)."""
+    """(answers() through `rustcoder serve`'s engine, started as eval's served backend starts it; what the
+    playground shows for the same questions from that server)."""
     from rustcoder.eval import EvalConfig
     from rustcoder.eval.backends import ModelTarget
     from rustcoder.eval.served import ServedBackend
@@ -112,9 +113,33 @@ def served_answers(model, engine: str, **cfg):
     backend = ServedBackend(target, EvalConfig(model=str(model), backend="served", engine=engine, **cfg),
                             log=lambda *_: None)
     try:
-        return answers(backend, target)
+        got = answers(backend, target)
+        (server,) = backend.servers.values()
+        return got, playground_answers(server.base_url, server.spec.model_names[0], server.spec.api_key)
     finally:
         backend.close()
+
+
+def playground_answers(base_url: str, model: str, api_key: str | None) -> list[str]:
+    """The playground's answer to each question at temperature 0: its own message builder, sampling fields and
+    streaming path (what its Send button runs), with no stop of its own."""
+    import threading
+
+    from rustcoder.openai_client import ChatClient
+    from rustcoder.playground import _sampling, build_messages, stream_side
+
+    client = ChatClient(base_url, api_key=api_key)
+    texts = []
+    try:
+        for question in QUESTIONS:
+            pieces: list = []
+            stream_side(client, build_messages("You are a helpful assistant.", [], question), model,
+                        _sampling(0, 1, MAX_NEW, -1), pieces.append, threading.Event())
+            assert pieces[-1] is None and not any(p and p.startswith("\n\n⚠") for p in pieces), pieces
+            texts.append("".join(pieces[:-1]))
+    finally:
+        client.close()
+    return texts
 
 
 def _text_and_finish(got):
@@ -128,11 +153,14 @@ def test_served_transformers_engine_answers_the_base_like_model_as_the_backend(s
 
     if transformers_serving_missing():
         pytest.skip("transformers serving is not installed: pip install 'rustcoder[serve]'")
-    served = served_answers(smollm2["base_like"], "transformers")
+    served, shown = served_answers(smollm2["base_like"], "transformers")
     same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
     print(f"\nbase-like real model, served transformers engine vs transformers backend: {same}/{len(served)}")
     assert _text_and_finish(served) == _text_and_finish(instruct_answers)
     assert all(finish == "stop" for _, finish, _ in served)
+    same = sum(a == b[0] for a, b in zip(shown, instruct_answers))
+    print(f"base-like real model, playground on the transformers engine vs transformers backend: {same}/{len(shown)}")
+    assert shown == [text for text, _, _ in instruct_answers]
 
 
 @pytest.mark.vllm
@@ -145,9 +173,12 @@ def test_served_vllm_engine_answers_the_base_like_model_as_the_backend(smollm2, 
 
     python = vllm_python_or_skip()
     config = Path(__file__).resolve().parent.parent / "serve" / "vllm-cpu.yaml"
-    served = served_answers(smollm2["base_like"], "vllm", vllm_python=python, dtype="float32",
-                            engine_args=f"--config {config} --max-model-len 2048")
+    served, shown = served_answers(smollm2["base_like"], "vllm", vllm_python=python, dtype="float32",
+                                   engine_args=f"--config {config} --max-model-len 2048")
     same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
     print(f"\nbase-like real model, served vLLM engine vs transformers backend: {same}/{len(served)}")
     assert _text_and_finish(served) == _text_and_finish(instruct_answers)
     assert all(finish == "stop" for _, finish, _ in served)
+    same = sum(a == b[0] for a, b in zip(shown, instruct_answers))
+    print(f"base-like real model, playground on the vLLM engine vs transformers backend: {same}/{len(shown)}")
+    assert shown == [text for text, _, _ in instruct_answers]
