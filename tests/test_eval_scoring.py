@@ -316,6 +316,8 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
             self._send({"error": "not found"}, 404)
 
     def do_POST(self):
+        if self.path != "/v1/chat/completions":  # e.g. vLLM's /tokenize, which the endpoint backend asks first
+            return self._send({"error": "not found"}, 404)
         cls = type(self)
         with cls.lock:
             cls.in_flight += 1

@@ -182,3 +182,58 @@ def test_served_vllm_engine_answers_the_base_like_model_as_the_backend(smollm2, 
     same = sum(a == b[0] for a, b in zip(shown, instruct_answers))
     print(f"base-like real model, playground on the vLLM engine vs transformers backend: {same}/{len(shown)}")
     assert shown == [text for text, _, _ in instruct_answers]
+
+
+@pytest.mark.vllm
+def test_endpoint_backend_on_a_raw_vllm_server_stops_at_the_end_of_turn(smollm2, instruct_answers, tmp_path):
+    """`rustcoder eval --endpoint` against vLLM's own server (no rustcoder gateway) on the base-like model: vLLM
+    drops <|im_end|> from the text, so the string stop never fires, and the model's eos is <|endoftext|>; the
+    backend reads the end-of-turn id from the server's /tokenize and sends it as stop_token_ids."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import httpx
+    from conftest import vllm_python_or_skip
+
+    from rustcoder.eval.backends import EndpointBackend, ModelTarget
+    from rustcoder.net import free_port
+
+    python = vllm_python_or_skip()
+    port = free_port()
+    config = Path(__file__).resolve().parent.parent / "serve" / "vllm-cpu.yaml"
+    log = open(tmp_path / "vllm.log", "w")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_CI_ENV": "1"}  # not compiled: as vLLM's CPU CI
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2["base_like"]),
+                             "--served-model-name", "raw", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", "float32", "--config", str(config), "--max-model-len", "2048"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    backend = EndpointBackend(f"http://127.0.0.1:{port}/v1", concurrency=2)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, (tmp_path / "vllm.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vLLM did not start in 10 minutes"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert backend.end_of_turn_ids("raw") == [2]  # SmolLM2's <|im_end|>
+        got = answers(backend, ModelTarget("model", "endpoint", "raw", served_name="raw"))
+    finally:
+        backend.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    same = sum(a == b for a, b in zip(_text_and_finish(got), _text_and_finish(instruct_answers)))
+    print(f"\nbase-like real model, endpoint backend on a raw vLLM server vs transformers backend: {same}/{len(got)}")
+    assert _text_and_finish(got) == _text_and_finish(instruct_answers)
+    assert all(finish == "stop" for _, finish, _ in got)

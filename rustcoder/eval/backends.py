@@ -81,7 +81,7 @@ class ModelTarget:
     endpoint: str | None = None
     served_name: str | None = None
     identity: dict = field(default_factory=dict)  # what the generation fingerprint records
-    stop_token_ids: list[int] | None = None  # endpoint: sent as a raw vLLM server's stop_token_ids when known
+    stop_token_ids: list[int] | None = None  # endpoint: sent as stop_token_ids (else asked of a raw vLLM server)
 
     def describe(self) -> str:
         """One line: what this target is."""
@@ -536,6 +536,29 @@ class EndpointBackend(Backend):
         self.api_key = api_key
         self.concurrency = max(1, concurrency)
         self.client = openai_client(endpoint, api_key=api_key, timeout=timeout, retries=retries)
+        self._stop_ids: dict[str | None, list[int] | None] = {}
+
+    def end_of_turn_ids(self, model: str | None) -> list[int] | None:
+        """rustcoder's stop rule for a raw vLLM server: the end-of-turn token's id, from the server's own
+        ``/tokenize``. vLLM drops ``<|im_end|>`` from the text (a special token), so the string stop never fires
+        there, and a base model's eos is ``<|endoftext|>``: without the id its answers run past the turn. None
+        for a server without ``/tokenize`` (rustcoder's own adds the ids itself; hosted APIs stop at the turn)."""
+        if model not in self._stop_ids:
+            import httpx
+
+            root = self.url.rsplit("/v1/", 1)[0]
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            ids = None
+            try:
+                r = httpx.post(f"{root}/tokenize", json={"model": model, "prompt": END_OF_TURN,
+                                                         "add_special_tokens": False}, headers=headers, timeout=10)
+                tokens = r.json().get("tokens") if r.status_code == 200 else None
+                if isinstance(tokens, list) and len(tokens) == 1 and isinstance(tokens[0], int):
+                    ids = tokens  # one token: the model has <|im_end|> as a token of its own
+            except (httpx.HTTPError, ValueError, AttributeError):
+                pass
+            self._stop_ids[model] = ids
+        return self._stop_ids[model]
 
     def complete(self, messages: list[dict], params: GenParams, model: str | None, seed: int | None = None,
                  stop_ids: list[int] | None = None) -> Generation:
@@ -578,10 +601,11 @@ class EndpointBackend(Backend):
         jobs = [(r, j) for r in requests for j in range(r.n)]
         results: dict[int, dict[int, Generation]] = {}
         model = target.served_name or self.default_model()
+        stop_ids = target.stop_token_ids or self.end_of_turn_ids(model)
         with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="rustcoder-endpoint") as pool:
             futures = {pool.submit(self.complete, r.messages, params, model,
                                    params.seed + r.start + j if params.temperature > 0 else None,
-                                   target.stop_token_ids): (r, j)
+                                   stop_ids): (r, j)
                        for r, j in jobs}
             for fut in concurrent.futures.as_completed(futures):
                 r, j = futures[fut]
