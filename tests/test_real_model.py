@@ -146,6 +146,17 @@ def _text_and_finish(got):
     return [(text, finish) for text, finish, _ in got]  # token counts: vLLM counts the stop token, transformers not
 
 
+def assert_served_like_the_backend(engine: str, served, shown, want) -> None:
+    """The served engine's answers (text and finish) and the playground's texts are the backend's, all stopping."""
+    same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(want)))
+    print(f"\nbase-like real model, served {engine} engine vs transformers backend: {same}/{len(served)}")
+    assert _text_and_finish(served) == _text_and_finish(want)
+    assert all(finish == "stop" for _, finish, _ in served)
+    same = sum(a == b[0] for a, b in zip(shown, want))
+    print(f"base-like real model, playground on the {engine} engine vs transformers backend: {same}/{len(shown)}")
+    assert shown == [text for text, _, _ in want]
+
+
 def test_served_transformers_engine_answers_the_base_like_model_as_the_backend(smollm2, instruct_answers):
     """The eos is <|endoftext|>, the turn ends with <|im_end|>: the served engine stops there too, byte for byte the
     transformers backend's answers (which test_a_model_whose_eos_is_not... pins to the instruct model's)."""
@@ -153,14 +164,8 @@ def test_served_transformers_engine_answers_the_base_like_model_as_the_backend(s
 
     if transformers_serving_missing():
         pytest.skip("transformers serving is not installed: pip install 'rustcoder[serve]'")
-    served, shown = served_answers(smollm2["base_like"], "transformers")
-    same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
-    print(f"\nbase-like real model, served transformers engine vs transformers backend: {same}/{len(served)}")
-    assert _text_and_finish(served) == _text_and_finish(instruct_answers)
-    assert all(finish == "stop" for _, finish, _ in served)
-    same = sum(a == b[0] for a, b in zip(shown, instruct_answers))
-    print(f"base-like real model, playground on the transformers engine vs transformers backend: {same}/{len(shown)}")
-    assert shown == [text for text, _, _ in instruct_answers]
+    assert_served_like_the_backend("transformers", *served_answers(smollm2["base_like"], "transformers"),
+                                   instruct_answers)
 
 
 @pytest.mark.vllm
@@ -173,15 +178,10 @@ def test_served_vllm_engine_answers_the_base_like_model_as_the_backend(smollm2, 
 
     python = vllm_python_or_skip()
     config = Path(__file__).resolve().parent.parent / "serve" / "vllm-cpu.yaml"
-    served, shown = served_answers(smollm2["base_like"], "vllm", vllm_python=python, dtype="float32",
-                                   engine_args=f"--config {config} --max-model-len 2048")
-    same = sum(a == b for a, b in zip(_text_and_finish(served), _text_and_finish(instruct_answers)))
-    print(f"\nbase-like real model, served vLLM engine vs transformers backend: {same}/{len(served)}")
-    assert _text_and_finish(served) == _text_and_finish(instruct_answers)
-    assert all(finish == "stop" for _, finish, _ in served)
-    same = sum(a == b[0] for a, b in zip(shown, instruct_answers))
-    print(f"base-like real model, playground on the vLLM engine vs transformers backend: {same}/{len(shown)}")
-    assert shown == [text for text, _, _ in instruct_answers]
+    assert_served_like_the_backend("vLLM", *served_answers(smollm2["base_like"], "vllm", vllm_python=python,
+                                                          dtype="float32",
+                                                          engine_args=f"--config {config} --max-model-len 2048"),
+                                   instruct_answers)
 
 
 @pytest.mark.vllm
