@@ -38,6 +38,13 @@ def test_the_transformers_serve_internals_rustcoder_adapts_are_where_it_expects_
     assert issubclass(serving_utils._GenerationCancelled, BaseException)
     assert callable(serving_utils.CBStreamer.cancel) and callable(streamer.cancel)
     assert callable(cli.app)
+    # the generation threads (turns.TurnPool) replace the one InferenceThread the plain engine submits to, and the
+    # request's seed is taken out of _build_generation_config, which seeds the process's global generator
+    manager = serving_utils.GenerateManager
+    assert "self._thread = InferenceThread()" in inspect.getsource(manager.__init__)
+    for method in (manager.submit, manager.async_submit):
+        assert "self._thread." in inspect.getsource(method)
+    assert 'set_torch_seed(body["seed"])' in inspect.getsource(serving_utils.BaseHandler._build_generation_config)
 
 
 def test_installing_the_adaptation_replaces_exactly_those_internals(monkeypatch, tmp_path):
@@ -50,7 +57,8 @@ def test_installing_the_adaptation_replaces_exactly_those_internals(monkeypatch,
                (server, "build_server"), (serving_utils.BaseHandler, "_build_generation_config"),
                (chat_completion, "build_response_parser"), (chat_completion, "parse_assistant_message"),
                (serving_utils.DirectStreamer, "put"), (serving_utils.DirectStreamer, "end"),
-               (serving_utils.DirectStreamer, "__init__"), (serving_utils.CBStreamer, "__init__")]
+               (serving_utils.DirectStreamer, "__init__"), (serving_utils.CBStreamer, "__init__"),
+               (serving_utils.GenerateManager, "__init__")]
     for owner, name in targets:  # restored after the test, whatever install_patches does
         monkeypatch.setattr(owner, name, getattr(owner, name))
     before = {(id(o), n): getattr(o, n) for o, n in targets}

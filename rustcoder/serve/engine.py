@@ -26,7 +26,7 @@ from ..errors import RustcoderError
 from .. import procs
 from ..net import connect_host, is_loopback, url_host
 from .spec import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, EngineSpec, HEALTH_PATH, VLLM_INSTALL, build_spec,
-                   engine_command, model_limits)
+                   default_slots, engine_command, model_limits)
 
 def port_problem(host: str, port: int) -> str | None:
     """None when HOST:PORT can be bound now, else why not (in use, no such address, ...)."""
@@ -238,16 +238,20 @@ def served_stop_ids(spec: EngineSpec) -> tuple[int, ...]:
         return ()
 
 
+def resolved_limits(spec: EngineSpec, limits):
+    """LIMITS with its generation slots decided (``spec.default_slots`` unless --max-concurrent was given)."""
+    if limits.max_concurrent is None:
+        limits = dataclasses.replace(limits, max_concurrent=default_slots(spec.engine, spec.engine_args))
+    return limits
+
+
 def start_gateway(spec: EngineSpec, limits=None):
     """The gateway for spec's engine (listening on spec's socket), serving spec's host:port once started."""
     from .gateway import Gateway, GatewayServer
 
     from .gateway import GatewayLimits
 
-    limits = limits or GatewayLimits()
-    if limits.max_concurrent is None:  # transformers serve's plain engine generates one request at a time
-        batching = spec.engine == "vllm" or "--continuous-batching" in spec.engine_args
-        limits = dataclasses.replace(limits, max_concurrent=32 if spec.engine == "vllm" else 8 if batching else 1)
+    limits = resolved_limits(spec, limits or GatewayLimits())
     context, vocab = model_limits(spec.model, spec.max_model_len)
     hosts = ("127.0.0.1", "localhost", "::1") if is_loopback(spec.host) else None
     stop = served_stop_ids(spec) if spec.engine == "vllm" else ()
@@ -279,6 +283,11 @@ def start_server(spec: EngineSpec, *, echo: Callable[[str], None] | None = None,
                              f"(`ss -ltnp 'sport = :{spec.port}'` shows it).")
     private = tempfile.mkdtemp(prefix="rustcoder-serve-")  # mode 0700: only this user reaches the engine
     spec.uds = os.path.join(private, "engine.sock")
+    from .gateway import GatewayLimits
+
+    limits = resolved_limits(spec, limits or GatewayLimits())
+    if spec.engine == "transformers" and spec.slots is None:
+        spec.slots = limits.max_concurrent  # the engine runs as many generations as the gateway admits
     argv, env = engine_command(spec)
     process = EngineProcess(argv, env, echo=echo, log_path=log_path).start()
     server = RunningServer(spec=spec, process=process, ready_seconds=0.0, private_dir=private)

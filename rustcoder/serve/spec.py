@@ -82,6 +82,7 @@ class EngineSpec:
     engine_args: tuple[str, ...] = ()
     revision: str | None = None  # hub revision of model (an adapter's base at the revision its run trained on)
     uds: str | None = None  # the engine listens on this Unix socket (behind the gateway) instead of host:port
+    slots: int | None = None  # transformers engine: generations sharing the model at once, by turns (--max-concurrent)
 
     @property
     def model_names(self) -> list[str]:
@@ -379,6 +380,14 @@ def engine_args_set(engine_args, flag: str) -> bool:
     return False
 
 
+def default_slots(engine: str, engine_args=()) -> int:
+    """Generations run at once when --max-concurrent is not given: 32 on vLLM; 8 on transformers (by turns, or
+    its --continuous-batching), 1 with transformers' --compile (its CUDA graphs live in one thread)."""
+    if engine == "vllm":
+        return 32
+    return 1 if "--compile" in engine_args and "--continuous-batching" not in engine_args else 8
+
+
 def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
     """The argv and extra environment that start ``spec``'s engine. Pure: no file or process access.
 
@@ -421,6 +430,8 @@ def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
             argv += ["--chat-template", spec.chat_template]
         if spec.uds:
             argv += ["--uds", spec.uds]
+        if spec.slots:
+            argv += ["--slots", str(spec.slots)]
         # What follows "--" is a plain `transformers serve` command line.
         model = f"{spec.model}@{spec.revision}" if spec.revision else spec.model  # transformers serve's id@revision
         argv += ["--", "serve", model, "--host", spec.host, "--port", str(spec.port),

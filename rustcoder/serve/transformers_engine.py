@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 from .gateway import stream_delta
+from .turns import Cancelled, TurnPool, Turns
 from .spec import API_KEY_ENV, HEALTH_PATH
 
 ENGINE_ROUTES = {HEALTH_PATH: "GET", "/v1/chat/completions": "POST"}
 # the streamers (generations) the current chat request started: cancelled when its ASGI call ends
 REQUEST_STREAMERS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rustcoder_streamers", default=None)
+# the current chat request's seed: its generation's own random stream (turns.Turn), never the process's global one
+REQUEST_SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("rustcoder_seed", default=None)
 
 
 class EngineAdapter:
@@ -60,6 +63,7 @@ class EngineAdapter:
         if not isinstance(payload, dict):
             payload = {}
         payload["model"] = self.model
+        seed = payload.get("seed")
         body = json.dumps(payload).encode()
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
@@ -84,18 +88,21 @@ class EngineAdapter:
             answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
 
         token = REQUEST_STREAMERS.set(streamers)
+        seed_token = REQUEST_SEED.set(seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
         try:
             return await self.app(scope, replay, send_and_note)
         finally:
+            REQUEST_SEED.reset(seed_token)
             REQUEST_STREAMERS.reset(token)
             if not answered:  # ended before its answer did
                 for streamer in streamers:
                     streamer.cancel()
 
 def install_patches(model: str, served_name: str, api_key: str | None, adapter: str | None,
-                    chat_template: str | None, uds: str | None = None) -> None:
+                    chat_template: str | None, uds: str | None = None, slots: int = 1) -> None:
     """Adapt transformers serve: the adapter and chat template at load, rustcoder's stop ids, the engine adapter
-    around its app, OpenAI sampling semantics, consistent text; with ``uds``, listen on that Unix socket only.
+    around its app, OpenAI sampling semantics, consistent text, ``slots`` generations sharing the model by turns;
+    with ``uds``, listen on that Unix socket only.
     (``served_name`` and ``api_key`` are the gateway's business; kept for callers.)"""
     from transformers.cli.serving import model_manager, server
     from transformers.cli.serving import utils as serving_utils
@@ -144,6 +151,9 @@ def install_patches(model: str, served_name: str, api_key: str | None, adapter: 
     original_config = handler._build_generation_config
 
     def build_generation_config(self, body, model_generation_config, *args, **kwargs):
+        # the seed is the generation's own (REQUEST_SEED, applied with its turn): transformers serve would seed the
+        # process's global generator here, in the middle of whatever other generation is sampling
+        body = {k: v for k, v in body.items() if k != "seed"}
         config = original_config(self, body, model_generation_config, *args, **kwargs)
         if body.get("temperature") is not None and float(body["temperature"]) > 0:
             config.do_sample = True
@@ -154,6 +164,7 @@ def install_patches(model: str, served_name: str, api_key: str | None, adapter: 
     server.build_server = build_server
     handler._build_generation_config = build_generation_config
     install_consistent_text_patches()
+    install_turns(slots)
     if uds:
         listen_on_unix_socket(uds)
 
@@ -206,6 +217,10 @@ def install_consistent_text_patches() -> None:
     original_put, original_end = streamer.put, streamer.end
 
     def put(self, value):
+        try:  # between two decoding steps: the next waiting generation's turn (turns.Turns)
+            TURNS.step(self._cancelled.is_set)
+        except Cancelled:
+            raise serving_utils._GenerationCancelled() from None
         if self._parser is not None:
             return original_put(self, value)
         if self._cancelled.is_set():
@@ -236,6 +251,25 @@ def install_consistent_text_patches() -> None:
     install_cancel_with_request()
 
 
+TURNS = Turns()
+
+
+def install_turns(slots: int) -> None:
+    """transformers serve's one inference thread becomes ``slots`` threads sharing the model by turns, token by
+    token (``turns``): a long answer no longer holds the model while the requests behind it wait."""
+    from transformers.cli.serving import utils as serving_utils
+
+    manager = serving_utils.GenerateManager
+    if getattr(manager.__init__, "_rustcoder", False):
+        return
+
+    def __init__(self):
+        self._thread = TurnPool(TURNS, slots, seed_of=REQUEST_SEED.get)
+
+    __init__._rustcoder = True
+    manager.__init__ = __init__
+
+
 def install_cancel_with_request() -> None:
     """Every streamer (plain and continuous batching) registers with the chat request that created it, so the
     EngineAdapter cancels it when that request ends (normally, or because its client left)."""
@@ -262,6 +296,8 @@ def engine_main(argv: list[str]) -> None:
     parser.add_argument("--adapter")
     parser.add_argument("--chat-template")
     parser.add_argument("--uds", help="listen on this Unix socket instead of --host/--port")
+    parser.add_argument("--slots", type=int, default=1,
+                        help="generations that share the model at once, by turns (1 with transformers' --compile)")
     parser.add_argument("transformers_args", nargs=argparse.REMAINDER,
                         help="-- serve MODEL [transformers serve options]")
     args = parser.parse_args(argv)
@@ -269,7 +305,9 @@ def engine_main(argv: list[str]) -> None:
     if len(tf_args) < 2 or tf_args[0] != "serve":
         parser.error("expected: -- serve MODEL [options]")
     api_key = os.environ.pop(API_KEY_ENV, None)
-    install_patches(tf_args[1], args.served_model_name, api_key, args.adapter, args.chat_template, uds=args.uds)
+    slots = 1 if "--compile" in tf_args else max(1, args.slots)  # compiled CUDA graphs live in one thread
+    install_patches(tf_args[1], args.served_model_name, api_key, args.adapter, args.chat_template, uds=args.uds,
+                    slots=slots)
     from transformers.cli.transformers import app
 
     app(args=tf_args, prog_name="transformers")
