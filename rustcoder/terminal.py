@@ -85,9 +85,23 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the command line: rustcoder's own warnings (a renamed setting ...) are a line
+    ``warning: MESSAGE`` for the user, not Python's ``path:line: Category: message`` plus the source line of
+    rustcoder that raised it; any other warning keeps Python's format."""
+    if getattr(category, "__module__", "").startswith("rustcoder"):
+        return f"warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+_python_formatwarning = warnings.formatwarning
+
+
 def install() -> None:
-    """Wrap sys.stdout and sys.stderr in TerminalText (once) and filter the known library warnings."""
+    """Wrap sys.stdout and sys.stderr in TerminalText (once), filter the known library warnings and show
+    rustcoder's own as plain lines (``format_warning``)."""
     quiet_known_warnings()
+    warnings.formatwarning = format_warning
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None or isinstance(stream, TerminalText):

@@ -270,3 +270,23 @@ def test_renamed_flags_still_work_hidden_from_help(monkeypatch):
     help_text = CliRunner().invoke(main, ["train", "--help"]).output
     assert "--forward-layout" in help_text and "--fast-dropout" in help_text
     assert "--data-path" not in help_text and "--fast-paths" not in help_text
+
+
+def test_a_renamed_setting_warns_the_command_line_user_in_one_plain_line(monkeypatch):
+    """The CLI shows rustcoder's own warnings as `warning: MESSAGE` (Python printed `/path/cli.py:144:
+    RenamedSettingWarning: ...` and then the source line that raised it); other warnings keep Python's format."""
+    import warnings
+
+    from rustcoder import terminal
+    from rustcoder.config import RenamedSettingWarning, current_name
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    terminal.install()
+    assert warnings.formatwarning is terminal.format_warning
+    with pytest.warns(RenamedSettingWarning) as seen:
+        assert current_name("data_path", "the command line") == "forward_layout"
+    shown = warnings.formatwarning(seen[0].message, seen[0].category, seen[0].filename, seen[0].lineno)
+    assert shown.startswith("warning: 'data_path' (--data-path) in the command line is deprecated")
+    assert shown.count("\n") == 1 and "forward_layout" in shown and "RenamedSettingWarning" not in shown
+    other = warnings.formatwarning("a library's warning", DeprecationWarning, "lib.py", 3)
+    assert other.startswith("lib.py:3: DeprecationWarning: a library's warning")  # Python's own format
