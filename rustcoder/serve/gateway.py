@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
@@ -348,13 +349,16 @@ class Gateway:
         # from here on a client that leaves ends its request: while its body is parsed and its prompt counted
         # (a long prompt's count stops at its next piece) and while it is queued or generating
         cancelled = threading.Event()
+        jobs: list[Job] = []
         disconnected = asyncio.create_task(_wait_disconnect(receive))
-        work = asyncio.create_task(self._validate_and_run(body, send, cancelled))
+        work = asyncio.create_task(self._validate_and_run(body, send, cancelled, jobs))
         try:
             await asyncio.wait({disconnected, work}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.set()
             disconnected.cancel()
+            for job in jobs:  # a client that left: the engine's connection closes now, not when a cancel lands
+                job.hang_up()
             while not work.done():  # again until it ends: a cancel can be absorbed by a wait that just completed
                 work.cancel()
                 await asyncio.wait({work}, timeout=0.1)
@@ -364,8 +368,8 @@ class Gateway:
         if work.done() and not work.cancelled() and work.exception() is not None:
             raise work.exception()
 
-    async def _validate_and_run(self, body: bytes, send, cancelled: threading.Event) -> None:
-        """Parse and validate BODY (400s in OpenAI's shape), then run it as a Job."""
+    async def _validate_and_run(self, body: bytes, send, cancelled: threading.Event, jobs: list) -> None:
+        """Parse and validate BODY (400s in OpenAI's shape), then run it as a Job (added to JOBS)."""
         # in threads: scanning and parsing a body of up to --max-body-bytes, and counting a long prompt's tokens,
         # must not stall the other requests' streams
         loop = asyncio.get_running_loop()
@@ -388,7 +392,9 @@ class Gateway:
         if self.engine == "vllm":
             request["stream_options"] = {"include_usage": True}
         stream = bool(payload.get("stream"))
-        await Job(self, request, name, stream, wants_usage_in_stream(payload) if stream else True, send).run()
+        job = Job(self, request, name, stream, wants_usage_in_stream(payload) if stream else True, send)
+        jobs.append(job)
+        await job.run()
 
 
 async def _wait_disconnect(receive) -> None:
@@ -404,6 +410,22 @@ class Job:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.started = False
         self.deadline = float("inf")  # the loop time at which --max-request-seconds cuts it (set when admitted)
+        self.expired = False  # the time cap closed the engine's connection (its read error is a cut, not a 503)
+        self.abandoned = False  # its client left: nothing more is answered
+        self._upstream = None  # the engine's response while it is being read
+
+    def hang_up(self, expired: bool = False) -> None:
+        """Close the engine's connection now, from any task or a loop callback: the engine stops the generation
+        when its connection closes, and a read of it that is pending fails at once, even one whose cancellation
+        was absorbed. EXPIRED: the time cap did it (the read error then ends the answer as a cut); otherwise
+        the client left (nothing more is answered)."""
+        self.expired, self.abandoned = self.expired or expired, self.abandoned or not expired
+        r = self._upstream
+        stream = r.extensions.get("network_stream") if r is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:  # shutdown, not close: the fd stays httpcore's, which closes it in r.aclose()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def run(self) -> None:
         """Admit, generate, answer; any refusal or engine failure in OpenAI's error shape."""
@@ -425,8 +447,10 @@ class Job:
         g = self.g
         self.text, self.finish, self.usage_seen, self.created = [], None, None, int(time.time())
         cut = False
-        # the deadline covers the client's side too: one that stops reading cannot hold a slot past it. Checked on
-        # every line as well: a cancellation absorbed below (httpx/anyio) must not let a generation run past it.
+        # the deadline covers the client's side too: one that stops reading cannot hold a slot past it. Enforced
+        # three ways: the timer's cancellation; a watchdog that closes the engine's connection at the deadline
+        # (_relay: holds even where a cancellation is absorbed, or an engine neither answers nor ends); a check
+        # on every line.
         self.deadline = asyncio.get_running_loop().time() + g.limits.max_request_seconds
         try:
             async with asyncio.timeout_at(self.deadline):
@@ -435,10 +459,15 @@ class Job:
         except TimeoutError:
             cut = True
         except httpx.HTTPError as e:
-            if not self.started:
+            if self.abandoned:  # its client left and the connection was closed for it: nobody to answer
+                return
+            if self.expired:  # the watchdog closed the engine's connection at the deadline
+                cut = True
+            elif not self.started:
                 return await self._answer_error(503, openai_error(
                     f"the engine is not reachable ({type(e).__name__}); check /health", "server_error"))
-            cut = True
+            else:
+                cut = True
         if cut and not self.text:  # no token before the time cap: "busy", never a 200 with empty content (F6)
             async with asyncio.timeout(10):
                 return await self._answer_error(504, openai_error(
@@ -464,9 +493,13 @@ class Job:
         g = self.g
         client = g.client()
         r = await client.send(client.build_request("POST", CHAT_PATH, json=self.request), stream=True)
+        self._upstream = r
+        watchdog = asyncio.get_running_loop().call_at(self.deadline, self.hang_up, True)
         try:
             return await self._read_upstream(r)
         finally:  # F25: released even when this task is cancelled (a client left): never a pooled connection lost
+            watchdog.cancel()
+            self._upstream = None  # from here on its connection may go back to the pool: never hung up
             await asyncio.shield(r.aclose())
 
     async def _read_upstream(self, r) -> bool:
