@@ -47,6 +47,16 @@ class SilentEngine:
         writer.close()
 
 
+def run(coro):
+    """CORO on the loop uvicorn serves the gateway with: uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 @pytest.fixture
 def absorbed(monkeypatch):
     """The stack below httpx swallows every cancellation of a read (what issue 23 first suspected of vLLM's
@@ -64,12 +74,15 @@ def absorbed(monkeypatch):
 
 
 async def ask(stream: bool, leave_after: float | None = None):
-    """Run one chat request through a gateway to a SilentEngine: (status, body text, took, engine closed after)."""
+    """Run one chat request through a gateway to a SilentEngine: (status, body text, took, engine closed after,
+    what reached the loop's exception handler)."""
     engine = SilentEngine()
     server = await asyncio.start_unix_server(engine.handle, path=engine.uds)
     app = Gateway(served=["m"], engine="transformers", upstream_uds=engine.uds,
                   limits=GatewayLimits(max_request_seconds=CAP, max_concurrent=1))
     loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
     left, sent, body = asyncio.Event(), [], [b""]
 
     async def receive():
@@ -95,12 +108,13 @@ async def ask(stream: bool, leave_after: float | None = None):
             if engine.closed_at is not None:
                 break
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # callbacks of the closed connection run
     finally:
         await app.aclose()
         server.close()
     status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
     text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
-    return status, text, took, (engine.closed_at - t if engine.closed_at is not None else None)
+    return status, text, took, (engine.closed_at - t if engine.closed_at is not None else None), errors
 
 
 @pytest.mark.parametrize("cancel", ["plain", "absorbed"])
@@ -110,7 +124,7 @@ def test_the_time_cap_holds_on_a_silent_engine(request, cancel, stream):
     engine's connection is closed then, even when the read's cancellation is absorbed."""
     if cancel == "absorbed":
         request.getfixturevalue("absorbed")
-    status, text, took, closed = asyncio.run(ask(stream))
+    status, text, took, closed, errors = run(ask(stream))
     assert status == 200, text
     if stream:
         events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
@@ -120,12 +134,16 @@ def test_the_time_cap_holds_on_a_silent_engine(request, cancel, stream):
         assert choice["finish_reason"] == "length" and choice["message"]["content"] == "fn "
     assert CAP - 0.05 < took < CAP + 0.5
     assert closed is not None and closed < CAP + 0.5
+    # nothing logged (closing a socket under a read being cancelled made anyio set a cancelled future's result);
+    # with the cancellation absorbed, anyio's own bookkeeping of the read it re-enters is not this test's
+    assert cancel == "absorbed" or not errors, errors
 
 
 @pytest.mark.parametrize("cancel", ["plain", "absorbed"])
 def test_a_client_that_leaves_closes_the_engine_connection_at_once(request, cancel):
     if cancel == "absorbed":
         request.getfixturevalue("absorbed")
-    status, text, took, closed = asyncio.run(ask(stream=False, leave_after=0.3))
+    status, text, took, closed, errors = run(ask(stream=False, leave_after=0.3))
     assert status is None  # nobody to answer
     assert took < 0.6 and closed is not None and closed < 0.6
+    assert cancel == "absorbed" or not errors, errors

@@ -357,11 +357,11 @@ class Gateway:
         finally:
             cancelled.set()
             disconnected.cancel()
-            for job in jobs:  # a client that left: the engine's connection closes now, not when a cancel lands
-                job.hang_up()
             while not work.done():  # again until it ends: a cancel can be absorbed by a wait that just completed
                 work.cancel()
                 await asyncio.wait({work}, timeout=0.1)
+                for job in jobs if not work.done() else ():  # a cancel that did not end it in 0.1 s: the
+                    job.hang_up()  # engine's connection is closed under it (its read then fails)
             for task in (work, disconnected):
                 with contextlib.suppress(BaseException):
                     await task
@@ -413,6 +413,8 @@ class Job:
         self.expired = False  # the time cap closed the engine's connection (its read error is a cut, not a 503)
         self.abandoned = False  # its client left: nothing more is answered
         self._upstream = None  # the engine's response while it is being read
+        self._task: asyncio.Task | None = None  # the task reading it
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def hang_up(self, expired: bool = False) -> None:
         """Close the engine's connection now, from any task or a loop callback: the engine stops the generation
@@ -426,6 +428,15 @@ class Job:
         if sock is not None:  # shutdown, not close: the fd stays httpcore's, which closes it in r.aclose()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self, grace: bool = True) -> None:
+        """The watchdog, just after the deadline: closes the engine's connection (hang_up) unless the timer's
+        cancellation of the read is still on its way, which gets one more 0.1 s (closing the socket under a read
+        being cancelled makes anyio set a cancelled future's result: a logged InvalidStateError)."""
+        if grace and self._task is not None and self._task.cancelling():
+            self._watchdog = asyncio.get_running_loop().call_later(0.1, self._expire, False)
+            return
+        self.hang_up(expired=True)
 
     async def run(self) -> None:
         """Admit, generate, answer; any refusal or engine failure in OpenAI's error shape."""
@@ -493,12 +504,12 @@ class Job:
         g = self.g
         client = g.client()
         r = await client.send(client.build_request("POST", CHAT_PATH, json=self.request), stream=True)
-        self._upstream = r
-        watchdog = asyncio.get_running_loop().call_at(self.deadline, self.hang_up, True)
+        self._upstream, self._task = r, asyncio.current_task()
+        self._watchdog = asyncio.get_running_loop().call_at(self.deadline + 0.05, self._expire)
         try:
             return await self._read_upstream(r)
         finally:  # F25: released even when this task is cancelled (a client left): never a pooled connection lost
-            watchdog.cancel()
+            self._watchdog.cancel()
             self._upstream = None  # from here on its connection may go back to the pool: never hung up
             await asyncio.shield(r.aclose())
 
