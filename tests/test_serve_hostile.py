@@ -753,8 +753,8 @@ def test_one_long_request_does_not_block_the_others(served, request):
     if served.kind == "vllm":
         request.applymarker(pytest.mark.xfail(reason=VLLM_STALL, strict=False))
     if served.gateway.admission.slots == 1:
-        pytest.skip("transformers serve's plain engine generates one request at a time: a long one delays the "
-                    "others up to --max-request-seconds (docs/serve.md); vLLM and the fake engine batch")
+        pytest.skip("with --max-concurrent 1 one request runs at a time: a long one delays the others up to "
+                    "--max-request-seconds (docs/serve.md); by default every engine runs several")
     ended = {}
 
     def long_request():
@@ -816,3 +816,31 @@ def test_the_playground_shows_the_400_message(served):
     pieces.clear()
     stream_side(client, MESSAGES, MODEL, _sampling(0.2, 0.9, 8, 3), pieces.append, threading.Event())
     assert pieces[-1] is None and "".join(pieces[:-1]).startswith("t0 "), pieces
+
+
+def test_a_seeded_answer_is_the_same_alone_and_beside_a_long_generation(served):
+    """Generations that share the engine keep their own random streams: a seeded sampling request gives the same
+    answer alone and while a long generation runs beside it (transformers serve seeded the process's global
+    generator, in the middle of whatever else was sampling)."""
+    if served.kind != "transformers":
+        pytest.skip("the turns of rustcoder's transformers engine (the fake engine does not sample; vLLM seeds each "
+                    "request's own generator, and its batch composition may change CPU numerics)")
+    seeded = with_(max_tokens=12, temperature=1.0, seed=42)
+    alone = chat(seeded, served=served)
+    assert alone.status_code == 200, alone.text
+    long = threading.Thread(target=_ignore_errors, args=(lambda: served.client.post(
+        "/v1/chat/completions", json=LONG, timeout=30),))
+    long.start()
+    _wait_for_active(served, 1)
+    beside = chat(seeded, served=served)
+    assert served.active() >= 1  # answered while the long one still ran
+    long.join()
+    assert beside.json()["choices"][0]["message"]["content"] == alone.json()["choices"][0]["message"]["content"]
+    assert_normal(served)
+
+
+def _wait_for_active(served, n, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while served.active() < n:
+        assert time.monotonic() < deadline, "the generation did not start"
+        time.sleep(0.02)
