@@ -551,19 +551,20 @@ def _cpu_seconds(pgid: int) -> float:
 LONG = with_(max_tokens=4000, temperature=0, logit_bias={"0": -100, "2": -100})
 
 
-# Open (issue 23): on vLLM CPU, after the gateway has cut or abandoned a few 4,000-token generations, the engine
-# stalls (no token for seconds) and the gateway's timer cut does not end a silent stream on time: sequential 6 s-capped
-# requests took 6.7, 6.1, 12.8 s, then a 504 after 25 s (the timer's cancellation is absorbed below httpx; the
-# per-line deadline check only helps while tokens flow). Run, reported, not yet a failure of the suite.
-VLLM_STALL = ("open: vLLM CPU stalls after cut generations and the gateway's timer cut is absorbed below httpx "
-              "(docs/serve.md, issue 23)")
+# Open (issue 23): on this session's 2-vCPU VM, while vLLM CPU generates, the whole machine stops for seconds at a time
+# (4-29 s measured: a separate process sleeping 0.1 s woke that late at the same moments as the gateway's event loop;
+# the gateway's threads sat asleep, not queued). No process runs then, the gateway's timer included; the cut lands the
+# moment the machine runs again. A case whose 6-12 s time bar spans such a freeze fails: those two run, reported, as
+# expected failures (each failed in 2 of 5 full runs here, each time during a logged 5-18 s freeze); the client-leaves
+# and abort cases passed in every run. No cancellation is absorbed below httpx (the earlier suspicion), and the gateway
+# closes the engine's connection itself if one ever were (tests/test_serve_gateway_watchdog.py).
+VLLM_STALL = ("open: the VM freezes for seconds while vLLM CPU generates, and a freeze inside the timed window breaks "
+              "the time bar (docs/serve.md, issue 23)")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-streamed", "streamed"])
-def test_a_client_that_leaves_stops_its_generation(served, stream, request):
+def test_a_client_that_leaves_stops_its_generation(served, stream):
     """The issue's worst case: a long non-streamed request whose client leaves kept the engine busy."""
-    if served.kind == "vllm":
-        request.applymarker(pytest.mark.xfail(reason=VLLM_STALL, strict=False))
     if stream:  # read a little of the stream, then hang up
         with served.client.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as r:
             lines = r.iter_lines()
@@ -594,9 +595,7 @@ def test_a_client_that_leaves_stops_its_generation(served, stream, request):
     assert_normal(served)
 
 
-def test_many_concurrent_aborts_leave_nothing_running(served, request):
-    if served.kind == "vllm":  # right after the client-leaves cases, the engine can still be in the stall below
-        request.applymarker(pytest.mark.xfail(reason=VLLM_STALL, strict=False))
+def test_many_concurrent_aborts_leave_nothing_running(served):
     async def leave(c, i):
         with pytest.raises(asyncio.TimeoutError):  # the client leaves after 0.5 s, streamed or not
             await asyncio.wait_for(c.post("/v1/chat/completions", json={**LONG, "stream": bool(i % 2)}), 0.5)
