@@ -843,3 +843,18 @@ def _wait_for_active(served, n, timeout=5.0):
     while served.active() < n:
         assert time.monotonic() < deadline, "the generation did not start"
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 5e-324, 1e-6])
+def test_a_vanishing_temperature_is_greedy_not_a_500(served, temperature):
+    """Red team (session 8): temperature 1e-39 is a valid number in OpenAI's range, but logits / 1e-39 overflow and
+    transformers' sampler failed (500 "probability tensor contains inf, nan"). Below 1e-5 it decodes greedily."""
+    seen = len(served.engine.requests) if served.engine else 0
+    tiny = chat(with_(temperature=temperature, max_tokens=6), served=served)
+    assert tiny.status_code == 200, tiny.text
+    if served.engine:
+        assert served.engine.requests[seen]["temperature"] == 0.0
+    else:
+        greedy = chat(with_(temperature=0, max_tokens=6), served=served)
+        assert tiny.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
+    assert_normal(served)

@@ -205,6 +205,11 @@ class ResponseFormat(BaseModel):
     type: Literal["text"]
 
 
+# A temperature this small is greedy decoding (as vLLM's _SAMPLING_EPS): dividing logits by 1e-39 gives infinities,
+# and transformers' sampler failed with "probability tensor contains inf, nan or element < 0" (red team, session 8).
+GREEDY_BELOW = 1e-5
+
+
 class ChatRequest(BaseModel):
     """The OpenAI chat-completions request fields this server serves, with OpenAI's ranges."""
 
@@ -358,6 +363,8 @@ def parse_chat_request(payload: dict, limits: RequestLimits,
         value = getattr(req, field)
         if value is not None:
             out[field] = value
+    if 0 < out.get("temperature", 1.0) < GREEDY_BELOW:  # logits / 1e-39 overflow: the engine's sampler failed (500)
+        out["temperature"] = 0.0
     if limits.engine == "vllm" and limits.stop_token_ids:  # vLLM stops on its eos only, not at the end of turn
         out["stop_token_ids"] = list(limits.stop_token_ids)
     return out, None
