@@ -705,12 +705,12 @@ def test_gateway_limits_are_flags_and_must_be_positive():
 
 
 def test_the_transformers_engine_runs_as_many_generations_as_the_gateway_admits(model_dir):
-    """Default 8 (shared by turns), --max-concurrent N gives N to both, transformers' --compile keeps 1 (its CUDA graphs
-    live in one thread); vLLM batches 32 of its own and gets no --slots."""
+    """Default 32 (shared by turns), --max-concurrent N gives N to both, transformers' --compile keeps 1 (its CUDA
+    graphs live in one thread), --continuous-batching 8; vLLM batches 32 of its own and gets no --slots."""
     from rustcoder.serve.engine import resolved_limits
     from rustcoder.serve.gateway import GatewayLimits
 
-    for engine_args, given, expected in (((), None, 8), ((), 3, 3), (("--compile",), None, 1),
+    for engine_args, given, expected in (((), None, 32), ((), 3, 3), (("--compile",), None, 1),
                                          (("--continuous-batching",), None, 8)):
         spec = spec_for(model_dir, engine="transformers", engine_args=list(engine_args))
         limits = resolved_limits(spec, GatewayLimits(max_concurrent=given))

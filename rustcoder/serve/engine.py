@@ -245,6 +245,13 @@ def resolved_limits(spec: EngineSpec, limits):
     return limits
 
 
+def shares_by_turns(spec: EngineSpec, limits) -> bool:
+    """Whether spec's engine shares its model among the running generations by turns (rustcoder's transformers
+    engine, not its --continuous-batching or --compile): the gateway then times a generation by its share."""
+    return (spec.engine == "transformers" and "--continuous-batching" not in spec.engine_args
+            and limits.max_concurrent > 1 and "--compile" not in spec.engine_args)
+
+
 def start_gateway(spec: EngineSpec, limits=None):
     """The gateway for spec's engine (listening on spec's socket), serving spec's host:port once started."""
     from .gateway import Gateway, GatewayServer
@@ -260,7 +267,7 @@ def start_gateway(spec: EngineSpec, limits=None):
     counter = PromptTokens.from_dir(spec.adapter_dir, spec.model)
     app = Gateway(served=spec.model_names, engine=spec.engine, api_key=spec.api_key, upstream_uds=spec.uds,
                   limits=limits, context_length=context, vocab_size=vocab, allowed_hosts=hosts, stop_token_ids=stop,
-                  prompt_tokens=counter)
+                  prompt_tokens=counter, fair_share=shares_by_turns(spec, limits))
     return GatewayServer(app, spec.host, spec.port)
 
 

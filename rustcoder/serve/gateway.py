@@ -113,6 +113,15 @@ class Admission:
         self.running = 0
         self.waiting = 0
         self._sem: asyncio.Semaphore | None = None
+        self._share, self._share_at = 0.0, time.monotonic()
+
+    def share(self) -> float:
+        """Seconds of one generation's fair share of the engine so far: a clock that runs at 1/k while k
+        generations run (processor sharing's virtual time). A generation's share is the difference of two readings."""
+        now = time.monotonic()
+        self._share += (now - self._share_at) / max(1, self.running)
+        self._share_at = now
+        return self._share
 
     @contextlib.asynccontextmanager
     async def slot(self):
@@ -129,10 +138,12 @@ class Admission:
             raise Overloaded(f"no generation slot became free within {self.timeout:g} s (--queue-timeout)") from None
         finally:
             self.waiting -= 1
+        self.share()  # the clock's rate changes with the count
         self.running += 1
         try:
             yield
         finally:
+            self.share()
             self.running -= 1
             self._sem.release()
 
@@ -149,7 +160,7 @@ class Gateway:
                  upstream_models: dict[str, str] | None = None, limits: GatewayLimits | None = None,
                  context_length: int | None = None, vocab_size: int | None = None,
                  allowed_hosts: tuple[str, ...] | None = None, stop_token_ids: tuple[int, ...] = (),
-                 prompt_tokens=None):
+                 prompt_tokens=None, fair_share: bool = False):
         self.served = list(served)
         self.engine = engine
         self.api_key = api_key
@@ -159,6 +170,10 @@ class Gateway:
         self.limits = limits or GatewayLimits()
         slots = self.limits.max_concurrent or (32 if engine == "vllm" else 1)
         self.admission = Admission(slots, self.limits.max_queue, self.limits.queue_timeout)
+        # the engine shares its model among the running generations by turns (rustcoder's transformers engine): each
+        # advances at 1/k of its speed alone, so --max-request-seconds counts a generation's share of the engine's
+        # time, not the wall clock (which would cut every long answer running beside others)
+        self.fair_share = fair_share
         self.request_limits = RequestLimits(max_tokens=self.limits.max_tokens, context_length=context_length,
                                             vocab_size=vocab_size, engine=engine,
                                             stop_token_ids=tuple(stop_token_ids), prompt_tokens=prompt_tokens)
@@ -307,7 +322,7 @@ class Gateway:
             ok, detail = False, f"the engine is not reachable ({type(e).__name__})"
         if not ok:
             return await self._send_json(send, 503, {"status": "unavailable", **info, "detail": detail})
-        busy = running >= self.admission.slots and queued > 0
+        busy = running >= self.admission.slots  # a new request would wait for a slot
         await self._send_json(send, 200, {"status": "busy" if busy else "ok", **info})
 
     async def _read_body(self, scope, receive) -> bytes | Problem:
@@ -415,6 +430,9 @@ class Job:
         self._upstream = None  # the engine's response while it is being read
         self._task: asyncio.Task | None = None  # the task reading it
         self._watchdog: asyncio.TimerHandle | None = None
+        self._timer = None  # the asyncio.Timeout of the deadline (rescheduled when a fair share extends it)
+        self._keeper: asyncio.TimerHandle | None = None
+        self._share0 = 0.0  # the admission's fair-share clock when this generation started
 
     def hang_up(self, expired: bool = False) -> None:
         """Close the engine's connection now, from any task or a loop callback: the engine stops the generation
@@ -428,6 +446,21 @@ class Job:
         if sock is not None:  # shutdown, not close: the fd stays httpcore's, which closes it in r.aclose()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _keep_deadline(self) -> None:
+        """Just before the deadline, on an engine that shares its model by turns: while this generation's share of
+        the engine (Admission.share) is under --max-request-seconds, move the deadline (timer, watchdog, per-line
+        check) to when the share could reach it at the earliest. At most --max-concurrent times the cap in wall time."""
+        loop = asyncio.get_running_loop()
+        left = self.g.limits.max_request_seconds - (self.g.admission.share() - self._share0)
+        if left <= 0.02:
+            return
+        self.deadline = loop.time() + left
+        self._timer.reschedule(self.deadline)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = loop.call_at(self.deadline + 0.05, self._expire)
+        self._keeper = loop.call_at(self.deadline - 0.01, self._keep_deadline)
 
     def _expire(self, grace: bool = True) -> None:
         """The watchdog, just after the deadline: closes the engine's connection (hang_up) unless the timer's
@@ -462,11 +495,19 @@ class Job:
         # three ways: the timer's cancellation; a watchdog that closes the engine's connection at the deadline
         # (_relay: holds even where a cancellation is absorbed, or an engine neither answers nor ends); a check
         # on every line.
-        self.deadline = asyncio.get_running_loop().time() + g.limits.max_request_seconds
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + g.limits.max_request_seconds
+        self._share0 = g.admission.share()
         try:
-            async with asyncio.timeout_at(self.deadline):
-                if await self._relay():
-                    return
+            async with asyncio.timeout_at(self.deadline) as self._timer:
+                if g.fair_share:
+                    self._keeper = loop.call_at(self.deadline - 0.01, self._keep_deadline)
+                try:
+                    if await self._relay():
+                        return
+                finally:
+                    if self._keeper is not None:
+                        self._keeper.cancel()
         except TimeoutError:
             cut = True
         except httpx.HTTPError as e:

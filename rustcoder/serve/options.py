@@ -52,9 +52,9 @@ class ServeOptions:
                          positive=True)
     max_request_seconds: float = _f(300.0, "Wall-time limit of one generation; at it the answer ends with "
                                     "finish_reason 'length'.", metavar="SECONDS", show_default=True, positive=True)
-    max_concurrent: int | None = _f(None, "Generations run at once (default 32 with vLLM; 8 with transformers, "
-                                    "which shares the model among them token by token; 1 with its --compile); "
-                                    "others queue.", metavar="N", positive=True)
+    max_concurrent: int | None = _f(None, "Generations run at once (default 32: vLLM batches them, transformers "
+                                    "shares the model among them token by token; 8 with its --continuous-batching, "
+                                    "1 with its --compile); others queue. Each holds its KV cache.", metavar="N", positive=True)
     max_queue: int = _f(256, "Requests that may wait for a slot; beyond, 503 overloaded.", metavar="N",
                         show_default=True, positive=True)
     queue_timeout: float = _f(120.0, "Longest wait for a slot before a 503.", metavar="SECONDS", show_default=True,

@@ -381,11 +381,14 @@ def engine_args_set(engine_args, flag: str) -> bool:
 
 
 def default_slots(engine: str, engine_args=()) -> int:
-    """Generations run at once when --max-concurrent is not given: 32 on vLLM; 8 on transformers (by turns, or
-    its --continuous-batching), 1 with transformers' --compile (its CUDA graphs live in one thread)."""
+    """Generations run at once when --max-concurrent is not given: 32 (vLLM batches them; rustcoder's transformers
+    engine shares its model among them by turns, 8 with its --continuous-batching); 1 with transformers' --compile
+    (its CUDA graphs live in one thread). Each running generation holds its KV cache: the count bounds memory."""
     if engine == "vllm":
         return 32
-    return 1 if "--compile" in engine_args and "--continuous-batching" not in engine_args else 8
+    if "--continuous-batching" in engine_args:
+        return 8
+    return 1 if "--compile" in engine_args else 32
 
 
 def engine_command(spec: EngineSpec) -> tuple[list[str], dict[str, str]]:
