@@ -104,3 +104,71 @@ def test_the_share_clock_runs_at_one_over_the_number_running(monkeypatch):
     admission.running = 4
     now[0] += 2.0  # four running: a quarter each
     assert admission.share() - start == pytest.approx(2.5)
+
+
+# ---- stopping the server with generations in flight and queued ----------------------------------------------
+
+def _answer(sent: list) -> tuple[int | None, bytes]:
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def _stop_with_work(running: int, queued: int, stream: bool):
+    uds = os.path.join(tempfile.mkdtemp(prefix="endless-engine-"), "engine.sock")
+    server = await asyncio.start_unix_server(endless_engine, path=uds)
+    app = Gateway(served=["m"], engine="transformers", upstream_uds=uds,
+                  limits=GatewayLimits(max_request_seconds=30, max_concurrent=running, queue_timeout=30))
+    loop = asyncio.get_running_loop()
+    body = BODY[:-1] + b', "stream": true}' if stream else BODY
+
+    async def one():
+        sent, given = [], [False]
+
+        async def receive():
+            if not given[0]:
+                given[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST",
+                 "headers": [(b"content-type", b"application/json")]}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return _answer(sent)
+
+    try:
+        tasks = [asyncio.create_task(one()) for _ in range(running + queued)]
+        while app.admission.running < running or app.admission.waiting < queued:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # tokens flow
+        t = loop.time()
+        app.begin_shutdown()
+        answers = await asyncio.gather(*tasks)
+        return answers, loop.time() - t
+    finally:
+        await app.aclose()
+        server.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-streamed", "streamed"])
+def test_stopping_ends_running_answers_as_cuts_and_refuses_the_queued_in_openais_shape(stream):
+    """Red team (session 8): SIGTERM with 8 generations running and 20 queued gave 24 plain-text 500s (uvicorn's, when
+    its graceful period ended) and 4 streams cut without an end. Now the running answers end at once with what they
+    have and finish_reason "length", and the queued ones get 503 shutting_down."""
+    answers, took = asyncio.run(_stop_with_work(2, 3, stream))
+    assert took < 1.0
+    cuts = [a for a in answers if a[0] == 200]
+    refused = [a for a in answers if a[0] != 200]
+    assert len(cuts) == 2 and len(refused) == 3, answers
+    for status, body in cuts:
+        assert status == 200
+        if stream:
+            events = [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+            assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+        else:
+            choice = json.loads(body)["choices"][0]
+            assert choice["finish_reason"] == "length" and choice["message"]["content"].startswith("x")
+    for status, body in refused:
+        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
