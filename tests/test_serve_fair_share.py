@@ -172,3 +172,28 @@ def test_stopping_ends_running_answers_as_cuts_and_refuses_the_queued_in_openais
             assert choice["finish_reason"] == "length" and choice["message"]["content"].startswith("x")
     for status, body in refused:
         assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
+
+
+def test_health_says_busy_as_soon_as_every_slot_is_taken():
+    """Red team (session 8): with 8 of 8 slots running and nobody queued yet, /health said "ok" and the next request
+    then waited for a slot. "busy" now means a new request would wait."""
+    class Engine:
+        async def get(self, *args, **kwargs):
+            return type("R", (), {"status_code": 200})()
+
+    app = Gateway(served=["m"], engine="transformers", upstream_uds="/nonexistent",
+                  limits=GatewayLimits(max_concurrent=2))
+    app._client = Engine()
+
+    async def health():
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app._health(send)
+        return json.loads(_answer(sent)[1])
+
+    for running, status in ((0, "ok"), (1, "ok"), (2, "busy")):
+        app.admission.running = running
+        assert asyncio.run(health()) == {"status": status, "running": running, "queued": 0}
