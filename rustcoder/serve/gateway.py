@@ -622,9 +622,12 @@ class Job:
             try:
                 chunk = json.loads(data)
             except ValueError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
+                chunk = None
+            if not isinstance(chunk, dict):  # transformers serve writes its error event unescaped: a message with a
+                # quote or a newline is not JSON, and skipping it answered 200 with the text so far as if complete
+                await self._answer_error(500, openai_error(
+                    f"the engine failed (an unreadable event: {data[:300]})", "server_error"))
+                return True
             if "error" in chunk and "choices" not in chunk:
                 err = chunk["error"]
                 message = err.get("message") if isinstance(err, dict) else str(err)
