@@ -38,6 +38,30 @@ async def endless_engine(reader, writer):
     writer.close()
 
 
+async def _post(app, body: bytes, timeout: float) -> tuple[int | None, bytes]:
+    """One chat request through the gateway APP as an ASGI call whose client stays: (status, body)."""
+    sent, given = [], [False]
+
+    async def receive():
+        if not given[0]:
+            given[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST",
+             "headers": [(b"content-type", b"application/json")]}
+    await asyncio.wait_for(app(scope, receive, send), timeout)
+    return _answer(sent)
+
+
+def _answer(sent: list) -> tuple[int | None, bytes]:
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
 async def long_answers(n: int, fair_share: bool) -> list[tuple[float, str]]:
     """N concurrent non-streamed requests to a gateway in front of endless_engine: (seconds, finish_reason) each."""
     uds = os.path.join(tempfile.mkdtemp(prefix="endless-engine-"), "engine.sock")
@@ -47,24 +71,9 @@ async def long_answers(n: int, fair_share: bool) -> list[tuple[float, str]]:
     loop = asyncio.get_running_loop()
 
     async def one():
-        sent, given = [], [False]
-
-        async def receive():
-            if not given[0]:
-                given[0] = True
-                return {"type": "http.request", "body": BODY, "more_body": False}
-            await asyncio.Event().wait()  # the client stays
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST",
-                 "headers": [(b"content-type", b"application/json")]}
         t = loop.time()
-        await asyncio.wait_for(app(scope, receive, send), 20)
-        took = loop.time() - t
-        text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return took, json.loads(text)["choices"][0]["finish_reason"]
+        _, text = await _post(app, BODY, 20)
+        return loop.time() - t, json.loads(text)["choices"][0]["finish_reason"]
 
     try:
         return await asyncio.gather(*(one() for _ in range(n)))
@@ -108,11 +117,6 @@ def test_the_share_clock_runs_at_one_over_the_number_running(monkeypatch):
 
 # ---- stopping the server with generations in flight and queued ----------------------------------------------
 
-def _answer(sent: list) -> tuple[int | None, bytes]:
-    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-
-
 async def _stop_with_work(running: int, queued: int, stream: bool):
     uds = os.path.join(tempfile.mkdtemp(prefix="endless-engine-"), "engine.sock")
     server = await asyncio.start_unix_server(endless_engine, path=uds)
@@ -122,21 +126,7 @@ async def _stop_with_work(running: int, queued: int, stream: bool):
     body = BODY[:-1] + b', "stream": true}' if stream else BODY
 
     async def one():
-        sent, given = [], [False]
-
-        async def receive():
-            if not given[0]:
-                given[0] = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST",
-                 "headers": [(b"content-type", b"application/json")]}
-        await asyncio.wait_for(app(scope, receive, send), 10)
-        return _answer(sent)
+        return await _post(app, body, 10)
 
     try:
         tasks = [asyncio.create_task(one()) for _ in range(running + queued)]

@@ -101,11 +101,15 @@ def openai_error_response(status: int, body: bytes) -> tuple[int, bytes]:
     return status, json.dumps(openai_error(message[:2000], kind)).encode()
 
 
-SHUTTING_DOWN = "shutting down"
-
-
 class Overloaded(Exception):
     """No generation slot within the queue's limits (503)."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: no new generation starts (503 shutting_down)."""
+
+
+SHUTTING_DOWN = "The server is shutting down; retry against its next start."
 
 
 class Admission:
@@ -463,18 +467,21 @@ class Job:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def _move_deadline(self, when: float) -> None:
+        """The deadline is WHEN (loop time) for all three of its enforcers: the timer, the watchdog, the per-line check."""
+        self.deadline = when
+        self._timer.reschedule(when)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = asyncio.get_running_loop().call_at(when + 0.05, self._expire)
+
     def cut_now(self) -> None:
         """End this generation now, as its time limit would (timer, then the watchdog), if it is running."""
         if self._timer is None or self._timer.expired():
             return
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time()
-        self._timer.reschedule(self.deadline)
         if self._keeper is not None:
             self._keeper.cancel()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = loop.call_at(self.deadline + 0.05, self._expire)
+        self._move_deadline(asyncio.get_running_loop().time())
 
     def _keep_deadline(self) -> None:
         """Just before the deadline, on an engine that shares its model by turns: while this generation's share of
@@ -484,11 +491,7 @@ class Job:
         left = self.g.limits.max_request_seconds - (self.g.admission.share() - self._share0)
         if left <= 0.02:
             return
-        self.deadline = loop.time() + left
-        self._timer.reschedule(self.deadline)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = loop.call_at(self.deadline + 0.05, self._expire)
+        self._move_deadline(loop.time() + left)
         self._keeper = loop.call_at(self.deadline - 0.01, self._keep_deadline)
 
     def _expire(self, grace: bool = True) -> None:
@@ -506,19 +509,18 @@ class Job:
         g.jobs.add(self)
         try:
             if g.closing:
-                raise Overloaded(SHUTTING_DOWN)
+                raise ShuttingDown()
             async with g.admission.slot():
                 if g.closing:
-                    raise Overloaded(SHUTTING_DOWN)
+                    raise ShuttingDown()
                 g.progress[self.id] = time.monotonic()
                 try:
                     await self._generate()
                 finally:
                     g.progress.pop(self.id, None)
+        except ShuttingDown:
+            await g._error(self.send, 503, SHUTTING_DOWN, code="shutting_down")
         except Overloaded as e:
-            if str(e) == SHUTTING_DOWN:
-                return await g._error(self.send, 503, "The server is shutting down; retry against its next start.",
-                                      code="shutting_down")
             await g._error(self.send, 503, f"The server is overloaded: {e}. Retry later.", code="overloaded",
                            headers=[(b"retry-after", b"5")])
         finally:
@@ -561,8 +563,7 @@ class Job:
                 cut = True
         if cut and not self.text and g.closing:
             async with asyncio.timeout(10):
-                return await self._answer_error(503, openai_error(
-                    "The server is shutting down; retry against its next start.", "server_error", "shutting_down"))
+                return await self._answer_error(503, openai_error(SHUTTING_DOWN, "server_error", "shutting_down"))
         if cut and not self.text:  # no token before the time cap: "busy", never a 200 with empty content (F6)
             async with asyncio.timeout(10):
                 return await self._answer_error(504, openai_error(

@@ -50,7 +50,8 @@ class ServeOptions:
     max_tokens: int = _f(4096, "Most new tokens one request may ask for (more is a 400); also the default when a "
                          "request gives none (capped at half the context).", metavar="TOKENS", show_default=True,
                          positive=True)
-    max_request_seconds: float = _f(300.0, "Wall-time limit of one generation; at it the answer ends with "
+    max_request_seconds: float = _f(300.0, "Time limit of one generation (wall time; on the transformers "
+                                    "engine its share of the engine's time); at it the answer ends with "
                                     "finish_reason 'length'.", metavar="SECONDS", show_default=True, positive=True)
     max_concurrent: int | None = _f(None, "Generations run at once (default 32: vLLM batches them, transformers "
                                     "shares the model among them token by token; 8 with its --continuous-batching, "
